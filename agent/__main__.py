@@ -1,0 +1,67 @@
+"""``python -m qbench.agent`` (or ``qbench agent``): run the agent on this machine.
+
+Prints one line on stdout once bound, ``QBENCH_AGENT_READY <endpoint>``, and logs to
+stderr only: stdout belongs to whoever started the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import signal
+import sys
+
+from .server import Agent, AgentConfig
+
+
+def parse_args(argv: list[str] | None) -> AgentConfig:
+    parser = argparse.ArgumentParser(prog="qbench agent", description="Run the qbench agent on this device.")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:0",
+                        help="ZeroMQ endpoint (default loopback, random port). Binding elsewhere exposes the agent.")
+    parser.add_argument("--cache-dir", default="~/.qbench/cache", help="model cache (content-addressed)")
+    parser.add_argument("--max-model-mb", type=int, default=2048)
+    parser.add_argument("--max-frame-mb", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None, help="default runtime threads (emulate a smaller device)")
+    parser.add_argument("--cpus", default="", help="CPU affinity of workers, e.g. 0,1")
+    parser.add_argument("--memory-limit-mb", type=int, default=None, help="address-space limit of each worker")
+    parser.add_argument("--worker-cmd", default="", help="interpreter command for workers (default: this Python)")
+    parser.add_argument("--exit-on-stdin-eof", action="store_true", help="stop when stdin closes (SSH sessions)")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    config = AgentConfig(
+        bind=args.bind,
+        cache_dir=args.cache_dir,
+        max_model_bytes=args.max_model_mb * 1024 * 1024,
+        max_frame_bytes=args.max_frame_mb * 1024 * 1024,
+        threads=args.threads,
+        cpus=[int(c) for c in args.cpus.split(",") if c.strip()],
+        memory_limit_mb=args.memory_limit_mb,
+        exit_on_stdin_eof=args.exit_on_stdin_eof,
+    )
+    if args.worker_cmd:
+        config.worker_cmd = shlex.split(args.worker_cmd)
+    if not args.bind.startswith(("tcp://127.", "tcp://localhost", "ipc://", "inproc://")):
+        print(f"qbench agent: warning: binding {args.bind} exposes the agent beyond loopback", file=sys.stderr)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="agent %(levelname)s %(message)s")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        agent = Agent(config)
+    except Exception as exc:  # bind failures and an unwritable cache: one line, then exit
+        print(f"qbench agent: cannot start: {exc}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    print(f"QBENCH_AGENT_READY {agent.endpoint}", flush=True)
+    try:
+        agent.serve()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""ONNX Runtime runner.
+
+Extra outputs for the capture pass are appended to the serialized model as protobuf
+fields, so the agent needs no ``onnx`` package: a repeated ``GraphProto.output``
+(field 12) inside a second ``ModelProto.graph`` (field 7) is merged into the first
+by every protobuf parser, and ONNX Runtime infers the types of name-only outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from qbench.protocols.messages import ErrorCode, ProtocolError, RuntimeInfo
+
+from .base import Runner, TensorSpec
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
+    "tensor(int32)": "int32", "tensor(uint32)": "uint32", "tensor(int64)": "int64", "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+
+def runtime_info() -> RuntimeInfo:
+    import onnxruntime as ort
+
+    return RuntimeInfo(version=ort.__version__, providers=list(ort.get_available_providers()))
+
+
+def append_outputs(model_bytes: bytes, names: Sequence[str]) -> bytes:
+    """``model_bytes`` with ``names`` added as graph outputs (protobuf merge of field 7)."""
+    graph = b"".join(_field(12, _field(1, name.encode())) for name in names)
+    return model_bytes + _field(7, graph)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)
+
+
+class OnnxRuntimeRunner(Runner):
+    """One InferenceSession; providers, provider options and threads from the RunnerConfig."""
+
+    def _load_impl(self) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        missing = [p for p in self.config.providers if p not in available]
+        if missing:
+            raise ProtocolError(
+                ErrorCode.PROVIDER_MISSING, f"execution provider(s) {missing} not available here; available: {available}"
+            )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.config.graph_optimization])
+        if self.config.threads:
+            options.intra_op_num_threads = self.config.threads
+            options.inter_op_num_threads = 1
+        model: str | bytes = self.model_path  # by path when unmodified: no copy of the bytes in memory
+        if self.extra_outputs:
+            # A name that is already an output is accepted twice by ORT; appended outputs come last.
+            with open(self.model_path, "rb") as fh:
+                model = append_outputs(fh.read(), self.extra_outputs)
+        try:
+            self.session = ort.InferenceSession(
+                model, options, providers=self.config.providers, provider_options=self.config.provider_options or None
+            )
+        except Exception as exc:  # ORT raises its own pybind exception types
+            raise ProtocolError(ErrorCode.MODEL_INVALID, f"onnxruntime could not load the model: {exc}") from exc
+        outputs = self.session.get_outputs()
+        self._own = outputs[: len(outputs) - len(self.extra_outputs)]
+        self._fetch = [o.name for o in outputs]
+
+    def _inputs_impl(self) -> list[TensorSpec]:
+        return [_spec(i) for i in self.session.get_inputs()]
+
+    def _outputs_impl(self) -> list[TensorSpec]:
+        return [_spec(o) for o in self._own]
+
+    def _providers_used_impl(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(self._fetch, dict(feeds))
+        except Exception as exc:
+            raise ProtocolError(ErrorCode.BAD_INPUT, f"onnxruntime run failed: {exc}") from exc
+        return dict(zip(self._fetch, values))
+
+
+def _spec(arg) -> TensorSpec:
+    shape = [d if isinstance(d, int) else None for d in (arg.shape or [])]
+    return TensorSpec(name=arg.name, dtype=_ORT_TYPES.get(arg.type, arg.type), shape=shape)

@@ -1,0 +1,362 @@
+"""The agent's ROUTER loop: receive, validate, dispatch, reply.
+
+Model work never runs in this process: each benchmark or capture starts a worker
+(``qbench.agent.worker``) so that a crash or out-of-memory in the runtime becomes a
+typed error and the agent stays up. While a worker runs, its progress lines are
+forwarded to the host, with a heartbeat every few seconds so the host can tell a
+slow job from a dead link.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from qbench.protocols import codec
+from qbench.protocols.messages import (
+    PROGRESS,
+    REPLY,
+    REQUEST,
+    BenchmarkRequest,
+    CaptureRequest,
+    ErrorCode,
+    ErrorInfo,
+    HelloReply,
+    HelloRequest,
+    Limits,
+    Message,
+    ModelRef,
+    ModelStatusReply,
+    ModelUploadReply,
+    ModelUploadRequest,
+    MsgType,
+    ProtocolError,
+    RunnerConfig,
+    RuntimeInfo,
+    ShutdownReply,
+    from_dict,
+    to_dict,
+)
+from qbench.protocols.version import PROTOCOL_VERSION, compatible
+
+from . import AGENT_VERSION
+from .cache import ModelCache
+from .memory import total_memory_bytes
+
+log = logging.getLogger("qbench.agent")
+
+HEARTBEAT_S = 2.0
+
+
+@dataclass
+class AgentConfig:
+    """How the agent runs; the emulation fields make this machine act like a smaller device."""
+
+    bind: str = "tcp://127.0.0.1:0"
+    cache_dir: str = "~/.qbench/cache"
+    max_frame_bytes: int = 512 * 1024 * 1024
+    max_model_bytes: int = 2 * 1024 * 1024 * 1024
+    chunk_bytes: int = 8 * 1024 * 1024
+    threads: int | None = None
+    cpus: list[int] = field(default_factory=list)
+    memory_limit_mb: int | None = None
+    worker_cmd: list[str] = field(default_factory=lambda: [sys.executable])
+    exit_on_stdin_eof: bool = False
+
+
+class Agent:
+    """Serves one ROUTER socket until a shutdown request, SIGTERM or stdin EOF."""
+
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self.cache = ModelCache(config.cache_dir, config.max_model_bytes)
+        self.jobs_dir = self.cache.root / "jobs"
+        self.stopping = threading.Event()
+        self._runtimes: dict[str, RuntimeInfo] | None = None
+        self._baselines: dict[str, float] = {}
+        self._ctx = zmq.Context()
+        self.socket = self._ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes + codec.MAX_HEADER_BYTES)
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.endpoint = self._bind(config.bind)
+        self._handlers: dict[str, Callable[[Message], tuple[Any, list[np.ndarray], list[str]]]] = {
+            MsgType.HELLO.value: self._hello,
+            MsgType.MODEL_STATUS.value: self._model_status,
+            MsgType.MODEL_UPLOAD.value: self._model_upload,
+            MsgType.BENCHMARK.value: self._benchmark,
+            MsgType.CAPTURE.value: self._capture,
+            MsgType.SHUTDOWN.value: self._shutdown,
+        }
+        self._identity = b""
+        self._request: Message | None = None
+
+    def _bind(self, bind: str) -> str:
+        if bind.endswith(":0"):
+            port = self.socket.bind_to_random_port(bind.rsplit(":", 1)[0])
+            return f"{bind.rsplit(':', 1)[0]}:{port}"
+        self.socket.bind(bind)
+        return self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def serve(self) -> None:
+        """Answer requests until asked to stop."""
+        if self.config.exit_on_stdin_eof:
+            threading.Thread(target=self._watch_stdin, daemon=True).start()
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        while not self.stopping.is_set():
+            if not poller.poll(200):
+                continue
+            frames = self.socket.recv_multipart(copy=False)
+            self._identity = frames[0].bytes
+            self._handle(frames[1:])
+        self.socket.close()
+        self._ctx.term()
+
+    def _watch_stdin(self) -> None:
+        # Over SSH the agent's stdin is the channel: EOF means the host is gone.
+        while sys.stdin.buffer.read(4096):
+            pass
+        log.info("stdin closed: stopping")
+        self.stopping.set()
+
+    def _handle(self, frames: list) -> None:
+        msg_type, msg_id = "unknown_request", ""
+        try:
+            msg = codec.decode(frames, self.config.max_frame_bytes)
+            msg_type, msg_id = msg.type, msg.id
+            if not compatible(msg.version):
+                raise ProtocolError(
+                    ErrorCode.VERSION_MISMATCH,
+                    f"host speaks protocol {msg.version}, agent speaks {PROTOCOL_VERSION}: deploy a matching agent",
+                )
+            if not msg.type.endswith(REQUEST) or msg.type[: -len(REQUEST)] not in self._handlers:
+                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {msg.type!r}")
+            self._request = msg
+            content, tensors, names = self._handlers[msg.type[: -len(REQUEST)]](msg)
+            self._send(Message(type=_reply_type(msg_type), id=msg_id, content=to_dict(content),
+                               tensors=tensors, names=names, status="ok"))
+        except ProtocolError as exc:
+            self._send_error(msg_type, msg_id, exc.info)
+        except Exception as exc:  # the agent must survive anything a request does to it
+            log.exception("request %s failed", msg_type)
+            info = ErrorInfo(ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}", "agent", traceback.format_exc())
+            self._send_error(msg_type, msg_id, info)
+
+    def _send_error(self, msg_type: str, msg_id: str, info: ErrorInfo) -> None:
+        self._send(Message(type=_reply_type(msg_type), id=msg_id, content=to_dict(info), status="error"))
+
+    def _send(self, msg: Message) -> None:
+        self.socket.send_multipart([self._identity, *codec.encode(msg)], copy=False)
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        if self._request is not None:
+            content = {"stage": stage, "done": done, "total": total}
+            self._send(Message(type=PROGRESS, id=self._request.id, content=content))
+
+    # ---- handlers: each returns (content, tensors, tensor names) ------------------
+
+    def _hello(self, msg: Message):
+        from_dict(HelloRequest, msg.content)
+        reply = HelloReply(
+            protocol_version=PROTOCOL_VERSION,
+            agent_version=AGENT_VERSION,
+            python=platform.python_version(),
+            machine=platform.machine(),
+            system=f"{platform.system()} {platform.release()}",
+            cpu_count=len(self.config.cpus) or os.cpu_count() or 1,
+            total_memory_bytes=(self.config.memory_limit_mb or 0) * 1024 * 1024 or total_memory_bytes(),
+            runtimes=self.runtimes(),
+            limits=Limits(self.config.max_frame_bytes, self.config.max_model_bytes, self.config.chunk_bytes),
+            emulation={k: v for k, v in (("threads", self.config.threads), ("cpus", self.config.cpus),
+                                         ("memory_limit_mb", self.config.memory_limit_mb)) if v},
+        )
+        return reply, [], []
+
+    def runtimes(self) -> dict[str, RuntimeInfo]:
+        """Runtimes importable here, probed once in a worker (a broken runtime must not crash the agent)."""
+        if self._runtimes is None:
+            result = self._run_job({"kind": "probe"}, [], [], timeout_s=120.0, progress=False)
+            self._runtimes = from_dict(dict[str, RuntimeInfo], result["runtimes"])
+        return self._runtimes
+
+    def _model_status(self, msg: Message):
+        ref = from_dict(ModelRef, msg.content.get("model", {}))
+        path = self.cache.path(ref)
+        return ModelStatusReply(present=path.is_file(), size_bytes=path.stat().st_size if path.is_file() else 0), [], []
+
+    def _model_upload(self, msg: Message):
+        req = from_dict(ModelUploadRequest, msg.content)
+        if len(msg.tensors) != 1 or msg.tensors[0].dtype != np.uint8:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "model_upload carries exactly one uint8 frame")
+        if msg.tensors[0].size > self.config.chunk_bytes:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"chunk over {self.config.chunk_bytes} bytes")
+        received, complete = self.cache.write_chunk(req.model, req.total_bytes, req.offset, msg.tensors[0].data)
+        return ModelUploadReply(received_bytes=received, complete=complete), [], []
+
+    def _benchmark(self, msg: Message):
+        req = from_dict(BenchmarkRequest, msg.content)
+        self._apply_defaults(req.runner)
+        job = {
+            "kind": "benchmark",
+            "request": to_dict(req),
+            "model_path": str(self.cache.require(req.model)),
+            "baseline_mb": self._baseline(req.runner),
+        }
+        return self._run_job(job, msg.tensors, msg.names, req.timeout_s), [], []
+
+    def _capture(self, msg: Message):
+        req = from_dict(CaptureRequest, msg.content)
+        self._apply_defaults(req.runner)
+        job = {
+            "kind": "capture",
+            "request": to_dict(req),
+            "float_model_path": str(self.cache.require(req.float_model)),
+            "int8_model_path": str(self.cache.require(req.int8_model)),
+        }
+        return self._run_job(job, msg.tensors, msg.names, req.timeout_s), [], []
+
+    def _shutdown(self, msg: Message):
+        self.stopping.set()
+        return ShutdownReply(), [], []
+
+    def _apply_defaults(self, runner: RunnerConfig) -> None:
+        if runner.threads is None and self.config.threads:
+            runner.threads = self.config.threads
+        if runner.runtime not in self.runtimes():
+            raise ProtocolError(
+                ErrorCode.RUNTIME_MISSING,
+                f"runtime {runner.runtime!r} is not installed on the agent; installed: {sorted(self.runtimes())}",
+            )
+
+    def _baseline(self, runner: RunnerConfig) -> float:
+        """VmHWM of a worker that only imported the runtime: what the model adds is measured over it."""
+        if runner.runtime not in self._baselines:
+            result = self._run_job({"kind": "baseline", "runner": to_dict(runner)}, [], [], 120.0, progress=False)
+            self._baselines[runner.runtime] = float(result["peak_mb"])
+        return self._baselines[runner.runtime]
+
+    # ---- workers -----------------------------------------------------------------
+
+    def _run_job(self, job: dict, tensors: list, names: list[str], timeout_s: float, progress: bool = True) -> dict:
+        jobdir = self.jobs_dir / uuid.uuid4().hex
+        try:
+            self._write_job(jobdir, job, tensors, names)
+            return self._wait_worker(jobdir, timeout_s, progress)
+        finally:
+            shutil.rmtree(jobdir, ignore_errors=True)
+
+    def _write_job(self, jobdir: Path, job: dict, tensors: list, names: list[str]) -> None:
+        try:
+            jobdir.mkdir(parents=True)
+            for k, tensor in enumerate(tensors):
+                np.save(jobdir / f"in_{k}.npy", tensor, allow_pickle=False)
+            (jobdir / "job.json").write_text(json.dumps({**job, "inputs": list(names)}))
+        except OSError as exc:
+            if exc.errno == 28:
+                raise ProtocolError(ErrorCode.DISK_FULL, f"no space left in {jobdir.parent}") from exc
+            raise
+
+    def _wait_worker(self, jobdir: Path, timeout_s: float, progress: bool) -> dict:
+        stderr_path = jobdir / "stderr.txt"
+        with open(stderr_path, "wb") as stderr:
+            proc = subprocess.Popen(
+                [*self.config.worker_cmd, "-m", "qbench.agent.worker", str(jobdir)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                env=self._worker_env(), preexec_fn=self._limit_worker, start_new_session=True,
+            )
+            try:
+                self._pump(proc, timeout_s, progress)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                proc.stdout.close()
+        result_path = jobdir / "result.json"
+        if not result_path.exists():
+            tail = "\n".join(deque(stderr_path.read_text(errors="replace").splitlines(), maxlen=15))
+            code = ErrorCode.OUT_OF_MEMORY if proc.returncode == -signal.SIGKILL else ErrorCode.WORKER_CRASHED
+            raise ProtocolError(code, f"worker exited with status {proc.returncode}\n{tail}".rstrip())
+        result = json.loads(result_path.read_text())
+        if "error" in result:
+            err = from_dict(ErrorInfo, result["error"])
+            exc = ProtocolError(err.code, err.message, err.origin)
+            exc.info.traceback = err.traceback
+            raise exc
+        return result["ok"]
+
+    def _pump(self, proc: subprocess.Popen, timeout_s: float, progress: bool) -> None:
+        """Forward the worker's progress lines until it exits; kill it at the deadline or on stop."""
+        deadline = time.monotonic() + timeout_s
+        last_sent = time.monotonic()
+        stage = {"stage": "start", "done": 0, "total": 0}
+        selector = selectors.DefaultSelector()
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        buffered = b""
+        while True:
+            if time.monotonic() > deadline:
+                raise ProtocolError(ErrorCode.WORKER_TIMEOUT, f"worker did not finish within {timeout_s:.0f} s")
+            if self.stopping.is_set():
+                raise ProtocolError(ErrorCode.INTERNAL, "agent is stopping")
+            if selector.select(timeout=0.5):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                for line in lines:
+                    try:
+                        stage = json.loads(line)
+                    except ValueError:
+                        continue
+                    if progress:
+                        self._progress(stage.get("stage", ""), int(stage.get("done", 0)), int(stage.get("total", 0)))
+                        last_sent = time.monotonic()
+            if progress and time.monotonic() - last_sent > HEARTBEAT_S:
+                self._progress(stage.get("stage", ""), int(stage.get("done", 0)), int(stage.get("total", 0)))
+                last_sent = time.monotonic()
+        selector.close()
+        remaining = max(deadline - time.monotonic(), 0.1)
+        try:
+            proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            raise ProtocolError(ErrorCode.WORKER_TIMEOUT, f"worker did not finish within {timeout_s:.0f} s") from None
+
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # Workers import qbench exactly as the agent did (installed package, bundle or source tree).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        if self.config.threads:
+            env["OMP_NUM_THREADS"] = str(self.config.threads)
+        return env
+
+    def _limit_worker(self) -> None:
+        if self.config.cpus:
+            os.sched_setaffinity(0, self.config.cpus)
+        if self.config.memory_limit_mb:
+            import resource
+
+            limit = self.config.memory_limit_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _reply_type(request_type: str) -> str:
+    base = request_type[: -len(REQUEST)] if request_type.endswith(REQUEST) else request_type
+    return base + REPLY

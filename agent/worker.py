@@ -1,0 +1,164 @@
+"""A worker process: runs one job on one or two models, then exits.
+
+The agent starts ``python -m qbench.agent.worker JOBDIR`` for every job, so that a
+runtime crash or out-of-memory kills only the worker, and so that each model's peak
+memory (VmHWM) is its own. ``JOBDIR/job.json`` holds the job, ``JOBDIR/in_<k>.npy``
+the inputs (leading sample axis). The worker writes ``JOBDIR/result.json``; progress
+goes to stdout as JSON lines; anything else it says goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from qbench.protocols.messages import (
+    BenchmarkRequest,
+    CaptureReply,
+    CaptureRequest,
+    ErrorCode,
+    ErrorInfo,
+    MemoryStats,
+    ProtocolError,
+    RunnerConfig,
+    BenchmarkReply,
+    from_dict,
+    to_dict,
+)
+
+from . import capture, memory, timing
+from .runners import available_runtimes, import_runtime, runner_class
+
+
+def main(argv: list[str] | None = None) -> int:
+    jobdir = Path((argv or sys.argv[1:])[0])
+    job = json.loads((jobdir / "job.json").read_text())
+    try:
+        result: Any = JOBS[job["kind"]](job, jobdir)
+        payload = {"ok": to_dict(result)}
+    except ProtocolError as exc:
+        payload = {"error": to_dict(exc.info)}
+    except MemoryError:
+        payload = {"error": to_dict(ErrorInfo(ErrorCode.OUT_OF_MEMORY.value, "worker ran out of memory", "worker"))}
+    except Exception as exc:  # a runtime failure we did not foresee: typed, with its traceback
+        info = ErrorInfo(ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}", "worker", traceback.format_exc())
+        if "bad_alloc" in str(exc) or "Failed to allocate" in str(exc):
+            info.code, info.message = ErrorCode.OUT_OF_MEMORY.value, f"worker ran out of memory: {exc}"
+        payload = {"error": to_dict(info)}
+    tmp = jobdir / "result.json.tmp"
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(jobdir / "result.json")
+    return 0
+
+
+PROGRESS_EVERY_S = 0.25
+_last_progress = [0.0]
+
+
+def progress(stage: str, done: int, total: int, force: bool = True) -> None:
+    """One progress line for the agent to forward to the host; unforced lines at most every 0.25 s."""
+    now = time.monotonic()
+    if not force and now - _last_progress[0] < PROGRESS_EVERY_S:
+        return
+    _last_progress[0] = now
+    sys.stdout.write(json.dumps({"stage": stage, "done": done, "total": total}) + "\n")
+    sys.stdout.flush()
+
+
+def load_inputs(job: dict, jobdir: Path) -> tuple[list[str], list[np.ndarray]]:
+    names = job["inputs"]
+    return names, [np.load(jobdir / f"in_{k}.npy", allow_pickle=False) for k in range(len(names))]
+
+
+def sample_feeds(names: list[str], arrays: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """One feed dict per sample (views, no copies)."""
+    count = arrays[0].shape[0] if arrays else 1
+    return [{n: a[i] for n, a in zip(names, arrays)} for i in range(count)]
+
+
+def run_probe(job: dict, jobdir: Path) -> dict:
+    return {"runtimes": to_dict(available_runtimes())}
+
+
+def run_baseline(job: dict, jobdir: Path) -> dict:
+    import_runtime(from_dict(RunnerConfig, job["runner"]))
+    return {"peak_mb": memory.peak_rss_mb()}
+
+
+def run_benchmark(job: dict, jobdir: Path) -> BenchmarkReply:
+    req = from_dict(BenchmarkRequest, job["request"])
+    names, arrays = load_inputs(job, jobdir)
+    feeds = sample_feeds(names, arrays)
+    runner = runner_class(req.runner.runtime)(job["model_path"], req.runner)
+    t0 = time.perf_counter_ns()
+    runner.load()
+    init_ms = (time.perf_counter_ns() - t0) / 1e6
+    runner.infer(feeds[0])  # validates the inputs once; the timed loop then skips the checks
+    fast: Callable[[int], object] = lambda i: runner.infer_unchecked(feeds[i % len(feeds)])
+    total = req.timing.runs
+    stats = timing.measure(fast, req.timing, init_ms, on_run=lambda i: progress("timing", min(i, total), total, False))
+    peak = memory.peak_rss_mb()
+    baseline = float(job.get("baseline_mb", 0.0))
+    return BenchmarkReply(
+        latency=stats,
+        memory=MemoryStats(peak_mb=peak, baseline_mb=baseline, delta_mb=max(peak - baseline, 0.0)),
+        providers_used=runner.providers_used(),
+    )
+
+
+def run_capture(job: dict, jobdir: Path) -> CaptureReply:
+    req = from_dict(CaptureRequest, job["request"])
+    names, arrays = load_inputs(job, jobdir)
+    feeds = sample_feeds(names, arrays)
+    cls = runner_class(req.runner.runtime)
+    groups = capture.plan_groups([p.nbytes for p in req.pairs], req.budget_bytes)
+    accs = [capture.PairAccumulator(p) for p in req.pairs]
+    plain = cls(job["int8_model_path"], req.runner)
+    plain.load()
+    reference = {k: v.copy() for k, v in plain.infer(feeds[0]).items()}
+    del plain
+    fidelity = 0.0
+    for g, group in enumerate(groups):
+        progress("capture", g, len(groups))
+        float_runner = cls(job["float_model_path"], req.runner, [req.pairs[i].float_name for i in group])
+        int8_runner = cls(job["int8_model_path"], req.runner, [req.pairs[i].int8_name for i in group])
+        float_runner.load()
+        int8_runner.load()
+        for s, feed in enumerate(feeds):
+            f_out = float_runner.infer(feed)
+            q_out = int8_runner.infer(feed)
+            for i in group:
+                accs[i].update(f_out[req.pairs[i].float_name], q_out[req.pairs[i].int8_name])
+            if s == 0:
+                fidelity = max(fidelity, _max_abs_diff(reference, q_out))
+            del f_out, q_out
+        del float_runner, int8_runner
+    progress("capture", len(groups), len(groups))
+    return CaptureReply(stats=[a.stats() for a in accs], groups=groups, fidelity_max_abs_diff=fidelity)
+
+
+def _max_abs_diff(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> float:
+    """How far the capture session's model outputs are from the deployed session's."""
+    worst = 0.0
+    for name, ref in reference.items():
+        got = outputs.get(name)
+        if got is not None and got.shape == ref.shape and ref.size:
+            worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))))
+    return worst
+
+
+JOBS: dict[str, Callable[[dict, Path], Any]] = {
+    "probe": run_probe,
+    "baseline": run_baseline,
+    "benchmark": run_benchmark,
+    "capture": run_capture,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Terminal output of a run: a summary table, the worst layers, the sudden drops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..session import UI
+
+
+def _db(value: float | None, exact: bool = False) -> str:
+    if value is None:
+        return "exact" if exact else "n/a"
+    return f"{value:.2f} dB"
+
+
+def render_report(report: dict[str, Any], console: Console) -> None:
+    """Print the summary, the worst layers and the drops of a report."""
+    dev = report.get("device", {})
+    title = f"qbench · {dev.get('name')} · {dev.get('arch', '?')} · {dev.get('runtime')} {dev.get('runtime_version') or ''}"
+    if dev.get("emulated"):
+        title += " · EMULATED (timings are emulation timings)"
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("float", justify="right")
+    table.add_column("int8", justify="right")
+    table.add_column("int8 vs float", justify="right")
+    lat, mem = report.get("latency", {}), report.get("memory", {})
+    if "float" in lat and "int8" in lat:
+        table.add_row("latency median", f"{lat['float']['median_ms']:.3f} ms", f"{lat['int8']['median_ms']:.3f} ms",
+                      f"{lat.get('speedup') or 0:.2f}x speedup")
+        table.add_row("latency p90", f"{lat['float']['p90_ms']:.3f} ms", f"{lat['int8']['p90_ms']:.3f} ms", "")
+    if "float" in mem and "int8" in mem:
+        table.add_row("peak memory", f"{mem['float']['peak_mb']:.1f} MB", f"{mem['int8']['peak_mb']:.1f} MB",
+                      f"{mem.get('ratio') or 0:.2f}x")
+        table.add_row("memory over runtime", f"{mem['float']['delta_mb']:.1f} MB", f"{mem['int8']['delta_mb']:.1f} MB", "")
+    for out in report.get("outputs", []):
+        if out.get("kind") == "exact":
+            value = "identical" if out.get("exact") else f"{out.get('mismatches')} of {out.get('elements')} differ"
+        else:
+            value = _db(out.get("psnr_db"), out.get("exact", False))
+        table.add_row(f"output {out['name']}", "", "", f"PSNR {value}")
+    console.print(table)
+    layers = report.get("layers", [])
+    summary = report.get("summary", {})
+    by_name = {layer["name"]: layer for layer in layers}
+    if summary.get("worst_layers"):
+        worst = Table(title="worst layers (cumulative PSNR)", header_style="bold")
+        for col in ("#", "layer", "op", "PSNR", "local PSNR", "SQNR"):
+            worst.add_column(col, justify="right" if col in ("#", "PSNR", "local PSNR", "SQNR") else "left")
+        for name in summary["worst_layers"]:
+            x = by_name[name]
+            worst.add_row(str(x["index"]), name, x["op_type"], _db(x.get("psnr_db"), x.get("exact")),
+                          _db(x.get("local_psnr_db")), _db(x.get("sqnr_db")))
+        console.print(worst)
+    drops = summary.get("drops", [])
+    if drops:
+        console.print(f"[bold red]sudden drops[/] (PSNR falls > {report['settings'].get('drop_db')} dB below its inputs):")
+        for name in drops:
+            x = by_name[name]
+            console.print(f"  #{x['index']} {name} ({x['op_type']}): {_db(x['psnr_db'])}, -{x['drop_db']:.1f} dB")
+    elif layers:
+        console.print("no sudden drops")
+    if report.get("unmatched"):
+        console.print(f"{len(report['unmatched'])} float tensors have no int8 counterpart (listed in report.json)")
+    if report.get("error"):
+        err = report["error"]
+        console.print(f"[bold red]failed during {err['stage']}[/]: {err['message']}")
+
+
+class RichUI(UI):
+    """Stage lines and progress bars on stderr; silent when quiet or not a terminal."""
+
+    def __init__(self, console: Console, quiet: bool):
+        self.console = console
+        self.quiet = quiet
+        self.bars = not quiet and console.is_terminal
+        self._progress: Progress | None = None
+        self._task = None
+        self._stage = ""
+
+    def stage(self, name: str) -> None:
+        self._close()
+        self._stage = name
+        if self.bars:
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), console=self.console, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(name, total=None)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if self._progress is not None and self._task is not None:
+            label = "pass" if stage == "capture" else stage
+            self._progress.update(self._task, completed=done, total=total or None,
+                                  description=f"{self._stage} ({label})")
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]note:[/] {text}")
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"[bold yellow]warning:[/] {text}")
+
+    def _close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def close(self) -> None:
+        self._close()

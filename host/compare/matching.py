@@ -1,0 +1,224 @@
+"""Pair each float tensor with its counterpart in the int8 ONNX graph.
+
+Rules, tried in order for every float-valued node output ``X`` of the float graph
+(topological order), and for graph inputs the int8 model quantizes:
+
+``qdq``
+    The int8 graph has a ``QuantizeLinear`` whose input is ``X`` (or, for graph outputs,
+    ``X_QuantizeLinear_Input``). Its int8 output is captured and dequantized with its
+    own scale and zero point. The ``DequantizeLinear`` output is deliberately *not*
+    captured: making it a graph output stops ONNX Runtime from fusing the Q/DQ pattern
+    into int8 kernels, and the capture would then measure a float simulation.
+``qoperator``
+    The int8 graph has ``X_quantized`` (QOperator format, e.g. ``QLinearConv``) with
+    initializers ``X_scale`` and ``X_zero_point``.
+``float``
+    The int8 graph computes ``X`` itself, unquantized (ops left in float).
+
+Anything else is listed as unmatched with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qbench.protocols.messages import CapturePair, QParams
+
+from ..errors import UserError
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+@dataclass
+class Layer:
+    """One compared tensor of the float graph, in topological order."""
+
+    name: str
+    op_type: str
+    rule: str
+    pair: CapturePair
+    parents: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Unmatched:
+    name: str
+    op_type: str
+    reason: str
+
+
+@dataclass
+class Matching:
+    layers: list[Layer]
+    outputs: list[Layer]
+    unmatched: list[Unmatched]
+
+    def pairs(self) -> list[CapturePair]:
+        """Every pair to capture: layers first, then model outputs."""
+        return [layer.pair for layer in self.layers] + [out.pair for out in self.outputs]
+
+
+class _Graph:
+    """Lookups over one (shape-inferred) graph."""
+
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.producer = {o: n for n in graph.node for o in n.output if o}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.types = {}
+        for vi in [*graph.input, *graph.output, *graph.value_info]:
+            tt = vi.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim] if tt.HasField("shape") else None
+            self.types[vi.name] = (tt.elem_type, dims)
+        for t in graph.initializer:
+            self.types[t.name] = (t.data_type, list(t.dims))
+        self.inputs = [i.name for i in graph.input if i.name not in self.initializers]
+        self.outputs = [o.name for o in graph.output]
+
+    def is_float(self, name: str) -> bool | None:
+        elem = self.types.get(name, (0, None))[0]
+        return None if elem == 0 else elem in _FLOAT_TYPES
+
+    def nbytes(self, name: str) -> int | None:
+        elem, dims = self.types.get(name, (0, None))
+        if not elem or dims is None or any(d is None for d in dims):
+            return None
+        return int(np.prod(dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
+
+    def constant(self, name: str) -> np.ndarray | None:
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+
+def infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape-inferred copy (types and sizes of intermediates); the model itself if inference fails."""
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is a nicety here: matching still works by name
+        return model
+
+
+def match(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> Matching:
+    """Pair float and int8 tensors. Raises UserError if the two are not the same network."""
+    f, q = _Graph(infer(float_model)), _Graph(infer(int8_model))
+    _check_same_network(f, q)
+    layers: list[Layer] = []
+    unmatched: list[Unmatched] = []
+    for name in f.inputs:
+        pair, rule = _qdq(name, f, q)
+        if pair is not None:
+            layers.append(Layer(name, "Input", rule, pair))
+    for node in f.nodes:
+        for name in node.output:
+            if not name or f.is_float(name) is False:
+                continue
+            pair, rule = _qdq(name, f, q)
+            if pair is None:
+                pair, rule = _qoperator(name, f, q)
+            if pair is None and name in q.producer and q.is_float(name) is not False:
+                pair, rule = CapturePair(name, name, nbytes=_sum(f.nbytes(name), q.nbytes(name))), "float"
+            if pair is None:
+                unmatched.append(Unmatched(name, node.op_type, _reason(name, q)))
+            else:
+                layers.append(Layer(name, node.op_type, rule, pair))
+    if f.nodes and not layers:
+        raise UserError("the float and int8 models are not the same network: no layer of one matches the other")
+    _link_parents(layers, f)
+    outputs = [
+        Layer(name, "Output", "output",
+              CapturePair(name, name, nbytes=_sum(f.nbytes(name), q.nbytes(name)), exact=f.is_float(name) is False))
+        for name in f.outputs
+    ]
+    return Matching(layers, outputs, unmatched)
+
+
+def _check_same_network(f: _Graph, q: _Graph) -> None:
+    if sorted(f.inputs) != sorted(q.inputs):
+        raise UserError(f"the float and int8 models are not the same network: inputs {f.inputs} vs {q.inputs}")
+    missing = [o for o in f.outputs if o not in q.outputs]
+    if missing:
+        raise UserError(f"the float and int8 models are not the same network: int8 model lacks outputs {missing}")
+
+
+def _qdq(name: str, f: _Graph, q: _Graph) -> tuple[CapturePair | None, str]:
+    for source in (name, f"{name}_QuantizeLinear_Input"):
+        for node in q.consumers.get(source, []):
+            if node.op_type != "QuantizeLinear" or len(node.input) < 2:
+                continue
+            qparams = _qparams(q, node.input[1], node.input[2] if len(node.input) > 2 else "", node)
+            if qparams is not None:
+                out = node.output[0]
+                return CapturePair(name, out, qparams, _sum(f.nbytes(name), q.nbytes(out))), "qdq"
+    return None, ""
+
+
+def _qoperator(name: str, f: _Graph, q: _Graph) -> tuple[CapturePair | None, str]:
+    quantized = f"{name}_quantized"
+    if quantized not in q.producer:
+        return None, ""
+    qparams = _qparams(q, f"{name}_scale", f"{name}_zero_point", None)
+    if qparams is None:
+        return None, ""
+    return CapturePair(name, quantized, qparams, _sum(f.nbytes(name), q.nbytes(quantized))), "qoperator"
+
+
+def _qparams(q: _Graph, scale_name: str, zero_name: str, node: onnx.NodeProto | None) -> QParams | None:
+    scale = q.constant(scale_name)
+    if scale is None:
+        return None
+    zero = q.constant(zero_name) if zero_name else None
+    if zero is None:
+        zero = np.zeros(scale.shape, dtype=np.uint8)  # ONNX default zero point is uint8 0
+    axis = None
+    if scale.size > 1:
+        axis = next((a.i for a in (node.attribute if node is not None else []) if a.name == "axis"), 1)
+    return QParams(scale=[float(s) for s in scale.reshape(-1)], zero_point=[int(z) for z in zero.reshape(-1)],
+                   axis=axis, dtype=np.dtype(zero.dtype).name)
+
+
+def _reason(name: str, q: _Graph) -> str:
+    if name not in q.producer and name not in q.types:
+        return "not in the int8 graph (the quantizer fused or removed the node that produced it)"
+    if q.is_float(name) is False:
+        return "int8 graph holds it as an integer tensor with no quantization parameters"
+    return "no rule applies"
+
+
+def _link_parents(layers: list[Layer], f: _Graph) -> None:
+    """Parents of a layer: the nearest compared tensors upstream of it in the float graph."""
+    compared = {layer.name for layer in layers}
+    memo: dict[str, list[str]] = {}
+
+    def upstream(tensor: str) -> list[str]:
+        if tensor in memo:
+            return memo[tensor]
+        memo[tensor] = []
+        node = f.producer.get(tensor)
+        found: list[str] = []
+        for inp in (node.input if node is not None else []):
+            if inp in compared:
+                found.append(inp)
+            elif inp and inp not in f.initializers:
+                found.extend(upstream(inp))
+        memo[tensor] = list(dict.fromkeys(found))
+        return memo[tensor]
+
+    for layer in layers:
+        layer.parents = upstream(layer.name)
+
+
+def _sum(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b

@@ -1,0 +1,129 @@
+"""report.json (schema ``qbench.report/1``) from a run's state. Reads results, never a transport."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from qbench.protocols.messages import to_dict
+
+from .. import __version__
+from ..compare import metrics
+from ..session import RunState
+
+SCHEMA = "qbench.report/1"
+
+
+def build_report(state: RunState, argv: list[str] | None = None) -> dict[str, Any]:
+    """The report of a run, complete or not (``error`` says which stage failed)."""
+    s = state.settings
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "qbench_version": __version__,
+        "status": "failed" if state.error else "ok",
+        "device": _device(state),
+        "models": {kind: _model(info) for kind, info in (("float", state.float_info), ("int8", state.int8_info))
+                   if info is not None},
+        "notes": state.notes,
+        "settings": _settings(state, argv),
+        "transfer": {"model_bytes_uploaded": state.uploaded_bytes},
+    }
+    if state.error:
+        report["error"] = state.error
+    if state.benchmarks:
+        report["latency"] = {k: to_dict(b.latency) for k, b in state.benchmarks.items()}
+        report["memory"] = {k: to_dict(b.memory) for k, b in state.benchmarks.items()}
+        report["device"]["providers_used"] = next(iter(state.benchmarks.values())).providers_used
+        if len(state.benchmarks) == 2:
+            f, q = state.benchmarks["float"], state.benchmarks["int8"]
+            report["latency"]["speedup"] = _ratio(f.latency.median_ms, q.latency.median_ms)
+            report["memory"]["ratio"] = _ratio(q.memory.peak_mb, f.memory.peak_mb)
+    if state.capture is not None and state.matching is not None:
+        _comparison(report, state)
+    return report
+
+
+def _comparison(report: dict[str, Any], state: RunState) -> None:
+    m, cap = state.matching, state.capture
+    stats = cap.stats
+    layers = []
+    for index, (layer, st) in enumerate(zip(m.layers, stats)):
+        qp = layer.pair.qparams
+        step = qp.scale[0] if qp is not None and len(qp.scale) == 1 else None
+        entry = {"index": index, "name": layer.name, "op_type": layer.op_type, "rule": layer.rule,
+                 "int8_name": layer.pair.int8_name, "parents": layer.parents}
+        entry.update(metrics.figures(st, step))
+        if qp is not None and len(qp.scale) == 1:
+            lo, hi = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}.get(qp.dtype, (-128, 127))
+            entry["quant_min"] = (lo - qp.zero_point[0]) * qp.scale[0]
+            entry["quant_max"] = (hi - qp.zero_point[0]) * qp.scale[0]
+        layers.append(entry)
+    metrics.flag_drops(layers, state.settings.drop_db)
+    outputs = []
+    for out, st in zip(m.outputs, stats[len(m.layers):]):
+        fig = metrics.exact_figures(st) if out.pair.exact else {"kind": "float", **metrics.figures(st)}
+        outputs.append({"name": out.name, **fig})
+    report["layers"] = layers
+    report["outputs"] = outputs
+    report["unmatched"] = [vars(u) for u in m.unmatched]
+    report["capture"] = {"groups": len(cap.groups), "budget_mb": state.settings.memory_budget_mb,
+                         "fidelity_max_abs_diff": cap.fidelity_max_abs_diff}
+    float_outs = [o for o in outputs if o.get("kind") == "float"]
+    psnrs = [o["psnr_db"] for o in float_outs if o.get("psnr_db") is not None]
+    ranked = sorted((x for x in layers if x.get("psnr_db") is not None), key=lambda x: x["psnr_db"])
+    report["summary"] = {
+        "output_psnr_db": min(psnrs) if psnrs else None,
+        "outputs_exact": bool(float_outs) and all(o.get("exact") for o in float_outs),
+        "speedup": report.get("latency", {}).get("speedup"),
+        "memory_ratio": report.get("memory", {}).get("ratio"),
+        "worst_layers": [x["name"] for x in ranked[: state.settings.worst]],
+        "drops": [x["name"] for x in layers if x.get("drop")],
+        "layers_compared": len(layers),
+        "layers_unmatched": len(m.unmatched),
+    }
+
+
+def _device(state: RunState) -> dict[str, Any]:
+    s = state.settings
+    device: dict[str, Any] = {"name": s.device, "runtime": s.runner.runtime, "providers": s.runner.providers}
+    if state.agent:
+        hello = state.agent["hello"]
+        rt = hello.runtimes.get(s.runner.runtime)
+        device.update({
+            "transport": state.agent["label"], "arch": hello.machine, "system": hello.system,
+            "python": hello.python, "cpu_count": hello.cpu_count,
+            "total_memory_mb": round(hello.total_memory_bytes / 2**20, 1),
+            "runtime_version": rt.version if rt else None,
+            "available_providers": rt.providers if rt else [], "agent_version": hello.agent_version,
+            "emulation": hello.emulation,
+        })
+    return device
+
+
+def _model(info) -> dict[str, Any]:
+    return {"path": str(info.path), "sha256": info.sha256, "size_bytes": info.size_bytes, "format": info.format}
+
+
+def _settings(state: RunState, argv: list[str] | None) -> dict[str, Any]:
+    s = state.settings
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(s).items() if k not in ("runner", "timing")}
+    out["runner"] = to_dict(s.runner)
+    out["timing"] = to_dict(s.timing)
+    out["argv"] = list(argv if argv is not None else sys.argv)
+    return out
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """Write atomically: a reader never sees half a report."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False))
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""qbench.host.transport"""

@@ -1,0 +1,42 @@
+"""How the host reaches an agent: start it somewhere, hand back a ZeroMQ endpoint, stop it.
+
+Every transport starts the same agent command (``python -m qbench.agent`` or the
+deployed bundle) bound to loopback, and reads its one ready line from stdout::
+
+    QBENCH_AGENT_READY tcp://127.0.0.1:PORT
+"""
+
+from __future__ import annotations
+
+import abc
+
+READY_PREFIX = "QBENCH_AGENT_READY "
+
+
+class TransportError(Exception):
+    """The agent could not be started or reached; the message is one line for the user."""
+
+
+class AgentTransport(abc.ABC):
+    """Starts an agent and exposes it as a local ZeroMQ endpoint."""
+
+    #: a short label for reports ("local", "ssh pi@10.0.0.2")
+    label: str = ""
+
+    @abc.abstractmethod
+    def start(self) -> str:
+        """Start the agent; return the endpoint the host connects its DEALER to."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the agent and release everything; safe to call twice."""
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        """The agent's last stderr lines, for error messages."""
+        return ""
+
+    def __enter__(self) -> "AgentTransport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,146 @@
+"""The host's ZeroMQ DEALER: one request at a time, typed errors, bounded waits.
+
+A reply must arrive within ``timeout_s`` of the last message from the agent: the
+agent sends progress (or a heartbeat) every few seconds while a job runs, so a
+silent agent is a dead agent or a dead link, and the call fails in bounded time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from qbench.protocols import codec
+from qbench.protocols.messages import (
+    PROGRESS,
+    REPLY,
+    REQUEST,
+    BenchmarkReply,
+    BenchmarkRequest,
+    CaptureReply,
+    CaptureRequest,
+    ErrorInfo,
+    HelloReply,
+    HelloRequest,
+    Message,
+    ModelRef,
+    ModelStatusReply,
+    ModelUploadReply,
+    MsgType,
+    from_dict,
+    to_dict,
+)
+from qbench.protocols.version import PROTOCOL_VERSION, compatible
+
+from .. import __version__
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+class AgentError(Exception):
+    """A typed error reply from the agent (or a failure to get one)."""
+
+    def __init__(self, info: ErrorInfo):
+        super().__init__(f"{info.code}: {info.message}")
+        self.info = info
+
+
+class AgentClient:
+    """Talks to one agent. ``timeout_s`` bounds the silence between two messages."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 60.0):
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._ctx = zmq.Context.instance()
+        self._socket = self._ctx.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(endpoint)
+        self.info: HelloReply | None = None
+        self.uploaded_bytes = 0
+
+    def close(self) -> None:
+        self._socket.close(0)
+
+    def request(self, kind: MsgType, content: Any, tensors: dict[str, np.ndarray] | None = None,
+                progress: ProgressFn | None = None) -> dict:
+        """Send ``<kind>_request`` and wait for its reply; returns the reply content.
+
+        Raises:
+            AgentError: the agent replied with an error, or went silent for ``timeout_s``.
+        """
+        tensors = tensors or {}
+        msg_id = uuid.uuid4().hex
+        msg = Message(type=kind.value + REQUEST, id=msg_id, content=to_dict(content),
+                      tensors=list(tensors.values()), names=list(tensors))
+        if self.info is not None:
+            self._check_sizes(msg)
+        self._socket.send_multipart(codec.encode(msg), copy=False)
+        while True:
+            if not self._socket.poll(int(self.timeout_s * 1000)):
+                raise AgentError(ErrorInfo("timeout", f"no answer from the agent at {self.endpoint} within "
+                                                      f"{self.timeout_s:.0f} s during {kind.value}", "host"))
+            reply = codec.decode(self._socket.recv_multipart(copy=False), max_frame_bytes=1 << 40)
+            if reply.id != msg_id:
+                continue  # a late reply to a request we gave up on
+            if reply.type == PROGRESS:
+                if progress is not None:
+                    progress(str(reply.content.get("stage", "")), int(reply.content.get("done", 0)),
+                             int(reply.content.get("total", 0)))
+                continue
+            if reply.type != kind.value + REPLY:
+                raise AgentError(ErrorInfo("bad_message", f"unexpected {reply.type} to {kind.value}", "host"))
+            if reply.status != "ok":
+                raise AgentError(from_dict(ErrorInfo, reply.content))
+            return reply.content
+
+    def _check_sizes(self, msg: Message) -> None:
+        cap = self.info.limits.max_frame_bytes
+        for name, tensor in zip(msg.names, msg.tensors):
+            if tensor.nbytes > cap:
+                raise AgentError(ErrorInfo("too_large", f"input {name!r} is {tensor.nbytes} bytes, over the "
+                                                        f"agent's frame cap of {cap}", "host"))
+
+    def hello(self) -> HelloReply:
+        content = self.request(MsgType.HELLO, HelloRequest(PROTOCOL_VERSION, __version__))
+        self.info = from_dict(HelloReply, content)
+        if not compatible(self.info.protocol_version):
+            raise AgentError(ErrorInfo("version_mismatch", f"agent speaks protocol {self.info.protocol_version}, "
+                                                           f"host speaks {PROTOCOL_VERSION}", "host"))
+        return self.info
+
+    def ensure_model(self, path: Path, fmt: str, progress: ProgressFn | None = None) -> ModelRef:
+        """Upload ``path`` unless the agent already has its content; returns its reference."""
+        data = Path(path).read_bytes()
+        ref = ModelRef(sha256=hashlib.sha256(data).hexdigest(), format=fmt)
+        status = from_dict(ModelStatusReply, self.request(MsgType.MODEL_STATUS, {"model": to_dict(ref)}))
+        if status.present:
+            return ref
+        if len(data) > self.info.limits.max_model_bytes:
+            raise AgentError(ErrorInfo("too_large", f"{path.name} is {len(data)} bytes, over the agent's model cap "
+                                                    f"of {self.info.limits.max_model_bytes}", "host"))
+        view = np.frombuffer(data, dtype=np.uint8)
+        chunk = self.info.limits.chunk_bytes
+        for offset in range(0, max(len(data), 1), chunk):
+            part = view[offset: offset + chunk]
+            content = {"model": to_dict(ref), "total_bytes": len(data), "offset": offset}
+            reply = from_dict(ModelUploadReply, self.request(MsgType.MODEL_UPLOAD, content, {"chunk": part}))
+            self.uploaded_bytes += part.size
+            if progress is not None:
+                progress("upload", reply.received_bytes, len(data))
+        return ref
+
+    def benchmark(self, req: BenchmarkRequest, inputs: dict[str, np.ndarray],
+                  progress: ProgressFn | None = None) -> BenchmarkReply:
+        return from_dict(BenchmarkReply, self.request(MsgType.BENCHMARK, req, inputs, progress))
+
+    def capture(self, req: CaptureRequest, inputs: dict[str, np.ndarray],
+                progress: ProgressFn | None = None) -> CaptureReply:
+        return from_dict(CaptureReply, self.request(MsgType.CAPTURE, req, inputs, progress))
+
+    def shutdown(self) -> None:
+        self.request(MsgType.SHUTDOWN, {})

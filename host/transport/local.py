@@ -1,0 +1,94 @@
+"""The local-emulation agent: a real agent process on loopback, started and stopped by the host."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+
+from .base import READY_PREFIX, AgentTransport, TransportError
+
+START_TIMEOUT_S = 60.0
+
+
+class LocalTransport(AgentTransport):
+    """Runs ``<python> -m qbench.agent`` on this machine.
+
+    Args:
+        python_cmd: interpreter command (e.g. an emulator prefix plus an arm64 python).
+        cache_dir: the agent's model cache; defaults to ``~/.qbench/cache``.
+        threads, cpus, memory_limit_mb: make this machine act like a smaller device.
+        env: extra environment for the agent.
+    """
+
+    def __init__(self, python_cmd: list[str] | None = None, cache_dir: str | None = None,
+                 threads: int | None = None, cpus: list[int] | None = None,
+                 memory_limit_mb: int | None = None, env: dict[str, str] | None = None, label: str = "local"):
+        self.python_cmd = list(python_cmd or [sys.executable])
+        self.cache_dir = cache_dir or str(Path("~/.qbench/cache").expanduser())
+        self.threads, self.cpus, self.memory_limit_mb = threads, cpus or [], memory_limit_mb
+        self.env = env or {}
+        self.label = label
+        self._proc: subprocess.Popen | None = None
+        self._stderr: deque[str] = deque(maxlen=200)
+
+    def command(self) -> list[str]:
+        cmd = [*self.python_cmd, "-m", "qbench.agent", "--bind", "tcp://127.0.0.1:0",
+               "--cache-dir", self.cache_dir, "--exit-on-stdin-eof",
+               "--worker-cmd", subprocess.list2cmdline(self.python_cmd)]
+        if self.threads:
+            cmd += ["--threads", str(self.threads)]
+        if self.cpus:
+            cmd += ["--cpus", ",".join(map(str, self.cpus))]
+        if self.memory_limit_mb:
+            cmd += ["--memory-limit-mb", str(self.memory_limit_mb)]
+        return cmd
+
+    def start(self) -> str:
+        try:
+            self._proc = subprocess.Popen(
+                self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env={**os.environ, **self.env},
+            )
+        except OSError as exc:
+            raise TransportError(f"cannot start the local agent ({self.python_cmd[0]}): {exc}") from exc
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        line = _readline_with_timeout(self._proc, START_TIMEOUT_S)
+        if not line.startswith(READY_PREFIX):
+            self.stop()
+            raise TransportError(f"the local agent did not start: {self.stderr_tail(5) or line.strip() or 'no output'}")
+        return line[len(READY_PREFIX):].strip()
+
+    def _drain_stderr(self) -> None:
+        for line in self._proc.stderr:
+            self._stderr.append(line.rstrip("\n"))
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        return "\n".join(list(self._stderr)[-lines:])
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()  # the agent stops on stdin EOF
+            proc.wait(timeout=10)
+        except (subprocess.TimeoutExpired, OSError):
+            proc.kill()
+            proc.wait()
+
+
+def _readline_with_timeout(proc: subprocess.Popen, timeout_s: float) -> str:
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return result[0] if result else ""
+
+
+def default_cache_dir() -> str:
+    return str(Path(tempfile.gettempdir()) / "qbench-cache")

@@ -1,0 +1,356 @@
+"""Typed messages of the qbench wire protocol (see ``protocols/README.md``).
+
+Every message is a :class:`Message`: a header (type, id, version, status) with a
+``content`` dict, plus raw tensors carried as extra frames. Request and reply
+contents are the dataclasses below; :func:`from_dict` builds them from JSON and
+ignores unknown fields, so that a newer peer's additions do not break an older one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+REQUEST = "_request"
+REPLY = "_reply"
+
+
+class MsgType(str, enum.Enum):
+    """Request/reply pairs: ``<value>_request`` is answered by ``<value>_reply``."""
+
+    HELLO = "hello"
+    MODEL_STATUS = "model_status"
+    MODEL_UPLOAD = "model_upload"
+    BENCHMARK = "benchmark"
+    CAPTURE = "capture"
+    SHUTDOWN = "shutdown"
+
+
+PROGRESS = "progress"  # agent -> host, zero or more before a reply, same id
+
+
+class ErrorCode(str, enum.Enum):
+    """Typed error codes; the spec lists when each is sent."""
+
+    BAD_MESSAGE = "bad_message"
+    VERSION_MISMATCH = "version_mismatch"
+    UNKNOWN_TYPE = "unknown_type"
+    TOO_LARGE = "too_large"
+    MODEL_MISSING = "model_missing"
+    MODEL_CORRUPT = "model_corrupt"
+    MODEL_INVALID = "model_invalid"
+    RUNTIME_MISSING = "runtime_missing"
+    PROVIDER_MISSING = "provider_missing"
+    BAD_INPUT = "bad_input"
+    WORKER_CRASHED = "worker_crashed"
+    WORKER_TIMEOUT = "worker_timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    DISK_FULL = "disk_full"
+    INTERNAL = "internal"
+
+
+@dataclass
+class ErrorInfo:
+    """The content of an error reply: what failed, and on which side."""
+
+    code: str
+    message: str
+    origin: str = "agent"
+    traceback: str | None = None
+
+
+class ProtocolError(Exception):
+    """An error that travels as a typed error reply."""
+
+    def __init__(self, code: ErrorCode | str, message: str, origin: str = "agent"):
+        super().__init__(message)
+        self.info = ErrorInfo(code=ErrorCode(code).value, message=message, origin=origin)
+
+
+@dataclass
+class TensorDesc:
+    """Describes one raw tensor frame: C-contiguous, native little-endian."""
+
+    dtype: str
+    shape: list[int]
+    name: str = ""
+
+
+@dataclass
+class Message:
+    """One protocol message: header fields, JSON content and its tensors."""
+
+    type: str
+    id: str
+    content: dict[str, Any] = field(default_factory=dict)
+    tensors: list[Any] = field(default_factory=list)  # numpy arrays, in frame order
+    names: list[str] = field(default_factory=list)  # one name per tensor ("" if unnamed)
+    status: str | None = None  # replies only: "ok" | "error"
+    version: str = ""
+
+
+# ---- contents -------------------------------------------------------------------
+
+
+@dataclass
+class RuntimeInfo:
+    version: str
+    providers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Limits:
+    max_frame_bytes: int
+    max_model_bytes: int
+    chunk_bytes: int
+
+
+@dataclass
+class HelloRequest:
+    protocol_version: str
+    client_version: str = ""
+
+
+@dataclass
+class HelloReply:
+    protocol_version: str
+    agent_version: str
+    python: str
+    machine: str
+    system: str
+    cpu_count: int
+    total_memory_bytes: int
+    runtimes: dict[str, RuntimeInfo]
+    limits: Limits
+    emulation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelRef:
+    """A model in the agent's cache, by content. ``format`` is ``onnx`` or ``tflite``."""
+
+    sha256: str
+    format: str
+
+
+@dataclass
+class ModelStatusReply:
+    present: bool
+    size_bytes: int = 0
+
+
+@dataclass
+class ModelUploadRequest:
+    """One chunk (the single tensor frame, dtype uint8) of a model at ``offset``."""
+
+    model: ModelRef
+    total_bytes: int
+    offset: int
+
+
+@dataclass
+class ModelUploadReply:
+    received_bytes: int
+    complete: bool
+
+
+@dataclass
+class RunnerConfig:
+    """How a worker builds its session. Fields a runtime does not know are ignored by it."""
+
+    runtime: str = "onnxruntime"
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    provider_options: list[dict[str, Any]] = field(default_factory=list)
+    threads: int | None = None
+    graph_optimization: str = "all"  # onnxruntime: disable | basic | extended | all
+    # tflite: "xnnpack" (None = xnnpack) | "none" | an external delegate's name (library from delegate_path)
+    delegate: str | None = None
+    delegate_path: str | None = None  # tflite: external delegate library (.so)
+    delegate_options: dict[str, Any] = field(default_factory=dict)  # tflite: external delegate options
+
+
+@dataclass
+class TimingConfig:
+    """Warm-up runs are discarded; then at least ``runs`` and ``min_seconds``, at most the caps."""
+
+    warmup: int = 5
+    runs: int = 20
+    min_seconds: float = 0.5
+    max_runs: int = 10000
+    max_seconds: float = 120.0
+
+
+@dataclass
+class BenchmarkRequest:
+    """Time one model. Tensors: one per model input, named, leading axis = samples."""
+
+    model: ModelRef
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    timeout_s: float = 600.0
+
+
+@dataclass
+class LatencyStats:
+    init_ms: float
+    first_ms: float
+    warmup: int
+    runs: int
+    min_ms: float
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+    samples_ms: list[float]
+
+
+@dataclass
+class MemoryStats:
+    """VmHWM of the worker after load and runs, and the same of a worker that only imported the runtime."""
+
+    peak_mb: float
+    baseline_mb: float
+    delta_mb: float
+
+
+@dataclass
+class BenchmarkReply:
+    latency: LatencyStats
+    memory: MemoryStats
+    providers_used: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QParams:
+    """Affine quantization of an int8 tensor: real = (q - zero_point) * scale (per channel along ``axis``)."""
+
+    scale: list[float]
+    zero_point: list[int]
+    axis: int | None = None
+    dtype: str = "int8"
+
+
+@dataclass
+class CapturePair:
+    """One tensor to compare: the float model's ``float_name`` against the int8 model's ``int8_name``.
+
+    ``qparams`` dequantizes an integer int8-side tensor before comparing. ``nbytes`` is
+    the captured size per sample of both sides (for budget grouping), None if unknown.
+    ``exact`` compares element equality instead of error sums (non-float tensors).
+    """
+
+    float_name: str
+    int8_name: str
+    qparams: QParams | None = None
+    nbytes: int | None = None
+    exact: bool = False
+
+
+@dataclass
+class CaptureRequest:
+    """Run both models on the same inputs and reduce each pair on the agent.
+
+    Tensors: the inputs, as in :class:`BenchmarkRequest`.
+    """
+
+    float_model: ModelRef
+    int8_model: ModelRef
+    pairs: list[CapturePair]
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    budget_bytes: int = 256 * 1024 * 1024
+    timeout_s: float = 1800.0
+
+
+@dataclass
+class PairStats:
+    """Accumulators of one pair over all samples (float64 sums). See the spec for each."""
+
+    count: int = 0
+    sum_sq_err: float = 0.0
+    sum_sq_float: float = 0.0
+    max_abs_float: float = 0.0
+    max_abs_err: float = 0.0
+    float_min: float | None = None
+    float_max: float | None = None
+    mismatches: int = 0
+    local_sum_sq_err: float | None = None
+    clipped: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class CaptureReply:
+    stats: list[PairStats]
+    groups: list[list[int]]
+    fidelity_max_abs_diff: float | None = None
+
+
+@dataclass
+class ShutdownReply:
+    stopping: bool = True
+
+
+# ---- dict <-> dataclass ---------------------------------------------------------
+
+T = typing.TypeVar("T")
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain JSON-able form of a content dataclass (recursively)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def from_dict(cls: type[T], data: Any) -> T:
+    """Build ``cls`` from JSON data; unknown keys are ignored, missing ones take defaults.
+
+    Raises:
+        ProtocolError: ``bad_message`` when a required field is missing or of the wrong shape.
+    """
+    try:
+        return _convert(cls, data)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {cls.__name__}: {exc}") from exc
+
+
+def _convert(tp: Any, data: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise TypeError(f"{tp.__name__} must be an object")
+        hints = typing.get_type_hints(tp)
+        kwargs = {f.name: _convert(hints[f.name], data[f.name]) for f in dataclasses.fields(tp) if f.name in data}
+        return tp(**kwargs)
+    if origin is typing.Union or origin is types.UnionType:
+        if data is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], data)
+    if origin is list:
+        if not isinstance(data, list):
+            raise TypeError("expected a list")
+        return [_convert(args[0], v) for v in data]
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise TypeError("expected an object")
+        return {k: _convert(args[1], v) for k, v in data.items()}
+    if tp in (int, float) and isinstance(data, bool):
+        raise TypeError("expected a number")
+    if tp is float and isinstance(data, int):
+        return float(data)
+    if tp in (int, float, str, bool) and not isinstance(data, tp):
+        raise TypeError(f"expected {tp.__name__}, got {type(data).__name__}")
+    return data
