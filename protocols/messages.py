@@ -280,6 +280,7 @@ class PairStats:
     mismatches: int = 0
     local_sum_sq_err: float | None = None
     clipped: int | None = None
+    graph_altered: bool = False
     error: str | None = None
 
 

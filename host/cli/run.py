@@ -72,8 +72,8 @@ def run(
     out_dir = out or default_out_dir(model)
     dev = load_inventory(devices).get(device)
     transport = transport_for(dev, accept_new_host)
-    runner = RunnerConfig(runtime=dev.runtime, providers=provider or dev.provider_names(),
-                          provider_options=[] if provider else dev.provider_options(),
+    runner = RunnerConfig(runtime=dev.runtime, providers=provider or dev.provider_names,
+                          provider_options=[] if provider else dev.provider_options,
                           threads=threads or dev.threads)
     settings = RunSettings(
         model=model, out_dir=out_dir, int8=int8, device=device, input_shapes=parse_input_shapes(input_shape),

@@ -190,7 +190,7 @@ def _qparams(q: _Graph, scale_name: str, zero_name: str, node: onnx.NodeProto | 
 
 
 def _reason(name: str, q: _Graph) -> str:
-    if name not in q.producer and name not in q.types:
+    if name not in q.producer:
         return "not in the int8 graph (the quantizer fused or removed the node that produced it)"
     if q.is_float(name) is False:
         return "int8 graph holds it as an integer tensor with no quantization parameters"

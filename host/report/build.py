@@ -58,6 +58,8 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         entry = {"index": index, "name": layer.name, "op_type": layer.op_type, "rule": layer.rule,
                  "int8_name": layer.pair.int8_name, "parents": layer.parents}
         entry.update(metrics.figures(st, step))
+        if st.graph_altered:
+            entry["graph_altered"] = True
         if qp is not None and len(qp.scale) == 1:
             lo, hi = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}.get(qp.dtype, (-128, 127))
             entry["quant_min"] = (lo - qp.zero_point[0]) * qp.scale[0]
@@ -106,7 +108,7 @@ def _device(state: RunState) -> dict[str, Any]:
 
 
 def _model(info) -> dict[str, Any]:
-    return {"path": str(info.path), "sha256": info.sha256, "size_bytes": info.size_bytes, "format": info.format}
+    return {"path": str(Path(info.path).resolve()), "sha256": info.sha256, "size_bytes": info.size_bytes, "format": info.format}
 
 
 def _settings(state: RunState, argv: list[str] | None) -> dict[str, Any]:

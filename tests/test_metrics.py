@@ -1,0 +1,87 @@
+"""The figures against hand computation, independent of the agent's accumulators."""
+
+import math
+
+import numpy as np
+import pytest
+
+from qbench.agent.capture import PairAccumulator, dequantize
+from qbench.host.compare import metrics
+from qbench.protocols.messages import CapturePair, PairStats, QParams
+
+
+def test_psnr_by_hand():
+    # f = [1, -2, 3, 4], q = [1, -2, 2, 4]: MSE = 1/4, peak = 4 -> 10·log10(16 / 0.25) = 10·log10(64)
+    s = PairStats(count=4, sum_sq_err=1.0, sum_sq_float=30.0, max_abs_float=4.0)
+    fig = metrics.figures(s)
+    assert fig["psnr_db"] == pytest.approx(10 * math.log10(64), abs=1e-4)
+    assert fig["sqnr_db"] == pytest.approx(10 * math.log10(30.0), abs=1e-4)
+    assert fig["mse"] == 0.25
+
+
+def test_psnr_is_pooled_over_samples_not_averaged_in_db():
+    f = [np.array([1.0, 1.0]), np.array([10.0, 10.0])]
+    q = [np.array([1.5, 1.0]), np.array([10.0, 10.0])]
+    acc = PairAccumulator(CapturePair("t", "t"))
+    for a, b in zip(f, q):
+        acc.update(a.astype(np.float32), b.astype(np.float32))
+    fig = metrics.figures(acc.stats())
+    # pooled: MSE = 0.25 / 4, peak = 10 (max over both samples)
+    assert fig["psnr_db"] == pytest.approx(10 * math.log10(100 / (0.25 / 4)), abs=1e-4)
+    per_sample_mean = np.mean([10 * math.log10(1 / (0.25 / 2)), 1e9])
+    assert fig["psnr_db"] != pytest.approx(per_sample_mean)
+
+
+def test_identical_tensors_are_exact_with_null_psnr():
+    acc = PairAccumulator(CapturePair("t", "t"))
+    x = np.linspace(-1, 1, 50, dtype=np.float32)
+    acc.update(x, x.copy())
+    fig = metrics.figures(acc.stats())
+    assert fig["psnr_db"] is None and fig["exact"] is True
+
+
+def test_all_zero_float_tensor_with_error_has_no_psnr_and_is_not_exact():
+    fig = metrics.figures(PairStats(count=2, sum_sq_err=2.0, sum_sq_float=0.0, max_abs_float=0.0))
+    assert fig["psnr_db"] is None and fig["exact"] is False
+
+
+def test_exact_comparison_counts_mismatches():
+    acc = PairAccumulator(CapturePair("idx", "idx", exact=True))
+    acc.update(np.array([1, 2, 3], np.int64), np.array([1, 5, 3], np.int64))
+    fig = metrics.exact_figures(acc.stats())
+    assert fig["mismatches"] == 1 and fig["exact"] is False and fig["elements"] == 3
+
+
+def test_dequantized_comparison_and_local_error_by_hand():
+    qp = QParams(scale=[0.5], zero_point=[2], dtype="int8")
+    f = np.array([0.0, 0.74, 1.0, 100.0], np.float32)
+    q = np.array([2, 3, 4, 127], np.int8)  # dequantized: 0, 0.5, 1.0, 62.5
+    acc = PairAccumulator(CapturePair("t", "t_q", qp))
+    acc.update(f, q)
+    s = acc.stats()
+    deq = np.array([0.0, 0.5, 1.0, 62.5])
+    assert s.sum_sq_err == pytest.approx(np.sum((f.astype(np.float64) - deq) ** 2))
+    # local: round(f/0.5)+2 = [2, 3(1.48->1 +2), 4, 202 -> clipped to 127]
+    local = np.array([0.0, 0.5, 1.0, (127 - 2) * 0.5])
+    assert s.local_sum_sq_err == pytest.approx(np.sum((f.astype(np.float64) - local) ** 2))
+    assert s.clipped == 1
+
+
+def test_per_channel_dequantization_by_hand():
+    qp = QParams(scale=[0.1, 1.0], zero_point=[0, 5], axis=1, dtype="int8")
+    q = np.array([[[10], [6]], [[-10], [5]]], np.int8)  # shape (2, 2, 1)
+    expected = np.array([[[1.0], [1.0]], [[-1.0], [0.0]]])
+    np.testing.assert_allclose(dequantize(q, qp), expected)
+
+
+def test_drops_compare_against_the_weakest_parent():
+    layers = [
+        {"name": "a", "psnr_db": 40.0, "parents": []},
+        {"name": "b", "psnr_db": 30.0, "parents": ["a"]},
+        {"name": "c", "psnr_db": 29.0, "parents": ["a", "b"]},
+        {"name": "d", "psnr_db": None, "exact": True, "parents": ["c"]},
+    ]
+    metrics.flag_drops(layers, threshold_db=6.0)
+    assert [x["drop"] for x in layers] == [False, True, False, False]
+    assert layers[1]["drop_db"] == 10.0 and layers[2]["drop_db"] == 1.0
+    assert layers[0]["drop_db"] is None and layers[3]["drop_db"] is None

@@ -1,0 +1,156 @@
+"""`qbench run --device local` end to end: real CLI, real agent process, real ZeroMQ, real ONNX Runtime.
+
+Figures are checked against an independent computation: plain onnxruntime sessions on the
+models qbench wrote, tensors exposed with onnx.helper, PSNR computed here with numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from conftest import load_report, qbench
+from models import build_control_flow, build_convnet, build_dynamic_opset11, build_two_inputs_int64
+
+FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--quiet"]
+
+
+def _session(path, extra_outputs=()):
+    model = onnx.load(str(path))
+    for name in extra_outputs:
+        model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _psnr(f: np.ndarray, q: np.ndarray) -> float:
+    f, q = f.astype(np.float64), q.astype(np.float64)
+    return 10 * np.log10(np.max(np.abs(f)) ** 2 / np.mean((f - q) ** 2))
+
+
+@pytest.fixture(scope="module")
+def convnet_run(tmp_path_factory, agent_cache):
+    tmp = tmp_path_factory.mktemp("convnet")
+    model = build_convnet(tmp / "convnet.onnx")
+    rng = np.random.default_rng(7)
+    np.savez(tmp / "eval.npz", x=rng.normal(size=(3, 1, 3, 16, 16)).astype(np.float32))
+    np.savez(tmp / "calib.npz", x=rng.normal(size=(8, 1, 3, 16, 16)).astype(np.float32))
+    out = tmp / "out"
+    proc = qbench("run", "--device", "local", str(model), "--data", "eval.npz", "--calibration", "calib.npz",
+                  "--out", str(out), *FAST, cwd=tmp, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    return tmp, out, load_report(out), proc
+
+
+def test_report_has_every_section_of_the_schema(convnet_run):
+    _, out, report, _ = convnet_run
+    assert report["schema"] == "qbench.report/1" and report["status"] == "ok"
+    for key in ("device", "models", "outputs", "layers", "unmatched", "latency", "memory", "settings", "summary"):
+        assert key in report
+    assert report["device"]["runtime"] == "onnxruntime" and report["device"]["arch"]
+    assert (out / "model.int8.onnx").is_file()
+    assert report["models"]["int8"]["path"].endswith("model.int8.onnx")
+    for kind in ("float", "int8"):
+        lat = report["latency"][kind]
+        assert lat["runs"] == len(lat["samples_ms"]) >= 3
+        assert lat["min_ms"] <= lat["median_ms"] <= lat["p99_ms"]
+        assert report["memory"][kind]["peak_mb"] > report["memory"][kind]["delta_mb"] > 0
+    assert report["latency"]["speedup"] == pytest.approx(
+        report["latency"]["float"]["median_ms"] / report["latency"]["int8"]["median_ms"], rel=1e-3)
+
+
+def test_output_psnr_matches_an_independent_computation(convnet_run):
+    tmp, out, report, _ = convnet_run
+    x = np.load(tmp / "eval.npz")["x"]
+    float_sess = _session(report["models"]["float"]["path"])
+    int8_sess = _session(report["models"]["int8"]["path"])
+    f = np.stack([float_sess.run(["probs"], {"x": s})[0] for s in x])
+    q = np.stack([int8_sess.run(["probs"], {"x": s})[0] for s in x])
+    (probs,) = [o for o in report["outputs"] if o["name"] == "probs"]
+    assert probs["psnr_db"] == pytest.approx(_psnr(f, q), abs=1e-3)
+    assert report["summary"]["output_psnr_db"] == probs["psnr_db"]
+
+
+def test_layer_psnr_matches_an_independent_computation(convnet_run):
+    tmp, out, report, _ = convnet_run
+    x = np.load(tmp / "eval.npz")["x"]
+    int8_model = onnx.load(report["models"]["int8"]["path"])
+    inits = {t.name: numpy_helper.to_array(t) for t in int8_model.graph.initializer}
+    layers = [layer for layer in report["layers"] if layer["rule"] == "qdq" and layer["op_type"] != "Input"]
+    f_sess = _session(report["models"]["float"]["path"], [x["name"] for x in layers])
+    q_sess = _session(report["models"]["int8"]["path"], [x["int8_name"] for x in layers])
+    plain = _session(report["models"]["int8"]["path"])
+    # The premise of any capture: exposing the tensors must not change what the int8 model computes.
+    for s in x:
+        np.testing.assert_array_equal(q_sess.run(["probs"], {"x": s})[0], plain.run(["probs"], {"x": s})[0])
+    for layer in layers:
+        (qnode,) = [n for n in int8_model.graph.node if n.op_type == "QuantizeLinear" and n.output[0] == layer["int8_name"]]
+        scale, zero = inits[qnode.input[1]], inits[qnode.input[2]]
+        f = np.stack([f_sess.run([layer["name"]], {"x": s})[0] for s in x])
+        q = np.stack([q_sess.run([layer["int8_name"]], {"x": s})[0] for s in x])
+        deq = (q.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64)
+        assert layer["psnr_db"] == pytest.approx(_psnr(f, deq), abs=1e-3), layer["name"]
+        assert layer["mse"] == pytest.approx(np.mean((f.astype(np.float64) - deq) ** 2), rel=1e-6)
+    assert len(layers) >= 5
+
+
+def test_layers_are_in_topological_order_with_unmatched_listed(convnet_run):
+    _, _, report, _ = convnet_run
+    names = [layer["name"] for layer in report["layers"]]
+    assert names.index("x") < names.index("relu1") < names.index("add") < names.index("probs")
+    assert [layer["index"] for layer in report["layers"]] == list(range(len(names)))
+    unmatched = {u["name"]: u["reason"] for u in report["unmatched"]}
+    assert "conv1" in unmatched and "fused" in unmatched["conv1"]  # Relu folded into the quantized Conv
+    assert report["capture"]["fidelity_max_abs_diff"] == 0.0
+
+
+def test_terminal_output_shows_summary_and_worst_layers(convnet_run):
+    _, _, _, proc = convnet_run
+    assert "latency median" in proc.stdout and "speedup" in proc.stdout
+    assert "worst layers" in proc.stdout and "output probs" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_second_run_uploads_no_model_bytes(convnet_run, agent_cache):
+    tmp, out, report, _ = convnet_run
+    assert report["transfer"]["model_bytes_uploaded"] > 0
+    again = tmp / "again"
+    proc = qbench("run", str(tmp / "convnet.onnx"), "--int8", report["models"]["int8"]["path"], "--data", "eval.npz",
+                  "--out", str(again), *FAST, cwd=tmp, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    # float is the original model here (not the prepared one): only it may be new to the cache
+    assert load_report(again)["transfer"]["model_bytes_uploaded"] <= (tmp / "convnet.onnx").stat().st_size
+
+
+def test_dynamic_dims_and_old_opset(tmp_path, agent_cache):
+    model = build_dynamic_opset11(tmp_path / "dyn.onnx")
+    proc = qbench("run", str(model), "--input-shape", "x:2,3,8,8", "--samples", "2", "--out", "o", *FAST,
+                  cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp_path / "o")
+    assert report["outputs"][0]["psnr_db"] > 20
+    prepared = onnx.load(report["models"]["float"]["path"])
+    assert max(o.version for o in prepared.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert [d.dim_value for d in prepared.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 8, 8]
+
+
+def test_two_inputs_with_int64_and_an_exact_output(tmp_path, agent_cache):
+    model = build_two_inputs_int64(tmp_path / "two.onnx")
+    proc = qbench("run", str(model), "--samples", "3", "--out", "o", *FAST, cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    outputs = {o["name"]: o for o in load_report(tmp_path / "o")["outputs"]}
+    assert outputs["label"]["kind"] == "exact" and outputs["label"]["psnr_db"] is None
+    assert outputs["label"]["elements"] == 3
+    assert outputs["probs"]["kind"] == "float" and outputs["probs"]["psnr_db"] is not None
+
+
+def test_control_flow_model(tmp_path, agent_cache):
+    model = build_control_flow(tmp_path / "cf.onnx")
+    proc = qbench("run", str(model), "--samples", "2", "--out", "o", "--json", *FAST, cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp_path / "o")
+    assert report["status"] == "ok" and report["layers"]
