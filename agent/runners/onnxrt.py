@@ -79,7 +79,7 @@ class OnnxRuntimeRunner(Runner):
                 model, options, providers=self.config.providers, provider_options=self.config.provider_options or None
             )
         except Exception as exc:  # ORT raises its own pybind exception types
-            raise ProtocolError(ErrorCode.MODEL_INVALID, f"onnxruntime could not load the model: {exc}") from exc
+            raise _error(exc, ErrorCode.MODEL_INVALID, "onnxruntime could not load the model") from exc
         outputs = self.session.get_outputs()
         self._own = outputs[: len(outputs) - len(self.extra_outputs)]
         self._fetch = [o.name for o in outputs]
@@ -97,8 +97,16 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self.session.run(self._fetch, dict(feeds))
         except Exception as exc:
-            raise ProtocolError(ErrorCode.BAD_INPUT, f"onnxruntime run failed: {exc}") from exc
+            raise _error(exc, ErrorCode.BAD_INPUT, "onnxruntime run failed") from exc
         return dict(zip(self._fetch, values))
+
+
+def _error(exc: Exception, code: ErrorCode, what: str) -> ProtocolError:
+    """ORT reports allocation failures as generic errors: tell them apart by their text."""
+    text = str(exc)
+    if "Failed to allocate" in text or "bad_alloc" in text:
+        code = ErrorCode.OUT_OF_MEMORY
+    return ProtocolError(code, f"{what}: {text.strip()}")
 
 
 def _spec(arg) -> TensorSpec:

@@ -69,6 +69,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     if report.get("error"):
         err = report["error"]
         console.print(f"[bold red]failed during {err['stage']}[/]: {err['message']}")
+        if err.get("agent_stderr"):
+            console.print("[dim]agent stderr (last lines):[/]\n" + err["agent_stderr"], markup=False)
 
 
 class RichUI(UI):

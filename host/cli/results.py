@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -54,7 +54,7 @@ def history(
             _num(row.int8_median_ms, " ms", 3), _num(row.speedup, "x"), _num(row.int8_peak_mb, " MB", 1),
             str(row.n_drops),
         )
-    Console().print(table)
+    _stdout().print(table)
 
 
 @app.command()
@@ -71,7 +71,7 @@ def diff(
     if as_json:
         print(json.dumps(result.to_dict(), indent=1))
         return
-    _render_diff(result, run_a, run_b, Console())
+    _render_diff(result, run_a, run_b, _stdout())
 
 
 @app.command()
@@ -102,7 +102,15 @@ def view(
         command.append(f"--port={port}")
     if no_browser:
         command.append("--no_open_in_browser")
-    raise typer.Exit(subprocess.call(command))
+    sys.stdout.flush()
+    # Become the Model Explorer server, so Ctrl+C and signals reach it directly.
+    os.execv(sys.executable, command)
+
+
+def _stdout() -> Console:
+    """The console for tables; wide when piped, so rows stay whole for grep and files."""
+    console = Console()
+    return console if console.is_terminal else Console(width=240)
 
 
 def _report_file(path: Path) -> Path:

@@ -97,4 +97,5 @@ def run(
         render_report(report, Console())
         Console(stderr=True).print(f"report: {path}" + (f"\nint8 model: {state.int8_info.path}" if state.int8_info else ""))
     if state.error:
-        raise UserError(f"{state.error['stage']} failed: {state.error['message']} (partial report in {path})")
+        first_line = (state.error["message"].splitlines() or [""])[0]
+        raise UserError(f"{state.error['stage']} failed: {first_line} (partial report in {path})")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import deque
 from pathlib import Path
@@ -60,7 +59,7 @@ class LocalTransport(AgentTransport):
         line = _readline_with_timeout(self._proc, START_TIMEOUT_S)
         if not line.startswith(READY_PREFIX):
             self.stop()
-            raise TransportError(f"the local agent did not start: {self.stderr_tail(5) or line.strip() or 'no output'}")
+            raise TransportError(f"the local agent did not start: {self.stderr_tail(1) or line.strip() or 'no output'}")
         return line[len(READY_PREFIX):].strip()
 
     def _drain_stderr(self) -> None:
@@ -88,7 +87,3 @@ def _readline_with_timeout(proc: subprocess.Popen, timeout_s: float) -> str:
     reader.start()
     reader.join(timeout_s)
     return result[0] if result else ""
-
-
-def default_cache_dir() -> str:
-    return str(Path(tempfile.gettempdir()) / "qbench-cache")
