@@ -14,12 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
-from ..report.exports import model_format_of, write_model_explorer_overlay
+from ..report.exports import OVERLAY_NAME, model_format_of, write_model_explorer_overlay
 from ..store import ResultsStore, diff_reports
 from ..store.diff import Change, RunDiff
 from .main import app
-
-OVERLAY_NAME = "report.modelexplorer.json"
 
 _DB_HELP = "results database (default: $QBENCH_DB, else results.sqlite in the user data directory)"
 

@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine:
+#   make demo   creates .venv, installs qbench, runs `qbench run --device local` on a model it builds
+#   make test   creates .venv, installs qbench with test extras, runs the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install system-deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests use: sshd for the SSH tests, qemu for the emulated arm64
+# board, chromium for the HTML report check. Needs root; skipped when already present.
+system-deps:
+	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] && command -v qemu-aarch64-static >/dev/null && command -v chromium >/dev/null \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server qemu-user-static chromium iproute2)
+
+demo: $(STAMP)
+	mkdir -p demo
+	$(BIN)/python -c "from qbench.host.demo import write_demo; write_demo('demo')"
+	cd demo && ../$(BIN)/qbench run --device local model.onnx --data eval.npz --calibration calib.npz --out out
+
+test: $(STAMP) system-deps
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo qbench-out

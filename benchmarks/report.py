@@ -1,0 +1,197 @@
+"""Machine facts, the stdout table, and ``benchmarks/RESULTS.md`` from the results."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def machine_facts() -> dict[str, Any]:
+    """CPU, cores, RAM and library versions of this machine."""
+    import numpy
+    import onnxruntime
+    import zmq
+
+    return {
+        "cpu_model": _cpuinfo("model name"),
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "ram_gb": round(_meminfo_kb("MemTotal") / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+    }
+
+
+def _cpuinfo(key: str) -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _meminfo_kb(key: str) -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _verdict(result: dict) -> str:
+    if result.get("error"):
+        return "ERROR"
+    return {True: "pass", False: "FAIL", None: "n/a"}[result.get("passed")]
+
+
+def _headline(result: dict) -> str:
+    d = result.get("details") or {}
+    if result.get("error") or result.get("value") is None:
+        return (result.get("error") or "not measured")[:70]
+    if result["key"] == "anchor":
+        return f"{d['time_ratio']:.2f}x time, {d['memory_ratio']:.2f}x peak memory"
+    if result["key"] == "latency":
+        return ", ".join(f"{s} {v['deviation_pct']:+.1f}%" for s, v in d["models"].items())
+    if result["key"] == "startup":
+        return f"{result['value']:.2f} s"
+    if result["key"] == "throughput":
+        up = d.get("model_bytes_uploaded")
+        tail = f"; 2nd run uploads {up['second_run']} B (1st {up['first_run']} B)" if up else ""
+        return f"{result['value']:.2f} GB/s{tail}"
+    if result["key"] == "depth":
+        peaks = " / ".join(f"{p['agent_peak_mb']:.0f}" for p in d["curve"])
+        anchor = " / ".join(f"{p['anchor_peak_mb']:.0f}" for p in d["curve"])
+        return f"agent {peaks} MB ({result['value']:.2f}x); anchor {anchor} MB"
+    return f"{result['value']:.3g} {result.get('unit', '')}"
+
+
+def table(results: list[dict]) -> str:
+    """Fixed-width text table: measurement, result, goal, verdict."""
+    rows = [("measurement", "result", "goal", "")]
+    rows += [(r["key"], _headline(r), r.get("goal", ""), _verdict(r)) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def markdown(doc: dict) -> str:
+    """RESULTS.md: the table, the machine, per-measurement details and reproduce commands."""
+    m = doc["machine"]
+    lines = [
+        "# Benchmarks (issue 5)",
+        "",
+        f"Latest run: {doc['created']}, {doc['total_s']:.0f} s in all. "
+        "Regenerate everything with `.venv/bin/python -m benchmarks.run_all` from the repo root "
+        "(models are built once into `benchmarks/.cache/`; raw numbers in `benchmarks/results.json`).",
+        "",
+        f"Machine: {m['cpu_model']}, {m['nproc']} CPUs, {m['ram_gb']} GB RAM, Linux {m['kernel']}, "
+        f"Python {m['python']}, onnxruntime {m['onnxruntime']}, numpy {m['numpy']}, "
+        f"pyzmq {m['pyzmq']} (libzmq {m['libzmq']}). Threads: {doc['settings']['threads']}.",
+        "",
+        "| measurement | result | goal | |",
+        "|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        lines.append(f"| {r['title']} | {_headline(r)} | {r.get('goal', '')} | {_verdict(r)} |")
+    lines += ["", "## How each number is measured", "", *_METHOD, ""]
+    for r in doc["results"]:
+        lines += [f"### {r['key']}: {r['title']}", ""]
+        lines += _details_md(r)
+        if r.get("commands"):
+            lines += ["Reproduce:", "", "```sh", *r["commands"], "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_METHOD = [
+    "- **Process-tree peak RSS**: each side runs as a subprocess; every 20 ms the RSS of the process and all its "
+    "descendants (host, agent, workers) is summed, and the maximum is kept (`benchmarks/proctree.py`). "
+    "Pages shared between processes count once per process, which only penalises qbench (several processes). "
+    "`largest_process_mb` is the exact `ru_maxrss` from `wait4`.",
+    "- **Anchor**: `benchmarks/anchor.py` follows the `qdq_loss_debug` recipe: "
+    "`modify_model_output_intermediate_tensors` on both models, `collect_activations` for every sample, "
+    "`create_activation_matching` + `compute_activation_error` (SQNR). qbench runs `qbench run --device local` "
+    "with `--runs 1 --min-seconds 0` (its default warm-up stays on; the seconds spent in timing runs are shown).",
+    "- **Latency**: the bare loop (`benchmarks/bare_latency.py`) mirrors the agent's session options "
+    "(intra-op threads = `--threads`, inter-op 1, `ORT_ENABLE_ALL`, CPU EP) and schedule (first run + 5 warm-up "
+    "untimed, then >= runs and >= min-seconds); it runs once before and once after qbench, and the mean of the two "
+    "medians is the reference.",
+    "- **Throughput**: `benchmarks/throughput.py`, a ROUTER (sender process, like the agent) and a DEALER "
+    "(receiver, like the host) on tcp://127.0.0.1; frames from `qbench.protocols.codec.encode` sent with "
+    "`copy=False`, received with `copy=False` and decoded (`np.frombuffer` views). GB = 1e9 bytes.",
+]
+
+
+def _details_md(r: dict) -> list[str]:
+    if r.get("error"):
+        return [f"Not measured: `{r['error']}`", ""]
+    d = r.get("details") or {}
+    if r["key"] == "anchor":
+        a, q = d["anchor"], d["qbench"]
+        return [
+            f"Best wall time of {d['repeats']} alternating runs per side; peak = max over the runs.",
+            "",
+            "| | wall s (all runs) | peak tree RSS MB | largest process MB | processes | layers |",
+            "|---|---|---|---|---|---|",
+            f"| qdq_loss_debug | {a['wall_s']:.2f} ({_secs(a['walls_s'])}) | {a['peak_tree_rss_mb']:.0f} | "
+            f"{a['largest_process_mb']:.0f} | {a['max_processes']} | {a['layers_matched']} matched |",
+            f"| qbench | {q['wall_s']:.2f} ({_secs(q['walls_s'])}) | {q['peak_tree_rss_mb']:.0f} | "
+            f"{q['largest_process_mb']:.0f} | {q['max_processes']} | {q['layers_compared']} compared |",
+            "",
+            f"Model: {d['nodes']} nodes. qbench: host peak {q['host_peak_mb']:.0f} MB, agent + workers peak "
+            f"{q['agent_peak_mb']:.0f} MB; {q['capture_groups']} capture group(s) under a {q['budget_mb']} MB budget; "
+            f"{q['timing_runs_s']:.2f} s of its wall time were timing runs (first + warm-up + timed); "
+            f"model bytes uploaded per run: {q['model_bytes_uploaded']}. anchor phases: augment "
+            f"{a['augment_s']:.2f} s, collect {a['collect_s']:.2f} s, compare {a['compare_s']:.2f} s.",
+            f"Machine CPU use seen before each run (other jobs): {_pcts(d['background_cpu_pct'])}.",
+            "",
+        ]
+    if r["key"] == "latency":
+        rows = ["| model | qbench median ms | bare median ms (before / after) | deviation |", "|---|---|---|---|"]
+        for side, v in d["models"].items():
+            rows.append(f"| {side} | {v['qbench_median_ms']:.2f} | {v['bare_median_ms']:.2f} "
+                        f"({v['bare_before_ms']:.2f} / {v['bare_after_ms']:.2f}) | {v['deviation_pct']:+.2f}% |")
+        return [*rows, "", f"Machine CPU use seen before each step (other jobs): {_pcts(d['background_cpu_pct'])}.", ""]
+    if r["key"] == "startup":
+        return [f"- {label}: median {v['median_s']:.2f} s of {', '.join(f'{x:.2f}' for x in v['runs_s'])}"
+                for label, v in d.items()] + [""]
+    if r["key"] == "throughput":
+        z = d["zmq"]
+        lines = [f"{z['messages']} messages of {z['message_mb']} MiB in {z['seconds']:.3f} s = "
+                 f"{z['gb_per_s']:.2f} GB/s."]
+        if "model_bytes_uploaded" in d:
+            up = d["model_bytes_uploaded"]
+            lines.append(f"Same model twice: {up['first_run']} model bytes uploaded by the first run, "
+                         f"{up['second_run']} by the second.")
+        return [*lines, ""]
+    if r["key"] == "depth":
+        rows = ["| blocks | nodes | agent + workers peak MB | host peak MB | tree peak MB | "
+                "timing worker VmHWM MB (float/int8) | groups | qbench s | anchor peak MB | anchor s |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for p in d["curve"]:
+            w = p["worker_vmhwm_mb"]
+            rows.append(f"| {p['blocks']} | {p['nodes']} | {p['agent_peak_mb']:.0f} | {p['host_peak_mb']:.0f} | "
+                        f"{p['qbench_tree_peak_mb']:.0f} | {_num(w['float'])} / {_num(w['int8'])} | "
+                        f"{p['capture_groups']} | {p['qbench_wall_s']:.2f} | {p['anchor_peak_mb']:.0f} | "
+                        f"{p['anchor_wall_s']:.2f} |")
+        return [*rows, ""]
+    return []
+
+
+def _secs(xs: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in xs)
+
+
+def _pcts(xs: list[float]) -> str:
+    return ", ".join(f"{x:.0f}%" for x in xs)
+
+
+def _num(x: Any) -> str:
+    return f"{x:.0f}" if isinstance(x, (int, float)) else "?"

@@ -1,0 +1,259 @@
+"""Quantizes a float .tflite with ai-edge-quantizer (static int8, or int16 activations).
+
+Published float models trip ai-edge-quantizer in three ways, which :func:`prepare_tflite` fixes
+with the flatbuffer schema that ships with ai-edge-litert (no TensorFlow):
+
+* no signature def (the quantizer calibrates through one): ``serving_default`` is added for
+  subgraph 0, its inputs and outputs named after their tensors;
+* operator codes of the old schema, where only ``deprecated_builtin_code`` is set: the quantizer
+  reads ``builtin_code`` (0, ADD) and quantizes every op as an ADD;
+* float16 weights behind DEQUANTIZE ops (e.g. MediaPipe models): the quantizer takes the
+  DEQUANTIZE outputs for activations; they are folded into float32 constants.
+
+Tensor names are kept, so float and int8 layers still match by name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+
+from qbench.host.errors import UserError
+from qbench.host.quantize.quiet import quiet_runtime
+
+#: recipes of ai_edge_quantizer.recipe offered here: int8 weights, int8 or int16 activations
+RECIPES = ("static_wi8_ai8", "static_wi8_ai16")
+SIGNATURE_KEY = "serving_default"
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class PreparedTFLite:
+    """A float model ready for ai-edge-quantizer.
+
+    Attributes:
+        model: the model bytes (the input unchanged when nothing needed fixing).
+        signature_key: the signature def of subgraph 0.
+        signature_inputs: input tensor name -> the signature's name for it.
+        notes: what was changed, one sentence each, for the user.
+    """
+
+    model: bytes
+    signature_key: str
+    signature_inputs: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QuantizedTFLite:
+    path: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def prepare_tflite(model: bytes) -> PreparedTFLite:
+    """Fixes what keeps ai-edge-quantizer from quantizing ``model`` correctly (see the module doc)."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    if model[4:8] != b"TFL3":
+        raise UserError("not a TFLite model (no TFL3 identifier)")
+    try:
+        obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    except Exception as exc:  # the flatbuffer reader raises whatever its parsing hits
+        raise UserError(f"not a readable TFLite model: {_first_line(exc)}") from exc
+    notes = []
+    old_codes = [c for c in obj.operatorCodes or [] if c.deprecatedBuiltinCode > c.builtinCode]
+    for code in old_codes:
+        code.builtinCode = code.deprecatedBuiltinCode
+    if old_codes:
+        notes.append(f"{len(old_codes)} operator code(s) of the old schema given their builtin_code")
+    folded = _fold_fp16_weights(obj, fb)
+    if folded:
+        notes.append(f"{folded} float16 weight(s) behind DEQUANTIZE folded into float32 constants")
+    subgraph = obj.subgraphs[0]
+    names = [_text(t.name) for t in subgraph.tensors]
+    sig = next((s for s in obj.signatureDefs or [] if s.subgraphIndex == 0), None)
+    if sig is None:
+        sig = fb.SignatureDefT()
+        sig.signatureKey = SIGNATURE_KEY
+        sig.subgraphIndex = 0
+        sig.inputs = _tensor_maps(fb, names, list(subgraph.inputs), "input")
+        sig.outputs = _tensor_maps(fb, names, list(subgraph.outputs), "output")
+        obj.signatureDefs = [*(obj.signatureDefs or []), sig]
+        notes.append(f"signature def {SIGNATURE_KEY!r} added (the model has none)")
+    by_tensor = {names[m.tensorIndex]: _text(m.name) for m in sig.inputs or []}
+    if notes:
+        model = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+    return PreparedTFLite(model, _text(sig.signatureKey), by_tensor, notes)
+
+
+def _fold_fp16_weights(obj, fb) -> int:
+    """Replaces DEQUANTIZE(float16 constant) by a float32 constant; returns how many were folded."""
+    codes = obj.operatorCodes or []
+    folded = 0
+    for subgraph in obj.subgraphs:
+        kept = []
+        for op in subgraph.operators or []:
+            source = subgraph.tensors[op.inputs[0]] if op.inputs else None
+            if (
+                codes[op.opcodeIndex].builtinCode == fb.BuiltinOperator.DEQUANTIZE
+                and source is not None
+                and source.type == fb.TensorType.FLOAT16
+                and obj.buffers[source.buffer].data is not None
+            ):
+                values = np.frombuffer(bytes(obj.buffers[source.buffer].data), dtype="<f2").astype("<f4")
+                buffer = fb.BufferT()
+                buffer.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
+                obj.buffers.append(buffer)
+                subgraph.tensors[op.outputs[0]].buffer = len(obj.buffers) - 1
+                folded += 1
+            else:
+                kept.append(op)
+        subgraph.operators = kept
+    return folded
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
+
+
+def _tensor_maps(fb, names: list[str], indices: list[int], kind: str) -> list:
+    """Signature entries named after the tensors; ``<kind>_<i>`` where a name is empty or repeats."""
+    maps, seen = [], set()
+    for i, index in enumerate(indices):
+        name = names[index] if names[index] and names[index] not in seen else f"{kind}_{i}"
+        seen.add(name)
+        entry = fb.TensorMapT()
+        entry.name = name
+        entry.tensorIndex = index
+        maps.append(entry)
+    return maps
+
+
+def _scope_regex(tensor_name: str) -> str:
+    """ai-edge-quantizer's scope of an op is its output tensor names joined by ';' plus a trailing ';'."""
+    return f"(^|;){re.escape(tensor_name)};"
+
+
+def quantize_tflite(
+    float_model: PathLike,
+    output: PathLike,
+    calibration: Mapping[str, np.ndarray],
+    recipe: str = "static_wi8_ai8",
+    keep_float: Sequence[str] = (),
+    debug: bool = False,
+) -> QuantizedTFLite:
+    """Quantizes ``float_model`` into ``output`` with static (calibrated) quantization.
+
+    ai-edge-quantizer's calibration keeps a moving average (factor 0.95) of each tensor's per-sample
+    min and max, not the overall extremes: with few samples the first ones weigh most, and the
+    largest activations of other inputs may clip.
+
+    Args:
+        float_model: a float .tflite, with or without a signature def (see :func:`prepare_tflite`).
+        output: where the quantized .tflite is written.
+        calibration: input tensor name -> array whose leading axis is the sample axis; each sample
+            has the input's shape (e.g. ``(n, 1, 224, 224, 3)`` for an input ``(1, 224, 224, 3)``).
+        recipe: ``static_wi8_ai8`` (int8 activations) or ``static_wi8_ai16`` (int16 activations).
+        keep_float: output tensor names of ops to leave in float (mixed precision); the quantizer
+            puts QUANTIZE/DEQUANTIZE around them.
+        debug: let the quantizer's own output through.
+
+    Returns:
+        The written path and what :func:`prepare_tflite` changed before quantizing.
+
+    Raises:
+        UserError: unknown recipe, calibration that does not fit the inputs, unknown keep_float
+            names, the quantizer failing on the model, or a result LiteRT cannot load.
+    """
+    if recipe not in RECIPES:
+        raise UserError(f"unknown TFLite recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    try:
+        from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
+        from ai_edge_quantizer import recipe as recipes
+    except ImportError as exc:
+        raise UserError(
+            f"quantizing TFLite models needs ai-edge-quantizer: pip install 'qbench[tflite]' ({exc})"
+        ) from exc
+    prepared = prepare_tflite(Path(float_model).read_bytes())
+    model = prepared.model
+    samples = _calibration_samples(model, calibration, prepared.signature_inputs)
+    tensor_names = _op_output_names(model)
+    unknown = [n for n in keep_float if n not in tensor_names]
+    if unknown:
+        raise UserError(f"keep_float: no op of the model outputs {unknown}")
+    try:
+        with quiet_runtime(debug):
+            q = quantizer.Quantizer(bytearray(model), getattr(recipes, recipe)())
+            for name in keep_float:
+                q._recipe_manager.add_quantization_config(  # public update_quantization_recipe cannot say "skip"
+                    regex=_scope_regex(name),
+                    operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                    algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE,
+                )
+            result = q.quantize(q.calibrate({prepared.signature_key: samples}), enable_progress_report=False)
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise UserError(f"ai-edge-quantizer failed on {Path(float_model).name}: {_first_line(exc)}") from exc
+    quantized = bytes(result.quantized_model)
+    _check_loads(quantized, Path(float_model).name)
+    out = Path(output)
+    out.write_bytes(quantized)
+    return QuantizedTFLite(out, prepared.notes)
+
+
+def _check_loads(model: bytes, name: str) -> None:
+    """Catches a quantized model LiteRT refuses here rather than on the device."""
+    from ai_edge_litert import interpreter as tfl
+
+    try:
+        tfl.Interpreter(
+            model_content=model, experimental_op_resolver_type=tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        ).allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(
+            f"ai-edge-quantizer made a model of {name} that LiteRT cannot load: {_first_line(exc)}"
+        ) from exc
+
+
+def _calibration_samples(
+    model: bytes, calibration: Mapping[str, np.ndarray], signature_names: Mapping[str, str]
+) -> list[dict[str, np.ndarray]]:
+    """One ``{signature input name: sample}`` dict per sample, checked against the model's inputs."""
+    from ai_edge_litert import interpreter as tfl
+
+    details = tfl.Interpreter(model_content=model).get_input_details()
+    expected = {d["name"]: d for d in details}
+    if set(calibration) != set(expected):
+        raise UserError(f"calibration inputs {sorted(calibration)} do not match the model's {sorted(expected)}")
+    counts = {name: len(arr) for name, arr in calibration.items()}
+    if len(set(counts.values())) != 1 or not next(iter(counts.values())):
+        raise UserError(f"calibration needs the same, non-zero number of samples for every input; got {counts}")
+    for name, arr in calibration.items():
+        want = list(expected[name]["shape_signature"])
+        got = list(np.shape(arr)[1:])
+        if len(got) != len(want) or any(w >= 0 and w != g for w, g in zip(want, got)):
+            raise UserError(f"calibration input {name!r}: samples of shape {got} do not fit the model's {want}")
+    arrays = {name: np.asarray(arr, dtype=expected[name]["dtype"]) for name, arr in calibration.items()}
+    count = next(iter(counts.values()))
+    return [{signature_names[name]: arrays[name][i] for name in arrays} for i in range(count)]
+
+
+def _op_output_names(model: bytes) -> set[str]:
+    from ai_edge_litert import schema_py_generated as fb
+
+    sg = fb.Model.GetRootAs(model, 0).Subgraphs(0)
+    names = set()
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        names.update(_text(sg.Tensors(t).Name()) for t in op.OutputsAsNumpy() if t >= 0)
+    return names

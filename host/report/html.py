@@ -1,0 +1,273 @@
+"""report.html and compare.html: what people look at after a run.
+
+Both are single self-contained files (plotly.js inlined once) that open
+offline. Sections whose data a report lacks (no profile, no histograms) say so
+rather than vanish, so a reader knows the figure exists and how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from qbench.host import gates as gates_mod
+from qbench.host.report import figures
+from qbench.host.report.exports import AMBER_BELOW_DB, RED_BELOW_DB
+from qbench.host.report.page import esc, figure_html, fmt, note, num_cell, page, table
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def write_html(report: Mapping[str, Any], path: PathLike) -> Path:
+    """Write the HTML report of one run.
+
+    Args:
+        report: A ``qbench.report/1`` dict; ``report["gates"]`` (thresholds, see
+            :class:`qbench.host.gates.Gates`), ``report["profile"]`` and
+            ``report["histograms"]`` are optional.
+        path: Where to write, usually ``<out>/report.html``.
+
+    Returns:
+        The path written.
+    """
+    checks = gates_mod.evaluate(report, gates_mod.Gates.from_dict(report.get("gates")))
+    layers = report.get("layers") or []
+    model = _model_name(report)
+    body = [
+        f"<h1>qbench: {esc(model)}</h1>",
+        f'<p class="muted">{esc(report.get("created"))} · qbench {esc(report.get("qbench_version"))}</p>',
+        _summary(report, checks),
+        "<h2>PSNR per layer</h2>",
+        _figure_or_note(figures.psnr_depth(layers), "No layer figures in this report.", height=480),
+        _psnr_note(layers),
+        "<h2>Latency</h2>",
+        _figure_or_note(figures.latency(report.get("latency") or {}), "No latency samples in this report."),
+        _latency_table(report.get("latency") or {}),
+        "<h2>Time per operator on the device</h2>",
+        _figure_or_note(figures.op_breakdown(report.get("profile")),
+                        "Per-operator profiling was not collected for this run.", height=520),
+        "<h2>Value histograms of the worst layers</h2>",
+        _figure_or_note(figures.histograms(report.get("histograms"), [layer["name"] for layer in layers]),
+                        "Histograms were not collected for this run."),
+        "<h2>Layers</h2>",
+        _layer_table(layers),
+        _unmatched(report.get("unmatched") or []),
+    ]
+    path = Path(path)
+    path.write_text(page(f"qbench report: {model}", "\n".join(body)), encoding="utf-8")
+    return path
+
+
+def write_compare_html(compare_report: Mapping[str, Any], path: PathLike) -> Path:
+    """Write the HTML report of `qbench compare`: one chart per figure across targets.
+
+    Args:
+        compare_report: A ``qbench.compare/1`` dict: ``targets`` (label, status,
+            error, report), ``cross`` (target, output, psnr_db_vs_first) and
+            optionally ``gates`` applied to every target.
+        path: Where to write.
+
+    Returns:
+        The path written.
+    """
+    targets = compare_report.get("targets") or []
+    ok = [(t["label"], t["report"]) for t in targets if t.get("status") == "ok" and t.get("report")]
+    gates = gates_mod.Gates.from_dict(compare_report.get("gates"))
+    body = [
+        "<h1>qbench compare</h1>",
+        f'<p class="muted">{esc(compare_report.get("created") or "")} {len(targets)} target(s), '
+        f"{len(ok)} ran</p>",
+        "<h2>Targets</h2>",
+        _targets_table(targets, gates),
+        "<h2>PSNR per layer</h2>",
+        _figure_or_note(figures.per_target_psnr(ok), "No target has layer figures.", height=480),
+        "<h2>Latency</h2>",
+        _figure_or_note(figures.per_target_latency(ok), "No target has latency samples."),
+        "<h2>Memory</h2>",
+        _figure_or_note(figures.per_target_memory(ok), "No target has memory figures."),
+        "<h2>Time per operator on the device</h2>",
+        _figure_or_note(figures.per_target_ops(ok), "Per-operator profiling was not collected.", height=520),
+        "<h2>Agreement between targets</h2>",
+        _figure_or_note(figures.cross_target(compare_report.get("cross") or []),
+                        "No cross-target comparison in this report."),
+        _cross_table(compare_report.get("cross") or []),
+    ]
+    path = Path(path)
+    path.write_text(page("qbench compare", "\n".join(body)), encoding="utf-8")
+    return path
+
+
+def _model_name(report: Mapping[str, Any]) -> str:
+    path = ((report.get("models") or {}).get("float") or {}).get("path")
+    return Path(path).name if path else "model"
+
+
+def _figure_or_note(fig: Any, missing: str, height: int = 420) -> str:
+    return figure_html(fig, height=height) if fig is not None else note(missing)
+
+
+def _mark(checks: Sequence[gates_mod.GateCheck], gate: str) -> str:
+    for check in checks:
+        if check.gate == gate:
+            verdict = "pass" if check.passed else "fail"
+            symbol = "\u2714" if check.passed else "\u2718"
+            return f' <span class="{verdict}" title="{esc(check.message)}">{symbol} {verdict}</span>'
+    return ""
+
+
+def _card(label: str, value: str, mark: str = "") -> str:
+    return f'<div class="card"><div class="label">{esc(label)}</div><div class="value">{value}{mark}</div></div>'
+
+
+def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -> str:
+    summary, device = report.get("summary") or {}, report.get("device") or {}
+    latency, memory = report.get("latency") or {}, report.get("memory") or {}
+    drops = summary.get("drops")
+    if drops is None:
+        drops = [layer["name"] for layer in report.get("layers") or [] if layer.get("drop")]
+    psnr = summary.get("output_psnr_db")
+    cards = [
+        _card("output PSNR", "exact" if psnr is None and report.get("outputs") else fmt(psnr, 2, " dB"),
+              _mark(checks, "fail_under_psnr")),
+        _card("speedup (float/int8)", fmt(latency.get("speedup", summary.get("speedup")), 2, "\u00d7"),
+              _mark(checks, "fail_under_speedup")),
+        _card("memory ratio (int8/float)", fmt(memory.get("ratio", summary.get("memory_ratio")), 2)),
+        _card("int8 peak memory", fmt((memory.get("int8") or {}).get("peak_mb"), 1, " MB"),
+              _mark(checks, "fail_over_memory")),
+        _card("sudden drops", str(len(drops)), _mark(checks, "fail_on_drop")),
+    ]
+    parts = [f'<div class="cards">{"".join(cards)}</div>', _gates_block(checks)]
+    providers = ", ".join(device.get("providers") or []) or "-"
+    parts.append(table(("device", "arch", "system", "runtime", "providers / delegate", "emulated", "CPUs",
+                        "memory"),
+                       [(device.get("name"), device.get("arch"), device.get("system"),
+                         f"{device.get('runtime') or '-'} {device.get('runtime_version') or ''}".strip(),
+                         providers, "yes" if device.get("emulated") else "no", device.get("cpu_count") or "-",
+                         fmt(device.get("total_memory_mb"), 0, " MB"))]))
+    models = report.get("models") or {}
+    parts.append(table(("model", "file", "size", "sha256"),
+                       [(kind, Path(m.get("path") or "-").name, fmt((m.get("size_bytes") or 0) / 1e6, 2, " MB"),
+                         (m.get("sha256") or "-")[:16]) for kind, m in models.items()]))
+    parts.append(_outputs_table(report.get("outputs") or []))
+    worst = summary.get("worst_layers") or []
+    if worst:
+        parts.append(f"<p><b>Worst layers:</b> {esc(', '.join(worst))}</p>")
+    if drops:
+        parts.append(f"<p><b>Sudden drops:</b> {esc(', '.join(drops))}</p>")
+    return "\n".join(parts)
+
+
+def _gates_block(checks: Sequence[gates_mod.GateCheck]) -> str:
+    if not checks:
+        return ""
+    passed = all(check.passed for check in checks)
+    items = "".join(f'<li><span class="{"pass" if c.passed else "fail"}">{"pass" if c.passed else "FAIL"}</span> '
+                    f"{esc(c.gate)}: {esc(c.message)}</li>" for c in checks)
+    verdict = '<span class="pass">all gates passed</span>' if passed else '<span class="fail">gates failed</span>'
+    return f"<p><b>Gates:</b> {verdict}</p><ul>{items}</ul>"
+
+
+def _outputs_table(outputs: Sequence[Mapping[str, Any]]) -> str:
+    if not outputs:
+        return ""
+    rows = []
+    for o in outputs:
+        if o.get("kind") == "exact":
+            verdict = "identical" if o.get("exact") else f"{o.get('mismatches', '?')} mismatches"
+        else:
+            verdict = "exact" if o.get("exact") else ""
+        rows.append((o.get("name"), o.get("kind", "float"), num_cell(o.get("psnr_db")), num_cell(o.get("sqnr_db")),
+                     num_cell(o.get("mse"), 4), num_cell(o.get("max_abs_error"), 4), verdict))
+    return table(("output", "kind", "PSNR dB", "SQNR dB", "MSE", "max abs error", "exact"), rows)
+
+
+def _latency_table(latency: Mapping[str, Any]) -> str:
+    stats = ("init_ms", "first_ms", "min_ms", "median_ms", "mean_ms", "p90_ms", "p99_ms", "std_ms")
+    rows = [(model, *(num_cell((latency.get(model) or {}).get(s), 3) for s in stats),
+             (latency.get(model) or {}).get("runs", "-"))
+            for model in ("float", "int8") if latency.get(model)]
+    if not rows:
+        return ""
+    return table(("model", "init", "first", "min", "median", "mean", "p90", "p99", "std", "runs"), rows)
+
+
+def _psnr_class(psnr: Optional[float], exact: bool) -> str:
+    if psnr is None:
+        return "psnr-green" if exact else ""
+    return "psnr-red" if psnr < RED_BELOW_DB else "psnr-amber" if psnr < AMBER_BELOW_DB else "psnr-green"
+
+
+def _psnr_note(layers: Sequence[Mapping[str, Any]]) -> str:
+    exact = sum(1 for layer in layers if layer.get("psnr_db") is None and layer.get("exact"))
+    text = (f"Dashed lines: {RED_BELOW_DB:g} dB (red) and {AMBER_BELOW_DB:g} dB (amber). Cumulative PSNR carries "
+            "the error of every layer before; local PSNR isolates the layer's own error.")
+    if exact:
+        text += f" {exact} layer(s) are exact (no error) and leave gaps in the curves."
+    return f'<p class="muted">{esc(text)}</p>'
+
+
+def _layer_table(layers: Sequence[Mapping[str, Any]]) -> str:
+    if not layers:
+        return note("No layers were matched between the float and int8 models.")
+    rows, classes = [], []
+    for i, layer in enumerate(layers):
+        exact = bool(layer.get("exact"))
+        psnr_text = "exact" if layer.get("psnr_db") is None and exact else fmt(layer.get("psnr_db"))
+        rows.append((
+            num_cell(layer.get("index", i), 0),
+            layer["name"], layer.get("op_type") or "",
+            (psnr_text, "1e9" if psnr_text == "exact" else num_cell(layer.get("psnr_db"))[1], "num psnr"),
+            num_cell(layer.get("local_psnr_db")), num_cell(layer.get("sqnr_db")),
+            num_cell(layer.get("mse"), 4), num_cell(layer.get("max_abs_error"), 4),
+            num_cell(layer.get("float_min"), 3), num_cell(layer.get("float_max"), 3),
+            (f"{fmt(layer.get('drop_db'), 1)} dB" if layer.get("drop") else "", layer.get("drop_db") or 0, "num"),
+        ))
+        classes.append(f"{_psnr_class(layer.get('psnr_db'), exact)}{' drop' if layer.get('drop') else ''}")
+    hint = '<p class="muted">Click a column title to sort.</p>'
+    return hint + table(("#", "name", "op", "PSNR dB", "local dB", "SQNR dB", "MSE", "max abs err", "float min",
+                         "float max", "drop"), rows, sortable=True, row_classes=classes, wrap=True)
+
+
+def _unmatched(unmatched: Sequence[Mapping[str, Any]]) -> str:
+    if not unmatched:
+        return ""
+    rows = [(u.get("name"), u.get("op_type"), u.get("reason")) for u in unmatched]
+    return (f"<details><summary>{len(unmatched)} float tensor(s) not matched in the int8 model</summary>"
+            f"{table(('name', 'op', 'reason'), rows, sortable=True)}</details>")
+
+
+def _targets_table(targets: Sequence[Mapping[str, Any]], gates: gates_mod.Gates) -> str:
+    rows = []
+    for target in targets:
+        report = target.get("report") or {}
+        device, latency, memory = report.get("device") or {}, report.get("latency") or {}, report.get("memory") or {}
+        if target.get("status") != "ok":
+            rows.append((target.get("label"), f"failed: {target.get('error') or 'unknown error'}",
+                         *["-"] * 8))
+            continue
+        checks = gates_mod.evaluate(report, gates)
+        verdict = "-" if not checks else "pass" if all(c.passed for c in checks) else "FAIL: " + "; ".join(
+            c.message for c in checks if not c.passed)
+        rows.append((
+            target.get("label"), "ok",
+            f"{device.get('name') or '-'} ({device.get('arch') or '?'}{', emulated' if device.get('emulated') else ''})",
+            f"{device.get('runtime') or '-'} {device.get('runtime_version') or ''}".strip(),
+            ", ".join(device.get("providers") or []) or "-",
+            num_cell((report.get("summary") or {}).get("output_psnr_db")),
+            num_cell((latency.get("int8") or {}).get("median_ms"), 3, " ms"),
+            num_cell(latency.get("speedup"), 2, "\u00d7"),
+            num_cell((memory.get("int8") or {}).get("peak_mb"), 1, " MB"),
+            verdict,
+        ))
+    return table(("target", "status", "device", "runtime", "providers", "output PSNR dB", "int8 median",
+                  "speedup", "int8 peak", "gates"), rows, sortable=True)
+
+
+def _cross_table(cross: Sequence[Mapping[str, Any]]) -> str:
+    if not cross:
+        return ""
+    rows = [(row.get("target"), row.get("output"),
+             num_cell(row.get("psnr_db_vs_first")) if row.get("psnr_db_vs_first") is not None else "identical")
+            for row in cross]
+    return table(("target", "output", "PSNR dB vs first target"), rows)

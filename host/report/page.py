@@ -1,0 +1,149 @@
+"""The HTML shell of qbench's reports: one self-contained file, no network.
+
+plotly.js is inlined once in ``<head>``; every figure is then a ``<div>`` plus
+the call that draws it. Tables are plain HTML, sortable by a few lines of
+inline script, so a 700-layer table stays light.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Iterable, Optional, Sequence
+
+import plotly.graph_objects as go
+import plotly.offline
+
+FIGURE_CONFIG = {"displaylogo": False, "responsive": True}
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px;
+       padding: 1rem 2rem; color: #222; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem;
+     border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+.muted { color: #666; font-size: .9rem; }
+.cards { display: flex; flex-wrap: wrap; gap: .8rem; margin: 1rem 0; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: .6rem .9rem; min-width: 10rem; }
+.card .label { color: #666; font-size: .8rem; } .card .value { font-size: 1.4rem; font-weight: 600; }
+.pass { color: #2e7d32; font-weight: 600; } .fail { color: #c62828; font-weight: 600; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0; }
+th, td { border-bottom: 1px solid #eee; padding: .25rem .6rem; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.sortable th { cursor: pointer; user-select: none; background: #f6f6f6; position: sticky; top: 0; }
+table.sortable th[aria-sort="ascending"]::after { content: " \\25B2"; }
+table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; }
+.table-wrap { max-height: 36rem; overflow: auto; border: 1px solid #eee; }
+tr.psnr-red td.psnr { background: #ffcdd2; } tr.psnr-amber td.psnr { background: #ffe0b2; }
+tr.psnr-green td.psnr { background: #e8f5e9; } tr.drop td:first-child { border-left: 3px solid #c62828; }
+.note { background: #f6f6f6; border-left: 3px solid #bbb; padding: .5rem .8rem; }
+"""
+
+# Sorts a table by the clicked column; cells carry their sort key in data-v.
+_SORT_JS = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, column) {
+    th.addEventListener("click", function () {
+      var ascending = th.getAttribute("aria-sort") !== "ascending";
+      table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      function key(row) {
+        var cell = row.cells[column];
+        var v = cell.hasAttribute("data-v") ? cell.getAttribute("data-v") : cell.textContent;
+        var n = parseFloat(v);
+        return isNaN(n) ? v.toLowerCase() : n;
+      }
+      rows.sort(function (a, b) {
+        var ka = key(a), kb = key(b);
+        var order = (typeof ka === typeof kb) ? (ka < kb ? -1 : ka > kb ? 1 : 0) : (typeof ka === "number" ? -1 : 1);
+        return ascending ? order : -order;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
+
+
+def esc(value: Any) -> str:
+    """HTML-escape any value's text."""
+    return html.escape("" if value is None else str(value))
+
+
+def fmt(value: Any, digits: int = 2, unit: str = "") -> str:
+    """A number for people: fixed digits, ``-`` when missing."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return esc(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return esc(value)
+    if value != 0 and (abs(value) < 10 ** -digits or abs(value) >= 1e7):
+        return f"{value:.{max(digits, 1)}e}{unit}"
+    return f"{value:.{digits}f}{unit}"
+
+
+def figure_html(fig: go.Figure, height: int = 420) -> str:
+    """One figure as a ``<div>``; plotly.js itself comes from the page head."""
+    fig.update_layout(height=fig.layout.height or height, template="plotly_white",
+                      margin=dict(l=60, r=20, t=50, b=50))
+    return fig.to_html(full_html=False, include_plotlyjs=False, config=FIGURE_CONFIG)
+
+
+def note(text: str) -> str:
+    """A grey aside, e.g. for a figure the report has no data for."""
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], sortable: bool = False,
+          row_classes: Optional[Iterable[str]] = None, wrap: bool = False) -> str:
+    """An HTML table.
+
+    Args:
+        headers: Column titles.
+        rows: Cells; a cell is either raw text, or ``(html, sort_key)`` for a cell
+            already rendered as HTML (numbers get right-aligned).
+        sortable: Whether clicking a header sorts the rows.
+        row_classes: One CSS class string per row.
+        wrap: Put the table in a scrolling box.
+    """
+    classes = iter(row_classes) if row_classes is not None else None
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cls = next(classes) if classes is not None else ""
+        cells = "".join(_cell(cell) for cell in row)
+        body.append(f'<tr class="{esc(cls)}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
+    html_table = (f'<table class="{"sortable" if sortable else ""}"><thead><tr>{head}</tr></thead>'
+                  f'<tbody>{"".join(body)}</tbody></table>')
+    return f'<div class="table-wrap">{html_table}</div>' if wrap else html_table
+
+
+def num_cell(value: Any, digits: int = 2, unit: str = "", cls: str = "", missing_key: str = "") -> tuple:
+    """A numeric cell: formatted text, sortable by its value."""
+    key = missing_key if value is None else repr(float(value)) if isinstance(value, (int, float)) else str(value)
+    return (fmt(value, digits, unit), key, f"num {cls}".strip())
+
+
+def _cell(cell: Any) -> str:
+    if isinstance(cell, tuple):
+        text, key, *rest = cell
+        cls = f' class="{esc(rest[0])}"' if rest and rest[0] else ""
+        return f'<td{cls} data-v="{esc(key)}">{text}</td>'
+    return f"<td>{esc(cell)}</td>"
+
+
+def page(title: str, body: str) -> str:
+    """A complete, self-contained HTML document with plotly.js inlined once."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{esc(title)}</title>\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<style>{_CSS}</style>\n"
+        f"<script type=\"text/javascript\">{plotly.offline.get_plotlyjs()}</script>\n"
+        "</head>\n<body>\n"
+        f"{body}\n"
+        f"<script>{_SORT_JS}</script>\n"
+        "</body>\n</html>\n"
+    )

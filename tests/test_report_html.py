@@ -1,0 +1,167 @@
+"""report.html and compare.html, rendered by a real headless Chromium (Debian's `chromium`).
+
+A probe script is put at the top of a copy of the page, before plotly.js runs:
+it records uncaught errors and console.error calls, then, after load, writes
+what rendered into the DOM, which `chromium --dump-dom` hands back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from qbench.host.report.html import write_compare_html, write_html
+from reportdata import make_report
+
+CHROMIUM = shutil.which("chromium")
+
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", function (e) { window.__errors.push("error: " + e.message); });
+window.addEventListener("unhandledrejection", function (e) { window.__errors.push("rejection: " + e.reason); });
+(function () {
+  var original = console.error;
+  console.error = function () {
+    window.__errors.push("console.error: " + Array.prototype.join.call(arguments, " "));
+    original.apply(console, arguments);
+  };
+})();
+window.addEventListener("load", function () {
+  setTimeout(function () {
+    var result = {
+      divs: document.querySelectorAll(".plotly-graph-div").length,
+      plotted: document.querySelectorAll(".js-plotly-plot").length,
+      svgs: document.querySelectorAll(".js-plotly-plot .main-svg").length,
+      traces: document.querySelectorAll(".js-plotly-plot .trace").length,
+      titles: Array.prototype.map.call(document.querySelectorAll(".js-plotly-plot .gtitle"),
+                                       function (t) { return t.textContent; }),
+      notes: Array.prototype.map.call(document.querySelectorAll("p.note"), function (n) { return n.textContent; }),
+    };
+    var table = document.querySelector("table.sortable");
+    if (table) {
+      var header = Array.prototype.filter.call(table.querySelectorAll("th"),
+                                               function (th) { return th.textContent === "PSNR dB"; })[0];
+      if (header) {
+        header.click();
+        result.first_after_sort = table.tBodies[0].rows[0].cells[1].textContent;
+        header.click();
+        result.first_after_reverse = table.tBodies[0].rows[0].cells[1].textContent;
+      }
+    }
+    result.errors = window.__errors;
+    var out = document.createElement("pre");
+    out.id = "probe";
+    out.textContent = JSON.stringify(result);
+    document.body.appendChild(out);
+  }, 500);
+});
+</script>"""
+
+
+def render(html_path, tmp_path) -> dict:
+    """Load a page in headless Chromium and return what the probe saw."""
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    probed = tmp_path / f"probed-{html_path.name}"
+    probed.write_text(html_path.read_text(encoding="utf-8").replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    command = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=20000",
+        # Any network fetch fails: the page must not need one.
+        "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom", probed.as_uri(),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    match = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
+    assert match, f"the probe never reported; chromium exited {proc.returncode}: {proc.stderr[-2000:]}"
+    return json.loads(match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
+                      .replace("&amp;", "&"))
+
+
+def assert_self_contained(html: str) -> None:
+    assert not re.search(r"<script[^>]+src=", html)
+    markup = re.sub(r"<script[^>]*>.*?</script>", "", html, flags=re.S)
+    assert "<link" not in markup and not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", markup)
+    # plotly.js is inlined once, however many figures the page has.
+    bundles = re.findall(r"<script[^>]*>(.{1000000,}?)</script>", html, flags=re.S)
+    assert len(bundles) == 1 and "plotly" in bundles[0][:2000].lower()
+    assert html.count("Plotly.newPlot(") >= 4
+
+
+@pytest.mark.browser
+def test_report_renders_every_chart_without_errors(tmp_path):
+    report = make_report(n_layers=50, gates={"fail_under_psnr": 30.0, "fail_on_drop": True})
+    path = write_html(report, tmp_path / "report.html")
+    html = path.read_text(encoding="utf-8")
+    assert_self_contained(html)
+    seen = render(path, tmp_path)
+    assert seen["errors"] == []
+    assert seen["divs"] == 4 and seen["plotted"] == 4, seen
+    assert seen["svgs"] >= 4 and seen["traces"] >= 8
+    assert any("PSNR per layer" in title for title in seen["titles"])
+    assert any("Latency" in title for title in seen["titles"])
+    assert any("operator" in title for title in seen["titles"])
+    assert any("histograms" in title for title in seen["titles"])
+    finite = [layer for layer in report["layers"] if layer["psnr_db"] is not None]
+    assert seen["first_after_sort"] == min(finite, key=lambda layer: layer["psnr_db"])["name"]
+    exact = [layer["name"] for layer in report["layers"] if layer["psnr_db"] is None]
+    assert seen["first_after_reverse"] in exact
+    # Gate marks against the thresholds stored in the report.
+    assert "gates failed" in html and "fail_on_drop" in html
+
+
+@pytest.mark.browser
+def test_report_without_optional_sections_says_so(tmp_path):
+    report = make_report(n_layers=20, profile=False, histograms=False)
+    path = write_html(report, tmp_path / "report.html")
+    seen = render(path, tmp_path)
+    assert seen["errors"] == []
+    assert seen["divs"] == seen["plotted"] == 2
+    assert any("profiling was not collected" in text for text in seen["notes"])
+    assert any("Histograms were not collected" in text for text in seen["notes"])
+
+
+@pytest.mark.browser
+def test_compare_renders_one_chart_per_figure(tmp_path):
+    first, second = make_report(seed=1), make_report(seed=2, device="rpi5")
+    compare = {
+        "schema": "qbench.compare/1",
+        "targets": [{"label": "local", "status": "ok", "report": first},
+                    {"label": "rpi5", "status": "ok", "report": second},
+                    {"label": "jetson", "status": "failed", "error": "agent did not answer within 30 s"}],
+        "cross": [{"target": "rpi5", "output": "logits", "psnr_db_vs_first": 41.5},
+                  {"target": "rpi5", "output": "class_id", "psnr_db_vs_first": None}],
+        "gates": {"fail_under_speedup": 1.5},
+    }
+    path = write_compare_html(compare, tmp_path / "compare.html")
+    html = path.read_text(encoding="utf-8")
+    assert_self_contained(html)
+    assert "agent did not answer within 30 s" in html
+    seen = render(path, tmp_path)
+    assert seen["errors"] == []
+    assert seen["divs"] == seen["plotted"] == 5, seen
+    psnr_title = next(title for title in seen["titles"] if "PSNR per layer" in title)
+    assert "per target" in psnr_title
+
+
+def test_names_with_markup_are_escaped(tmp_path):
+    report = make_report(n_layers=5)
+    report["layers"][1]["name"] = "</script><img src=x onerror=alert(1)>"
+    html = write_html(report, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<img src=x" not in html
+    assert "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+@pytest.mark.browser
+def test_probe_catches_page_errors(tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text("<!DOCTYPE html><html><head></head><body><div class='plotly-graph-div'></div>"
+                    "<script>console.error('boom'); notAFunction();</script></body></html>")
+    seen = render(page, tmp_path)
+    assert seen["divs"] == 1 and seen["plotted"] == 0
+    assert any("boom" in error for error in seen["errors"])
+    assert any("notAFunction" in error for error in seen["errors"])

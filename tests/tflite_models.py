@@ -1,0 +1,339 @@
+"""Small .tflite models for the tests, written with the flatbuffer schema that ships with ai-edge-litert.
+
+No TensorFlow: :class:`Graph` assembles a model from the schema's object API. The models:
+
+* :func:`float_convnet`: conv (per-channel int8 in its quantized form) -> depthwise conv -> add ->
+  max pool -> reshape -> fully connected -> softmax, with or without a signature def.
+* :func:`int8_convnet`: the same net quantized by hand the way the TensorFlow converter does it
+  (float interface, QUANTIZE/DEQUANTIZE at the boundary, per-channel conv weights, int32 biases),
+  optionally with renamed tensors.
+* int16-activation versions come from ai-edge-quantizer (``static_wi8_ai16``) in the tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as fb
+from ai_edge_litert.tools import flatbuffer_utils
+
+INPUT_SHAPE = (1, 8, 8, 3)
+CHANNELS = 4
+CLASSES = 5
+
+#: activation tensors of the float net, in execution order (the input first).
+ACTIVATIONS = ["input", "conv1", "dw", "add", "pool", "flatten", "logits", "probs"]
+
+_DTYPES = {
+    np.dtype(np.float32): fb.TensorType.FLOAT32,
+    np.dtype(np.int8): fb.TensorType.INT8,
+    np.dtype(np.uint8): fb.TensorType.UINT8,
+    np.dtype(np.int16): fb.TensorType.INT16,
+    np.dtype(np.int32): fb.TensorType.INT32,
+    np.dtype(np.int64): fb.TensorType.INT64,
+}
+
+
+class Graph:
+    """One subgraph under construction; :meth:`to_bytes` packs it into a model."""
+
+    def __init__(self) -> None:
+        self.tensors: list[fb.TensorT] = []
+        self.buffers: list[fb.BufferT] = [fb.BufferT()]  # buffer 0: the schema's empty sentinel
+        self.operators: list[fb.OperatorT] = []
+        self.opcodes: list[fb.OperatorCodeT] = []
+
+    def tensor(self, name: str, shape, dtype=np.float32, data: np.ndarray | None = None, quant=None) -> int:
+        """Adds a tensor (a constant when ``data`` is given); returns its index."""
+        t = fb.TensorT()
+        t.name = name
+        t.shape = list(shape)
+        t.type = _DTYPES[np.dtype(dtype)]
+        if data is not None:
+            buf = fb.BufferT()
+            buf.data = np.frombuffer(np.ascontiguousarray(data, dtype=dtype).tobytes(), dtype=np.uint8)
+            self.buffers.append(buf)
+            t.buffer = len(self.buffers) - 1
+        t.quantization = quant
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def const(self, name: str, data: np.ndarray, quant=None) -> int:
+        return self.tensor(name, data.shape, data.dtype, data, quant)
+
+    def op(self, code: int, inputs: list[int], outputs: list[int], options=None) -> None:
+        """Adds an operator; ``options`` is a schema ``*OptionsT`` object (its union type is inferred)."""
+        known = [i for i, c in enumerate(self.opcodes) if c.builtinCode == code]
+        if known:
+            index = known[0]
+        else:
+            opcode = fb.OperatorCodeT()
+            opcode.builtinCode = code
+            # Codes above 127 live only in builtinCode; the deprecated byte holds the placeholder.
+            opcode.deprecatedBuiltinCode = min(code, fb.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+            opcode.version = 1
+            self.opcodes.append(opcode)
+            index = len(self.opcodes) - 1
+        operator = fb.OperatorT()
+        operator.opcodeIndex = index
+        operator.inputs = list(inputs)
+        operator.outputs = list(outputs)
+        if options is not None:
+            operator.builtinOptionsType = getattr(fb.BuiltinOptions, type(options).__name__[:-1])
+            operator.builtinOptions = options
+        self.operators.append(operator)
+
+    def to_bytes(self, inputs: list[int], outputs: list[int], signature: str | None = "serving_default") -> bytes:
+        """Packs the model; ``signature=None`` writes no signature def (like many published models)."""
+        subgraph = fb.SubGraphT()
+        subgraph.tensors = self.tensors
+        subgraph.inputs = list(inputs)
+        subgraph.outputs = list(outputs)
+        subgraph.operators = self.operators
+        subgraph.name = "main"
+        model = fb.ModelT()
+        model.version = 3
+        model.operatorCodes = self.opcodes
+        model.subgraphs = [subgraph]
+        model.buffers = self.buffers
+        model.description = "qbench test model"
+        if signature is not None:
+            sig = fb.SignatureDefT()
+            sig.signatureKey = signature
+            sig.subgraphIndex = 0
+            sig.inputs = [_tensor_map(self.tensors[i].name, i) for i in inputs]
+            sig.outputs = [_tensor_map(self.tensors[i].name, i) for i in outputs]
+            model.signatureDefs = [sig]
+        return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _tensor_map(name: str, index: int) -> fb.TensorMapT:
+    m = fb.TensorMapT()
+    m.name = name
+    m.tensorIndex = index
+    return m
+
+
+def qparams(scale, zero_point, axis: int = 0) -> fb.QuantizationParametersT:
+    q = fb.QuantizationParametersT()
+    q.scale = [float(s) for s in np.atleast_1d(scale)]
+    q.zeroPoint = [int(z) for z in np.atleast_1d(zero_point)]
+    q.quantizedDimension = axis
+    return q
+
+
+def convnet_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic weights; channels get different magnitudes so per-channel scales differ."""
+    rng = np.random.default_rng(seed)
+    gain = np.array([0.2, 1.0, 3.0, 0.5], dtype=np.float32)
+    return {
+        "conv1/weights": (rng.normal(size=(CHANNELS, 3, 3, 3)) * gain[:, None, None, None]).astype(np.float32),
+        "conv1/bias": rng.normal(scale=0.1, size=CHANNELS).astype(np.float32),
+        "dw/weights": (rng.normal(size=(1, 3, 3, CHANNELS)) * gain[::-1]).astype(np.float32) * 0.3,
+        "dw/bias": rng.normal(scale=0.1, size=CHANNELS).astype(np.float32),
+        "fc/weights": rng.normal(scale=0.2, size=(CLASSES, 4 * 4 * CHANNELS)).astype(np.float32),
+        "fc/bias": rng.normal(scale=0.1, size=CLASSES).astype(np.float32),
+    }
+
+
+def calibration_samples(n: int = 16, seed: int = 1) -> np.ndarray:
+    """``n`` inputs with a leading sample axis: shape ``(n, 1, 8, 8, 3)``."""
+    return np.random.default_rng(seed).uniform(-1, 1, size=(n, *INPUT_SHAPE)).astype(np.float32)
+
+
+def _conv_options() -> fb.Conv2DOptionsT:
+    o = fb.Conv2DOptionsT()
+    o.padding, o.strideW, o.strideH = fb.Padding.SAME, 1, 1
+    o.fusedActivationFunction = fb.ActivationFunctionType.RELU
+    return o
+
+
+def _dw_options() -> fb.DepthwiseConv2DOptionsT:
+    o = fb.DepthwiseConv2DOptionsT()
+    o.padding, o.strideW, o.strideH, o.depthMultiplier = fb.Padding.SAME, 1, 1, 1
+    o.fusedActivationFunction = fb.ActivationFunctionType.RELU6
+    return o
+
+
+def _pool_options() -> fb.Pool2DOptionsT:
+    o = fb.Pool2DOptionsT()
+    o.padding, o.strideW, o.strideH, o.filterWidth, o.filterHeight = fb.Padding.VALID, 2, 2, 2, 2
+    return o
+
+
+def _softmax_options() -> fb.SoftmaxOptionsT:
+    o = fb.SoftmaxOptionsT()
+    o.beta = 1.0
+    return o
+
+
+def float_convnet(
+    signature: str | None = "serving_default", seed: int = 0, head: str = "SOFTMAX", probs_name: str = "probs"
+) -> bytes:
+    """The float net; tensor names are :data:`ACTIVATIONS` plus ``<layer>/weights|bias``.
+
+    ``head`` (``SOFTMAX`` or ``LOGISTIC``) and ``probs_name`` make a variant whose last layer differs.
+    """
+    w = convnet_weights(seed)
+    g = Graph()
+    B = fb.BuiltinOperator
+    x = g.tensor("input", INPUT_SHAPE)
+    conv1 = g.tensor("conv1", (1, 8, 8, CHANNELS))
+    g.op(B.CONV_2D, [x, g.const("conv1/weights", w["conv1/weights"]), g.const("conv1/bias", w["conv1/bias"])],
+         [conv1], _conv_options())
+    dw = g.tensor("dw", (1, 8, 8, CHANNELS))
+    g.op(B.DEPTHWISE_CONV_2D, [conv1, g.const("dw/weights", w["dw/weights"]), g.const("dw/bias", w["dw/bias"])],
+         [dw], _dw_options())
+    add = g.tensor("add", (1, 8, 8, CHANNELS))
+    g.op(B.ADD, [conv1, dw], [add], fb.AddOptionsT())
+    pool = g.tensor("pool", (1, 4, 4, CHANNELS))
+    g.op(B.MAX_POOL_2D, [add], [pool], _pool_options())
+    flat = g.tensor("flatten", (1, 4 * 4 * CHANNELS))
+    g.op(B.RESHAPE, [pool, g.const("flatten/shape", np.array([1, 4 * 4 * CHANNELS], dtype=np.int32))], [flat])
+    logits = g.tensor("logits", (1, CLASSES))
+    g.op(B.FULLY_CONNECTED, [flat, g.const("fc/weights", w["fc/weights"]), g.const("fc/bias", w["fc/bias"])],
+         [logits], fb.FullyConnectedOptionsT())
+    probs = g.tensor(probs_name, (1, CLASSES))
+    if head == "SOFTMAX":
+        g.op(B.SOFTMAX, [logits], [probs], _softmax_options())
+    else:
+        g.op(getattr(B, head), [logits], [probs])
+    return g.to_bytes([x], [probs], signature)
+
+
+def uint8_roundtrip(scale: float = 0.02, zero_point: int = 100) -> bytes:
+    """``x`` -> QUANTIZE -> uint8 ``x_uint8`` -> DEQUANTIZE -> ``y``: a uint8 tensor to capture."""
+    g = Graph()
+    x = g.tensor("x", (1, 16))
+    xq = g.tensor("x_uint8", (1, 16), np.uint8, quant=qparams(scale, zero_point))
+    y = g.tensor("y", (1, 16))
+    g.op(fb.BuiltinOperator.QUANTIZE, [x], [xq])
+    g.op(fb.BuiltinOperator.DEQUANTIZE, [xq], [y])
+    return g.to_bytes([x], [y], signature=None)
+
+
+def activation_ranges(model: bytes, samples: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Min/max of every float activation of ``model`` over ``samples`` (LiteRT, no delegate)."""
+    from ai_edge_litert import interpreter as tfl
+
+    interp = tfl.Interpreter(
+        model_content=model,
+        experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interp.allocate_tensors()
+    index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
+    ranges: dict[str, tuple[float, float]] = {}
+    for sample in samples:
+        interp.set_tensor(index["input"], sample)
+        interp.invoke()
+        for name in ACTIVATIONS:
+            value = interp.get_tensor(index[name])
+            lo, hi = ranges.get(name, (0.0, 0.0))  # the range always holds 0 so that 0 is exact
+            ranges[name] = (min(lo, float(value.min())), max(hi, float(value.max())))
+    return ranges
+
+
+def _asymmetric(lo: float, hi: float) -> tuple[float, int]:
+    scale = max(hi - lo, 1e-8) / 255.0
+    return scale, int(np.clip(round(-128 - lo / scale), -128, 127))
+
+
+def _per_channel(weights: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 along ``axis`` (zero point 0, range [-127, 127]) as TFLite requires for weights."""
+    reduce = tuple(i for i in range(weights.ndim) if i != axis)
+    scale = np.maximum(np.abs(weights).max(axis=reduce), 1e-8) / 127.0
+    shape = [1] * weights.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
+def int8_convnet(
+    ranges: Mapping[str, tuple[float, float]],
+    rename: Mapping[str, str] | None = None,
+    signature: str | None = "serving_default",
+    seed: int = 0,
+) -> bytes:
+    """The float net quantized as the TF converter does; ``rename`` changes int8 activation names.
+
+    The interface stays float: ``input`` -> QUANTIZE -> ``input_int8`` ... ``probs_int8`` ->
+    DEQUANTIZE -> ``probs``. Conv and depthwise weights are per-channel, FC weights per-tensor.
+    """
+    rename = dict(rename or {})
+    name = lambda n: rename.get(n, n)  # noqa: E731
+    w = convnet_weights(seed)
+    act = {n: _asymmetric(*ranges[n]) for n in ACTIVATIONS if n not in ("pool", "flatten", "probs")}
+    act["pool"] = act["flatten"] = act["add"]  # max pool and reshape keep their input's scale
+    act["probs"] = (1.0 / 256.0, -128)  # the int8 softmax kernel requires exactly this
+    g = Graph()
+    B = fb.BuiltinOperator
+
+    def activation(n: str, shape) -> int:
+        scale, zp = act[n]
+        return g.tensor(name(n), shape, np.int8, quant=qparams(scale, zp))
+
+    def weights_and_bias(layer: str, axis: int, in_scale: float, per_channel: bool) -> tuple[int, int]:
+        wf = w[f"{layer}/weights"]
+        if per_channel:
+            wq, ws = _per_channel(wf, axis)
+        else:
+            ws = np.float32(np.abs(wf).max() / 127.0)
+            wq = np.clip(np.round(wf / ws), -127, 127).astype(np.int8)
+        bias_scale = in_scale * np.atleast_1d(ws)
+        bq = np.round(w[f"{layer}/bias"] / bias_scale).astype(np.int32)
+        wt = g.const(f"{layer}/weights", wq, qparams(ws, np.zeros_like(np.atleast_1d(ws), dtype=int), axis))
+        bt = g.const(f"{layer}/bias", bq, qparams(bias_scale, np.zeros_like(bias_scale, dtype=int), 0))
+        return wt, bt
+
+    x = g.tensor("input", INPUT_SHAPE)
+    xq = activation("input", INPUT_SHAPE)
+    g.tensors[xq].name = name("input_int8")
+    g.op(B.QUANTIZE, [x], [xq])
+    conv1 = activation("conv1", (1, 8, 8, CHANNELS))
+    g.op(B.CONV_2D, [xq, *weights_and_bias("conv1", 0, act["input"][0], True)], [conv1], _conv_options())
+    dw = activation("dw", (1, 8, 8, CHANNELS))
+    g.op(B.DEPTHWISE_CONV_2D, [conv1, *weights_and_bias("dw", 3, act["conv1"][0], True)], [dw], _dw_options())
+    add = activation("add", (1, 8, 8, CHANNELS))
+    g.op(B.ADD, [conv1, dw], [add], fb.AddOptionsT())
+    pool = activation("pool", (1, 4, 4, CHANNELS))
+    g.op(B.MAX_POOL_2D, [add], [pool], _pool_options())
+    flat = activation("flatten", (1, 4 * 4 * CHANNELS))
+    g.op(B.RESHAPE, [pool, g.const("flatten/shape", np.array([1, 4 * 4 * CHANNELS], dtype=np.int32))], [flat])
+    logits = activation("logits", (1, CLASSES))
+    g.op(B.FULLY_CONNECTED, [flat, *weights_and_bias("fc", 0, act["flatten"][0], False)], [logits],
+         fb.FullyConnectedOptionsT())
+    probs_q = activation("probs", (1, CLASSES))
+    g.tensors[probs_q].name = name("probs_int8")
+    g.op(B.SOFTMAX, [logits], [probs_q], _softmax_options())
+    probs = g.tensor("probs", (1, CLASSES))
+    g.op(B.DEQUANTIZE, [probs_q], [probs])
+    return g.to_bytes([x], [probs], signature)
+
+
+def write_models(directory: Path) -> dict[str, Path]:
+    """Writes the hand-built models; returns their paths by role.
+
+    Roles: ``float`` (with signature), ``float_nosig``, ``int8`` (converter style, per-channel, with
+    ``conv1`` and ``logits`` renamed so that only their position matches), ``uint8`` (round trip).
+    """
+    directory = Path(directory)
+    float_bytes = float_convnet()
+    ranges = activation_ranges(float_bytes, calibration_samples())
+    models = {
+        "float": float_bytes,
+        "float_nosig": float_convnet(signature=None),
+        "int8": int8_convnet(ranges, rename=RENAMED),
+        "uint8": uint8_roundtrip(),
+    }
+    paths = {}
+    for role, data in models.items():
+        paths[role] = directory / f"{role}.tflite"
+        paths[role].write_bytes(data)
+    return paths
+
+
+#: float name -> int8 name in :func:`write_models`' converter-style int8 model
+RENAMED = {"conv1": "model/conv1;Relu", "logits": "model/fc/BiasAdd"}
