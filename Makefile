@@ -28,7 +28,6 @@ demo: $(STAMP)
 	cd demo && ../$(BIN)/qbench run --device local model.onnx --data eval.npz --calibration calib.npz --out out
 
 test: $(STAMP) system-deps
-	$(BIN)/lint-imports
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

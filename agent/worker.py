@@ -77,9 +77,9 @@ def load_inputs(job: dict, jobdir: Path) -> tuple[list[str], list[np.ndarray]]:
 
 
 def sample_feeds(names: list[str], arrays: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """One feed dict per sample (views, no copies)."""
+    """One feed dict per sample (views, no copies; a scalar input stays a 0-d array, as runtimes want)."""
     count = arrays[0].shape[0] if arrays else 1
-    return [{n: a[i] for n, a in zip(names, arrays)} for i in range(count)]
+    return [{n: np.asarray(a[i]) for n, a in zip(names, arrays)} for i in range(count)]
 
 
 def run_probe(job: dict, jobdir: Path) -> dict:

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import qbench
+from cli import qbench
 from models import build_convnet, build_two_inputs_int64
 
 FAST = ["--runs", "2", "--warmup", "0", "--min-seconds", "0", "--quiet"]

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from conftest import load_report, qbench
+from cli import load_report, qbench
 from models import build_control_flow, build_convnet, build_dynamic_opset11, build_two_inputs_int64
 
 FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--quiet"]
@@ -154,3 +154,21 @@ def test_control_flow_model(tmp_path, agent_cache):
     assert proc.returncode == 0, proc.stderr
     report = load_report(tmp_path / "o")
     assert report["status"] == "ok" and report["layers"]
+
+
+def test_gates_exit_code_json_summary_and_artifacts(convnet_run, agent_cache):
+    tmp, _, report, _ = convnet_run
+    psnr = report["summary"]["output_psnr_db"]
+    common = [str(tmp / "convnet.onnx"), "--int8", report["models"]["int8"]["path"], "--data", "eval.npz",
+              "--db", str(tmp / "runs.sqlite"), "--json", *FAST]
+    passed = qbench("run", *common, "--out", "gate-pass", "--fail-under-psnr", str(psnr - 1), cwd=tmp, cache=agent_cache)
+    failed = qbench("run", *common, "--out", "gate-fail", "--fail-under-psnr", str(psnr + 1), cwd=tmp, cache=agent_cache)
+    assert passed.returncode == 0, passed.stderr
+    assert failed.returncode == 3, failed.stderr  # ran fine, failed a gate: kept apart from errors (1)
+    import json
+
+    summary = json.loads(failed.stdout)
+    assert summary["gates_failed"] == ["fail_under_psnr"] and summary["output_psnr_db"] == pytest.approx(psnr, abs=0.01)
+    for name in ("report.json", "report.html", "layers.csv", "report.modelexplorer.json"):
+        assert (tmp / "gate-fail" / name).is_file()
+    assert json.loads(passed.stdout)["run_id"] + 1 == summary["run_id"]

@@ -157,7 +157,8 @@ def _report_checks(dev: Device, report: ProbeReport) -> list[Check]:
     checks.append(Check("memory available", "ok", _size(report.mem_available_bytes)))
     if dev.transport == "ssh":
         low = report.disk_free_bytes < _LOW_DISK_BYTES
-        checks.append(Check("disk free", "warn" if low else "ok", f"{_size(report.disk_free_bytes)} in {report.workdir}"))
+        detail = f"{_size(report.disk_free_bytes)} in {report.workdir}"
+        checks.append(Check("disk free", "warn" if low else "ok", detail))
     checks.append(_optional("cpu temperature", report.cpu_temp_c, lambda t: f"{t:.1f} °C"))
     governor = _optional("cpu governor", report.governor, str)
     if report.governor not in (None, "performance"):

@@ -13,10 +13,14 @@ from rich.console import Console
 
 from qbench.protocols.messages import RunnerConfig, TimingConfig
 
+from .. import gates
 from ..errors import UserError
+from ..gates import Gates
 from ..quantize.prepare import parse_input_shapes
+from ..report.artifacts import write_artifacts
 from ..report.build import build_report, write_json
 from ..session import RunSettings, run as run_session
+from ..store.db import ResultsStore
 from ..inventory import load_inventory
 from ..transport.factory import transport_for
 from .main import app
@@ -59,6 +63,11 @@ def run(
     seed: int = typer.Option(0, "--seed"),
     timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="seconds of agent silence before giving up"),
     accept_new_host: bool = typer.Option(False, "--accept-new-host", help="trust an SSH host key not yet known"),
+    fail_under_psnr: Optional[float] = typer.Option(None, "--fail-under-psnr", help="gate: output PSNR below DB"),
+    fail_under_speedup: Optional[float] = typer.Option(None, "--fail-under-speedup", help="gate: speedup below X"),
+    fail_over_memory: Optional[float] = typer.Option(None, "--fail-over-memory", help="gate: int8 peak memory over MB"),
+    fail_on_drop: bool = typer.Option(False, "--fail-on-drop", help="gate: any sudden PSNR drop"),
+    db: Optional[Path] = typer.Option(None, "--db", help="results database (default: in the user data dir)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or notes"),
 ) -> None:
@@ -88,14 +97,29 @@ def run(
         ui.close()
     report = build_report(state)
     report["device"]["emulated"] = bool(dev.emulation)
+    gate_set = Gates(fail_under_psnr, fail_under_speedup, fail_over_memory, fail_on_drop)
+    report["gates"] = gate_set.to_dict()
     path = out_dir / "report.json"
     write_json(report, path)
+    written = write_artifacts(report, out_dir)
+    run_id = None if state.error else ResultsStore(db).record(report, path)
+    checks = gates.failures(report, gate_set) if gate_set.active and not state.error else []
     if as_json:
-        print(json.dumps({"report": str(path), "status": report["status"], **report.get("summary", {}),
+        print(json.dumps({"report": str(path), "run_id": run_id, "status": report["status"],
+                          **report.get("summary", {}), "gates_failed": [c.gate for c in checks],
                           **({"error": report["error"]} if "error" in report else {})}))
     else:
         render_report(report, Console())
-        Console(stderr=True).print(f"report: {path}" + (f"\nint8 model: {state.int8_info.path}" if state.int8_info else ""))
+        for check in checks:
+            Console(stderr=True).print(f"[bold red]gate failed:[/] {check.message}")
+        lines = [f"report: {path} ({', '.join(p.name for p in written.values())})"]
+        if state.int8_info:
+            lines.append(f"int8 model: {state.int8_info.path}")
+        if run_id is not None:
+            lines.append(f"recorded as run {run_id} (qbench history)")
+        Console(stderr=True).print("\n".join(lines))
     if state.error:
         first_line = (state.error["message"].splitlines() or [""])[0]
         raise UserError(f"{state.error['stage']} failed: {first_line} (partial report in {path})")
+    if checks:
+        raise typer.Exit(gates.GATE_FAILED)

@@ -78,7 +78,9 @@ def quantize_onnx(
         activation_type: "int8" or "uint8".
         per_channel: per-output-channel weight scales (needs opset >= 13).
         nodes_to_exclude: node names left in float.
-        tensor_overrides: ONNX Runtime ``TensorQuantOverrides`` (per-tensor scale/zero point/type).
+        tensor_overrides: ONNX Runtime's ``TensorQuantOverrides``: tensor name -> list of dicts
+            (one per channel) with e.g. ``scale``/``zero_point`` as numpy arrays
+            (``np.array(0.05, np.float32)``, ``np.array(-128, np.int8)``), ``symmetric``, ``rmin``/``rmax``.
         debug: let the runtimes' own logs through to the terminal.
 
     Returns:

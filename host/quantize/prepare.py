@@ -250,7 +250,7 @@ def _fix_input_shapes(model, shapes: Mapping[str, list[int]], already_static: bo
         raise UserError(f"{name}: onnxruntime cannot load it: {original_error}")
     return model, (
         f"{name} does not load with static input shapes ({error}); its inputs stay dynamic in the "
-        "prepared model, samples use the shapes above"
+        "prepared model; samples still get the resolved shapes"
     )
 
 
@@ -292,10 +292,9 @@ def _upgrade_opset(model, name: str, debug: bool):
             f"{name}: cannot upgrade opset {opset} to {MIN_OPSET} (needed for per-channel int8): "
             f"{first_line(exc)}"
         ) from exc
-    # The converter stamps the newest IR version onnx knows; the original one is what the rest of
-    # the model was written for (clamp_ir_version lowers it further if needed).
-    converted.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for(
-        list(converted.opset_import), ignore_unknown=True))
+    # The converter keeps the old IR version, which can be too old for the new opset (13 needs 7).
+    needed = onnx.helper.find_min_ir_version_for(list(converted.opset_import), ignore_unknown=True)
+    converted.ir_version = max(converted.ir_version, needed)
     return converted, f"opset {opset} upgraded to {MIN_OPSET} (per-channel int8 needs it)"
 
 

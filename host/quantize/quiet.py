@@ -32,31 +32,17 @@ class _Capture(logging.Handler):
         self.records.append(record)
 
 
-class Captured:
-    """What the runtimes said inside :func:`quiet_runtime` (empty in debug mode)."""
-
-    def __init__(self) -> None:
-        self.records: list[logging.LogRecord] = []
-        self.output = ""
-
-    def errors(self) -> list[str]:
-        """Messages of the captured log records at ERROR or above."""
-        return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
-
-
 @contextlib.contextmanager
-def quiet_runtime(debug: bool = False) -> Iterator[Captured]:
+def quiet_runtime(debug: bool = False) -> Iterator[None]:
     """Silences ONNX Runtime, onnx and their Python logging for the duration of the block.
+
+    Output of other threads written meanwhile is captured too (file descriptors are process-wide).
 
     Args:
         debug: when True nothing is silenced (the user asked to see everything).
-
-    Yields:
-        A :class:`Captured` filled in when the block ends.
     """
-    captured = Captured()
     if debug:
-        yield captured
+        yield
         return
     import onnxruntime
 
@@ -67,24 +53,24 @@ def quiet_runtime(debug: bool = False) -> Iterator[Captured]:
     root.setLevel(logging.DEBUG)
     onnxruntime.set_default_logger_severity(_ORT_ERROR)
     py_out, py_err = io.StringIO(), io.StringIO()
+    output = ""
     try:
         with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 with _redirect_fds(sink), contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_err):
-                    yield captured
+                    yield
             finally:
                 sink.seek(0)
-                captured.output = py_out.getvalue() + py_err.getvalue() + sink.read().decode("utf-8", "replace")
+                output = py_out.getvalue() + py_err.getvalue() + sink.read().decode("utf-8", "replace")
     finally:
         onnxruntime.set_default_logger_severity(_ORT_WARNING)
         root.handlers = saved_handlers
         root.setLevel(saved_level)
-        captured.records = handler.records
         for record in handler.records:
             log.debug("[%s] %s", record.name, record.getMessage())
-        if captured.output.strip():
-            log.debug("runtime output:\n%s", captured.output.rstrip())
+        if output.strip():
+            log.debug("runtime output:\n%s", output.rstrip())
 
 
 @contextlib.contextmanager

@@ -36,8 +36,9 @@ RED_BELOW_DB, AMBER_BELOW_DB = 20.0, 30.0
 _TOP_DB = 1e9
 
 CSV_COLUMNS = (
-    "index", "name", "op_type", "psnr_db", "local_psnr_db", "sqnr_db", "mse", "max_abs_error", "peak",
-    "float_min", "float_max", "exact", "drop", "drop_db", "parents",
+    "index", "name", "op_type", "psnr_db", "local_psnr_db", "sqnr_db", "mse", "rmse", "max_abs_error", "peak",
+    "float_min", "float_max", "quant_min", "quant_max", "clipped_fraction", "rmse_over_step", "exact", "drop",
+    "drop_db", "elements", "int8_name", "rule", "parents",
 )
 
 
@@ -154,7 +155,10 @@ def write_model_explorer_overlay(report: Mapping[str, Any], path: PathLike,
 
 
 def _onnx_producers(report: Mapping[str, Any]) -> dict[str, str]:
-    """Tensor name -> name of the ONNX node producing it, from the float model if it is at hand."""
+    """Tensor name -> Model Explorer node id, from the float model if it is at hand.
+
+    A tensor maps to the node producing it, a graph input to its ``[io]`` node.
+    """
     model_path = ((report.get("models") or {}).get("float") or {}).get("path")
     if not model_path or not Path(model_path).is_file():
         return {}
@@ -164,4 +168,6 @@ def _onnx_producers(report: Mapping[str, Any]) -> dict[str, str]:
         model = onnx.load(model_path, load_external_data=False)
     except Exception:  # noqa: BLE001 - any unreadable model only costs the tensor-name fallback
         return {}
-    return {output: node.name for node in model.graph.node if node.name for output in node.output}
+    keys = {value.name: f"[io]{value.name}" for value in model.graph.input}
+    keys.update({output: node.name for node in model.graph.node if node.name for output in node.output})
+    return keys

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -53,19 +54,42 @@ def latency(latency_report: Mapping[str, Any]) -> Optional[go.Figure]:
     series = {model: (latency_report.get(model) or {}).get("samples_ms") or [] for model in ("float", "int8")}
     if not any(series.values()):
         return None
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("distribution", "histogram"), column_widths=[0.4, 0.6])
+    everything = np.concatenate([np.asarray(s, dtype=float) for s in series.values() if s])
+    edges, log_bins = _latency_bins(everything)
+    log_box = bool(everything.max() > 10 * np.median(everything))
+    slower = int((everything > edges[-1]).sum())
+    title = "histogram up to p99" + (f" ({slower} slower runs not shown)" if slower else "")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("distribution", title), column_widths=[0.4, 0.6])
     for model, colour in (("float", FLOAT_COLOUR), ("int8", INT8_COLOUR)):
         if not series[model]:
             continue
         fig.add_trace(go.Box(y=series[model], name=model, marker_color=colour, boxpoints="outliers",
                              legendgroup=model), row=1, col=1)
-        fig.add_trace(go.Histogram(x=series[model], name=model, marker_color=colour, opacity=0.6,
-                                   legendgroup=model, showlegend=False), row=1, col=2)
-    fig.update_layout(title="Latency per inference (steady state)", barmode="overlay")
-    fig.update_yaxes(title_text="ms", row=1, col=1)
-    fig.update_xaxes(title_text="ms", row=1, col=2)
+        counts = np.histogram(np.asarray(series[model], dtype=float), edges)[0].tolist()
+        # A step line rather than bars: it stays right on a log axis.
+        fig.add_trace(go.Scatter(x=edges.tolist(), y=counts + counts[-1:], mode="lines", line_shape="hv",
+                                 fill="tozeroy", line=dict(color=colour), name=model, legendgroup=model,
+                                 showlegend=False, hovertemplate="from %{x:.4g} ms: %{y} runs<extra>" + model
+                                 + "</extra>"), row=1, col=2)
+    fig.update_layout(title=dict(text="Latency per inference (steady state)", y=0.98), margin=dict(t=90))
+    fig.update_yaxes(title_text="ms" + (" (log scale)" if log_box else ""), type="log" if log_box else None,
+                     row=1, col=1)
+    fig.update_xaxes(title_text="ms" + (" (log scale)" if log_bins else ""), type="log" if log_bins else None,
+                     row=1, col=2)
     fig.update_yaxes(title_text="runs", row=1, col=2)
     return fig
+
+
+def _latency_bins(samples: np.ndarray, bins: int = 60) -> tuple[np.ndarray, bool]:
+    """Histogram edges up to p99, log-spaced when the samples span more than 5x.
+
+    A few slow runs (scheduler hiccups) would otherwise squash everything into one bin.
+    """
+    lo, hi = float(samples.min()), float(np.percentile(samples, 99))
+    if hi <= lo:
+        hi = lo * 1.01 + 1e-6
+    log_scale = bool(lo > 0 and hi / lo > 5)
+    return (np.geomspace(lo, hi, bins + 1) if log_scale else np.linspace(lo, hi, bins + 1)), log_scale
 
 
 def op_breakdown(profile: Optional[Mapping[str, Any]]) -> Optional[go.Figure]:

@@ -99,8 +99,18 @@ def write_compare_html(compare_report: Mapping[str, Any], path: PathLike) -> Pat
 
 
 def _model_name(report: Mapping[str, Any]) -> str:
-    path = ((report.get("models") or {}).get("float") or {}).get("path")
+    # The model the user gave; models.float may be a prepared copy of it.
+    path = (report.get("settings") or {}).get("model") or ((report.get("models") or {}).get("float") or {}).get("path")
     return Path(path).name if path else "model"
+
+
+def _size(size_bytes: Optional[int]) -> str:
+    if size_bytes is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.2f} {unit}"
+    return f"{size_bytes} B"
 
 
 def _figure_or_note(fig: Any, missing: str, height: int = 420) -> str:
@@ -137,8 +147,11 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
               _mark(checks, "fail_over_memory")),
         _card("sudden drops", str(len(drops)), _mark(checks, "fail_on_drop")),
     ]
-    parts = [f'<div class="cards">{"".join(cards)}</div>', _gates_block(checks)]
-    providers = ", ".join(device.get("providers") or []) or "-"
+    parts = [f'<div class="cards">{"".join(cards)}</div>', _gates_block(checks), _notes(report)]
+    providers = ", ".join(device.get("providers_used") or device.get("providers") or []) or "-"
+    delegate = (((report.get("settings") or {}).get("runner") or {}).get("delegate"))
+    if delegate:
+        providers += f" · delegate {delegate}"
     parts.append(table(("device", "arch", "system", "runtime", "providers / delegate", "emulated", "CPUs",
                         "memory"),
                        [(device.get("name"), device.get("arch"), device.get("system"),
@@ -147,7 +160,7 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
                          fmt(device.get("total_memory_mb"), 0, " MB"))]))
     models = report.get("models") or {}
     parts.append(table(("model", "file", "size", "sha256"),
-                       [(kind, Path(m.get("path") or "-").name, fmt((m.get("size_bytes") or 0) / 1e6, 2, " MB"),
+                       [(kind, Path(m.get("path") or "-").name, _size(m.get("size_bytes")),
                          (m.get("sha256") or "-")[:16]) for kind, m in models.items()]))
     parts.append(_outputs_table(report.get("outputs") or []))
     worst = summary.get("worst_layers") or []
@@ -156,6 +169,18 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
     if drops:
         parts.append(f"<p><b>Sudden drops:</b> {esc(', '.join(drops))}</p>")
     return "\n".join(parts)
+
+
+def _notes(report: Mapping[str, Any]) -> str:
+    lines = list(report.get("notes") or [])
+    error = report.get("error")
+    if error:
+        lines.insert(0, f"{error.get('stage', 'run')} failed: {error.get('message', error)}"
+                     if isinstance(error, Mapping) else str(error))
+    if not lines:
+        return ""
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    return f'<div class="note"><b>Notes</b><ul>{items}</ul></div>'
 
 
 def _gates_block(checks: Sequence[gates_mod.GateCheck]) -> str:
@@ -221,12 +246,13 @@ def _layer_table(layers: Sequence[Mapping[str, Any]]) -> str:
             num_cell(layer.get("local_psnr_db")), num_cell(layer.get("sqnr_db")),
             num_cell(layer.get("mse"), 4), num_cell(layer.get("max_abs_error"), 4),
             num_cell(layer.get("float_min"), 3), num_cell(layer.get("float_max"), 3),
+            num_cell(None if layer.get("clipped_fraction") is None else 100 * layer["clipped_fraction"], 2),
             (f"{fmt(layer.get('drop_db'), 1)} dB" if layer.get("drop") else "", layer.get("drop_db") or 0, "num"),
         ))
         classes.append(f"{_psnr_class(layer.get('psnr_db'), exact)}{' drop' if layer.get('drop') else ''}")
     hint = '<p class="muted">Click a column title to sort.</p>'
     return hint + table(("#", "name", "op", "PSNR dB", "local dB", "SQNR dB", "MSE", "max abs err", "float min",
-                         "float max", "drop"), rows, sortable=True, row_classes=classes, wrap=True)
+                         "float max", "clipped %", "drop"), rows, sortable=True, row_classes=classes, wrap=True)
 
 
 def _unmatched(unmatched: Sequence[Mapping[str, Any]]) -> str:

@@ -87,7 +87,7 @@ def fmt(value: Any, digits: int = 2, unit: str = "") -> str:
 def figure_html(fig: go.Figure, height: int = 420) -> str:
     """One figure as a ``<div>``; plotly.js itself comes from the page head."""
     fig.update_layout(height=fig.layout.height or height, template="plotly_white",
-                      margin=dict(l=60, r=20, t=50, b=50))
+                      margin=dict(l=60, r=20, t=fig.layout.margin.t or 50, b=50))
     return fig.to_html(full_html=False, include_plotlyjs=False, config=FIGURE_CONFIG)
 
 

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL,
     qbench_version TEXT,
     model_name TEXT,
+    source_path TEXT,
     float_path TEXT,
     float_sha256 TEXT,
     float_size_bytes INTEGER,
@@ -191,8 +192,9 @@ class ResultsStore:
         """Stored runs, newest first.
 
         Args:
-            model: Keep runs whose model file name or path equals this, or whose
-                float/int8 sha256 starts with it.
+            model: Keep runs whose model file name or path (as given, or the
+                float/int8 files run) equals this, or whose float/int8 sha256
+                starts with it.
             device: Keep runs whose device name or architecture equals this.
             limit: At most this many rows.
 
@@ -201,9 +203,9 @@ class ResultsStore:
         """
         where, params = [], []
         if model:
-            where.append("(model_name = ? OR float_path = ? OR int8_path = ?"
+            where.append("(model_name = ? OR source_path = ? OR float_path = ? OR int8_path = ?"
                          " OR float_sha256 LIKE ? OR int8_sha256 LIKE ?)")
-            params += [model, model, model, f"{model.lower()}%", f"{model.lower()}%"]
+            params += [model, model, model, model, f"{model.lower()}%", f"{model.lower()}%"]
         if device:
             where.append("(device_name = ? OR device_arch = ?)")
             params += [device, device]
@@ -309,14 +311,16 @@ def _run_columns(report: Mapping[str, Any], report_path: Union[str, os.PathLike,
     latency, memory = report.get("latency") or {}, report.get("memory") or {}
     summary = report.get("summary") or {}
     layers = report.get("layers") or []
-    float_path = float_model.get("path")
+    # The model the user gave (settings.model) names the run; models.float may be a prepared copy.
+    source = (report.get("settings") or {}).get("model") or float_model.get("path")
     return {
         "created": report.get("created") or _now(),
         "recorded": _now(),
         "status": str(report.get("status") or "ok"),
         "qbench_version": report.get("qbench_version"),
-        "model_name": Path(float_path).name if float_path else None,
-        "float_path": float_path,
+        "model_name": Path(source).name if source else None,
+        "source_path": str(source) if source else None,
+        "float_path": float_model.get("path"),
         "float_sha256": float_model.get("sha256"),
         "float_size_bytes": float_model.get("size_bytes"),
         "int8_path": int8_model.get("path"),

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from qbench.host.errors import UserError
 
-MIN_PYTHON = (3, 9)
+MIN_PYTHON = (3, 10)  # the protocols package uses 3.10 syntax (X | None, zip strict)
 #: prints the interpreter version even on a Python 2, so "too old" gets a clear message
 VERSION_SNIPPET = "import sys; print('%d.%d.%d' % tuple(sys.version_info[:3]))"
 
