@@ -58,6 +58,7 @@ class RunSettings:
     drop_db: float = 6.0
     worst: int = 5
     timeout_s: float = 60.0
+    debug: bool = False
 
 
 @dataclass
@@ -126,7 +127,7 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
         state.float_info, state.int8_info = original, int8
         float_path, int8_path = Path(s.model), Path(s.int8)
     else:
-        prepared = prepare_float(s.model, s.input_shapes, s.out_dir)
+        prepared = prepare_float(s.model, s.input_shapes, s.out_dir, debug=s.debug)
         for note in prepared.notes:
             ui.note(note)
         state.notes.extend(prepared.notes)
@@ -137,7 +138,7 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
         calibration = _calibration(state, ui)
         int8_path = s.out_dir / "model.int8.onnx"
         quantize_onnx(float_path, int8_path, calibration, method=s.calibration_method,
-                      activation_type=s.activation_type)
+                      activation_type=s.activation_type, debug=s.debug)
         state.int8_info = inspect_model(int8_path)
     state.stage = "match"
     state.matching = matching.match(onnx.load(str(float_path)), onnx.load(str(int8_path)))

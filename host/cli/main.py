@@ -13,6 +13,9 @@ import typer
 
 from ..errors import UserError
 
+#: set by ``--debug`` anywhere on the command line: tracebacks and the runtimes' own logs are shown
+DEBUG = False
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Float vs int8 diagnostics measured on the device.")
 
@@ -37,7 +40,8 @@ def _register() -> None:
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr (``--debug`` for the traceback)."""
-    debug = "--debug" in sys.argv
+    global DEBUG
+    debug = DEBUG = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
     _register()

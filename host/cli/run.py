@@ -23,6 +23,7 @@ from ..session import RunSettings, run as run_session
 from ..store.db import ResultsStore
 from ..inventory import load_inventory
 from ..transport.factory import transport_for
+from . import main
 from .main import app
 from .render import RichUI, render_report
 
@@ -89,7 +90,7 @@ def run(
         data=data, calibration=calibration, samples=samples, calibration_method=calibration_method,
         activation_type=activation_type, seed=seed, runner=runner,
         timing=TimingConfig(warmup=warmup, runs=runs, min_seconds=min_seconds),
-        memory_budget_mb=memory_budget, drop_db=drop_db, worst=worst, timeout_s=timeout,
+        memory_budget_mb=memory_budget, drop_db=drop_db, worst=worst, timeout_s=timeout, debug=main.DEBUG,
     )
     try:
         state = run_session(settings, transport, ui)
