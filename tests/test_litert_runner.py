@@ -25,7 +25,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     paths = M.write_models(directory)
     calibration = {"input": M.calibration_samples()}
     for role, recipe in (("aeq_int8", "static_wi8_ai8"), ("aeq_int16", "static_wi8_ai16")):
-        paths[role] = quantize_tflite(paths["float_nosig"], directory / f"{role}.tflite", calibration, recipe)
+        paths[role] = quantize_tflite(paths["float_nosig"], directory / f"{role}.tflite", calibration, recipe).path
     return paths
 
 

@@ -10,7 +10,7 @@ import tflite_models as M
 from ai_edge_litert import interpreter as tfl
 
 from qbench.host.errors import UserError
-from qbench.host.quantize.tflite import ensure_signature, quantize_tflite
+from qbench.host.quantize.tflite import prepare_tflite, quantize_tflite
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +44,53 @@ def _value(path: Path, sample: np.ndarray, name: str) -> np.ndarray:
     return (value.astype(np.float64) - zero) * scale if scale else value
 
 
-def test_ensure_signature_adds_serving_default_to_a_model_without_one(models):
-    data, key, names = ensure_signature(models["float_nosig"].read_bytes())
-    assert key == "serving_default" and names == {"input": "input"}
-    assert tfl.Interpreter(model_content=data).get_signature_list() == {
+def test_prepare_adds_serving_default_to_a_model_without_one(models):
+    prepared = prepare_tflite(models["float_nosig"].read_bytes())
+    assert prepared.signature_key == "serving_default" and prepared.signature_inputs == {"input": "input"}
+    assert tfl.Interpreter(model_content=prepared.model).get_signature_list() == {
         "serving_default": {"inputs": ["input"], "outputs": ["probs"]}
     }
+    assert prepared.notes == ["signature def 'serving_default' added (the model has none)"]
 
 
-def test_ensure_signature_keeps_an_existing_one(models):
+def test_prepare_keeps_a_model_that_needs_nothing(models):
     original = models["float"].read_bytes()
-    data, key, names = ensure_signature(original)
-    assert data == original and key == "serving_default" and names == {"input": "input"}
+    prepared = prepare_tflite(original)
+    assert prepared.model == original and prepared.notes == []
+    assert (prepared.signature_key, prepared.signature_inputs) == ("serving_default", {"input": "input"})
+
+
+def test_prepare_fixes_old_opcodes_and_folds_fp16_weights():
+    original = M.float_convnet(signature=None, legacy_opcodes=True, fp16_weights=True)
+    prepared = prepare_tflite(original)
+    assert len(prepared.notes) == 3
+    interp = tfl.Interpreter(model_content=prepared.model)
+    interp.allocate_tensors()
+    assert "DEQUANTIZE" not in [op["op_name"] for op in interp._get_ops_details()]
+    x = M.calibration_samples(1)[0]
+    ref = tfl.Interpreter(model_content=original)
+    ref.allocate_tensors()
+    for i in (interp, ref):
+        i.set_tensor(i.get_input_details()[0]["index"], x)
+        i.invoke()
+    np.testing.assert_allclose(interp.get_tensor(interp.get_output_details()[0]["index"]),
+                               ref.get_tensor(ref.get_output_details()[0]["index"]), rtol=1e-5, atol=1e-7)
+
+
+def test_old_schema_fp16_model_quantizes_like_a_modern_one(tmp_path):
+    legacy = tmp_path / "legacy.tflite"
+    legacy.write_bytes(M.float_convnet(signature=None, legacy_opcodes=True, fp16_weights=True))
+    result = quantize_tflite(legacy, tmp_path / "int8.tflite", CALIBRATION)
+    assert len(result.notes) == 3
+    tensors = _tensors(result.path)
+    # read as ADD without the opcode fix; weights taken for activations without the fp16 fold
+    assert len(tensors["conv1/weights"]["quantization_parameters"]["scales"]) == M.CHANNELS
+    assert tensors["conv1/bias"]["dtype"] == np.int32
+    assert tensors["conv1"]["dtype"] == np.int8
 
 
 def test_static_int8_of_a_model_without_signature(models, tmp_path):
-    out = quantize_tflite(models["float_nosig"], tmp_path / "int8.tflite", CALIBRATION)
+    out = quantize_tflite(models["float_nosig"], tmp_path / "int8.tflite", CALIBRATION).path
     tensors = _tensors(out)
     assert tensors["conv1"]["dtype"] == np.int8 and tensors["logits"]["dtype"] == np.int8
     weights = tensors["conv1/weights"]["quantization_parameters"]
@@ -72,14 +103,14 @@ def test_static_int8_of_a_model_without_signature(models, tmp_path):
 
 
 def test_int16_activations(models, tmp_path):
-    out = quantize_tflite(models["float"], tmp_path / "int16.tflite", CALIBRATION, recipe="static_wi8_ai16")
+    out = quantize_tflite(models["float"], tmp_path / "int16.tflite", CALIBRATION, recipe="static_wi8_ai16").path
     tensors = _tensors(out)
     assert tensors["conv1"]["dtype"] == np.int16 and tensors["add"]["dtype"] == np.int16
     assert tensors["conv1/weights"]["dtype"] == np.int8
 
 
 def test_keep_float_leaves_an_op_in_float_between_boundary_ops(models, tmp_path):
-    out = quantize_tflite(models["float_nosig"], tmp_path / "mixed.tflite", CALIBRATION, keep_float=["dw"])
+    out = quantize_tflite(models["float_nosig"], tmp_path / "mixed.tflite", CALIBRATION, keep_float=["dw"]).path
     tensors = _tensors(out)
     assert tensors["dw"]["dtype"] == np.float32 and tensors["dw/weights"]["dtype"] == np.float32
     assert tensors["conv1"]["dtype"] == np.int8 and tensors["add"]["dtype"] == np.int8

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tflite_models as M
 
@@ -24,9 +23,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
     directory = tmp_path_factory.mktemp("tflite")
     paths = M.write_models(directory)
     calibration = {"input": M.calibration_samples()}
-    paths["aeq_int8"] = quantize_tflite(paths["float_nosig"], directory / "aeq8.tflite", calibration)
-    paths["aeq_int16"] = quantize_tflite(paths["float"], directory / "aeq16.tflite", calibration, "static_wi8_ai16")
-    paths["mixed"] = quantize_tflite(paths["float"], directory / "mixed.tflite", calibration, keep_float=["dw"])
+    paths["aeq_int8"] = quantize_tflite(paths["float_nosig"], directory / "aeq8.tflite", calibration).path
+    paths["aeq_int16"] = quantize_tflite(paths["float"], directory / "aeq16.tflite", calibration,
+                                         "static_wi8_ai16").path
+    paths["mixed"] = quantize_tflite(paths["float"], directory / "mixed.tflite", calibration, keep_float=["dw"]).path
     variant = directory / "sigmoid.tflite"
     variant.write_bytes(M.float_convnet(head="LOGISTIC", probs_name="sigmoid"))
     paths["sigmoid"] = variant
@@ -134,3 +134,12 @@ def test_pairs_drive_the_capture_accumulators(models):
         assert r.sum_sq_err == pytest.approx(d.sum_sq_err, rel=1e-5, abs=1e-9), p.float_name
         snr = 10 * math.log10(r.sum_sq_float / max(r.sum_sq_err, 1e-30))
         assert snr > 15, (p.float_name, snr)
+
+
+def test_position_never_takes_a_tensor_named_after_another_float_tensor(models, tmp_path):
+    ranges = M.activation_ranges(models["float"].read_bytes(), M.calibration_samples())
+    swapped = tmp_path / "swapped.tflite"
+    swapped.write_bytes(M.int8_convnet(ranges, rename={"conv1": "dw", "dw": "dw_int8"}))
+    m = match_tflite(models["float"], swapped)
+    assert [(u.name, u.op_type) for u in m.unmatched] == [("conv1", "CONV_2D")]
+    assert "is 'dw'" in m.unmatched[0].reason

@@ -28,6 +28,7 @@ ACTIVATIONS = ["input", "conv1", "dw", "add", "pool", "flatten", "logits", "prob
 
 _DTYPES = {
     np.dtype(np.float32): fb.TensorType.FLOAT32,
+    np.dtype(np.float16): fb.TensorType.FLOAT16,
     np.dtype(np.int8): fb.TensorType.INT8,
     np.dtype(np.uint8): fb.TensorType.UINT8,
     np.dtype(np.int16): fb.TensorType.INT16,
@@ -39,11 +40,14 @@ _DTYPES = {
 class Graph:
     """One subgraph under construction; :meth:`to_bytes` packs it into a model."""
 
-    def __init__(self) -> None:
+    def __init__(self, legacy_opcodes: bool = False, fp16_weights: bool = False) -> None:
+        self.legacy_opcodes = legacy_opcodes  # old schema: only deprecated_builtin_code is set
+        self.fp16_weights = fp16_weights  # float weights stored as float16 behind DEQUANTIZE
         self.tensors: list[fb.TensorT] = []
         self.buffers: list[fb.BufferT] = [fb.BufferT()]  # buffer 0: the schema's empty sentinel
         self.operators: list[fb.OperatorT] = []
         self.opcodes: list[fb.OperatorCodeT] = []
+        self.opcode_index: dict[int, int] = {}
 
     def tensor(self, name: str, shape, dtype=np.float32, data: np.ndarray | None = None, quant=None) -> int:
         """Adds a tensor (a constant when ``data`` is given); returns its index."""
@@ -61,21 +65,25 @@ class Graph:
         return len(self.tensors) - 1
 
     def const(self, name: str, data: np.ndarray, quant=None) -> int:
+        if self.fp16_weights and data.dtype == np.float32:
+            half = self.tensor(f"{name}_fp16", data.shape, np.float16, data.astype(np.float16))
+            out = self.tensor(name, data.shape)
+            self.op(fb.BuiltinOperator.DEQUANTIZE, [half], [out])
+            return out
         return self.tensor(name, data.shape, data.dtype, data, quant)
 
     def op(self, code: int, inputs: list[int], outputs: list[int], options=None) -> None:
         """Adds an operator; ``options`` is a schema ``*OptionsT`` object (its union type is inferred)."""
-        known = [i for i, c in enumerate(self.opcodes) if c.builtinCode == code]
-        if known:
-            index = known[0]
+        if code in self.opcode_index:
+            index = self.opcode_index[code]
         else:
             opcode = fb.OperatorCodeT()
-            opcode.builtinCode = code
+            opcode.builtinCode = 0 if self.legacy_opcodes else code
             # Codes above 127 live only in builtinCode; the deprecated byte holds the placeholder.
             opcode.deprecatedBuiltinCode = min(code, fb.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
             opcode.version = 1
             self.opcodes.append(opcode)
-            index = len(self.opcodes) - 1
+            index = self.opcode_index[code] = len(self.opcodes) - 1
         operator = fb.OperatorT()
         operator.opcodeIndex = index
         operator.inputs = list(inputs)
@@ -170,14 +178,20 @@ def _softmax_options() -> fb.SoftmaxOptionsT:
 
 
 def float_convnet(
-    signature: str | None = "serving_default", seed: int = 0, head: str = "SOFTMAX", probs_name: str = "probs"
+    signature: str | None = "serving_default",
+    seed: int = 0,
+    head: str = "SOFTMAX",
+    probs_name: str = "probs",
+    legacy_opcodes: bool = False,
+    fp16_weights: bool = False,
 ) -> bytes:
     """The float net; tensor names are :data:`ACTIVATIONS` plus ``<layer>/weights|bias``.
 
-    ``head`` (``SOFTMAX`` or ``LOGISTIC``) and ``probs_name`` make a variant whose last layer differs.
+    ``head`` (``SOFTMAX`` or ``LOGISTIC``) and ``probs_name`` make a variant whose last layer differs;
+    ``legacy_opcodes`` and ``fp16_weights`` make it look like older or MediaPipe-style published models.
     """
     w = convnet_weights(seed)
-    g = Graph()
+    g = Graph(legacy_opcodes, fp16_weights)
     B = fb.BuiltinOperator
     x = g.tensor("input", INPUT_SHAPE)
     conv1 = g.tensor("conv1", (1, 8, 8, CHANNELS))

@@ -163,7 +163,12 @@ def match_tflite(float_model: Union[str, Path], int8_model: Union[str, Path]) ->
             if t.name in q.by_name:
                 pair, rule, reason = _pair(f, q, i, q.by_name[t.name], "name")
             elif k in aligned and slot < len(q.ops[aligned[k]].outputs):
-                pair, rule, reason = _pair(f, q, i, q.ops[aligned[k]].outputs[slot], "position")
+                candidate = q.ops[aligned[k]].outputs[slot]
+                if q.tensors[candidate].name in f.by_name:  # it is another float tensor's counterpart
+                    pair, rule = None, ""
+                    reason = f"the {op.type} at this position in the int8 graph is {q.tensors[candidate].name!r}"
+                else:
+                    pair, rule, reason = _pair(f, q, i, candidate, "position")
             else:
                 pair, rule = None, ""
                 reason = f"no int8 tensor named {t.name!r} and no {op.type} with its output shape at this position"
