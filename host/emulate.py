@@ -142,7 +142,7 @@ class Board:
     @property
     def emulation(self) -> str:
         """The label that marks the device's timings as emulation timings."""
-        return f"{QEMU} -cpu {self.spec.cpu} (user-mode emulation; timings are not the board's)"
+        return f"qemu-aarch64 {self.spec.cpu}"
 
     def device_entry(self) -> dict:
         """The devices.yaml settings of a local device running the agent on this board."""
@@ -170,6 +170,20 @@ def default_wheels() -> tuple[str, ...]:
     return tuple(reqs)
 
 
+def wheels_with(overrides: list[str]) -> tuple[str, ...]:
+    """:func:`default_wheels`, with each requirement of ``overrides`` replacing the one for its package.
+
+    A requirement for any other package is added (it must have an aarch64 wheel).
+    """
+    reqs = {_dist(req): req for req in default_wheels()}
+    reqs.update({_dist(req): req for req in overrides})
+    return tuple(reqs.values())
+
+
+def _dist(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
 def default_root() -> Path:
     """``$QBENCH_EMULATE_CACHE/arm64``, else ``<user cache dir>/qbench/emulate/arm64``."""
     if os.environ.get(CACHE_ENV):
@@ -195,6 +209,7 @@ def ensure_arm64(root: Optional[Path] = None, spec: Optional[BoardSpec] = None, 
     Raises:
         UserError: a tool is missing, a download or the smoke test failed.
     """
+    _require(QEMU, "qemu-user-static")  # a cached board is no use without it either
     root = Path(root or default_root()).expanduser().absolute()
     spec = spec or BoardSpec(wheels=default_wheels())
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -228,15 +243,18 @@ def _locked(path: Path) -> Iterator[None]:
 
 def check_tools() -> None:
     """Raise a UserError naming the Debian package of the first missing tool."""
-    needs = [(QEMU, "qemu-user-static"), ("apt-get", "apt"), ("dpkg-deb", "dpkg")]
-    for tool, package in needs:
-        if shutil.which(tool) is None:
-            raise UserError(f"{tool} not found: the emulated arm64 board needs Debian's {package} "
-                            f"(apt-get install {package})")
+    for tool, package in ((QEMU, "qemu-user-static"), ("apt-get", "apt"), ("dpkg-deb", "dpkg")):
+        _require(tool, package)
     if not KEYRING.is_file():
         raise UserError(f"{KEYRING} not found: apt-get install debian-archive-keyring")
     if importlib.util.find_spec("pip") is None:
         raise UserError(f"pip is not installed in {sys.executable}: it installs the board's aarch64 wheels")
+
+
+def _require(tool: str, package: str) -> None:
+    if shutil.which(tool) is None:
+        raise UserError(f"{tool} not found: the emulated arm64 board needs Debian's {package} "
+                        f"(apt-get install {package})")
 
 
 def _build(root: Path, spec: BoardSpec, log: Log) -> Board:
@@ -336,8 +354,7 @@ def _replace_symlink(link: Path, target: Path) -> None:
 
 
 def _smoke_test(root: Path, spec: BoardSpec) -> Board:
-    dists = [re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0] for req in spec.wheels]
-    mods = {dist: WHEELS.get(dist, dist.replace("-", "_")) for dist in dists}
+    mods = {_dist(req): WHEELS.get(_dist(req), _dist(req).replace("-", "_")) for req in spec.wheels}
     out = _run([str(root / "bin" / "python3"), "-c", _SMOKE, json.dumps(mods)],
                "the smoke test of the board's Python (imports under QEMU)", timeout=300)
     info = json.loads(out.strip().splitlines()[-1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -38,7 +39,7 @@ class LocalTransport(AgentTransport):
     def command(self) -> list[str]:
         cmd = [*self.python_cmd, "-m", "qbench.agent", "--bind", "tcp://127.0.0.1:0",
                "--cache-dir", self.cache_dir, "--exit-on-stdin-eof",
-               "--worker-cmd", subprocess.list2cmdline(self.python_cmd)]
+               "--worker-cmd", shlex.join(self.python_cmd)]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
         if self.cpus:

@@ -1,0 +1,54 @@
+"""``qbench emulate``: build an emulated board on this machine and add it to devices.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from ..emulate import BoardSpec, ensure_arm64, wheels_with
+from ..errors import UserError
+from ..inventory import resolve_path
+from ..inventory_edit import add_device
+from .main import app
+
+emulate_app = typer.Typer(help="Emulated boards: built once on this machine, then used like any device.",
+                          no_args_is_help=True)
+app.add_typer(emulate_app, name="emulate")
+
+RUNTIMES = ("onnxruntime", "tflite")
+
+
+@emulate_app.command("arm64")
+def arm64(
+    name: str = typer.Option("pi4-emu", "--name", help="the device's name in devices.yaml"),
+    devices: Optional[Path] = typer.Option(None, "--devices", envvar="QBENCH_DEVICES",
+                                           help="inventory file to add it to (default ./devices.yaml)"),
+    root: Optional[Path] = typer.Option(None, "--root", help="the board's folder (default: in the user cache, "
+                                        "or $QBENCH_EMULATE_CACHE/arm64)"),
+    runtime: str = typer.Option("onnxruntime", "--runtime", help="|".join(RUNTIMES)),
+    package: List[str] = typer.Option([], "--package", help="pip requirement replacing the default for its "
+                                      "package, e.g. onnxruntime==1.19.2 (repeat)"),
+    rebuild: bool = typer.Option(False, "--rebuild", help="build again even if the cached board is current"),
+) -> None:
+    """Build (once, cached) an arm64 board run by qemu-aarch64-static and add it as a local device.
+
+    The board has Debian's aarch64 CPython with aarch64 wheels of numpy, pyzmq, onnxruntime and
+    ai-edge-litert, by default at the versions this machine runs. It runs the real ARM kernels;
+    its timings are emulation timings and reports say so.
+    """
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    board = ensure_arm64(root, BoardSpec(wheels=wheels_with(package)), rebuild, log=err.print)
+    entry = board.device_entry()
+    if runtime != "onnxruntime":
+        entry["runtime"] = runtime
+    path, _ = resolve_path(devices)
+    replaced = add_device(path, name, entry)
+    versions = ", ".join(f"{dist} {version}" for dist, version in board.versions.items())
+    err.print(f"arm64 board: {board.root}\n  Python {board.python_version} (aarch64), {versions}")
+    err.print(f"{'updated' if replaced else 'added'} device {name!r} in {path}; "
+              f"try: qbench run --device {name} MODEL.onnx  (timings are emulation timings)")
