@@ -165,3 +165,14 @@ def test_probe_catches_page_errors(tmp_path):
     assert seen["divs"] == 1 and seen["plotted"] == 0
     assert any("boom" in error for error in seen["errors"])
     assert any("notAFunction" in error for error in seen["errors"])
+
+
+def test_partial_report_of_a_failed_run_still_renders(tmp_path):
+    full = make_report()
+    partial = {key: full[key] for key in ("schema", "created", "qbench_version", "device", "models", "settings")}
+    partial.update(status="failed", error={"stage": "capture", "message": "worker killed (out of memory)"},
+                   notes=["calibrated on random data"])
+    html = write_html(partial, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "capture failed: worker killed (out of memory)" in html
+    assert "calibrated on random data" in html
+    assert "No layer figures in this report." in html and "No latency samples in this report." in html

@@ -17,6 +17,7 @@ from reportdata import make_report
 WORKERS = 4
 RUNS_PER_WORKER = 8
 LAYERS = 30
+BIG = 400
 
 
 def _counts(path: Path) -> tuple[int, int, int]:
@@ -80,7 +81,8 @@ def test_default_path(monkeypatch, tmp_path):
 
 def _writer(path: str, worker: int, start: multiprocessing.Event) -> None:
     store = ResultsStore(path)
-    reports = [make_report(n_layers=LAYERS, seed=i, device=f"w{worker}-{i}") for i in range(RUNS_PER_WORKER)]
+    # Big enough that transactions overlap in time and writers must wait on each other.
+    reports = [make_report(n_layers=BIG, seed=i, device=f"w{worker}-{i}") for i in range(RUNS_PER_WORKER)]
     start.wait(30)
     for report in reports:
         store.record(report)
@@ -98,11 +100,11 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         proc.join(120)
     assert [proc.exitcode for proc in procs] == [0] * WORKERS
     total = WORKERS * RUNS_PER_WORKER
-    assert _counts(path) == (total, total * LAYERS, total * 2)
+    assert _counts(path) == (total, total * BIG, total * 2)
     devices = {row.device_name for row in ResultsStore(path).history()}
     assert devices == {f"w{w}-{i}" for w in range(WORKERS) for i in range(RUNS_PER_WORKER)}
     for row in ResultsStore(path).history():
-        assert len(ResultsStore(path).layers(row.id)) == LAYERS
+        assert len(ResultsStore(path).layers(row.id)) == BIG
 
 
 def test_error_inside_the_transaction_leaves_nothing(tmp_path):

@@ -275,9 +275,9 @@ def _targets_table(targets: Sequence[Mapping[str, Any]], gates: gates_mod.Gates)
         checks = gates_mod.evaluate(report, gates)
         verdict = "-" if not checks else "pass" if all(c.passed for c in checks) else "FAIL: " + "; ".join(
             c.message for c in checks if not c.passed)
+        emulated = ", emulated" if device.get("emulated") else ""
         rows.append((
-            target.get("label"), "ok",
-            f"{device.get('name') or '-'} ({device.get('arch') or '?'}{', emulated' if device.get('emulated') else ''})",
+            target.get("label"), "ok", f"{device.get('name') or '-'} ({device.get('arch') or '?'}{emulated})",
             f"{device.get('runtime') or '-'} {device.get('runtime_version') or ''}".strip(),
             ", ".join(device.get("providers") or []) or "-",
             num_cell((report.get("summary") or {}).get("output_psnr_db")),

@@ -120,9 +120,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], sortable: bool 
     return f'<div class="table-wrap">{html_table}</div>' if wrap else html_table
 
 
-def num_cell(value: Any, digits: int = 2, unit: str = "", cls: str = "", missing_key: str = "") -> tuple:
-    """A numeric cell: formatted text, sortable by its value."""
-    key = missing_key if value is None else repr(float(value)) if isinstance(value, (int, float)) else str(value)
+def num_cell(value: Any, digits: int = 2, unit: str = "", cls: str = "") -> tuple:
+    """A numeric cell: formatted text, sortable by its value (missing values sort as text, after numbers)."""
+    key = "" if value is None else repr(float(value)) if isinstance(value, (int, float)) else str(value)
     return (fmt(value, digits, unit), key, f"num {cls}".strip())
 
 
