@@ -39,6 +39,8 @@ _FPN_CHANNELS = 96
 _FPN_PASSES = 4
 _HEAD_LAYERS = 5
 _NUM_CLASSES = 80
+# 32 x 80 x 80 float activations (0.8 MB) make even a 10-block model overflow a 16 MB budget.
+DEEP_SIZE = 80
 
 
 @dataclass
@@ -174,7 +176,7 @@ def detection_model(size: int = 640, seed: int = 0) -> onnx.ModelProto:
     return g.model(inputs, outputs, "detection")
 
 
-def deep_model(blocks: int, size: int = 56, channels: int = 32, seed: int = 0) -> onnx.ModelProto:
+def deep_model(blocks: int, size: int = DEEP_SIZE, channels: int = 32, seed: int = 0) -> onnx.ModelProto:
     """Stem + ``blocks`` residual depthwise-separable blocks at ``size`` x ``size``; input ``x``."""
     g = _Graph(np.random.default_rng(seed))
     g.setup_constants()
@@ -280,7 +282,7 @@ def cached_pair(kind: str, blocks: int = 0, size: int = 640, samples: int = 2,
         calibration: number of random calibration samples (seed 2, disjoint from the data).
         cache_dir: root of the cache.
     """
-    tag = {"detection": f"detection{size}", "deep": f"deep{blocks}", "tiny": "tiny"}[kind]
+    tag = {"detection": f"detection{size}", "deep": f"deep{blocks}x{DEEP_SIZE}", "tiny": "tiny"}[kind]
     folder = cache_dir / tag
     folder.mkdir(parents=True, exist_ok=True)
     float_path, int8_path = folder / "float.onnx", folder / "int8.onnx"

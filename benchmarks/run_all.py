@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from . import models, qbench_cli, report, suite
-from .proctree import run_measured
 
 HERE = Path(__file__).resolve().parent
 KEYS = ("throughput", "startup", "latency", "anchor", "depth")
@@ -39,17 +38,6 @@ def _build_models(keys: set[str], depths: tuple[int, ...]) -> dict:
     return pairs
 
 
-def _anchor_only(ctx: suite.Context, pair: models.ModelPair) -> suite.Result:
-    """The anchor side of (a) alone, for when ``qbench run`` is not there yet."""
-    res = suite.Result("anchor", "Per-layer analysis vs onnxruntime qdq_loss_debug (anchor side only)",
-                       "qbench <= 0.35x time and <= 0.25x peak memory", unit="s")
-    cmd = suite._anchor_cmd(pair)
-    run = suite._checked(run_measured(cmd, cwd=str(suite.REPO)), "anchor")
-    res.details = {"anchor": {**suite._tree(run), **json.loads(run.stdout.strip().splitlines()[-1])}}
-    res.value, res.commands, res.error = run.wall_s, [suite.shell(cmd)], "qbench run not available yet"
-    return res
-
-
 def run(keys: set[str], ctx: suite.Context) -> list[suite.Result]:
     pairs = _build_models(keys, ctx.depths)
     have_qbench = qbench_cli.available()
@@ -58,7 +46,7 @@ def run(keys: set[str], ctx: suite.Context) -> list[suite.Result]:
         "startup": lambda: suite.startup(ctx, pairs["tiny"]),
         "latency": lambda: suite.latency_fidelity(ctx, pairs["detection"]),
         "anchor": lambda: (suite.anchor_comparison(ctx, pairs["detection"]) if have_qbench
-                           else _anchor_only(ctx, pairs["detection"])),
+                           else suite.anchor_alone(pairs["detection"])),
         "depth": lambda: suite.depth_scaling(ctx, pairs["deep"]),
     }
     results = []
@@ -77,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(KEYS), help=f"comma-separated subset of {','.join(KEYS)}")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--depth-budget-mb", type=int, default=64)
+    parser.add_argument("--depth-budget-mb", type=int, default=16)
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     parser.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()

@@ -45,7 +45,7 @@ class Context:
 
     threads: int
     work: Path  # scratch folder for qbench --out dirs
-    depth_budget_mb: int = 64
+    depth_budget_mb: int = 16
     depths: tuple[int, ...] = (10, 50, 200)
     latency_runs: int = 50
     latency_seconds: float = 3.0
@@ -53,6 +53,8 @@ class Context:
     anchor_repeats: int = 2
     quiet_cpu_pct: float = 30.0  # wait (bounded) for other load to fall below this before timing
     quiet_max_wait_s: float = 60.0
+    disturbed_cpu_pct: float = 10.0  # a timed run during which other jobs used more CPU is retried
+    latency_attempts: int = 3
 
 
 def shell(cmd: list[str], work: Path | None = None) -> str:
@@ -109,11 +111,11 @@ def anchor_comparison(ctx: Context, pair: models.ModelPair) -> Result:
     res = Result("anchor", "Per-layer analysis vs onnxruntime qdq_loss_debug (640x640 detection CNN, 2 samples)",
                  "qbench <= 0.35x time and <= 0.25x peak memory", unit="x time")
     acmd = _anchor_cmd(pair)
-    anchors, qruns, busy = [], [], []
+    anchors, qruns = [], []
     for i in range(ctx.anchor_repeats):  # alternate the sides so drifting background load hits both
-        busy.append(wait_for_quiet(ctx))
+        wait_for_quiet(ctx)
         anchors.append(_checked(run_measured(acmd, cwd=str(REPO)), "anchor"))
-        busy.append(wait_for_quiet(ctx))
+        wait_for_quiet(ctx)
         qrun, report, qcmd = _qbench(ctx, pair, f"anchor{i}", runs=1, min_seconds=0)
         qruns.append((qrun, report))
     anchor = min(anchors, key=lambda r: r.wall_s)
@@ -126,7 +128,8 @@ def anchor_comparison(ctx: Context, pair: models.ModelPair) -> Result:
     res.value, res.passed = time_ratio, time_ratio <= 0.35 and mem_ratio <= 0.25
     res.details = {
         "time_ratio": time_ratio, "memory_ratio": mem_ratio, "repeats": ctx.anchor_repeats,
-        "background_cpu_pct": busy,
+        "background_cpu_pct": {"anchor": [r.background_cpu_pct for r in anchors],
+                               "qbench": [r.background_cpu_pct for r, _ in qruns]},
         "anchor": {**_tree(anchor), "peak_tree_rss_mb": anchor_peak / MB,
                    "walls_s": [r.wall_s for r in anchors],
                    **json.loads(anchor.stdout.strip().splitlines()[-1])},
@@ -145,6 +148,17 @@ def anchor_comparison(ctx: Context, pair: models.ModelPair) -> Result:
     return res
 
 
+def anchor_alone(pair: models.ModelPair) -> Result:
+    """The anchor side of (a) alone, for when ``qbench run`` is not available."""
+    res = Result("anchor", "Per-layer analysis vs onnxruntime qdq_loss_debug (anchor side only)",
+                 "qbench <= 0.35x time and <= 0.25x peak memory", unit="s")
+    cmd = _anchor_cmd(pair)
+    run = _checked(run_measured(cmd, cwd=str(REPO)), "anchor")
+    res.details = {"anchor": {**_tree(run), **json.loads(run.stdout.strip().splitlines()[-1])}}
+    res.value, res.commands, res.error = run.wall_s, [shell(cmd)], "qbench run not available"
+    return res
+
+
 def latency_fidelity(ctx: Context, pair: models.ModelPair) -> Result:
     """(b) qbench's median against a bare session.run loop; bare runs bracket the qbench run."""
     res = Result("latency", "Latency fidelity: qbench median vs bare session.run loop (fresh process)",
@@ -154,11 +168,25 @@ def latency_fidelity(ctx: Context, pair: models.ModelPair) -> Result:
                         "--threads", str(ctx.threads), "--runs", str(ctx.latency_runs),
                         "--min-seconds", str(ctx.latency_seconds)]
                  for side, path in (("float", pair.float_path), ("int8", pair.int8_path))}
-    busy = [wait_for_quiet(ctx)]
+    attempts = []
+    for _ in range(ctx.latency_attempts):  # other jobs on the machine: retry a disturbed attempt
+        attempt = _latency_attempt(ctx, pair, bare_cmds, opts)
+        attempts.append(attempt)
+        if attempt["max_background_cpu_pct"] <= ctx.disturbed_cpu_pct:
+            break
+    best = min(attempts, key=lambda a: a["max_background_cpu_pct"])
+    worst = max(abs(s["deviation_pct"]) for s in best["models"].values())
+    res.value, res.passed = worst, worst <= 3.0
+    res.details = {**best, "attempts": len(attempts)}
+    res.commands = [shell(c) for c in bare_cmds.values()] + [shell(best.pop("command"), ctx.work)]
+    return res
+
+
+def _latency_attempt(ctx: Context, pair: models.ModelPair, bare_cmds: dict, opts: dict) -> dict:
+    """Bare loops, then qbench, then bare loops again; the reference is the mean of the two bare medians."""
+    wait_for_quiet(ctx)
     before = {s: _bare(c) for s, c in bare_cmds.items()}
-    busy.append(wait_for_quiet(ctx))
-    _, report, qcmd = _qbench(ctx, pair, "latency", **opts)
-    busy.append(wait_for_quiet(ctx))
+    qrun, report, qcmd = _qbench(ctx, pair, "latency", **opts)
     after = {s: _bare(c) for s, c in bare_cmds.items()}
     sides = {}
     for side in ("float", "int8"):
@@ -168,16 +196,15 @@ def latency_fidelity(ctx: Context, pair: models.ModelPair) -> Result:
                        "bare_before_ms": before[side]["median_ms"], "bare_after_ms": after[side]["median_ms"],
                        "qbench_runs": qbench_cli.dig(report, "latency", side, "runs"),
                        "deviation_pct": 100.0 * (ours / bare - 1.0)}
-    worst = max(abs(s["deviation_pct"]) for s in sides.values())
-    res.value, res.passed = worst, worst <= 3.0
-    res.details = {"models": sides, "background_cpu_pct": busy}
-    res.commands = [shell(c) for c in bare_cmds.values()] + [shell(qcmd, ctx.work)]
-    return res
+    background = [b["background_cpu_pct"] for b in before.values()] + [qrun.background_cpu_pct] + \
+        [b["background_cpu_pct"] for b in after.values()]
+    return {"models": sides, "background_cpu_pct": background, "max_background_cpu_pct": max(background),
+            "command": qcmd}
 
 
 def _bare(cmd: list[str]) -> dict:
     run = _checked(run_measured(cmd, cwd=str(REPO)), "bare latency loop")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return {**json.loads(run.stdout.strip().splitlines()[-1]), "background_cpu_pct": run.background_cpu_pct}
 
 
 def startup(ctx: Context, pair: models.ModelPair) -> Result:
@@ -190,14 +217,17 @@ def startup(ctx: Context, pair: models.ModelPair) -> Result:
                                                            pair.int8_path),
     }
     walls: dict[str, list[float]] = {}
+    busy: list[float] = []
     for label, make in variants.items():
         for i in range(ctx.startup_repeats):
             wait_for_quiet(ctx)
             run = _checked(run_measured(make(i), cwd=str(REPO)), f"qbench run ({label})")
             walls.setdefault(label, []).append(run.wall_s)
+            busy.append(run.background_cpu_pct)
     headline = statistics.median(walls["float only (qbench quantizes)"])
     res.value, res.passed = headline, headline <= 3.0
-    res.details = {label: {"median_s": statistics.median(w), "runs_s": w} for label, w in walls.items()}
+    res.details = {"variants": {label: {"median_s": statistics.median(w), "runs_s": w} for label, w in walls.items()},
+                   "background_cpu_pct": busy}
     res.commands = [shell(make(0), ctx.work) for make in variants.values()]
     return res
 
@@ -223,7 +253,8 @@ def tensor_throughput(ctx: Context, tiny_seed: int) -> Result:
             uploads.append(qbench_cli.dig(report, "transfer", "model_bytes_uploaded"))
         upload_ok = bool(uploads[0]) and uploads[1] == 0
         res.details["model_bytes_uploaded"] = {"first_run": uploads[0], "second_run": uploads[1]}
-        res.commands.append(shell(cmd, ctx.work) + "   # twice; compare transfer.model_bytes_uploaded")
+        res.commands.append(shell(cmd, ctx.work).replace(shell([str(path)], ctx.work), "NEW_MODEL.onnx")
+                            + "   # twice, with a model the agent has not cached; see transfer.model_bytes_uploaded")
     res.passed = stats["gb_per_s"] >= 1.0 and upload_ok is not False
     return res
 
@@ -238,22 +269,33 @@ def depth_scaling(ctx: Context, pairs: dict[int, models.ModelPair]) -> Result:
         qrun, report, qcmd = _qbench(ctx, pair, f"depth{blocks}", budget_mb=ctx.depth_budget_mb, runs=1,
                                      min_seconds=0)
         anchor = _checked(run_measured(_anchor_cmd(pair), cwd=str(REPO)), f"anchor deep{blocks}")
+        timing_hwm = [qbench_cli.dig(report, "memory", s, "peak_mb") or 0.0 for s in ("float", "int8")]
         curve.append({
             "blocks": blocks, "nodes": pair.nodes,
             "agent_peak_mb": qrun.peak_by_role.get("agent", 0) / MB,
+            "largest_worker_mb": _largest_worker(qrun) / MB,
+            # what capturing costs above running the same model (the timing workers' VmHWM)
+            "capture_overhead_mb": _largest_worker(qrun) / MB - max(timing_hwm),
             "host_peak_mb": qrun.peak_by_role.get("root", 0) / MB,
             "qbench_tree_peak_mb": qrun.peak_tree_rss / MB, "qbench_largest_process_mb": qrun.peak_single_rss / MB,
             "worker_vmhwm_mb": {s: qbench_cli.dig(report, "memory", s, "peak_mb") for s in ("float", "int8")},
             "capture_groups": qbench_cli.dig(report, "capture", "groups"),
-            "qbench_wall_s": qrun.wall_s,
+            "qbench_wall_s": qrun.wall_s, "background_cpu_pct": qrun.background_cpu_pct,
             "anchor_peak_mb": anchor.peak_tree_rss / MB, "anchor_wall_s": anchor.wall_s,
         })
     growth = curve[-1]["agent_peak_mb"] / curve[0]["agent_peak_mb"]
-    res.value, res.passed, res.details = growth, growth <= 1.25, {"curve": curve}
+    res.value, res.passed = growth, growth <= 1.25
+    # Flatness only means something if even the shallowest model needs more than one pass.
+    res.details = {"curve": curve, "budget_saturated": (curve[0]["capture_groups"] or 0) > 1}
     deepest = max(pairs)
-    res.commands = [".venv/bin/python -m benchmarks.models deep --blocks N   # builds benchmarks/.cache/deepN",
-                    shell(qcmd, ctx.work).replace(f"deep{deepest}", "deepN").replace(f"depth{deepest}", "depthN")]
+    size = models.DEEP_SIZE
+    res.commands = [f".venv/bin/python -m benchmarks.models deep --blocks N   # builds benchmarks/.cache/deepNx{size}",
+                    shell(qcmd, ctx.work).replace(f"deep{deepest}x", "deepNx").replace(f"depth{deepest}", "depthN")]
     return res
+
+
+def _largest_worker(run: TreeRun) -> int:
+    return max((peak for cmd, peak in run.peak_by_process.values() if "qbench.agent.worker" in cmd), default=0)
 
 
 def _tree(run: TreeRun) -> dict[str, float]:

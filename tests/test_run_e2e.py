@@ -33,15 +33,16 @@ def _psnr(f: np.ndarray, q: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def convnet_run(tmp_path_factory, agent_cache):
+def convnet_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("convnet")
+    home = tmp / "home"  # a fresh agent cache: the first run must upload, the second must not
     model = build_convnet(tmp / "convnet.onnx")
     rng = np.random.default_rng(7)
     np.savez(tmp / "eval.npz", x=rng.normal(size=(3, 1, 3, 16, 16)).astype(np.float32))
     np.savez(tmp / "calib.npz", x=rng.normal(size=(8, 1, 3, 16, 16)).astype(np.float32))
     out = tmp / "out"
     proc = qbench("run", "--device", "local", str(model), "--data", "eval.npz", "--calibration", "calib.npz",
-                  "--out", str(out), *FAST, cwd=tmp, cache=agent_cache)
+                  "--out", str(out), *FAST, cwd=tmp, cache=home)
     assert proc.returncode == 0, proc.stderr
     return tmp, out, load_report(out), proc
 
@@ -115,15 +116,15 @@ def test_terminal_output_shows_summary_and_worst_layers(convnet_run):
     assert "Traceback" not in proc.stderr
 
 
-def test_second_run_uploads_no_model_bytes(convnet_run, agent_cache):
+def test_second_run_uploads_no_model_bytes(convnet_run):
     tmp, out, report, _ = convnet_run
-    assert report["transfer"]["model_bytes_uploaded"] > 0
+    sizes = report["models"]["float"]["size_bytes"] + report["models"]["int8"]["size_bytes"]
+    assert report["transfer"]["model_bytes_uploaded"] == sizes
     again = tmp / "again"
-    proc = qbench("run", str(tmp / "convnet.onnx"), "--int8", report["models"]["int8"]["path"], "--data", "eval.npz",
-                  "--out", str(again), *FAST, cwd=tmp, cache=agent_cache)
+    proc = qbench("run", report["models"]["float"]["path"], "--int8", report["models"]["int8"]["path"],
+                  "--data", "eval.npz", "--out", str(again), *FAST, cwd=tmp, cache=tmp / "home")
     assert proc.returncode == 0, proc.stderr
-    # float is the original model here (not the prepared one): only it may be new to the cache
-    assert load_report(again)["transfer"]["model_bytes_uploaded"] <= (tmp / "convnet.onnx").stat().st_size
+    assert load_report(again)["transfer"]["model_bytes_uploaded"] == 0
 
 
 def test_dynamic_dims_and_old_opset(tmp_path, agent_cache):

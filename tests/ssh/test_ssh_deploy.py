@@ -72,7 +72,7 @@ def test_too_old_python_is_refused(ssh_home, make_device, tmp_path):
     old = tmp_path / "python2"
     old.write_text("#!/bin/sh\necho 2.7.18\n")
     old.chmod(0o755)
-    with pytest.raises(UserError, match=r"Python 2\.7\.18 .* too old; the agent needs Python >= 3\.9"):
+    with pytest.raises(UserError, match=r"Python 2\.7\.18 .* too old; the agent needs Python >= 3\.10"):
         _deploy(make_device(python=str(old)))
 
 
