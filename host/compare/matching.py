@@ -21,6 +21,7 @@ Anything else is listed as unmatched with the reason, never dropped silently.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -136,7 +137,7 @@ def match(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> Matching
                 layers.append(Layer(name, node.op_type, rule, pair))
     if f.nodes and not layers:
         raise UserError("the float and int8 models are not the same network: no layer of one matches the other")
-    _link_parents(layers, f)
+    link_parents(layers, _onnx_inputs(f))
     outputs = [
         Layer(name, "Output", "output",
               CapturePair(name, name, nbytes=_sum(f.nbytes(name), q.nbytes(name)), exact=f.is_float(name) is False))
@@ -197,27 +198,36 @@ def _reason(name: str, q: _Graph) -> str:
     return "no rule applies"
 
 
-def _link_parents(layers: list[Layer], f: _Graph) -> None:
-    """Parents of a layer: the nearest compared tensors upstream of it in the float graph."""
+def link_parents(layers: list[Layer], inputs_of: Callable[[str], list[str]]) -> None:
+    """Set each layer's parents: the nearest compared tensors upstream of it.
+
+    Args:
+        layers: the compared tensors, by name.
+        inputs_of: a tensor's producer's non-constant input tensor names ([] for graph inputs).
+    """
     compared = {layer.name for layer in layers}
     memo: dict[str, list[str]] = {}
 
     def upstream(tensor: str) -> list[str]:
         if tensor in memo:
             return memo[tensor]
-        memo[tensor] = []
-        node = f.producer.get(tensor)
+        memo[tensor] = []  # guards against cycles in a malformed graph
         found: list[str] = []
-        for inp in (node.input if node is not None else []):
-            if inp in compared:
-                found.append(inp)
-            elif inp and inp not in f.initializers:
-                found.extend(upstream(inp))
+        for inp in inputs_of(tensor):
+            found.extend([inp] if inp in compared else upstream(inp))
         memo[tensor] = list(dict.fromkeys(found))
         return memo[tensor]
 
     for layer in layers:
         layer.parents = upstream(layer.name)
+
+
+def _onnx_inputs(f: _Graph) -> Callable[[str], list[str]]:
+    def inputs_of(tensor: str) -> list[str]:
+        node = f.producer.get(tensor)
+        return [i for i in (node.input if node is not None else []) if i and i not in f.initializers]
+
+    return inputs_of
 
 
 def _sum(a: int | None, b: int | None) -> int | None:

@@ -29,7 +29,7 @@ import numpy as np
 from qbench.protocols.messages import CapturePair, QParams
 
 from ..errors import UserError
-from .matching import Layer, Matching, Unmatched
+from .matching import Layer, Matching, Unmatched, link_parents
 
 _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 
@@ -178,7 +178,7 @@ def match_tflite(float_model: Union[str, Path], int8_model: Union[str, Path]) ->
                 layers.append(Layer(t.name, op.type, rule, pair))
     if f.ops and not layers:
         raise UserError("the float and int8 models are not the same network: no layer of one matches the other")
-    _link_parents(layers, f)
+    link_parents(layers, _tflite_inputs(f))
     outputs = []
     for fi, qi in zip(f.outputs, q.outputs):
         pair, _, reason = _pair(f, q, fi, qi, "output", follow_boundary=False)
@@ -254,24 +254,10 @@ def _align(f: TFLiteGraph, q: TFLiteGraph) -> dict[int, int]:
     return aligned
 
 
-def _link_parents(layers: list[Layer], f: TFLiteGraph) -> None:
-    """Parents of a layer: the nearest compared tensors upstream of it in the float graph."""
-    compared = {layer.name for layer in layers}
-    memo: dict[int, list[str]] = {}
+def _tflite_inputs(f: TFLiteGraph):
+    def inputs_of(name: str) -> list[str]:
+        k = f.producer.get(f.by_name[name]) if name in f.by_name else None
+        ops = f.ops[k].inputs if k is not None else []
+        return [f.tensors[i].name for i in ops if not f.tensors[i].constant]
 
-    def upstream(tensor: int) -> list[str]:
-        if tensor in memo:
-            return memo[tensor]
-        memo[tensor] = []  # guards against cycles in a malformed graph
-        k = f.producer.get(tensor)
-        found: list[str] = []
-        for inp in f.ops[k].inputs if k is not None else []:
-            if f.tensors[inp].name in compared:
-                found.append(f.tensors[inp].name)
-            elif not f.tensors[inp].constant:
-                found.extend(upstream(inp))
-        memo[tensor] = list(dict.fromkeys(found))
-        return memo[tensor]
-
-    for layer in layers:
-        layer.parents = upstream(f.by_name[layer.name])
+    return inputs_of
