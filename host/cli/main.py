@@ -28,14 +28,9 @@ def agent(ctx: typer.Context) -> None:
 
 
 def _register() -> None:
-    from . import run  # noqa: F401  (commands register themselves on `app`)
-
-    for optional in ("devices", "emulate", "results", "compare"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{optional}":
-                raise
+    # Each module adds its commands to `app` when imported; imported here, not at the top,
+    # because they import `app` from this module.
+    from . import devices, emulate, results, run  # noqa: F401
 
 
 def main() -> None:
