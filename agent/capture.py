@@ -16,8 +16,6 @@ from qbench.protocols.messages import CapturePair, PairStats, QParams
 #: elements reduced at a time, to bound the float64 temporaries
 CHUNK = 1 << 20
 
-_QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
-
 
 def plan_groups(sizes: list[int | None], budget_bytes: int) -> list[list[int]]:
     """Split pair indices into consecutive groups whose summed size fits the budget.
@@ -53,8 +51,9 @@ def _broadcast(qp: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     scale = np.asarray(qp.scale, dtype=np.float64)
     zero = np.asarray(qp.zero_point, dtype=np.float64)
     if scale.size > 1:
+        axis = 1 if qp.axis is None else qp.axis  # ONNX's default channel axis
         shape = [1] * ndim
-        shape[qp.axis if qp.axis is not None and qp.axis >= 0 else ndim + (qp.axis or 0)] = scale.size
+        shape[axis % ndim] = scale.size
         scale, zero = scale.reshape(shape), zero.reshape(shape)
     return scale, zero
 
@@ -94,7 +93,7 @@ class PairAccumulator:
         qp = self.pair.qparams
         if qp is None:
             return None
-        lo, hi = _QRANGE.get(qp.dtype, (-128, 127))
+        lo, hi = qp.levels()
         scale, zero = _broadcast(qp, f.ndim) if np.size(qp.scale) > 1 else (qp.scale[0], qp.zero_point[0])
         levels = np.rint(f.astype(np.float64) / scale) + zero  # rint: half to even, as QuantizeLinear
         self.s.clipped += int(np.count_nonzero((levels < lo) | (levels > hi)))

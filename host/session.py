@@ -73,6 +73,7 @@ class RunState:
     matching: matching.Matching | None = None
     agent: dict[str, Any] | None = None
     uploaded_bytes: int = 0
+    inputs: list[InputSpec] | None = None  # the float model's inputs with every dim fixed
     benchmarks: dict[str, BenchmarkReply] = field(default_factory=dict)
     capture: CaptureReply | None = None
     error: dict[str, str] | None = None
@@ -146,11 +147,13 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
 
 
 def _static_inputs(state: RunState) -> list[InputSpec]:
-    """The float model's inputs with every dim fixed (user's --input-shape, else 1)."""
-    info = state.float_info
-    shapes, notes = resolve_input_shapes(info.inputs, state.settings.input_shapes, Path(info.path).name)
-    state.notes.extend(n for n in notes if n not in state.notes)
-    return [InputSpec(name=i.name, dtype=i.dtype, shape=tuple(shapes[i.name])) for i in info.inputs]
+    """The float model's inputs with every dim fixed (user's --input-shape, else 1); resolved once."""
+    if state.inputs is None:
+        info = state.float_info
+        shapes, notes = resolve_input_shapes(info.inputs, state.settings.input_shapes, Path(info.path).name)
+        state.notes.extend(notes)
+        state.inputs = [InputSpec(name=i.name, dtype=i.dtype, shape=tuple(shapes[i.name])) for i in info.inputs]
+    return state.inputs
 
 
 def _calibration(state: RunState, ui: UI) -> dict[str, np.ndarray]:

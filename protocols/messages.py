@@ -234,6 +234,13 @@ class QParams:
     axis: int | None = None
     dtype: str = "int8"
 
+    def levels(self) -> tuple[int, int]:
+        """The integer range of ``dtype`` (int8 when unknown)."""
+        return _LEVELS.get(self.dtype, _LEVELS["int8"])
+
+
+_LEVELS = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
+
 
 @dataclass
 class CapturePair:

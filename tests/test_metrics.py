@@ -85,3 +85,10 @@ def test_drops_compare_against_the_weakest_parent():
     assert [x["drop"] for x in layers] == [False, True, False, False]
     assert layers[1]["drop_db"] == 10.0 and layers[2]["drop_db"] == 1.0
     assert layers[0]["drop_db"] is None and layers[3]["drop_db"] is None
+
+
+def test_per_channel_without_an_axis_uses_the_onnx_default_channel_axis():
+    qp = QParams(scale=[0.1, 1.0], zero_point=[0, 5], axis=None, dtype="int8")
+    q = np.array([[[10], [6]]], np.int8)  # channels on axis 1
+    np.testing.assert_allclose(dequantize(q, qp), [[[1.0], [1.0]]])
+    assert qp.levels() == (-128, 127) and QParams([1.0], [0], dtype="uint8").levels() == (0, 255)

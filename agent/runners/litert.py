@@ -33,6 +33,7 @@ import numpy as np
 
 from qbench.protocols.messages import ErrorCode, ProtocolError, QParams, RunnerConfig, RuntimeInfo
 
+from .. import capture
 from .base import Runner, TensorSpec
 
 
@@ -109,13 +110,8 @@ def runtime_info() -> RuntimeInfo:
 
 def dequantize(q: np.ndarray, scales: Sequence[float], zero_points: Sequence[int], axis: int = 0) -> np.ndarray:
     """float32 ``(q - zero_point) * scale``; per channel along ``axis`` when there are several scales."""
-    scale = np.asarray(scales, dtype=np.float64)
-    zero = np.asarray(zero_points, dtype=np.float64)
-    if scale.size > 1:
-        shape = [1] * q.ndim
-        shape[axis] = scale.size
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return ((q.astype(np.float64) - zero) * scale).astype(np.float32)
+    qp = QParams(scale=[float(x) for x in scales], zero_point=[int(z) for z in zero_points], axis=axis)
+    return capture.dequantize(q, qp).astype(np.float32)
 
 
 def delegate_partitions(nodes: Sequence[Mapping[str, Any]]) -> tuple[int, int, int, set[int]]:

@@ -61,7 +61,7 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         if st.graph_altered:
             entry["graph_altered"] = True
         if qp is not None and len(qp.scale) == 1:
-            lo, hi = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}.get(qp.dtype, (-128, 127))
+            lo, hi = qp.levels()
             entry["quant_min"] = (lo - qp.zero_point[0]) * qp.scale[0]
             entry["quant_max"] = (hi - qp.zero_point[0]) * qp.scale[0]
         layers.append(entry)
