@@ -13,6 +13,19 @@ import abc
 READY_PREFIX = "QBENCH_AGENT_READY "
 
 
+def agent_args(cache_dir: str, threads: int | None = None, cpus: list[int] | None = None,
+               memory_limit_mb: int | None = None) -> list[str]:
+    """The agent's arguments, the same for every transport: loopback only, gone when its stdin closes."""
+    args = ["--bind", "tcp://127.0.0.1:0", "--cache-dir", cache_dir, "--exit-on-stdin-eof"]
+    if threads:
+        args += ["--threads", str(threads)]
+    if cpus:
+        args += ["--cpus", ",".join(map(str, cpus))]
+    if memory_limit_mb:
+        args += ["--memory-limit-mb", str(memory_limit_mb)]
+    return args
+
+
 class TransportError(Exception):
     """The agent could not be started or reached; the message is one line for the user."""
 

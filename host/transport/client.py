@@ -114,24 +114,28 @@ class AgentClient:
         return self.info
 
     def ensure_model(self, path: Path, fmt: str, progress: ProgressFn | None = None) -> ModelRef:
-        """Upload ``path`` unless the agent already has its content; returns its reference."""
-        data = Path(path).read_bytes()
-        ref = ModelRef(sha256=hashlib.sha256(data).hexdigest(), format=fmt)
+        """Upload ``path`` unless the agent already has its content; returns its reference.
+
+        The file is hashed and sent chunk by chunk, so a model never sits in host memory whole.
+        """
+        path = Path(path)
+        size = path.stat().st_size
+        ref = ModelRef(sha256=_sha256_of(path), format=fmt)
         status = from_dict(ModelStatusReply, self.request(MsgType.MODEL_STATUS, {"model": to_dict(ref)}))
         if status.present:
             return ref
-        if len(data) > self.info.limits.max_model_bytes:
-            raise AgentError(ErrorInfo("too_large", f"{path.name} is {len(data)} bytes, over the agent's model cap "
+        if size > self.info.limits.max_model_bytes:
+            raise AgentError(ErrorInfo("too_large", f"{path.name} is {size} bytes, over the agent's model cap "
                                                     f"of {self.info.limits.max_model_bytes}", "host"))
-        view = np.frombuffer(data, dtype=np.uint8)
         chunk = self.info.limits.chunk_bytes
-        for offset in range(0, max(len(data), 1), chunk):
-            part = view[offset: offset + chunk]
-            content = {"model": to_dict(ref), "total_bytes": len(data), "offset": offset}
-            reply = from_dict(ModelUploadReply, self.request(MsgType.MODEL_UPLOAD, content, {"chunk": part}))
-            self.uploaded_bytes += part.size
-            if progress is not None:
-                progress("upload", reply.received_bytes, len(data))
+        with path.open("rb") as f:
+            for offset in range(0, max(size, 1), chunk):
+                part = np.frombuffer(f.read(chunk), dtype=np.uint8)
+                content = {"model": to_dict(ref), "total_bytes": size, "offset": offset}
+                reply = from_dict(ModelUploadReply, self.request(MsgType.MODEL_UPLOAD, content, {"chunk": part}))
+                self.uploaded_bytes += part.size
+                if progress is not None:
+                    progress("upload", reply.received_bytes, size)
         return ref
 
     def benchmark(self, req: BenchmarkRequest, inputs: dict[str, np.ndarray],
@@ -144,3 +148,11 @@ class AgentClient:
 
     def shutdown(self) -> None:
         self.request(MsgType.SHUTDOWN, {})
+
+
+def _sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,7 +10,7 @@ import threading
 from collections import deque
 from pathlib import Path
 
-from .base import READY_PREFIX, AgentTransport, TransportError
+from .base import READY_PREFIX, AgentTransport, TransportError, agent_args
 
 START_TIMEOUT_S = 60.0
 
@@ -37,16 +37,8 @@ class LocalTransport(AgentTransport):
         self._stderr: deque[str] = deque(maxlen=200)
 
     def command(self) -> list[str]:
-        cmd = [*self.python_cmd, "-m", "qbench.agent", "--bind", "tcp://127.0.0.1:0",
-               "--cache-dir", self.cache_dir, "--exit-on-stdin-eof",
-               "--worker-cmd", shlex.join(self.python_cmd)]
-        if self.threads:
-            cmd += ["--threads", str(self.threads)]
-        if self.cpus:
-            cmd += ["--cpus", ",".join(map(str, self.cpus))]
-        if self.memory_limit_mb:
-            cmd += ["--memory-limit-mb", str(self.memory_limit_mb)]
-        return cmd
+        return [*self.python_cmd, "-m", "qbench.agent", "--worker-cmd", shlex.join(self.python_cmd),
+                *agent_args(self.cache_dir, self.threads, self.cpus, self.memory_limit_mb)]
 
     def start(self) -> str:
         try:

@@ -29,7 +29,7 @@ import paramiko
 from qbench.host.errors import UserError
 from qbench.host.inventory import Device
 
-from .base import READY_PREFIX, AgentTransport
+from .base import READY_PREFIX, AgentTransport, agent_args
 from .bundle import Bundle, current_bundle
 from .forward import Forwarder
 from .probe import VERSION_SNIPPET, ProbeReport, check_python_version, probe_argument, probe_source
@@ -340,18 +340,8 @@ class SSHTransport(AgentTransport):
         """The remote shell command: print the shell's pid, then become the agent (same pid)."""
         assert self._deployed is not None and self._workdir is not None
         device = self.device
-        args = [
-            self._deployed.path,
-            "--bind", "tcp://127.0.0.1:0",
-            "--cache-dir", f"{self._workdir}/cache",
-            "--exit-on-stdin-eof",
-        ]  # fmt: skip
-        if device.threads:
-            args += ["--threads", str(device.threads)]
-        if device.cpus:
-            args += ["--cpus", ",".join(map(str, device.cpus))]
-        if device.memory_limit_mb:
-            args += ["--memory-limit-mb", str(device.memory_limit_mb)]
+        args = [self._deployed.path,
+                *agent_args(f"{self._workdir}/cache", device.threads, device.cpus, device.memory_limit_mb)]
         inner = f"echo $$; exec {device.remote_python()} {' '.join(shlex.quote(a) for a in args)}"
         return f"sh -c {shlex.quote(inner)}"
 
