@@ -23,7 +23,7 @@ install: $(STAMP)
 # board, chromium for the HTML report check. Needs root; skipped when already present.
 system-deps:
 	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] && command -v qemu-aarch64-static >/dev/null && command -v chromium >/dev/null \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server qemu-user-static chromium iproute2)
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server qemu-user-static chromium iproute2 procps)
 
 demo: $(STAMP)
 	mkdir -p demo
