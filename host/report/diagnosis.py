@@ -1,0 +1,28 @@
+"""The diagnosis sections of report.json: weight error, the sensitive-layer ranking, equalization."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..compare import sensitivity, weights
+from ..session import RunState
+
+
+def add_diagnosis(report: dict[str, Any], state: RunState) -> None:
+    """Adds ``weights`` (and ``weight_psnr_db`` on the layers), ``sensitive_layers`` and ``equalization``."""
+    layers = report.get("layers", [])
+    if state.float_info is not None and state.int8_info is not None:
+        try:
+            found, unmatched = weights.weight_report(state.float_info.path, state.int8_info.path,
+                                                     state.float_info.format, [x["name"] for x in layers])
+        except Exception as exc:  # noqa: BLE001 - an extra figure must not cost the run its report
+            report["weights_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            weights.attach_to_layers(layers, found)
+            report["weights"] = found
+            if unmatched:
+                report["weights_unmatched"] = unmatched
+    if layers:
+        report["sensitive_layers"] = sensitivity.rank_sensitive(layers, report.get("weights"))
+    if state.equalization is not None:
+        report["equalization"] = state.equalization

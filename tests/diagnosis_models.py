@@ -1,0 +1,131 @@
+"""Models for the diagnosis tests (weight error, local error, equalization), built with onnx.helper.
+
+* :func:`build_imbalanced_dw`: two depthwise-separable blocks whose depthwise filters differ in
+  range by ``spread`` across channels, the following pointwise conv compensating (as after folding a
+  batch norm), so every channel matters equally to the output: per-tensor weight quantization
+  loses the small channels, and cross-layer equalization gets them back.
+* :func:`build_pair`: two convs joined by a chosen activation (or a fork), for equalization's rules.
+* :func:`build_outlier_channel`: conv -> relu -> conv -> relu -> conv where one channel of the
+  first conv's output is an outlier the calibration data never shows (clipped at that layer only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from models import IR_VERSION, PathLike
+
+
+def _save(nodes, inits, inputs, outputs, path: PathLike) -> Path:
+    graph = helper.make_graph(nodes, Path(path).stem, inputs, outputs,
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def build_imbalanced_dw(path: PathLike, channels: int = 16, spread: float = 100.0, seed: int = 0) -> Path:
+    """x [1,8,12,12] -> (pw -> relu -> dw -> relu) x2 -> pw -> y [1,8,12,12]; depthwise gains span ``spread``."""
+    rng = np.random.default_rng(seed)
+    gains = np.geomspace(1.0 / np.sqrt(spread), np.sqrt(spread), channels)
+    rng.shuffle(gains)
+    nodes, inits, prev, width = [], {}, "x", 8
+    for b in range(2):
+        inits[f"pw{b}_w"] = rng.normal(scale=1 / np.sqrt(width), size=(channels, width, 1, 1))
+        inits[f"pw{b}_b"] = rng.normal(scale=0.1, size=channels)
+        if b:  # the previous depthwise gains folded into this pointwise conv's input channels
+            inits[f"pw{b}_w"] /= prev_gains[None, :, None, None]
+        inits[f"dw{b}_w"] = rng.normal(scale=0.3, size=(channels, 1, 3, 3)) * gains[:, None, None, None]
+        inits[f"dw{b}_b"] = rng.normal(scale=0.05, size=channels) * gains
+        nodes += [
+            helper.make_node("Conv", [prev, f"pw{b}_w", f"pw{b}_b"], [f"pw{b}"], name=f"pw{b}"),
+            helper.make_node("Relu", [f"pw{b}"], [f"pw{b}_relu"], name=f"pw{b}_relu"),
+            helper.make_node("Conv", [f"pw{b}_relu", f"dw{b}_w", f"dw{b}_b"], [f"dw{b}"], name=f"dw{b}",
+                             group=channels, pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"dw{b}"], [f"dw{b}_relu"], name=f"dw{b}_relu"),
+        ]
+        prev, width, prev_gains = f"dw{b}_relu", channels, gains
+        gains = gains[rng.permutation(channels)]
+    inits["out_w"] = rng.normal(scale=1 / np.sqrt(channels), size=(8, channels, 1, 1)) / prev_gains[None, :, None, None]
+    inits["out_b"] = np.zeros(8)
+    nodes.append(helper.make_node("Conv", [prev, "out_w", "out_b"], ["y"], name="out"))
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 12, 12])], path)
+
+
+def build_outlier_channel(path: PathLike, outlier: float = 100.0, seed: int = 0) -> Path:
+    """x [1,4,8,8] -> c1 -> r1 -> c2 -> r2 -> c3 -> y, where only c1's channel 0 reads input channel 3.
+
+    Calibrate with :func:`outlier_samples` ``(calibration=True)`` (input channel 3 all zero) and
+    evaluate with ``calibration=False``: channel 0 of r1 then carries values ``outlier`` times larger
+    than anything calibrated, clipped by r1's int8 range (low local PSNR at r1). c2 reads that channel
+    with ``4/outlier`` weights into its channel 0 only, and its channel 7 has a bias that makes r2's
+    range wide enough for the evaluation values: r2 and y inherit r1's error but add little of their own.
+    """
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(scale=0.3, size=(8, 4, 3, 3))
+    w1[:, 3] = 0.0
+    w1[0] = 0.0
+    w1[0, 3, 1, 1] = outlier
+    w2 = rng.normal(scale=0.2, size=(8, 8, 3, 3))
+    w2[:, 0] = 0.0
+    w2[0, 0, 1, 1] = 4.0 / outlier
+    b2 = np.zeros(8)
+    b2[7] = 12.0
+    inits = {"w1": w1, "b1": np.full(8, 0.1), "w2": w2, "b2": b2,
+             "w3": rng.normal(scale=0.3, size=(4, 8, 1, 1)), "b3": np.zeros(4)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="r2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["y"], name="c3"),
+    ]
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], path)
+
+
+def outlier_samples(count: int, calibration: bool, seed: int = 0) -> np.ndarray:
+    """Inputs for :func:`build_outlier_channel`, ``(count, 1, 4, 8, 8)``; channel 3 is zero for calibration."""
+    x = np.random.default_rng(seed).normal(size=(count, 1, 4, 8, 8)).astype(np.float32)
+    if calibration:
+        x[:, :, 3] = 0.0
+    return x
+
+
+def build_pair(path: PathLike, activation: str = "Relu", group: int = 1, fork: bool = False, seed: int = 0) -> Path:
+    """x [1,4,6,6] -> conv a (8 channels, gains spanning 50x) -> ``activation`` -> conv b (``group``) -> y.
+
+    ``activation``: an op type, ``Clip0`` (Clip with min 0 and no max), ``Relu6`` (Clip 0..6) or
+    ``None`` (the convs joined directly). ``fork`` makes the activation also a second output ``z``.
+    """
+    rng = np.random.default_rng(seed)
+    gains = np.geomspace(0.1, 5.0, 8)
+    inits = {"wa": rng.normal(size=(8, 4, 3, 3)) * gains[:, None, None, None], "ba": rng.normal(size=8) * gains,
+             "wb": rng.normal(size=(6, 8 // group, 3, 3)), "bb": rng.normal(size=6)}
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1])]
+    joined = "a"
+    if activation != "None":
+        inputs, op = ["a"], activation
+        if activation == "Clip0":
+            inits["lo"], op = np.array(0.0), "Clip"
+            inputs += ["lo"]
+        elif activation == "Relu6":
+            inits["lo"], inits["hi"], op = np.array(0.0), np.array(6.0), "Clip"
+            inputs += ["lo", "hi"]
+        elif activation == "PRelu":
+            inits["slope"] = np.full((8, 1, 1), 0.2)
+            inputs += ["slope"]
+        nodes.append(helper.make_node(op, inputs, ["act"], name="act"))
+        joined = "act"
+    nodes.append(helper.make_node("Conv", [joined, "wb", "bb"], ["y"], name="b", group=group))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 4, 4])]
+    if fork:
+        nodes.append(helper.make_node("Identity", [joined], ["z"], name="fork"))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8, 6, 6]))
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])], outputs, path)

@@ -1,0 +1,83 @@
+"""Per-layer diagnosis through a real `qbench run`: local vs cumulative error where the answer is known
+by construction, weight error in report.json, and the sensitive-layer ranking with its reasons.
+
+The model (diagnosis_models.build_outlier_channel) has one layer, r1, whose channel 0 carries values
+the calibration data never showed: r1 clips, so its own (local) PSNR is low. r2 and y only inherit
+that error: low cumulative PSNR, high local PSNR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from cli import load_report, qbench
+from diagnosis_models import build_outlier_channel, outlier_samples
+
+FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--profile-runs", "0"]
+
+
+@pytest.fixture(scope="module")
+def outlier_run(tmp_path_factory, agent_cache):
+    tmp = tmp_path_factory.mktemp("outlier")
+    model = build_outlier_channel(tmp / "outlier.onnx")
+    x = outlier_samples(4, calibration=False, seed=2)
+    np.savez(tmp / "eval.npz", x=x)
+    np.savez(tmp / "calib.npz", x=outlier_samples(16, calibration=True, seed=1))
+    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out", *FAST,
+                  cwd=tmp, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp / "out")
+    return report, {layer["name"]: layer for layer in report["layers"]}, x, proc
+
+
+def _local_psnr(report: dict, tensor: str, x: np.ndarray) -> float:
+    """The float tensor against itself quantized with the int8 model's scale and zero point, in numpy."""
+    model = onnx.load(report["models"]["float"]["path"])
+    model.graph.output.append(helper.make_empty_tensor_value_info(tensor))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    f = np.concatenate([session.run([tensor], {"x": s})[0] for s in x]).astype(np.float64)
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(report["models"]["int8"]["path"]).graph.initializer}
+    scale, zero = float(inits[f"{tensor}_scale"]), int(inits[f"{tensor}_zero_point"])
+    info = np.iinfo(inits[f"{tensor}_zero_point"].dtype)
+    d = (np.clip(np.round(f / scale) + zero, info.min, info.max) - zero) * scale
+    return float(10 * np.log10(np.abs(f).max() ** 2 / np.mean((f - d) ** 2)))
+
+
+def test_local_error_separates_the_culprit_from_its_victims(outlier_run):
+    report, layers, x, _ = outlier_run
+    r1, r2, y = layers["r1"], layers["r2"], layers["y"]
+    assert r1["local_psnr_db"] < 30 and r1["clipped_fraction"] > 0.01
+    for victim in (r2, y):
+        assert victim["psnr_db"] < 30 < 45 < victim["local_psnr_db"]
+    for name in ("r1", "r2"):
+        assert layers[name]["local_psnr_db"] == pytest.approx(_local_psnr(report, name, x), abs=0.01)
+
+
+def test_ranking_blames_the_culprit_and_explains_the_rest(outlier_run):
+    report, _, _, proc = outlier_run
+    ranked = report["sensitive_layers"]
+    assert ranked[0]["name"] == "r1" and ranked[0]["score"] > 10
+    assert any(r.startswith("local error") for r in ranked[0]["reasons"])
+    assert any(r.startswith("clipping") for r in ranked[0]["reasons"])
+    by_name = {x["name"]: x for x in ranked}
+    assert any(r.startswith("error from upstream") for r in by_name["r2"]["reasons"])
+    assert by_name["r2"]["score"] < ranked[0]["score"] / 10
+    assert "sensitive layers" in proc.stdout and "local error" in proc.stdout
+
+
+def test_weights_in_the_report(outlier_run):
+    report, layers, _, _ = outlier_run
+    by_layer = {w["layer"]: w for w in report["weights"]}
+    assert sorted(by_layer) == ["r1", "r2", "y"]
+    for name, w in by_layer.items():
+        assert layers[name]["weight_psnr_db"] == w["psnr_db"]
+        assert layers[name]["weight_worst_channel_psnr_db"] == min(c for c in w["channel_psnr_db"] if c is not None)
+        assert w["axis"] == 0 and len(w["channel_psnr_db"]) == w["shape"][0]
+    # c1's filter 0 is a single tap: it quantizes exactly up to the float32 rounding of its scale
+    assert by_layer["r1"]["channel_psnr_db"][0] > 100 > by_layer["r1"]["channel_psnr_db"][1]
