@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian packages the tests use: sshd for the SSH tests, qemu for the emulated arm64
-# board, chromium for the HTML report check. Needs root; skipped when already present.
+# board, chromium for the HTML report check, a C compiler for the test delegate. Needs root; skipped when already present.
 system-deps:
-	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] && command -v qemu-aarch64-static >/dev/null && command -v chromium >/dev/null \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server qemu-user-static chromium iproute2 procps)
+	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] && command -v qemu-aarch64-static >/dev/null && command -v chromium >/dev/null && command -v cc >/dev/null \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server qemu-user-static chromium iproute2 procps gcc libc6-dev)
 
 demo: $(STAMP)
 	mkdir -p demo

@@ -1,20 +1,29 @@
 """Per-layer capture on the device: budget grouping and error accumulators.
 
 Only numbers leave the device: for each float/int8 tensor pair the accumulators of
-:class:`PairStats`, summed in float64 over every element of every sample.
+:class:`PairStats`, summed over every element of every sample (per chunk in float32,
+across chunks in float64: see :mod:`qbench.agent.reduce`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from typing import Iterator
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from qbench.protocols.messages import CapturePair, PairStats, QParams
 
-#: elements reduced at a time, to bound the float64 temporaries
-CHUNK = 1 << 20
+from . import reduce
+from .reduce import CHUNK
+
+#: histograms count (bins + 2) x 256 joint codes per chunk: keep that table small
+MAX_HISTOGRAM_BINS = 4096
 
 
 def plan_groups(sizes: list[int | None], budget_bytes: int) -> list[list[int]]:
@@ -59,73 +68,139 @@ def _broadcast(qp: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PairAccumulator:
-    """Sums over samples for one pair; :meth:`stats` gives the wire form."""
+    """Sums over samples for one pair; :meth:`stats` gives the wire form.
 
-    def __init__(self, pair: CapturePair):
+    A sample is reduced chunk by chunk (:mod:`qbench.agent.reduce`): :meth:`tasks` gives
+    the chunk reductions, which may run on any thread, and :meth:`merge` adds their
+    results, in order, so that the sums do not depend on how they were scheduled.
+
+    Args:
+        pair: what to compare.
+        histogram_bins: > 0: value histograms of both tensors (per-tensor quantized pairs only).
+    """
+
+    def __init__(self, pair: CapturePair, histogram_bins: int = 0):
         self.pair = pair
+        self.histogram_bins = histogram_bins
         self.s = PairStats()
         if pair.qparams is not None and not pair.exact:
             self.s.local_sum_sq_err = 0.0
             self.s.clipped = 0
+        self._kernel: reduce.Kernel | None = None
+        self._kernel_key: tuple | None = None
+        self._hist_float: np.ndarray | None = None
+        self._codes: np.ndarray | None = None
+        self._code_dtype: np.dtype | None = None
+        self._hist_broken = False
 
     def update(self, f: np.ndarray, q: np.ndarray) -> None:
         """Add one sample: ``f`` from the float model, ``q`` from the int8 model (raw)."""
+        for task in self.tasks(f, q):
+            self.merge(task())
+
+    def tasks(self, f: np.ndarray, q: np.ndarray) -> list[Callable[[], reduce.Partial]]:
+        """The chunk reductions of one sample; none when the sample cannot be compared (recorded in ``error``)."""
         if self.s.error:
-            return
+            return []
         if f.shape != q.shape:
             self.s.error = f"shapes differ: float {list(f.shape)} vs int8 {list(q.shape)}"
-            return
-        if self.pair.exact:
-            self.s.count += f.size
-            self.s.mismatches += int(np.count_nonzero(f != q))
-            return
-        qp = self.pair.qparams
-        if qp is not None and np.size(qp.scale) > 1:
-            self._reduce(f.reshape(-1), dequantize(q, qp).reshape(-1), self._local(f))
-            return
-        for fc, qc in zip(_chunks(f), _chunks(q)):
-            f64 = fc.astype(np.float64)
-            q64 = (qc.astype(np.float64) - qp.zero_point[0]) * qp.scale[0] if qp is not None else qc.astype(np.float64)
-            self._reduce(f64, q64, self._local(fc))
+            return []
+        key = (f.shape, f.dtype)
+        if key != self._kernel_key:
+            self._kernel, self._kernel_key = reduce.Kernel(self.pair, f.shape, f.dtype, self.histogram_bins), key
+        if self._kernel.bins is not None:
+            self._code_dtype = q.dtype
+        ff, qf = f.reshape(-1), q.reshape(-1)
+        return [functools.partial(_reduce_chunk, self._kernel, ff[i: i + CHUNK], qf[i: i + CHUNK], i)
+                for i in range(0, ff.size, CHUNK)]
 
-    def _local(self, f: np.ndarray) -> np.ndarray | None:
-        """f quantized with the int8 model's own scale and zero point, then dequantized."""
-        qp = self.pair.qparams
-        if qp is None:
-            return None
-        lo, hi = qp.levels()
-        scale, zero = _broadcast(qp, f.ndim) if np.size(qp.scale) > 1 else (qp.scale[0], qp.zero_point[0])
-        levels = np.rint(f.astype(np.float64) / scale) + zero  # rint: half to even, as QuantizeLinear
-        self.s.clipped += int(np.count_nonzero((levels < lo) | (levels > hi)))
-        return ((np.clip(levels, lo, hi) - zero) * scale).reshape(-1)
-
-    def _reduce(self, f64: np.ndarray, q64: np.ndarray, local: np.ndarray | None) -> None:
-        f64 = f64.reshape(-1).astype(np.float64, copy=False)
-        if f64.size == 0:
-            return
-        err = f64 - q64
+    def merge(self, p: reduce.Partial) -> None:
+        """Add one chunk's reduction."""
         s = self.s
-        s.count += f64.size
-        s.sum_sq_err += float(np.dot(err, err))
-        s.sum_sq_float += float(np.dot(f64, f64))
-        s.max_abs_err = max(s.max_abs_err, float(np.max(np.abs(err))))
-        s.max_abs_float = max(s.max_abs_float, float(np.max(np.abs(f64))))
-        lo, hi = float(f64.min()), float(f64.max())
-        s.float_min = lo if s.float_min is None else min(s.float_min, lo)
-        s.float_max = hi if s.float_max is None else max(s.float_max, hi)
-        if local is not None:
-            le = f64 - local
-            s.local_sum_sq_err += float(np.dot(le, le))
+        s.count += p.count
+        s.mismatches += p.mismatches
+        if self.pair.exact:
+            return
+        s.sum_sq_err += p.sum_sq_err
+        s.sum_sq_float += p.sum_sq_float
+        s.max_abs_err = max(s.max_abs_err, p.max_abs_err)
+        s.max_abs_float = max(s.max_abs_float, -p.float_min, p.float_max)
+        s.float_min = p.float_min if s.float_min is None else min(s.float_min, p.float_min)
+        s.float_max = p.float_max if s.float_max is None else max(s.float_max, p.float_max)
+        if s.local_sum_sq_err is not None:
+            s.local_sum_sq_err += p.local_sum_sq_err
+            s.clipped += p.clipped
+        if p.hist_float is not None and not self._hist_broken:
+            self._hist_float = p.hist_float if self._hist_float is None else self._hist_float + p.hist_float
+            self._codes = p.codes if self._codes is None else self._codes + p.codes
+        elif self._kernel is not None and self._kernel.bins is not None:
+            self._hist_broken = True  # a chunk went uncounted: no histogram rather than a partial one
 
     def stats(self) -> PairStats:
-        for name in ("sum_sq_err", "sum_sq_float", "max_abs_err", "max_abs_float"):
-            if not math.isfinite(getattr(self.s, name)):
+        for name in ("sum_sq_err", "sum_sq_float", "max_abs_err", "max_abs_float", "local_sum_sq_err"):
+            value = getattr(self.s, name)
+            if value is not None and not math.isfinite(value):
                 self.s.error = self.s.error or f"non-finite values ({name})"
                 setattr(self.s, name, 0.0)
+        for name in ("float_min", "float_max"):  # the wire's JSON carries no NaN or infinity
+            if getattr(self.s, name) is not None and not math.isfinite(getattr(self.s, name)):
+                setattr(self.s, name, None)
+        if self._hist_float is not None and not self._hist_broken:
+            self.s.hist_range = [float(v) for v in self._kernel.range]
+            self.s.hist_float = [int(c) for c in self._hist_float]
+            self.s.hist_int8 = [int(c) for c in self._kernel.int8_histogram(self._codes, self._code_dtype)]
         return self.s
 
 
-def _chunks(a: np.ndarray) -> Iterator[np.ndarray]:
-    flat = a.reshape(-1)
-    for start in range(0, flat.size, CHUNK):
-        yield flat[start : start + CHUNK]
+def _reduce_chunk(kernel: reduce.Kernel, f: np.ndarray, q: np.ndarray, start: int) -> reduce.Partial:
+    return kernel.reduce(f, q, start, reduce.thread_scratch())
+
+
+class Reducer:
+    """Runs the chunk reductions of many pairs on ``threads`` threads (numpy releases the GIL in its loops).
+
+    Results are merged in submission order, so the sums are the same for any thread count.
+    """
+
+    def __init__(self, threads: int):
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="reduce") if threads > 1 else None
+
+    def reduce(self, items: Iterable[tuple[PairAccumulator, np.ndarray, np.ndarray]]) -> None:
+        """Add one sample of every (accumulator, float tensor, int8 tensor) in ``items``."""
+        jobs = [(acc, task) for acc, f, q in items for task in acc.tasks(f, q)]
+        if self._pool is None:
+            for acc, task in jobs:
+                acc.merge(task())
+            return
+        futures = [self._pool.submit(task) for _, task in jobs]
+        for (acc, _), future in zip(jobs, futures):
+            acc.merge(future.result())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+class Phases:
+    """Wall seconds per phase name: ``with phases("load"): ...`` adds to ``seconds["load"]``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def reduce_threads(runtime_threads: int | None) -> int:
+    """Threads for the reductions: as many as the runtime may use, else the CPUs this process may run on."""
+    if runtime_threads:
+        return runtime_threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -57,9 +57,10 @@ from qbench.protocols.messages import (
 )
 from qbench.protocols.version import PROTOCOL_VERSION, compatible
 
-from . import AGENT_VERSION
+from . import AGENT_VERSION, tensor_spool
 from .cache import ModelCache
 from .memory import total_memory_bytes
+from .outputs import load_outputs
 
 log = logging.getLogger("qbench.agent")
 
@@ -166,6 +167,10 @@ class Agent:
     def _send(self, msg: Message) -> None:
         self.socket.send_multipart([self._identity, *codec.encode(msg)], copy=False)
 
+    def _send_tracked(self, msg: Message) -> zmq.MessageTracker:
+        """Send without copying; the tracker tells when ZeroMQ no longer needs the tensor's memory."""
+        return self.socket.send_multipart([self._identity, *codec.encode(msg)], copy=False, track=True)
+
     def _progress(self, stage: str, done: int, total: int) -> None:
         if self._request is not None:
             content = {"stage": stage, "done": done, "total": total}
@@ -219,8 +224,12 @@ class Agent:
             "request": to_dict(req),
             "model_path": str(self.cache.require(req.model)),
             "baseline_mb": self._baseline(req.runner),
+            "max_frame_bytes": self.config.max_frame_bytes,
         }
-        return self._run_job(job, msg.tensors, msg.names, req.timeout_s), [], []
+        returned: list = []
+        content = self._run_job(job, msg.tensors, msg.names, req.timeout_s, returned=returned)
+        tensors, names = returned
+        return content, tensors, names
 
     def _capture(self, msg: Message):
         req = from_dict(CaptureRequest, msg.content)
@@ -255,11 +264,16 @@ class Agent:
 
     # ---- workers -----------------------------------------------------------------
 
-    def _run_job(self, job: dict, tensors: list, names: list[str], timeout_s: float, progress: bool = True) -> dict:
+    def _run_job(self, job: dict, tensors: list, names: list[str], timeout_s: float, progress: bool = True,
+                 returned: list | None = None) -> dict:
+        """The worker's result; ``returned``, when given, gets the [tensors, names] it saved (agent/outputs.py)."""
         jobdir = self.jobs_dir / uuid.uuid4().hex
         try:
             self._write_job(jobdir, job, tensors, names)
-            return self._wait_worker(jobdir, timeout_s, progress)
+            result = self._wait_worker(jobdir, timeout_s, progress)
+            if returned is not None:
+                returned.extend(load_outputs(jobdir))
+            return result
         finally:
             shutil.rmtree(jobdir, ignore_errors=True)
 
@@ -283,7 +297,7 @@ class Agent:
                 env=self._worker_env(), preexec_fn=self._limit_worker, start_new_session=True,
             )
             try:
-                self._pump(proc, timeout_s, progress)
+                self._pump(proc, timeout_s, progress, jobdir)
             finally:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -302,8 +316,8 @@ class Agent:
             raise exc
         return result["ok"]
 
-    def _pump(self, proc: subprocess.Popen, timeout_s: float, progress: bool) -> None:
-        """Forward the worker's progress lines until it exits; kill it at the deadline or on stop."""
+    def _pump(self, proc: subprocess.Popen, timeout_s: float, progress: bool, jobdir: Path) -> None:
+        """Forward the worker's progress lines (and saved tensors) until it exits; kill it at the deadline or on stop."""
         deadline = time.monotonic() + timeout_s
         last_sent = time.monotonic()
         stage = {"stage": "start", "done": 0, "total": 0}
@@ -323,9 +337,15 @@ class Agent:
                 *lines, buffered = buffered.split(b"\n")
                 for line in lines:
                     try:
-                        stage = json.loads(line)
+                        parsed = json.loads(line)
                     except ValueError:
                         continue
+                    if "tensor" in parsed:  # --save-tensors: a file to stream (tensor_spool)
+                        tensor_spool.forward(jobdir, parsed["tensor"], self._send_tracked, self._request.id,
+                                             self.config.chunk_bytes)
+                        last_sent = time.monotonic()
+                        continue
+                    stage = parsed
                     if progress:
                         self._progress(stage.get("stage", ""), int(stage.get("done", 0)), int(stage.get("total", 0)))
                         last_sent = time.monotonic()

@@ -32,8 +32,10 @@ from qbench.protocols.messages import (
     to_dict,
 )
 
-from . import capture, memory, timing
+from . import capture, heap, memory, tensor_spool, timing
+from .outputs import save_outputs
 from .runners import available_runtimes, import_runtime, runner_class
+from .runners.base import ProfilingUnavailable, Runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,56 +107,113 @@ def run_benchmark(job: dict, jobdir: Path) -> BenchmarkReply:
     stats = timing.measure(fast, req.timing, init_ms, on_run=lambda i: progress("timing", min(i, total), total, False))
     peak = memory.peak_rss_mb()
     baseline = float(job.get("baseline_mb", 0.0))
-    return BenchmarkReply(
+    reply = BenchmarkReply(
         latency=stats,
         memory=MemoryStats(peak_mb=peak, baseline_mb=baseline, delta_mb=max(peak - baseline, 0.0)),
         providers_used=runner.providers_used(),
+        coverage=runner.delegation(),
     )
+    if req.return_outputs:  # after the peak was read: the stacked outputs must not count as the model's memory
+        reply.outputs_omitted = save_outputs(runner, feeds, jobdir, int(job.get("max_frame_bytes", 0)))
+    # Last, in a session of its own: profiling slows kernels, so it must not overlap timing or memory.
+    reply.profile, reply.profile_note = _op_profile(runner, feeds, req.profile_runs)
+    return reply
+
+
+def _op_profile(runner: Runner, feeds: list[dict[str, np.ndarray]], runs: int) -> tuple[list[dict], str | None]:
+    """Per-op kernel times as reply dicts, or why there are none (``runs`` 0: not asked, no note)."""
+    if runs <= 0:
+        return [], None
+    progress("profile", 0, runs)
+    try:
+        times = runner.profile(feeds, runs)
+    except ProfilingUnavailable as exc:
+        return [], str(exc)
+    progress("profile", runs, runs)
+    return [to_dict(t) for t in times], None
 
 
 def run_capture(job: dict, jobdir: Path) -> CaptureReply:
+    heap.tune_heap()
     req = from_dict(CaptureRequest, job["request"])
+    if not 0 <= req.histogram_bins <= capture.MAX_HISTOGRAM_BINS:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"histogram_bins must be 0..{capture.MAX_HISTOGRAM_BINS}")
     names, arrays = load_inputs(job, jobdir)
     feeds = sample_feeds(names, arrays)
     cls = runner_class(req.runner.runtime)
-    groups = capture.plan_groups([p.nbytes for p in req.pairs], req.budget_bytes)
-    accs = [capture.PairAccumulator(p) for p in req.pairs]
-    plain = cls(job["int8_model_path"], req.runner)
-    plain.load()
-    reference = {k: v.copy() for k, v in plain.infer(feeds[0]).items()}
-    del plain
+    phase = capture.Phases()
+    accs = [capture.PairAccumulator(p, req.histogram_bins) for p in req.pairs]
+    with phase("reference"):
+        reference = _deployed_outputs(cls(job["int8_model_path"], req.runner), feeds[0])
+    heap.release_memory()
+    reducer = capture.Reducer(capture.reduce_threads(req.runner.threads))
+    spool = tensor_spool.Spool(jobdir, req.pairs) if req.save_tensors else None
     done: list[list[int]] = []
     fidelity = 0.0
-    pending = list(groups)
-    while pending:
-        progress("capture", len(done), len(done) + len(pending))
-        group = pending.pop(0)
-        int8_runner = cls(job["int8_model_path"], req.runner, [req.pairs[i].int8_name for i in group])
-        int8_runner.load()
-        first = int8_runner.infer(feeds[0])
-        diff = _max_abs_diff(reference, first)
-        if diff > 0 and len(group) > 1:
-            # Exposing some tensor of this group changed how the runtime fuses the int8 graph:
-            # halve the group until every pass computes what the deployed model computes.
-            del int8_runner, first
-            half = len(group) // 2
-            pending[:0] = [group[:half], group[half:]]
-            continue
-        for i in group:
-            accs[i].s.graph_altered = diff > 0
-        fidelity = max(fidelity, diff)
-        float_runner = cls(job["float_model_path"], req.runner, [req.pairs[i].float_name for i in group])
-        float_runner.load()
-        for s, feed in enumerate(feeds):
-            f_out = float_runner.infer(feed)
-            q_out = first if s == 0 else int8_runner.infer(feed)
+    pending = capture.plan_groups([p.nbytes for p in req.pairs], req.budget_bytes)
+    try:
+        while pending:
+            progress("capture", len(done), len(done) + len(pending))
+            group = pending.pop(0)
+            with phase("load"):
+                int8_runner = cls(job["int8_model_path"], req.runner, [req.pairs[i].int8_name for i in group])
+                int8_runner.load()
+            with phase("infer"):
+                first = int8_runner.infer(feeds[0])
+            diff = _max_abs_diff(reference, first)
+            if diff > 0 and len(group) > 1:
+                # Exposing some tensor of this group changed how the runtime fuses the int8 graph:
+                # halve the group until every pass computes what the deployed model computes.
+                del int8_runner, first
+                pending[:0] = [group[: len(group) // 2], group[len(group) // 2:]]
+                continue
             for i in group:
-                accs[i].update(f_out[req.pairs[i].float_name], q_out[req.pairs[i].int8_name])
-            del f_out, q_out
-        del float_runner, int8_runner, first
-        done.append(group)
+                accs[i].s.graph_altered = diff > 0
+            fidelity = max(fidelity, diff)
+            with phase("load"):
+                float_runner = cls(job["float_model_path"], req.runner, [req.pairs[i].float_name for i in group])
+                float_runner.load()
+            observed = _observable(group, req.pairs, float_runner, int8_runner, accs)
+            for s, feed in enumerate(feeds):
+                with phase("infer"):
+                    f_out = float_runner.infer(feed)
+                    if s == 0:
+                        q_out, first = first, None  # sample 0 ran for the fidelity check: not held twice
+                    else:
+                        q_out = int8_runner.infer(feed)
+                pairs = [(f_out[req.pairs[i].float_name], q_out[req.pairs[i].int8_name]) for i in observed]
+                with phase("reduce"):
+                    reducer.reduce([(accs[i], f, q) for i, (f, q) in zip(observed, pairs)])
+                if spool is not None:
+                    with phase("save"):
+                        spool.put_sample(observed, s, pairs)
+                del f_out, q_out, pairs
+            del float_runner, int8_runner
+            heap.release_memory()  # the next pass starts from what this one held, not above it
+            done.append(group)
+    finally:
+        reducer.close()
     progress("capture", len(done), len(done))
-    return CaptureReply(stats=[a.stats() for a in accs], groups=done, fidelity_max_abs_diff=fidelity)
+    return CaptureReply(stats=[a.stats() for a in accs], groups=done, fidelity_max_abs_diff=fidelity,
+                        peak_mb=memory.peak_rss_mb(), phases_s=phase.seconds)
+
+
+def _deployed_outputs(runner: Runner, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The unmodified int8 model's outputs for one sample: what every capture session must reproduce."""
+    runner.load()
+    return {k: v.copy() for k, v in runner.infer(feed).items()}
+
+
+def _observable(group: list[int], pairs: list, float_runner: Runner, int8_runner: Runner,
+                accs: list[capture.PairAccumulator]) -> list[int]:
+    """The pairs of ``group`` both runners expose; the others (inside a delegate partition) are marked."""
+    kept = []
+    for i in group:
+        if pairs[i].float_name in float_runner.unobservable or pairs[i].int8_name in int8_runner.unobservable:
+            accs[i].s.unobservable = True
+        else:
+            kept.append(i)
+    return kept
 
 
 def _max_abs_diff(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> float:

@@ -154,6 +154,7 @@ def _details_md(r: dict) -> list[str]:
             f"Model: {d['nodes']} nodes. qbench: host peak {q['host_peak_mb']:.0f} MB, agent + workers peak "
             f"{q['agent_peak_mb']:.0f} MB; {q['capture_groups']} capture group(s) under a {q['budget_mb']} MB budget; "
             f"{q['timing_runs_s']:.2f} s of its wall time were timing runs (first + warm-up + timed); "
+            f"capture worker: {_num(q.get('capture_peak_mb'))} MB VmHWM, phases {_phases(q.get('capture_phases_s'))}; "
             f"model bytes uploaded per run: {q['model_bytes_uploaded']}. anchor phases: augment "
             f"{a['augment_s']:.2f} s, collect {a['collect_s']:.2f} s, compare {a['compare_s']:.2f} s.",
             f"CPU used by other jobs during the runs: anchor {_pcts(d['background_cpu_pct']['anchor'])}, "
@@ -181,20 +182,23 @@ def _details_md(r: dict) -> list[str]:
                          f"{up['second_run']} by the second.")
         return [*lines, ""]
     if r["key"] == "depth":
-        rows = ["| blocks | nodes | agent + workers peak MB | largest worker MB | capture overhead MB | "
-                "timing worker VmHWM MB (float/int8) | host peak MB | groups | qbench s | anchor peak MB | anchor s |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        rows = ["| blocks | nodes | agent + workers peak MB | largest worker MB | capture.peak_mb | "
+                "capture overhead MB | timing worker VmHWM MB (float/int8) | host peak MB | groups | qbench s | "
+                "anchor peak MB | anchor s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         if not d.get("budget_saturated"):
             rows.insert(0, "Note: the shallowest model fits in one capture pass, so the budget is not yet the limit.\n")
         for p in d["curve"]:
             w = p["worker_vmhwm_mb"]
             rows.append(f"| {p['blocks']} | {p['nodes']} | {p['agent_peak_mb']:.0f} | {p['largest_worker_mb']:.0f} | "
+                        f"{_num(p.get('capture_peak_mb'))} | "
                         f"{p['capture_overhead_mb']:.0f} | {_num(w['float'])} / {_num(w['int8'])} | "
                         f"{p['host_peak_mb']:.0f} | "
                         f"{p['capture_groups']} | {p['qbench_wall_s']:.2f} | {p['anchor_peak_mb']:.0f} | "
                         f"{p['anchor_wall_s']:.2f} |")
         return [*rows, "", "The largest worker is the capture worker (float and int8 sessions plus one group of "
-                "captured tensors); capture overhead = largest worker - timing worker VmHWM (same models, no capture). "
+                "captured tensors); capture.peak_mb is its own VmHWM as qbench reports it; "
+                "capture overhead = largest worker - timing worker VmHWM (same models, no capture). "
                 "The anchor's peak is its single process.", ""]
     return []
 
@@ -209,3 +213,8 @@ def _pcts(xs: list[float]) -> str:
 
 def _num(x: Any) -> str:
     return f"{x:.0f}" if isinstance(x, (int, float)) else "?"
+
+
+def _phases(phases: dict[str, float] | None) -> str:
+    """``load 0.81 s, infer 1.11 s, ...`` from a capture's ``phases_s``."""
+    return ", ".join(f"{k} {v:.2f} s" for k, v in (phases or {}).items()) or "?"

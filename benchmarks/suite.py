@@ -140,6 +140,8 @@ def anchor_comparison(ctx: Context, pair: models.ModelPair) -> Result:
                    "timing_runs_s": timing_s,
                    "layers_compared": qbench_cli.dig(report, "summary", "layers_compared"),
                    "capture_groups": qbench_cli.dig(report, "capture", "groups"),
+                   "capture_peak_mb": qbench_cli.dig(report, "capture", "peak_mb"),
+                   "capture_phases_s": qbench_cli.dig(report, "capture", "phases_s"),
                    "budget_mb": qbench_cli.dig(report, "capture", "budget_mb"),
                    "model_bytes_uploaded": [qbench_cli.dig(r, "transfer", "model_bytes_uploaded") for _, r in qruns]},
         "nodes": pair.nodes,
@@ -279,6 +281,7 @@ def depth_scaling(ctx: Context, pairs: dict[int, models.ModelPair]) -> Result:
             "host_peak_mb": qrun.peak_by_role.get("root", 0) / MB,
             "qbench_tree_peak_mb": qrun.peak_tree_rss / MB, "qbench_largest_process_mb": qrun.peak_single_rss / MB,
             "worker_vmhwm_mb": {s: qbench_cli.dig(report, "memory", s, "peak_mb") for s in ("float", "int8")},
+            "capture_peak_mb": qbench_cli.dig(report, "capture", "peak_mb"),  # the capture worker's own VmHWM
             "capture_groups": qbench_cli.dig(report, "capture", "groups"),
             "qbench_wall_s": qrun.wall_s, "background_cpu_pct": qrun.background_cpu_pct,
             "anchor_peak_mb": anchor.peak_tree_rss / MB, "anchor_wall_s": anchor.wall_s,

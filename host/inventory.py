@@ -44,6 +44,10 @@ class Device(BaseModel):
     runtime: str = "onnxruntime"
     providers: list[ProviderSpec] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: Optional[int] = Field(None, ge=1)
+    # TFLite models: xnnpack (LiteRT's default) | none | an external delegate, its library and options
+    delegate: Optional[str] = None
+    delegate_path: Optional[str] = None
+    delegate_options: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
     accept_unknown_host: bool = False
     connect_timeout: float = Field(10.0, gt=0)

@@ -25,9 +25,11 @@ from qbench.protocols.messages import (
 )
 
 from . import data as data_mod
+from . import session_tflite, tensor_store
 from .compare import matching
 from .errors import UserError
 from .models import InputSpec, ModelInfo, inspect_model
+from .quantize.equalize import equalize_file
 from .quantize.onnx import quantize_onnx
 from .quantize.prepare import prepare_float, resolve_input_shapes
 from .transport.base import AgentTransport, TransportError
@@ -55,10 +57,18 @@ class RunSettings:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     memory_budget_mb: float = 256.0
+    histogram_bins: int = 64  # value histogram bins per per-tensor quantized layer; 0: none
+    save_tensors: Path | None = None  # stream every captured tensor into this folder (tensor_store)
     drop_db: float = 6.0
     worst: int = 5
     timeout_s: float = 60.0
     debug: bool = False
+    profile_runs: int = 10  # per-op kernel times over this many runs per model on the agent; 0: off
+    capture_delegate: str | None = None  # tflite: capture with this delegate instead of the timed one
+    return_outputs: bool = False  # keep the model outputs of the timed sessions (state.outputs)
+    time_float: bool = True  # False: a caller that already timed this float model skips it
+    equalize: bool = False  # cross-layer weight equalization of the float model before quantizing
+    per_channel: bool = True  # per-channel weight scales; False: one scale per weight tensor
 
 
 @dataclass
@@ -75,8 +85,11 @@ class RunState:
     uploaded_bytes: int = 0
     inputs: list[InputSpec] | None = None  # the float model's inputs with every dim fixed
     benchmarks: dict[str, BenchmarkReply] = field(default_factory=dict)
+    # "float"/"int8" -> output name -> (samples, ...); only with settings.return_outputs
+    outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     capture: CaptureReply | None = None
     error: dict[str, str] | None = None
+    equalization: dict[str, Any] | None = None  # quantize.equalize's report section, with --equalize
 
 
 class UI:
@@ -114,17 +127,38 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     return state
 
 
+def prepare_pair(settings: RunSettings, ui: UI | None = None) -> tuple[RunState, Path, Path]:
+    """The float and int8 models a run of ``settings`` would measure, made once (quantized unless ``int8``).
+
+    `compare` gives this pair to every target's run as ``model`` and ``int8``, so that every
+    target measures the very same files.
+
+    Returns:
+        The preparation's state (notes, equalization), and the float and int8 model paths.
+
+    Raises:
+        UserError: bad input.
+    """
+    state = RunState(settings)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    float_path, int8_path = _prepare_models(state, ui or UI())
+    return state, float_path, int8_path
+
+
 def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
     s = state.settings
     state.stage = "prepare"
     ui.stage("prepare")
     original = inspect_model(s.model)
-    if original.format != "onnx":
-        raise UserError(f"{s.model}: {original.format} models are not supported by `run` yet")
-    if s.int8 is not None:
+    int8 = inspect_model(s.int8) if s.int8 is not None else None
+    s.runner.runtime = session_tflite.runtime_for(s, original, int8)
+    if s.equalize and (int8 is not None or original.format != "onnx"):
+        raise UserError("--equalize rescales an ONNX float model before qbench quantizes it: not with --int8 or TFLite")
+    if original.format == "tflite":
+        return session_tflite.prepare(state, ui, original, int8, lambda: _calibration(state, ui))
+    if int8 is not None:
         # A user's own int8 model names its tensors after the float model as given: compare
         # against that model, not a re-optimized copy whose names may differ.
-        int8 = inspect_model(s.int8)
         state.float_info, state.int8_info = original, int8
         float_path, int8_path = Path(s.model), Path(s.int8)
     else:
@@ -133,13 +167,17 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
             ui.note(note)
         state.notes.extend(prepared.notes)
         float_path = Path(prepared.path)
+        if s.equalize:  # the equalized model is the float reference: its inner tensors are rescaled
+            state.equalization = equalize_file(float_path, s.out_dir / "float.equalized.onnx")
+            float_path = s.out_dir / "float.equalized.onnx"
+            state.notes.append(f"cross-layer equalization rescaled {len(state.equalization['pairs'])} conv pair(s)")
         state.float_info = inspect_model(float_path)
         state.stage = "quantize"
         ui.stage("quantize")
         calibration = _calibration(state, ui)
         int8_path = s.out_dir / "model.int8.onnx"
         quantize_onnx(float_path, int8_path, calibration, method=s.calibration_method,
-                      activation_type=s.activation_type, debug=s.debug)
+                      activation_type=s.activation_type, per_channel=s.per_channel, debug=s.debug)
         state.int8_info = inspect_model(int8_path)
     state.stage = "match"
     state.matching = matching.match(onnx.load(str(float_path)), onnx.load(str(int8_path)))
@@ -186,21 +224,27 @@ def _measure(state: RunState, transport: AgentTransport, float_path: Path, int8_
     try:
         hello = client.hello()
         state.agent = {"hello": hello, "label": transport.label}
+        state.stage = "check delegate"
+        session_tflite.check_delegate(s.runner, hello.runtimes)
         state.stage = "upload"
         ui.stage("upload")
-        float_ref = client.ensure_model(float_path, "onnx", ui.progress)
-        int8_ref = client.ensure_model(int8_path, "onnx", ui.progress)
+        float_ref = client.ensure_model(float_path, state.float_info.format, ui.progress)
+        int8_ref = client.ensure_model(int8_path, state.int8_info.format, ui.progress)
         state.uploaded_bytes = client.uploaded_bytes
-        for kind, ref in (("float", float_ref), ("int8", int8_ref)):
+        timed = (("float", float_ref),) if s.time_float else ()
+        for kind, ref in (*timed, ("int8", int8_ref)):
             state.stage = f"timing {kind}"
             ui.stage(state.stage)
-            req = BenchmarkRequest(model=ref, runner=s.runner, timing=s.timing)
-            state.benchmarks[kind] = client.benchmark(req, inputs, ui.progress)
+            req = BenchmarkRequest(model=ref, runner=s.runner, timing=s.timing, return_outputs=s.return_outputs,
+                                   profile_runs=s.profile_runs)
+            state.benchmarks[kind], state.outputs[kind] = client.benchmark_outputs(req, inputs, ui.progress)
         state.stage = "capture"
         ui.stage("capture")
         req = CaptureRequest(float_model=float_ref, int8_model=int8_ref, pairs=state.matching.pairs(),
-                             runner=s.runner, budget_bytes=int(s.memory_budget_mb * 1024 * 1024))
-        state.capture = client.capture(req, inputs, ui.progress)
+                             runner=session_tflite.capture_runner(s),
+                             budget_bytes=int(s.memory_budget_mb * 1024 * 1024), histogram_bins=s.histogram_bins,
+                             save_tensors=s.save_tensors is not None)
+        state.capture = tensor_store.capture(client, req, inputs, ui.progress, s.save_tensors)
         state.stage = "done"
         _shutdown(client)
     finally:

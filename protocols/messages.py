@@ -31,6 +31,7 @@ class MsgType(str, enum.Enum):
 
 
 PROGRESS = "progress"  # agent -> host, zero or more before a reply, same id
+TENSOR = "tensor"  # agent -> host, a captured tensor (chunk) before a capture reply with save_tensors, same id
 
 
 class ErrorCode(str, enum.Enum):
@@ -192,6 +193,9 @@ class BenchmarkRequest:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     timeout_s: float = 600.0
+    profile_runs: int = 0  # > 0: per-op kernel times over this many runs of a separate profiling session
+    # after timing, run each sample once more and return the model outputs as tensor frames
+    return_outputs: bool = False
 
 
 @dataclass
@@ -223,6 +227,12 @@ class BenchmarkReply:
     latency: LatencyStats
     memory: MemoryStats
     providers_used: list[str] = field(default_factory=list)
+    # tflite: {"delegate", "delegated_ops", "total_ops", "fraction"}; empty where the runtime has no delegates
+    coverage: dict[str, Any] = field(default_factory=dict)
+    # per (op type, provider): {op_type, provider, total_ms, calls, mean_ms, share}; empty when not profiled
+    profile: list[dict[str, Any]] = field(default_factory=list)
+    profile_note: str | None = None  # why ``profile`` is empty although profile_runs > 0
+    outputs_omitted: str | None = None  # why the outputs asked for by ``return_outputs`` are not attached
 
 
 @dataclass
@@ -271,6 +281,8 @@ class CaptureRequest:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     budget_bytes: int = 256 * 1024 * 1024
     timeout_s: float = 1800.0
+    histogram_bins: int = 0  # > 0: histograms of per-tensor quantized pairs (see PairStats.hist_*)
+    save_tensors: bool = False  # stream every captured tensor to the host as tensor messages
 
 
 @dataclass
@@ -289,6 +301,10 @@ class PairStats:
     clipped: int | None = None
     graph_altered: bool = False
     error: str | None = None
+    unobservable: bool = False  # inside a delegate partition: the runtime never writes it, nothing compared
+    hist_range: list[float] | None = None
+    hist_float: list[int] | None = None
+    hist_int8: list[int] | None = None
 
 
 @dataclass
@@ -296,6 +312,8 @@ class CaptureReply:
     stats: list[PairStats]
     groups: list[list[int]]
     fidelity_max_abs_diff: float | None = None
+    peak_mb: float | None = None  # the capture worker's VmHWM
+    phases_s: dict[str, float] = field(default_factory=dict)  # where the capture's wall time went
 
 
 @dataclass

@@ -8,12 +8,17 @@ from typing import Any, Optional
 import numpy as np
 
 OP_CYCLE = ("Conv", "Relu", "Conv", "Add", "Relu", "MaxPool", "Conv", "Sigmoid", "Mul", "Concat")
+PROFILE_RUNS = 10
+HISTOGRAM_BINS = 64
 
 
 def make_report(n_layers: int = 50, seed: int = 0, model_path: str = "/models/resnet_tiny.onnx",
                 device: str = "local", drops_at: tuple[int, ...] = (17, 38), profile: bool = True,
                 histograms: bool = True, gates: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """A report like `qbench run` writes: layers with a decaying PSNR, drops, samples, a profile."""
+    """A report like `qbench run` writes: layers with a decaying PSNR, drops, samples, a profile.
+
+    ``histograms`` adds every layer's activation ``histogram`` and ``weights`` for the Conv layers.
+    """
     rng = np.random.default_rng(seed)
     layers = []
     psnr = 48.0
@@ -73,27 +78,48 @@ def make_report(n_layers: int = 50, seed: int = 0, model_path: str = "/models/re
     report["summary"]["memory_ratio"] = report["memory"]["ratio"]
     if profile:
         report["profile"] = {
-            "float": [{"op_type": op, "provider": "CPUExecutionProvider", "total_us": float(rng.uniform(100, 5000)),
-                       "count": 200} for op in sorted(set(OP_CYCLE))],
-            "int8": [{"op_type": op, "provider": "CPUExecutionProvider", "total_us": float(rng.uniform(50, 2000)),
-                      "count": 200} for op in ("QLinearConv", "QuantizeLinear", "DequantizeLinear", "Relu", "Add")],
+            "float": _op_profile(rng, sorted(set(OP_CYCLE)), 10.0),
+            "int8": _op_profile(rng, ["QLinearConv", "QuantizeLinear", "DequantizeLinear", "Relu", "Add"], 4.0),
+            "runs": PROFILE_RUNS,
         }
     if histograms:
-        report["histograms"] = {}
-        for layer in worst[:3]:
-            edges = np.linspace(-3, 3, 41)
-            values = rng.normal(size=5000)
-            counts_f = np.histogram(values, edges)[0]
-            counts_q = np.histogram(np.round(values * 8) / 8, edges)[0]
-            report["histograms"][layer["name"]] = {
-                "weight": {"float": {"edges": edges.tolist(), "counts": counts_f.tolist()},
-                           "int8": {"edges": edges.tolist(), "counts": counts_q.tolist()}},
-                "activation": {"float": {"edges": edges.tolist(), "counts": counts_f[::-1].tolist()},
-                               "int8": {"edges": edges.tolist(), "counts": counts_q[::-1].tolist()}},
-            }
+        for layer in layers:
+            peak = layer["float_max"]
+            layer["histogram"] = _histogram(-peak / 6, peak * 0.9, rng.gamma(2.0, peak / 6, 4000) - peak / 5)
+        report["weights"] = [_weight(rng, layer) for layer in layers if layer["op_type"] == "Conv"]
     if gates is not None:
         report["gates"] = gates
     return report
+
+
+def _op_profile(rng: np.random.Generator, ops: list[str], per_run_ms: float) -> list[dict[str, Any]]:
+    """Entries as the agent sends them: per (op type, provider), totals over PROFILE_RUNS runs."""
+    means = rng.dirichlet(np.ones(len(ops))) * per_run_ms
+    entries = [{"op_type": op, "provider": "CPUExecutionProvider", "total_ms": float(m * PROFILE_RUNS),
+                "calls": 3 * PROFILE_RUNS, "mean_ms": float(m), "share": float(m / per_run_ms)}
+               for op, m in zip(ops, means)]
+    return sorted(entries, key=lambda e: -e["total_ms"])
+
+
+def _histogram(lo: float, hi: float, values: np.ndarray) -> dict[str, Any]:
+    """The report layout: HISTOGRAM_BINS bins over [lo, hi] and the clipped counts at both ends."""
+    step = (hi - lo) / 255
+    quantized = np.clip(np.round((values - lo) / step), 0, 255) * step + lo
+    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+
+    def counts(v: np.ndarray) -> list[int]:
+        inside = np.histogram(v[(v >= lo) & (v <= hi)], edges)[0]
+        return [int((v < lo).sum()), *inside.tolist(), int((v > hi).sum())]
+
+    return {"range": [float(lo), float(hi)], "float": counts(values), "int8": counts(quantized)}
+
+
+def _weight(rng: np.random.Generator, layer: dict[str, Any]) -> dict[str, Any]:
+    values = rng.laplace(0.0, 0.05, 2000)
+    bound = float(np.abs(values).max())
+    return {"name": layer["name"].replace("/output_0", "/weight"), "layer": layer["name"],
+            "psnr_db": float(rng.uniform(35, 50)), "channel_psnr_db": rng.uniform(30, 55, 16).round(2).tolist(),
+            "histogram": _histogram(-bound, bound, values)}
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:

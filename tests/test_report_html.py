@@ -7,6 +7,7 @@ what rendered into the DOM, which `chromium --dump-dom` hands back.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -14,6 +15,10 @@ import subprocess
 
 import pytest
 
+from qbench.host.report import histograms
+from qbench.host.report.exports import write_layers_csv, write_model_explorer_overlay
+from qbench.host.gates import Gates
+from qbench.host.report.compare import build_compare
 from qbench.host.report.html import write_compare_html, write_html
 from reportdata import make_report
 
@@ -41,22 +46,43 @@ window.addEventListener("load", function () {
                                        function (t) { return t.textContent; }),
       notes: Array.prototype.map.call(document.querySelectorAll("p.note"), function (n) { return n.textContent; }),
     };
-    var table = document.querySelector("table.sortable");
-    if (table) {
-      var header = Array.prototype.filter.call(table.querySelectorAll("th"),
-                                               function (th) { return th.textContent === "PSNR dB"; })[0];
-      if (header) {
-        header.click();
-        result.first_after_sort = table.tBodies[0].rows[0].cells[1].textContent;
-        header.click();
-        result.first_after_reverse = table.tBodies[0].rows[0].cells[1].textContent;
-      }
+    var header = Array.prototype.filter.call(document.querySelectorAll("table.sortable th"),
+                                             function (th) { return th.textContent === "PSNR dB"; })[0];
+    if (header) {
+      var table = header.closest("table");
+      header.click();
+      result.first_after_sort = table.tBodies[0].rows[0].cells[1].textContent;
+      header.click();
+      result.first_after_reverse = table.tBodies[0].rows[0].cells[1].textContent;
     }
-    result.errors = window.__errors;
-    var out = document.createElement("pre");
-    out.id = "probe";
-    out.textContent = JSON.stringify(result);
-    document.body.appendChild(out);
+    result.plots = Array.prototype.map.call(document.querySelectorAll(".js-plotly-plot"), function (gd) {
+      return {title: (gd.layout.title && gd.layout.title.text) || "", traces: gd.data.length,
+              bars: gd.querySelectorAll(".barlayer .point").length,
+              subplots: Object.keys(gd._fullLayout._plots || {}).length,
+              buttons: Array.prototype.map.call(gd.querySelectorAll(".updatemenu-button"),
+                                                function (b) { return b.textContent; })};
+    });
+    // Press every "log y" button the way a user does, then read the axis types back.
+    var pressed = [];
+    document.querySelectorAll(".js-plotly-plot").forEach(function (gd) {
+      gd.querySelectorAll(".updatemenu-button").forEach(function (button) {
+        if (button.textContent === "log y") {
+          button.dispatchEvent(new MouseEvent("click", {bubbles: true}));
+          pressed.push(gd);
+        }
+      });
+    });
+    setTimeout(function () {
+      result.log_axes = pressed.map(function (gd) {
+        return Object.keys(gd._fullLayout).filter(function (k) { return /^yaxis\d*$/.test(k); })
+          .map(function (k) { return gd._fullLayout[k].type; });
+      });
+      result.errors = window.__errors;
+      var out = document.createElement("pre");
+      out.id = "probe";
+      out.textContent = JSON.stringify(result);
+      document.body.appendChild(out);
+    }, 300);
   }, 500);
 });
 </script>"""
@@ -104,14 +130,27 @@ def test_report_renders_every_chart_without_errors(tmp_path):
     assert seen["svgs"] >= 4 and seen["traces"] >= 8
     assert any("PSNR per layer" in title for title in seen["titles"])
     assert any("Latency" in title for title in seen["titles"])
-    assert any("operator" in title for title in seen["titles"])
-    assert any("histograms" in title for title in seen["titles"])
+    ops = _plot(seen, "by op type")
+    op_types = {e["op_type"] for model in ("float", "int8") for e in report["profile"][model]}
+    assert ops["traces"] == 2 and ops["bars"] == 2 * len(op_types)  # float and int8, one bar per op type each
+    hists = _plot(seen, "Value histograms")
+    worst = report["summary"]["worst_layers"]
+    with_weights = {w["layer"] for w in report["weights"]} & set(worst)
+    assert hists["subplots"] == len(worst) + len(with_weights)
+    assert hists["buttons"] == ["linear y", "log y"]
+    assert seen["log_axes"] and all(set(axes) == {"log"} for axes in seen["log_axes"])
     finite = [layer for layer in report["layers"] if layer["psnr_db"] is not None]
     assert seen["first_after_sort"] == min(finite, key=lambda layer: layer["psnr_db"])["name"]
     exact = [layer["name"] for layer in report["layers"] if layer["psnr_db"] is None]
     assert seen["first_after_reverse"] in exact
     # Gate marks against the thresholds stored in the report.
     assert "gates failed" in html and "fail_on_drop" in html
+
+
+def _plot(seen: dict, title: str) -> dict:
+    matches = [plot for plot in seen["plots"] if title in plot["title"]]
+    assert len(matches) == 1, (title, [plot["title"] for plot in seen["plots"]])
+    return matches[0]
 
 
 @pytest.mark.browser
@@ -128,24 +167,27 @@ def test_report_without_optional_sections_says_so(tmp_path):
 @pytest.mark.browser
 def test_compare_renders_one_chart_per_figure(tmp_path):
     first, second = make_report(seed=1), make_report(seed=2, device="rpi5")
-    compare = {
-        "schema": "qbench.compare/1",
-        "targets": [{"label": "local", "status": "ok", "report": first},
-                    {"label": "rpi5", "status": "ok", "report": second},
-                    {"label": "jetson", "status": "failed", "error": "agent did not answer within 30 s"}],
-        "cross": [{"target": "rpi5", "output": "logits", "psnr_db_vs_first": 41.5},
-                  {"target": "rpi5", "output": "class_id", "psnr_db_vs_first": None}],
-        "gates": {"fail_under_speedup": 1.5},
-    }
+    targets = [{"label": "local", "device": "local", "status": "ok", "report": first},
+               {"label": "rpi5", "device": "rpi5", "status": "ok", "report": second,
+                "gates_failed": ["speedup 1.20x < 1.5x"]},
+               {"label": "jetson", "device": "jetson", "status": "failed", "error": "agent did not answer within 30 s"}]
+    cross = [{"target": "rpi5", "model": "int8", "output": "logits", "kind": "float", "psnr_db": 41.5, "exact": False},
+             {"target": "rpi5", "model": "int8", "output": "class_id", "kind": "exact", "psnr_db": None,
+              "exact": False, "mismatches": 3},
+             {"target": "rpi5", "model": "float", "output": "logits", "kind": "float", "psnr_db": None, "exact": True}]
+    compare = build_compare(targets, cross, "local", Gates(fail_under_speedup=1.5))
     path = write_compare_html(compare, tmp_path / "compare.html")
     html = path.read_text(encoding="utf-8")
     assert_self_contained(html)
-    assert "agent did not answer within 30 s" in html
+    assert "agent did not answer within 30 s" in html and "speedup 1.20x &lt; 1.5x" in html
+    assert "41.50 dB, 3 mismatches" in html and "identical" in html  # rpi5 against the reference, int8 and float
     seen = render(path, tmp_path)
     assert seen["errors"] == []
-    assert seen["divs"] == seen["plotted"] == 5, seen
+    assert seen["divs"] == seen["plotted"] == 6, seen
     psnr_title = next(title for title in seen["titles"] if "PSNR per layer" in title)
     assert "per target" in psnr_title
+    assert any("Output PSNR" in title for title in seen["titles"])
+    assert any("reference target" in title for title in seen["titles"])
 
 
 def test_names_with_markup_are_escaped(tmp_path):
@@ -176,3 +218,54 @@ def test_partial_report_of_a_failed_run_still_renders(tmp_path):
     assert "capture failed: worker killed (out of memory)" in html
     assert "calibrated on random data" in html
     assert "No layer figures in this report." in html and "No latency samples in this report." in html
+
+
+def test_a_runtime_without_op_profiler_is_explained(tmp_path):
+    report = make_report(n_layers=10)
+    why = "LiteRT's Python API exposes no op profiler"
+    report["profile"] = {"float": [], "int8": [], "runs": 10, "notes": {"float": why, "int8": why}}
+    html = write_html(report, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "No per-operator profile." in html and html.count(why.replace("'", "&#x27;")) == 2
+    assert "by op type" not in html
+
+
+def test_histograms_of_worst_layers_skip_missing_and_malformed_data(tmp_path):
+    report = make_report(n_layers=30)
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    first, second, third, *rest = report["summary"]["worst_layers"]
+    del layers[first]["histogram"]
+    layers[second]["histogram"]["range"] = [1.0, 1.0]  # empty range
+    report["weights"] = [w for w in report["weights"] if w["layer"] not in (first, second)]
+    rows, missing = histograms.panels(report)
+    assert missing == [first, second] and [name for name, _, _ in rows] == [third, *rest]
+    for malformed in ({"range": [0, 1], "float": [1, float("nan"), 2]}, {"range": [0, 1], "float": [1, 2]},
+                      {"range": [0, 1], "float": [0, 1, 2, 3], "int8": [0, 1, 2]}, {"range": [0], "float": [1, 2, 3]},
+                      "not a histogram", None):
+        assert histograms.parse(malformed) is None
+    html = write_html(report, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert f"No histogram for: {first}, {second}" in html
+    # The clipped counts in the table are the under/overflow ends of the report's own counts.
+    counts = layers[third]["histogram"]["float"]
+    total = sum(counts)
+    assert f"{counts[0]} below, {counts[-1]} above ({100 * (counts[0] + counts[-1]) / total:.2g} % clipped)" in html
+
+
+def test_no_worst_layer_with_histograms_says_so(tmp_path):
+    report = make_report(n_layers=10, histograms=False)
+    report["weights"] = [{"name": "w", "layer": "not a worst layer",
+                          "histogram": {"range": [0, 1], "float": [0, 1, 0]}}]
+    html = write_html(report, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Histograms were not collected for this run." in html and html.count("Plotly.newPlot(") == 3
+
+
+def test_histograms_leave_layers_csv_and_overlay_untouched(tmp_path):
+    with_data = make_report(n_layers=20)
+    without = copy.deepcopy(with_data)
+    del without["weights"]
+    for layer in without["layers"]:
+        del layer["histogram"]
+    for name, report in (("with", with_data), ("without", without)):
+        write_layers_csv(report, tmp_path / f"{name}.csv")
+        write_model_explorer_overlay(report, tmp_path / f"{name}.json", model_format="onnx")
+    assert (tmp_path / "with.csv").read_bytes() == (tmp_path / "without.csv").read_bytes()
+    assert (tmp_path / "with.json").read_bytes() == (tmp_path / "without.json").read_bytes()

@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from cli import load_report, qbench
 from models import build_control_flow, build_convnet, build_dynamic_opset11, build_two_inputs_int64
+from plain_ort import session as _session
 
 FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--quiet"]
-
-
-def _session(path, extra_outputs=()):
-    model = onnx.load(str(path))
-    for name in extra_outputs:
-        model.graph.output.append(helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _psnr(f: np.ndarray, q: np.ndarray) -> float:
@@ -93,7 +84,8 @@ def test_layer_psnr_matches_an_independent_computation(convnet_run):
         scale, zero = inits[qnode.input[1]], inits[qnode.input[2]]
         f = np.stack([f_sess.run([layer["name"]], {"x": s})[0] for s in x])
         q = np.stack([q_sess.run([layer["int8_name"]], {"x": s})[0] for s in x])
-        deq = (q.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64)
+        # DequantizeLinear's float32 output (the int8 tensor as the graph sees it); sums in float64
+        deq = ((q.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)).astype(np.float64)
         assert layer["psnr_db"] == pytest.approx(_psnr(f, deq), abs=1e-3), layer["name"]
         assert layer["mse"] == pytest.approx(np.mean((f.astype(np.float64) - deq) ** 2), rel=1e-6)
     assert len(layers) >= 5

@@ -7,8 +7,9 @@ the ``*_impl`` methods. Runners are used inside a worker process, one model each
 from __future__ import annotations
 
 import abc
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +25,45 @@ class TensorSpec:
     shape: list[int | None]
 
 
+@dataclass
+class OpTime:
+    """Kernel time of one operator type on one provider, over the profiled runs.
+
+    Attributes:
+        op_type: the kernel's operator type as the runtime names it (``QLinearConv``, ``Conv``...).
+        provider: the execution provider or delegate that ran it.
+        total_ms: summed kernel time over every profiled run.
+        calls: kernel invocations over every profiled run.
+        mean_ms: ``total_ms / runs``: this op type's kernel time per inference.
+        share: ``total_ms`` over the sum of every op type's ``total_ms`` (0..1).
+    """
+
+    op_type: str
+    provider: str
+    total_ms: float
+    calls: int
+    mean_ms: float
+    share: float
+
+
+class ProfilingUnavailable(Exception):
+    """The runtime exposes no per-op profiler, or its profile cannot be read; the message says why."""
+
+
+def op_times(kernels: Iterable[tuple[str, str, float]], runs: int) -> list[OpTime]:
+    """Totals per (op type, provider) from ``(op type, provider, microseconds)`` kernel records, largest first."""
+    totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for op_type, provider, micros in kernels:
+        slot = totals[(op_type, provider)]
+        slot[0] += micros
+        slot[1] += 1
+    overall = sum(slot[0] for slot in totals.values())
+    times = [OpTime(op_type=op, provider=provider, total_ms=us / 1000.0, calls=int(calls),
+                    mean_ms=us / 1000.0 / runs, share=us / overall if overall else 0.0)
+             for (op, provider), (us, calls) in totals.items()]
+    return sorted(times, key=lambda t: (-t.total_ms, t.op_type, t.provider))
+
+
 class Runner(abc.ABC):
     """Loads one model and runs it.
 
@@ -32,12 +72,16 @@ class Runner(abc.ABC):
         config: providers/delegates, threads, optimization level.
         extra_outputs: intermediate tensors to expose as outputs (the capture pass).
             Exposing them can block fusions, so timing runs never pass any.
+
+    After :meth:`load`, :attr:`unobservable` lists the extra outputs the runtime cannot expose
+    (inside a delegate partition); :meth:`infer` leaves them out.
     """
 
     def __init__(self, model_path: str, config: RunnerConfig, extra_outputs: Sequence[str] = ()):
         self.model_path = model_path
         self.config = config
         self.extra_outputs = list(extra_outputs)
+        self.unobservable: list[str] = []
         self._loaded = False
 
     def load(self) -> None:
@@ -58,6 +102,11 @@ class Runner(abc.ABC):
         """What actually ran the graph: execution providers or delegates."""
         self._check_loaded()
         return self._providers_used_impl()
+
+    def delegation(self) -> dict[str, Any]:
+        """What a delegate took: ``{delegate, delegated_ops, total_ops, fraction}``, {} without delegates."""
+        self._check_loaded()
+        return {}
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once. Returns the model outputs and every extra output, by name.
@@ -84,6 +133,22 @@ class Runner(abc.ABC):
         """:meth:`infer` without the input checks, for timed loops over feeds already checked once."""
         return self._infer_impl(feeds)
 
+    def profile(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int) -> list[OpTime]:
+        """Kernel time per op type over ``runs`` runs, in a separate profiling session.
+
+        Profiling slows a runtime down, so it never happens in the session that
+        :meth:`infer` times. The profiling session runs once more first (warm-up:
+        allocations, lazy kernel set-up) and that run's kernels are dropped. Feeds
+        are cycled, as in the timed loop.
+
+        Raises:
+            ProfilingUnavailable: the runtime has no per-op profiler here.
+        """
+        self._check_loaded()
+        if runs < 1 or not feeds:
+            raise ValueError("profile needs at least one run and one feed")
+        return self._profile_impl(feeds, runs)
+
     def _check_loaded(self) -> None:
         if not self._loaded:
             raise RuntimeError("runner used before load()")
@@ -102,3 +167,6 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int) -> list[OpTime]: ...

@@ -34,7 +34,7 @@ import numpy as np
 from qbench.protocols.messages import ErrorCode, ProtocolError, QParams, RunnerConfig, RuntimeInfo
 
 from .. import capture
-from .base import Runner, TensorSpec
+from .base import OpTime, ProfilingUnavailable, Runner, TensorSpec
 
 
 def _import_interpreter() -> tuple[Any, str]:
@@ -176,7 +176,6 @@ class LiteRTRunner(Runner):
         super().__init__(model_path, config, extra_outputs)
         self.dequantize = dequantize
         self.coverage: DelegateCoverage | None = None
-        self.unobservable: list[str] = []
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     # ---- load -------------------------------------------------------------------
@@ -265,6 +264,14 @@ class LiteRTRunner(Runner):
         used = [cov.delegate] if cov.delegated_ops else []
         return used + (["cpu"] if cov.delegated_ops < cov.total_ops else [])
 
+    def delegation(self) -> dict[str, Any]:
+        self._check_loaded()
+        cov = self.coverage
+        if cov is None:
+            return {}
+        return {"delegate": cov.delegate, "delegated_ops": cov.delegated_ops, "total_ops": cov.total_ops,
+                "fraction": cov.fraction}
+
     def qparams(self, name: str) -> QParams | None:
         """The quantization of tensor ``name`` (None for a float or unquantized tensor)."""
         self._check_loaded()
@@ -294,6 +301,11 @@ class LiteRTRunner(Runner):
             result[name] = dequantize(value, qp.scale, qp.zero_point, qp.axis or 0) if qp else value
         return result
 
+
+    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int) -> list[OpTime]:
+        # ai-edge-litert 2.3's Interpreter has no profiler method (its op profiler is C++ only, used by
+        # the benchmark_model tool), and tflite_runtime has none either.
+        raise ProfilingUnavailable("LiteRT's Python API exposes no op profiler")
 
     def _converted(self, value: np.ndarray, detail: dict) -> np.ndarray:
         """:func:`_to_input`, cached per feed array so that timed runs measure LiteRT, not numpy.

@@ -30,7 +30,7 @@ def agent(ctx: typer.Context) -> None:
 def _register() -> None:
     # Each module adds its commands to `app` when imported; imported here, not at the top,
     # because they import `app` from this module.
-    from . import devices, emulate, results, run  # noqa: F401
+    from . import calibrate, compare, devices, emulate, fix, results, run  # noqa: F401
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..report import delegation
 from ..session import UI
 
 
@@ -44,6 +45,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             value = _db(out.get("psnr_db"), out.get("exact", False))
         table.add_row(f"output {out['name']}", "", "", f"PSNR {value}")
     console.print(table)
+    for line in delegation.summary_lines(report):
+        console.print(line, markup=False)
     layers = report.get("layers", [])
     summary = report.get("summary", {})
     by_name = {layer["name"]: layer for layer in layers}
@@ -64,6 +67,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             console.print(f"  #{x['index']} {name} ({x['op_type']}): {_db(x['psnr_db'])}, -{x['drop_db']:.1f} dB")
     elif layers:
         console.print("no sudden drops")
+    _render_sensitive(report, console)
     if report.get("unmatched"):
         console.print(f"{len(report['unmatched'])} float tensors have no int8 counterpart (listed in report.json)")
     if report.get("error"):
@@ -71,6 +75,19 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         console.print(f"[bold red]failed during {err['stage']}[/]: {err['message']}")
         if err.get("agent_stderr"):
             console.print("[dim]agent stderr (last lines):[/]\n" + err["agent_stderr"], markup=False)
+
+
+def _render_sensitive(report: dict[str, Any], console: Console) -> None:
+    """The top of the sensitive-layer ranking, with its reasons (the full list is in report.json)."""
+    ranked = [x for x in report.get("sensitive_layers", []) if x["score"] > 0]
+    if not ranked:
+        return
+    table = Table(title="sensitive layers (score: dB the layer adds itself)", header_style="bold")
+    for col in ("layer", "op", "score", "why"):
+        table.add_column(col, justify="right" if col == "score" else "left")
+    for x in ranked[: max(report.get("settings", {}).get("worst", 5), 1)]:
+        table.add_row(x["name"], x["op_type"] or "", f"{x['score']:.1f}", "; ".join(x["reasons"]))
+    console.print(table)
 
 
 class RichUI(UI):

@@ -14,6 +14,9 @@ from qbench.protocols.messages import to_dict
 from .. import __version__
 from ..compare import metrics
 from ..session import RunState
+from .profile import profile_section
+from . import delegation
+from .diagnosis import add_diagnosis
 
 SCHEMA = "qbench.report/1"
 
@@ -39,12 +42,16 @@ def build_report(state: RunState, argv: list[str] | None = None) -> dict[str, An
         report["latency"] = {k: to_dict(b.latency) for k, b in state.benchmarks.items()}
         report["memory"] = {k: to_dict(b.memory) for k, b in state.benchmarks.items()}
         report["device"]["providers_used"] = next(iter(state.benchmarks.values())).providers_used
+        profile = profile_section(s.profile_runs, state.benchmarks)
+        if profile:
+            report["profile"] = profile
         if len(state.benchmarks) == 2:
             f, q = state.benchmarks["float"], state.benchmarks["int8"]
             report["latency"]["speedup"] = _ratio(f.latency.median_ms, q.latency.median_ms)
             report["memory"]["ratio"] = _ratio(q.memory.peak_mb, f.memory.peak_mb)
     if state.capture is not None and state.matching is not None:
         _comparison(report, state)
+    add_diagnosis(report, state)
     return report
 
 
@@ -57,13 +64,16 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         step = qp.scale[0] if qp is not None and len(qp.scale) == 1 else None
         entry = {"index": index, "name": layer.name, "op_type": layer.op_type, "rule": layer.rule,
                  "int8_name": layer.pair.int8_name, "parents": layer.parents}
-        entry.update(metrics.figures(st, step))
+        entry.update({"psnr_db": None, "status": delegation.UNOBSERVABLE} if st.unobservable
+                     else metrics.figures(st, step))
         if st.graph_altered:
             entry["graph_altered"] = True
         if qp is not None and len(qp.scale) == 1:
             lo, hi = qp.levels()
             entry["quant_min"] = (lo - qp.zero_point[0]) * qp.scale[0]
             entry["quant_max"] = (hi - qp.zero_point[0]) * qp.scale[0]
+        if st.hist_range is not None:
+            entry["histogram"] = {"range": st.hist_range, "float": st.hist_float, "int8": st.hist_int8}
         layers.append(entry)
     metrics.flag_drops(layers, state.settings.drop_db)
     outputs = []
@@ -74,7 +84,9 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
     report["outputs"] = outputs
     report["unmatched"] = [vars(u) for u in m.unmatched]
     report["capture"] = {"groups": len(cap.groups), "budget_mb": state.settings.memory_budget_mb,
-                         "fidelity_max_abs_diff": cap.fidelity_max_abs_diff}
+                         "fidelity_max_abs_diff": cap.fidelity_max_abs_diff, "peak_mb": cap.peak_mb,
+                         "phases_s": cap.phases_s}
+    report["capture"].update(delegation.capture_fields(state))
     float_outs = [o for o in outputs if o.get("kind") == "float"]
     psnrs = [o["psnr_db"] for o in float_outs if o.get("psnr_db") is not None]
     ranked = sorted((x for x in layers if x.get("psnr_db") is not None), key=lambda x: x["psnr_db"])
@@ -85,7 +97,8 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         "memory_ratio": report.get("memory", {}).get("ratio"),
         "worst_layers": [x["name"] for x in ranked[: state.settings.worst]],
         "drops": [x["name"] for x in layers if x.get("drop")],
-        "layers_compared": len(layers),
+        "layers_compared": sum(1 for x in layers if x.get("status") != delegation.UNOBSERVABLE),
+        "layers_unobservable": sum(1 for x in layers if x.get("status") == delegation.UNOBSERVABLE),
         "layers_unmatched": len(m.unmatched),
     }
 
@@ -104,6 +117,7 @@ def _device(state: RunState) -> dict[str, Any]:
             "available_providers": rt.providers if rt else [], "agent_version": hello.agent_version,
             "emulation": hello.emulation,
         })
+    device.update(delegation.device_fields(state))
     return device
 
 

@@ -16,7 +16,6 @@ from qbench.host.report.exports import AMBER, AMBER_BELOW_DB, RED, RED_BELOW_DB
 
 FLOAT_COLOUR, INT8_COLOUR, DROP_COLOUR = "#1f77b4", "#ff7f0e", "#c62828"
 MAX_OPS = 25
-MAX_HISTOGRAM_LAYERS = 6
 
 
 def psnr_depth(layers: Sequence[Mapping[str, Any]]) -> Optional[go.Figure]:
@@ -92,66 +91,61 @@ def _latency_bins(samples: np.ndarray, bins: int = 60) -> tuple[np.ndarray, bool
     return (np.geomspace(lo, hi, bins + 1) if log_scale else np.linspace(lo, hi, bins + 1)), log_scale
 
 
+def op_totals(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per op type: ``mean_ms`` (kernel time per run), ``calls``, ``share`` and ``providers`` {name: mean_ms}.
+
+    The agent reports one entry per (op type, provider); an op type that ran on
+    several providers is one bar, its hover lists them.
+    """
+    totals: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        slot = totals.setdefault(str(entry.get("op_type") or "?"),
+                                 {"mean_ms": 0.0, "calls": 0, "share": 0.0, "providers": {}})
+        mean = float(entry.get("mean_ms") or 0.0)
+        slot["mean_ms"] += mean
+        slot["calls"] += int(entry.get("calls") or 0)
+        slot["share"] += float(entry.get("share") or 0.0)
+        provider = str(entry.get("provider") or "?")
+        slot["providers"][provider] = slot["providers"].get(provider, 0.0) + mean
+    return totals
+
+
 def op_breakdown(profile: Optional[Mapping[str, Any]]) -> Optional[go.Figure]:
-    """Time per operator type on the device, float vs int8, from the runtime's profiler."""
+    """Kernel time per inference for each op type on the device, float vs int8 (grouped bars)."""
     if not profile or not any(profile.get(model) for model in ("float", "int8")):
         return None
-    totals: dict[str, dict[str, dict[str, float]]] = {"float": {}, "int8": {}}
-    for model in totals:
-        for entry in profile.get(model) or []:
-            label = f"{entry.get('op_type')} [{entry.get('provider') or '?'}]"
-            slot = totals[model].setdefault(label, {"us": 0.0, "count": 0})
-            slot["us"] += float(entry.get("total_us") or 0.0)
-            slot["count"] += int(entry.get("count") or 0)
-    labels = sorted({label for model in totals.values() for label in model},
-                    key=lambda lb: max(totals[m].get(lb, {"us": 0.0})["us"] for m in totals))[-MAX_OPS:]
+    runs = int(profile.get("runs") or 1)
+    totals = {model: op_totals(profile.get(model) or []) for model in ("float", "int8")}
+    ops = sorted({op for model in totals.values() for op in model},
+                 key=lambda op: max(totals[m].get(op, {"mean_ms": 0.0})["mean_ms"] for m in totals))[-MAX_OPS:]
     fig = go.Figure()
     for model, colour in (("float", FLOAT_COLOUR), ("int8", INT8_COLOUR)):
         if not totals[model]:
             continue
-        slots = [totals[model].get(label, {"us": 0.0, "count": 0}) for label in labels]
+        slots = [totals[model].get(op) for op in ops]
         fig.add_trace(go.Bar(
-            y=labels, x=[slot["us"] / 1000.0 for slot in slots], orientation="h", name=model,
-            marker_color=colour, customdata=[[slot["count"]] for slot in slots],
-            hovertemplate="%{y}<br>%{x:.3f} ms in %{customdata[0]} calls<extra>" + model + "</extra>"))
-    fig.update_layout(title="Time per operator type (profiled runs)", barmode="group",
-                      xaxis_title="total kernel time (ms)", yaxis=dict(automargin=True))
+            y=ops, x=[slot["mean_ms"] if slot else None for slot in slots], orientation="h", name=model,
+            marker_color=colour,
+            customdata=[[_providers_text(slot), slot["calls"] / runs, 100 * slot["share"]] if slot else ["", 0, 0]
+                        for slot in slots],
+            hovertemplate="<b>%{y}</b> (" + model + ")<br>%{x:.4f} ms per run, %{customdata[2]:.1f} % of the "
+                          "model's kernel time<br>%{customdata[1]:.0f} calls per run<br>%{customdata[0]}"
+                          "<extra></extra>"))
+    sums = ", ".join(f"{model} {sum(slot['mean_ms'] for slot in totals[model].values()):.3f} ms"
+                     for model in totals if totals[model])
+    fig.update_layout(title=dict(text="Kernel time per inference by op type",
+                                 subtitle=dict(text=f"{runs} profiled runs, first dropped; sum per run: {sums}")),
+                      margin=dict(t=80), barmode="group", xaxis_title="kernel time per run (ms)",
+                      yaxis=dict(automargin=True), height=max(360, 140 + 44 * len(ops)))
     return fig
 
 
-def histograms(histogram_report: Optional[Mapping[str, Any]],
-               layer_order: Sequence[str]) -> Optional[go.Figure]:
-    """Float vs int8 value histograms (weights and activations) for the worst layers.
-
-    Accepts ``{layer: {float: {edges, counts}, int8: {...}}}`` and, per layer, a
-    level more: ``{layer: {"weight": {float, int8}, "activation": {float, int8}}}``.
-    """
-    panels = []
-    for layer in sorted(histogram_report or {}, key=lambda n: layer_order.index(n) if n in layer_order else 1e9):
-        entry = histogram_report[layer]
-        if "float" in entry or "int8" in entry:
-            panels.append((layer, entry))
-        else:
-            panels.extend((f"{layer} · {kind}", pair) for kind, pair in entry.items() if isinstance(pair, Mapping))
-    panels = panels[:MAX_HISTOGRAM_LAYERS * 2]
-    if not panels:
-        return None
-    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[title for title, _ in panels],
-                        vertical_spacing=min(0.3 / len(panels), 0.08))
-    for row, (_, pair) in enumerate(panels, start=1):
-        for model, colour in (("float", FLOAT_COLOUR), ("int8", INT8_COLOUR)):
-            data = pair.get(model)
-            if not data or len(data.get("edges") or []) != len(data.get("counts") or []) + 1:
-                continue
-            edges = data["edges"]
-            fig.add_trace(go.Bar(
-                x=[(lo + hi) / 2 for lo, hi in zip(edges, edges[1:])], y=data["counts"],
-                width=[hi - lo for lo, hi in zip(edges, edges[1:])], name=model, marker_color=colour,
-                opacity=0.55, legendgroup=model, showlegend=row == 1,
-                hovertemplate="%{x:.4g}: %{y}<extra>" + model + "</extra>"), row=row, col=1)
-    fig.update_layout(title="Value histograms, float vs int8 (worst layers)", barmode="overlay",
-                      height=120 + 200 * len(panels))
-    return fig
+def _providers_text(slot: Mapping[str, Any]) -> str:
+    providers = slot["providers"]
+    if len(providers) == 1:
+        return f"provider: {next(iter(providers))}"
+    return "providers: " + ", ".join(f"{name} {ms:.4f} ms" for name, ms in
+                                     sorted(providers.items(), key=lambda item: -item[1]))
 
 
 def per_target_psnr(targets: Sequence[tuple[str, Mapping[str, Any]]]) -> Optional[go.Figure]:
@@ -208,35 +202,20 @@ def per_target_memory(targets: Sequence[tuple[str, Mapping[str, Any]]]) -> Optio
 
 
 def per_target_ops(targets: Sequence[tuple[str, Mapping[str, Any]]]) -> Optional[go.Figure]:
-    """int8 time per operator type, one bar group per target."""
+    """int8 kernel time per inference by op type, one bar group per target."""
     per_target = {}
     for label, report in targets:
-        totals: dict[str, float] = {}
-        for entry in (report.get("profile") or {}).get("int8") or []:
-            totals[entry.get("op_type") or "?"] = totals.get(entry.get("op_type") or "?", 0.0) + float(
-                entry.get("total_us") or 0.0)
+        totals = op_totals((report.get("profile") or {}).get("int8") or [])
         if totals:
-            per_target[label] = totals
+            per_target[label] = {op: slot["mean_ms"] for op, slot in totals.items()}
     if not per_target:
         return None
     ops = sorted({op for totals in per_target.values() for op in totals},
                  key=lambda op: max(t.get(op, 0.0) for t in per_target.values()))[-MAX_OPS:]
-    fig = go.Figure([go.Bar(y=ops, x=[totals.get(op, 0.0) / 1000.0 for op in ops], orientation="h", name=label)
+    fig = go.Figure([go.Bar(y=ops, x=[totals.get(op, 0.0) for op in ops], orientation="h", name=label)
                      for label, totals in per_target.items()])
-    fig.update_layout(title="int8 time per operator type, per target", barmode="group",
-                      xaxis_title="total kernel time (ms)", yaxis=dict(automargin=True))
+    fig.update_layout(title="int8 kernel time per inference by op type, per target", barmode="group",
+                      xaxis_title="kernel time per run (ms)", yaxis=dict(automargin=True),
+                      height=max(360, 140 + 30 * len(ops) * len(per_target)))
     return fig
 
-
-def cross_target(cross: Sequence[Mapping[str, Any]]) -> Optional[go.Figure]:
-    """How closely each target's int8 outputs agree with the first target's."""
-    rows = [row for row in cross if row.get("psnr_db_vs_first") is not None]
-    if not rows:
-        return None
-    fig = go.Figure()
-    for output in dict.fromkeys(row.get("output") for row in rows):
-        picked = [row for row in rows if row.get("output") == output]
-        fig.add_trace(go.Bar(x=[row["target"] for row in picked], y=[row["psnr_db_vs_first"] for row in picked],
-                             name=str(output)))
-    fig.update_layout(title="int8 outputs against the first target", barmode="group", yaxis_title="PSNR (dB)")
-    return fig

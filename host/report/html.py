@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from qbench.host import gates as gates_mod
-from qbench.host.report import figures
+from qbench.host.report import compare_page, figures, sections
 from qbench.host.report.exports import AMBER_BELOW_DB, RED_BELOW_DB
 from qbench.host.report.page import esc, figure_html, fmt, note, num_cell, page, table
 
@@ -24,8 +24,8 @@ def write_html(report: Mapping[str, Any], path: PathLike) -> Path:
 
     Args:
         report: A ``qbench.report/1`` dict; ``report["gates"]`` (thresholds, see
-            :class:`qbench.host.gates.Gates`), ``report["profile"]`` and
-            ``report["histograms"]`` are optional.
+            :class:`qbench.host.gates.Gates`), ``report["profile"]``, the layers'
+            ``histogram`` and ``report["weights"]`` are optional.
         path: Where to write, usually ``<out>/report.html``.
 
     Returns:
@@ -45,11 +45,9 @@ def write_html(report: Mapping[str, Any], path: PathLike) -> Path:
         _figure_or_note(figures.latency(report.get("latency") or {}), "No latency samples in this report."),
         _latency_table(report.get("latency") or {}),
         "<h2>Time per operator on the device</h2>",
-        _figure_or_note(figures.op_breakdown(report.get("profile")),
-                        "Per-operator profiling was not collected for this run.", height=520),
+        sections.op_profile(report),
         "<h2>Value histograms of the worst layers</h2>",
-        _figure_or_note(figures.histograms(report.get("histograms"), [layer["name"] for layer in layers]),
-                        "Histograms were not collected for this run."),
+        sections.value_histograms(report),
         "<h2>Layers</h2>",
         _layer_table(layers),
         _unmatched(report.get("unmatched") or []),
@@ -63,9 +61,7 @@ def write_compare_html(compare_report: Mapping[str, Any], path: PathLike) -> Pat
     """Write the HTML report of `qbench compare`: one chart per figure across targets.
 
     Args:
-        compare_report: A ``qbench.compare/1`` dict: ``targets`` (label, status,
-            error, report), ``cross`` (target, output, psnr_db_vs_first) and
-            optionally ``gates`` applied to every target.
+        compare_report: A ``qbench.compare/1`` dict (see :mod:`qbench.host.report.compare`).
         path: Where to write.
 
     Returns:
@@ -73,13 +69,15 @@ def write_compare_html(compare_report: Mapping[str, Any], path: PathLike) -> Pat
     """
     targets = compare_report.get("targets") or []
     ok = [(t["label"], t["report"]) for t in targets if t.get("status") == "ok" and t.get("report")]
-    gates = gates_mod.Gates.from_dict(compare_report.get("gates"))
+    reference = compare_report.get("reference")
     body = [
         "<h1>qbench compare</h1>",
         f'<p class="muted">{esc(compare_report.get("created") or "")} {len(targets)} target(s), '
-        f"{len(ok)} ran</p>",
+        f"{len(ok)} ran; reference for agreement: {esc(reference or 'none')}</p>",
         "<h2>Targets</h2>",
-        _targets_table(targets, gates),
+        compare_page.targets_table(compare_report),
+        "<h2>Output PSNR</h2>",
+        _figure_or_note(compare_page.output_psnr(ok), "No target has output PSNR figures."),
         "<h2>PSNR per layer</h2>",
         _figure_or_note(figures.per_target_psnr(ok), "No target has layer figures.", height=480),
         "<h2>Latency</h2>",
@@ -89,9 +87,9 @@ def write_compare_html(compare_report: Mapping[str, Any], path: PathLike) -> Pat
         "<h2>Time per operator on the device</h2>",
         _figure_or_note(figures.per_target_ops(ok), "Per-operator profiling was not collected.", height=520),
         "<h2>Agreement between targets</h2>",
-        _figure_or_note(figures.cross_target(compare_report.get("cross") or []),
+        _figure_or_note(compare_page.cross_target(compare_report.get("cross") or []),
                         "No cross-target comparison in this report."),
-        _cross_table(compare_report.get("cross") or []),
+        compare_page.cross_table(compare_report.get("cross") or []),
     ]
     path = Path(path)
     path.write_text(page("qbench compare", "\n".join(body)), encoding="utf-8")
@@ -262,38 +260,3 @@ def _unmatched(unmatched: Sequence[Mapping[str, Any]]) -> str:
     return (f"<details><summary>{len(unmatched)} float tensor(s) not matched in the int8 model</summary>"
             f"{table(('name', 'op', 'reason'), rows, sortable=True)}</details>")
 
-
-def _targets_table(targets: Sequence[Mapping[str, Any]], gates: gates_mod.Gates) -> str:
-    rows = []
-    for target in targets:
-        report = target.get("report") or {}
-        device, latency, memory = report.get("device") or {}, report.get("latency") or {}, report.get("memory") or {}
-        if target.get("status") != "ok":
-            rows.append((target.get("label"), f"failed: {target.get('error') or 'unknown error'}",
-                         *["-"] * 8))
-            continue
-        checks = gates_mod.evaluate(report, gates)
-        verdict = "-" if not checks else "pass" if all(c.passed for c in checks) else "FAIL: " + "; ".join(
-            c.message for c in checks if not c.passed)
-        emulated = ", emulated" if device.get("emulated") else ""
-        rows.append((
-            target.get("label"), "ok", f"{device.get('name') or '-'} ({device.get('arch') or '?'}{emulated})",
-            f"{device.get('runtime') or '-'} {device.get('runtime_version') or ''}".strip(),
-            ", ".join(device.get("providers") or []) or "-",
-            num_cell((report.get("summary") or {}).get("output_psnr_db")),
-            num_cell((latency.get("int8") or {}).get("median_ms"), 3, " ms"),
-            num_cell(latency.get("speedup"), 2, "\u00d7"),
-            num_cell((memory.get("int8") or {}).get("peak_mb"), 1, " MB"),
-            verdict,
-        ))
-    return table(("target", "status", "device", "runtime", "providers", "output PSNR dB", "int8 median",
-                  "speedup", "int8 peak", "gates"), rows, sortable=True)
-
-
-def _cross_table(cross: Sequence[Mapping[str, Any]]) -> str:
-    if not cross:
-        return ""
-    rows = [(row.get("target"), row.get("output"),
-             num_cell(row.get("psnr_db_vs_first")) if row.get("psnr_db_vs_first") is not None else "identical")
-            for row in cross]
-    return table(("target", "output", "PSNR dB vs first target"), rows)

@@ -20,6 +20,7 @@ from qbench.protocols.messages import (
     PROGRESS,
     REPLY,
     REQUEST,
+    TENSOR,
     BenchmarkReply,
     BenchmarkRequest,
     CaptureReply,
@@ -67,8 +68,15 @@ class AgentClient:
         self._socket.close(0)
 
     def request(self, kind: MsgType, content: Any, tensors: dict[str, np.ndarray] | None = None,
-                progress: ProgressFn | None = None) -> dict:
-        """Send ``<kind>_request`` and wait for its reply; returns the reply content.
+                progress: ProgressFn | None = None, on_tensor: Callable[[Message], None] | None = None) -> dict:
+        """Send ``<kind>_request`` and wait for its reply; returns the reply content (see :meth:`exchange`)."""
+        return self.exchange(kind, content, tensors, progress, on_tensor).content
+
+    def exchange(self, kind: MsgType, content: Any, tensors: dict[str, np.ndarray] | None = None,
+                 progress: ProgressFn | None = None, on_tensor: Callable[[Message], None] | None = None) -> Message:
+        """Send ``<kind>_request`` and wait for its reply; returns the whole reply, tensor frames included.
+
+        ``on_tensor`` receives the ``tensor`` messages that come before a capture reply (save_tensors).
 
         Raises:
             AgentError: the agent replied with an error, or went silent for ``timeout_s``.
@@ -92,11 +100,14 @@ class AgentClient:
                     progress(str(reply.content.get("stage", "")), int(reply.content.get("done", 0)),
                              int(reply.content.get("total", 0)))
                 continue
+            if reply.type == TENSOR and on_tensor is not None:
+                on_tensor(reply)
+                continue
             if reply.type != kind.value + REPLY:
                 raise AgentError(ErrorInfo("bad_message", f"unexpected {reply.type} to {kind.value}", "host"))
             if reply.status != "ok":
                 raise AgentError(from_dict(ErrorInfo, reply.content))
-            return reply.content
+            return reply
 
     def _check_sizes(self, msg: Message) -> None:
         cap = self.info.limits.max_frame_bytes
@@ -140,11 +151,17 @@ class AgentClient:
 
     def benchmark(self, req: BenchmarkRequest, inputs: dict[str, np.ndarray],
                   progress: ProgressFn | None = None) -> BenchmarkReply:
-        return from_dict(BenchmarkReply, self.request(MsgType.BENCHMARK, req, inputs, progress))
+        return self.benchmark_outputs(req, inputs, progress)[0]
 
-    def capture(self, req: CaptureRequest, inputs: dict[str, np.ndarray],
-                progress: ProgressFn | None = None) -> CaptureReply:
-        return from_dict(CaptureReply, self.request(MsgType.CAPTURE, req, inputs, progress))
+    def benchmark_outputs(self, req: BenchmarkRequest, inputs: dict[str, np.ndarray],
+                          progress: ProgressFn | None = None) -> tuple[BenchmarkReply, dict[str, np.ndarray]]:
+        """:meth:`benchmark`, plus the model outputs by name when ``req.return_outputs`` (leading sample axis)."""
+        reply = self.exchange(MsgType.BENCHMARK, req, inputs, progress)
+        return from_dict(BenchmarkReply, reply.content), dict(zip(reply.names, reply.tensors))
+
+    def capture(self, req: CaptureRequest, inputs: dict[str, np.ndarray], progress: ProgressFn | None = None,
+                on_tensor: Callable[[Message], None] | None = None) -> CaptureReply:
+        return from_dict(CaptureReply, self.request(MsgType.CAPTURE, req, inputs, progress, on_tensor))
 
     def shutdown(self) -> None:
         self.request(MsgType.SHUTDOWN, {})

@@ -1,0 +1,68 @@
+"""``qbench calibrate``: quantize with each calibration method, measure each on the device, keep the best."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import gates
+from ..calibrate import calibrate as compare_methods
+from ..errors import UserError
+from ..quantize.onnx import METHODS
+from .main import app
+from .options import RunOptions, with_run_options
+from .tuning import finish, fmt, fmt_psnr, start_trials
+
+
+@app.command()
+@with_run_options
+def calibrate(
+    model: Path = typer.Argument(..., help="float model (.onnx)"),
+    device: str = typer.Option("local", "--device", "-d", help="device name from devices.yaml; `local` needs none"),
+    methods: str = typer.Option(",".join(METHODS), "--methods", help="comma-separated: " + ",".join(METHODS)),
+    *,
+    opts: RunOptions,
+) -> None:
+    """Quantize MODEL once per calibration method, measure each on DEVICE, and keep the best as the int8 model."""
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise UserError(f"--methods: give distinct methods among {', '.join(METHODS)}, got {methods!r}")
+    if opts.calibration_method != "minmax":
+        raise UserError("`qbench calibrate` tries every method of --methods; --calibration-method does not apply")
+    trials, ui = start_trials("calibrate", model, device, opts)
+    try:
+        path, report = compare_methods(trials, chosen)
+    finally:
+        ui.close()
+    table = report["calibration"]
+    if not opts.as_json:
+        render_methods(table["methods"], Console())
+        Console(stderr=True).print(f"winner (*): [bold]{table['winner']}[/] (highest output PSNR; ties: lower int8 latency)")
+    passed = finish(report, path, opts, {"winner": table["winner"], "methods": table["methods"]})
+    if not passed:
+        raise typer.Exit(gates.GATE_FAILED)
+
+
+def render_methods(rows: list[dict[str, Any]], console: Console) -> None:
+    """The methods table: the seed article's Table 1, measured on the device."""
+    table = Table(title="calibration methods (each measured on the device)", header_style="bold",
+                  caption="PSNR in dB (out: model output); worse: layers > 1 dB below the winner's (*); Δ: mean layer PSNR - winner's")
+    for column in ("method", "out", "layer mean", "layer min", "worse", "Δ", "int8 ms", "speedup", "int8 MB"):
+        table.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["method"], f"[red]failed: {row['error']}[/]", *[""] * 7)
+            continue
+        table.add_row(
+            f"[bold]{row['method']}[/] *" if row["winner"] else row["method"], fmt_psnr(row),
+            fmt(row["layer_psnr_mean_db"]), fmt(row["layer_psnr_min_db"]),
+            f"{row['layers_worse']}/{row['layers_compared']}", fmt(row["layer_delta_mean_db"], signed=True),
+            fmt(row["latency_int8_ms"], digits=3), fmt(row["speedup"], "x"), fmt(row["peak_mb_int8"], digits=1),
+        )
+    console.print(table)
+

@@ -1,0 +1,210 @@
+"""What `run` and `compare` share: their common options, and what each run writes and records.
+
+Both commands measure the same float/int8 pair the same way; they differ only in
+how many targets they measure it on. The options they share are declared once, in
+:class:`RunOptions`, and :func:`with_run_options` adds them to a command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, Sequence
+
+import typer
+
+from qbench.protocols.messages import RunnerConfig, TimingConfig
+
+from .. import gates as gates_mod
+from ..errors import UserError
+from ..gates import GateCheck, Gates
+from ..inventory import Device
+from ..quantize.prepare import parse_input_shapes
+from ..report.artifacts import write_artifacts
+from ..report.build import build_report, write_json
+from ..session import RunSettings, RunState
+from ..session_tflite import delegate_fields
+from ..store.db import ResultsStore
+
+METHODS = ("minmax", "entropy", "percentile", "distribution")
+ACTIVATION_TYPES = ("int8", "uint8", "int16")
+
+
+@dataclass
+class RunOptions:
+    """The options every measuring command takes, as typed by the user."""
+
+    devices: Annotated[Optional[Path], typer.Option(
+        "--devices", envvar="QBENCH_DEVICES", help="inventory file")] = None
+    int8: Annotated[Optional[Path], typer.Option(
+        "--int8", help="your int8 model; otherwise qbench quantizes MODEL")] = None
+    input_shape: Annotated[list[str], typer.Option(
+        "--input-shape", help="name:d0,d1,... fixes dynamic dims (repeat)")] = field(default_factory=list)
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="evaluation samples: .npz, one (N, *shape) array per input")] = None
+    calibration: Annotated[Optional[Path], typer.Option(
+        "--calibration", help="calibration samples (.npz, as --data)")] = None
+    samples: Annotated[int, typer.Option(
+        "--samples", min=1, help="random evaluation samples when --data is not given")] = 4
+    calibration_method: Annotated[str, typer.Option(
+        "--calibration-method", help="|".join(METHODS))] = "minmax"
+    activation_type: Annotated[str, typer.Option(
+        "--activation-type", help="int8 | uint8 (ONNX) | int16 (TFLite)")] = "int8"
+    equalize: Annotated[bool, typer.Option(
+        "--equalize", help="cross-layer weight equalization before quantizing (ONNX)")] = False
+    per_tensor: Annotated[bool, typer.Option(
+        "--per-tensor", help="ONNX: one scale per weight tensor, not per channel")] = False
+    runs: Annotated[int, typer.Option("--runs", min=1, help="timed runs, at least")] = 20
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="untimed runs before timing")] = 5
+    min_seconds: Annotated[float, typer.Option(
+        "--min-seconds", min=0.0, help="time each model at least this long")] = 0.5
+    profile_runs: Annotated[int, typer.Option(
+        "--profile-runs", min=0, help="per-op kernel times over N runs of a separate profiling session; 0: off")] = 10
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, help="runtime threads (default: device's)")] = None
+    delegate_path: Annotated[Optional[str], typer.Option(
+        "--delegate-path", help="TFLite: external delegate library")] = None
+    delegate_option: Annotated[list[str], typer.Option(
+        "--delegate-option", help="TFLite: key=value for it (repeat)")] = field(default_factory=list)
+    capture_delegate: Annotated[Optional[str], typer.Option(
+        "--capture-delegate", help="TFLite: delegate of the per-layer capture (none: builtin kernels); "
+                                   "timing keeps --delegate")] = None
+    memory_budget: Annotated[float, typer.Option(
+        "--memory-budget", min=1.0, help="MB of tensors per capture pass")] = 256.0
+    histogram_bins: Annotated[int, typer.Option(
+        "--histogram-bins", min=0, max=1024, help="value histogram bins per layer (0: none)")] = 64
+    save_tensors: Annotated[Optional[Path], typer.Option(
+        "--save-tensors", help="stream every captured tensor into DIR (<layer>.float/.int8.npy + index.json)")] = None
+    drop_db: Annotated[float, typer.Option(
+        "--drop-db", help="flag layers whose PSNR falls more than this below inputs")] = 6.0
+    worst: Annotated[int, typer.Option("--worst", min=0, help="how many worst layers to print")] = 5
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="output directory (default: a new one in ./qbench-out)")] = None
+    seed: Annotated[int, typer.Option("--seed")] = 0
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=1.0, help="seconds of agent silence before giving up")] = 60.0
+    accept_new_host: Annotated[bool, typer.Option(
+        "--accept-new-host", help="trust an SSH host key not yet known")] = False
+    fail_under_psnr: Annotated[Optional[float], typer.Option(
+        "--fail-under-psnr", help="gate: output PSNR below DB")] = None
+    fail_under_speedup: Annotated[Optional[float], typer.Option(
+        "--fail-under-speedup", help="gate: speedup below X")] = None
+    fail_over_memory: Annotated[Optional[float], typer.Option(
+        "--fail-over-memory", help="gate: int8 peak memory over MB")] = None
+    fail_on_drop: Annotated[bool, typer.Option("--fail-on-drop", help="gate: any sudden PSNR drop")] = False
+    db: Annotated[Optional[Path], typer.Option(
+        "--db", help="results database (default: in the user data dir)")] = None
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or notes")] = False
+
+    def validate(self) -> None:
+        """Raises UserError for values typer cannot check by itself."""
+        if self.calibration_method not in METHODS:
+            raise UserError(f"--calibration-method must be one of {', '.join(METHODS)}, "
+                            f"not {self.calibration_method!r}")
+        if self.activation_type not in ACTIVATION_TYPES:
+            raise UserError(f"--activation-type must be {', '.join(ACTIVATION_TYPES[:-1])} or {ACTIVATION_TYPES[-1]}, "
+                            f"not {self.activation_type!r}")
+
+    def gates(self) -> Gates:
+        return Gates(self.fail_under_psnr, self.fail_under_speedup, self.fail_over_memory, self.fail_on_drop)
+
+    def settings(self, model: Path, out_dir: Path, device: str, runner: RunnerConfig, debug: bool) -> RunSettings:
+        """The settings of one run of ``model`` on ``device`` with ``runner``."""
+        return RunSettings(
+            model=model, out_dir=out_dir, int8=self.int8, device=device,
+            input_shapes=parse_input_shapes(self.input_shape), data=self.data, calibration=self.calibration,
+            samples=self.samples, calibration_method=self.calibration_method, activation_type=self.activation_type,
+            seed=self.seed, runner=runner,
+            timing=TimingConfig(warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds),
+            profile_runs=self.profile_runs, capture_delegate=self.capture_delegate, equalize=self.equalize,
+            per_channel=not self.per_tensor, memory_budget_mb=self.memory_budget, drop_db=self.drop_db,
+            histogram_bins=self.histogram_bins, save_tensors=self.save_tensors,
+            worst=self.worst, timeout_s=self.timeout, debug=debug,
+        )
+
+
+def with_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add every :class:`RunOptions` field to ``command``'s options; it receives them as ``opts``.
+
+    typer reads a command's options from its signature, so the wrapper's signature is the
+    command's own parameters (without ``opts``) followed by the shared ones.
+    """
+    hints = typing.get_type_hints(RunOptions, include_extras=True)
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                default=f.default_factory() if f.default_factory is not dataclasses.MISSING
+                                else f.default)
+              for f in dataclasses.fields(RunOptions)]
+    own = inspect.signature(command)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        opts = RunOptions(**{p.name: kwargs.pop(p.name) for p in shared})
+        return command(opts=opts, **kwargs)
+
+    wrapper.__signature__ = own.replace(  # type: ignore[attr-defined]
+        parameters=[*(p for p in own.parameters.values() if p.name != "opts"), *shared])
+    return wrapper
+
+
+def runner_config(device: Device, threads: Optional[int], providers: Optional[list[str]] = None,
+                  delegate: Optional[str] = None, delegate_path: Optional[str] = None,
+                  delegate_options: Sequence[str] = ()) -> RunnerConfig:
+    """How the worker builds its session on ``device``: the command line's choices over the device's.
+
+    Args:
+        device: from the inventory; its providers, delegate and threads are the defaults.
+        threads: ``--threads``.
+        providers: ONNX: an ordered provider chain; a provider the device lists with options keeps them.
+        delegate, delegate_path, delegate_options: TFLite: ``--delegate``, ``--delegate-path``,
+            ``--delegate-option`` (see :func:`qbench.host.session_tflite.delegate_fields`).
+
+    Raises:
+        UserError: a delegate option not of the form ``key=value``.
+    """
+    known = dict(zip(device.provider_names, device.provider_options))
+    chain = list(providers or device.provider_names)
+    return RunnerConfig(runtime=device.runtime, providers=chain, provider_options=[known.get(p, {}) for p in chain],
+                        threads=threads or device.threads,
+                        **delegate_fields(device, delegate, delegate_path, list(delegate_options)))
+
+
+def default_out_dir(model: Path, suffix: str = "") -> Path:
+    """A new directory ``./qbench-out/<model>[-suffix]-<time>``."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("qbench-out") / f"{model.stem}{'-' + suffix if suffix else ''}-{stamp}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+@dataclass
+class RunOutputs:
+    """What one finished (or failed) run wrote and recorded."""
+
+    report: dict[str, Any]
+    path: Path
+    written: dict[str, Path]
+    run_id: Optional[int]
+    gate_failures: list[GateCheck]
+
+
+def write_run(state: RunState, device: Device, gates: Gates, db: Optional[Path]) -> RunOutputs:
+    """Write report.json and its artifacts in the run's directory, record a complete run, check the gates."""
+    report = build_report(state)
+    report["device"]["emulated"] = bool(device.emulation)
+    report["gates"] = gates.to_dict()
+    out_dir = state.settings.out_dir
+    path = out_dir / "report.json"
+    write_json(report, path)
+    written = write_artifacts(report, out_dir)
+    run_id = None if state.error else ResultsStore(db).record(report, path)
+    checks = gates_mod.failures(report, gates) if gates.active and not state.error else []
+    return RunOutputs(report, path, written, run_id, checks)

@@ -1,0 +1,261 @@
+"""``qbench fix``: mixed precision found greedily and verified on the device.
+
+A *layer* is a compared float tensor of the report (its name is the tensor's name), produced by
+one node of the prepared float graph. Moving a layer to higher precision covers the layer's tensor
+and the activation tensors its node reads, because a layer shows error either from its own
+quantization or by amplifying the quantization error of its inputs (a softmax over wide logits):
+
+* ``float``: every node that produces or reads one of those tensors is excluded from quantization
+  (``nodes_to_exclude``), so the layer's node computes in float, from float inputs, with float
+  weights. ONNX Runtime's QDQ quantizer quantizes a tensor when its producer *or any* reader is
+  quantized, so excluding the layer's node alone would leave its tensors quantized.
+* ``int16``: those of the tensors that the baseline quantizes get int16 activations
+  (``TensorQuantOverrides``, quant_type QInt16).
+
+Steps (every one a real measurement on the device, see :mod:`qbench.host.trials`):
+
+1. baseline: everything quantized.
+2. fallback: rank the layers of the last kept step's report with
+   :func:`qbench.host.compare.sensitivity.rank_sensitive` and move the first ``layers_per_step``
+   eligible ones (not moved yet, moving them changes the quantization settings, and in float some
+   node stays quantized) to higher precision. Repeat until the output PSNR reaches the target,
+   ``max_steps`` fallback steps were measured, no layer is eligible, or a step's int8 median latency
+   exceeds ``max_latency_ratio`` x the baseline's (that step is not kept).
+3. revert, only when the target was met: for each moved layer, last moved first, quantize it again;
+   keep the revert when the output PSNR still reaches the target.
+
+A step whose settings equal an already measured step's is not measured again: it carries that
+step's figures and says ``same_as_step``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+
+from .errors import UserError
+from .trials import INT8_NAME, Trials, output_psnr, step_figures
+
+PRECISIONS = ("float", "int16")
+
+Ranker = Callable[..., list[dict]]
+
+
+@dataclass
+class FixResult:
+    """What ``fix`` found.
+
+    Attributes:
+        met: the final model reaches the target.
+        report_path: ``out/report.json`` (the final model's report with the ``fix`` key).
+        report: that report.
+    """
+
+    met: bool
+    report_path: Path
+    report: dict[str, Any]
+
+
+@dataclass
+class _Trial:
+    step: int
+    layers: tuple[str, ...]
+    model: Path
+    report: dict[str, Any]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+class Fixer:
+    """Greedy mixed-precision search on the device.
+
+    Args:
+        trials: set up with the shared run settings.
+        target_psnr_db: the output PSNR to reach (every float output, the lowest counts).
+        precision: "float" or "int16".
+        method: the calibration method of every step.
+        max_steps: fallback steps to measure at most (the baseline and reverts do not count).
+        max_latency_ratio: stop when a step's int8 median latency exceeds this times the baseline's.
+        layers_per_step: layers moved per fallback step.
+        rank: the sensitivity ranking; defaults to ``rank_sensitive``.
+    """
+
+    def __init__(self, trials: Trials, target_psnr_db: float, precision: str = "float", method: str = "minmax",
+                 max_steps: int = 8, max_latency_ratio: float | None = None, layers_per_step: int = 1,
+                 rank: Ranker | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self.trials = trials
+        self.target = target_psnr_db
+        self.precision = precision
+        self.method = method
+        self.max_steps = max_steps
+        self.max_latency_ratio = max_latency_ratio
+        self.layers_per_step = layers_per_step
+        self.rank = rank
+        self.steps: list[dict[str, Any]] = []
+        self._measured: dict[tuple, _Trial] = {}
+        self._producer: dict[str, str] = {}
+        self._readers: dict[str, list[str]] = {}
+        self._inputs: dict[str, list[str]] = {}
+        self._quantized: set[str] = set()
+        self._all_nodes: set[str] = set()
+
+    def run(self) -> FixResult:
+        """Runs baseline, fallback and revert steps; publishes the final model and report."""
+        prepared = self.trials.prepare()
+        self._index_graph(onnx.load(str(prepared.path)).graph)
+        current = self._step("baseline", (), ())
+        self._quantized = {x["name"] for x in current.report.get("layers", []) if x.get("rule") == "qdq"}
+        stop = "target met"
+        fallback_steps = 0
+        while not self._met(current):
+            if fallback_steps >= self.max_steps:
+                stop = f"--max-steps {self.max_steps} spent"
+                break
+            chosen = self._candidates(current)
+            if not chosen:
+                stop = "no layer left to move"
+                break
+            fallback_steps += 1
+            trial = self._step("fallback", tuple(chosen), (*current.layers, *chosen))
+            ratio = self.steps[-1]["latency_ratio"]
+            if self.max_latency_ratio is not None and (ratio is None or ratio > self.max_latency_ratio):
+                self.steps[-1]["kept"] = False
+                stop = f"latency budget spent: {ratio}x the baseline's int8 latency > {self.max_latency_ratio}x"
+                break
+            current = trial
+        if self._met(current):
+            current = self._revert_pass(current)
+        met = self._met(current)
+        payload = {
+            "target_psnr_db": self.target,
+            "precision": self.precision,
+            "met": met,
+            "stop": stop if not met else "target met",
+            "steps": self.steps,
+            "kept_float": list(current.layers) if self.precision == "float" else [],
+            "kept_int16": list(current.layers) if self.precision == "int16" else [],
+            "settings": self.quantize_settings(current.layers),
+        }
+        path, report = self.trials.publish(current.report, current.model, "fix", payload)
+        return FixResult(met, path, report)
+
+    def quantize_settings(self, layers: tuple[str, ...]) -> dict[str, Any]:
+        """The exact :func:`~qbench.host.quantize.onnx.quantize_onnx` arguments of a step (JSON).
+
+        ``tensor_overrides`` names its quant_type by ``onnxruntime.quantization.QuantType`` member.
+        """
+        moved = sorted(set().union(*(self._move(layer) for layer in layers)))
+        excluded = moved if self.precision == "float" else []
+        overrides = {} if self.precision == "float" else {name: [{"quant_type": "QInt16"}] for name in moved}
+        return {
+            "float_path": str(Path(self.trials.prepared.path).resolve()),
+            "calibration": self.trials.calibration_source,
+            "method": self.method,
+            "activation_type": self.trials.base.activation_type,
+            "per_channel": self.trials.base.per_channel,
+            "nodes_to_exclude": excluded,
+            "tensor_overrides": overrides,
+        }
+
+    def _revert_pass(self, current: _Trial) -> _Trial:
+        for layer in reversed(current.layers):
+            remaining = tuple(x for x in current.layers if x != layer)
+            trial = self._step("revert", (layer,), remaining)
+            if self._met(trial):
+                current = trial
+            else:
+                self.steps[-1]["kept"] = False
+        return current
+
+    def _step(self, action: str, layers: tuple[str, ...], fallback: tuple[str, ...]) -> _Trial:
+        """Quantizes with ``fallback`` in higher precision and measures it (or reuses an equal step)."""
+        index = len(self.steps)
+        settings = self.quantize_settings(fallback)
+        key = (tuple(settings["nodes_to_exclude"]), tuple(sorted(settings["tensor_overrides"])))
+        entry: dict[str, Any] = {"step": index, "action": action, "layers": list(layers),
+                                 "fallback": list(fallback)}
+        earlier = self._measured.get(key)
+        if earlier is None:
+            step_dir = self.trials.base.out_dir / "steps" / f"{index:02d}-{action}"
+            model = self.trials.quantize(
+                step_dir / INT8_NAME, method=self.method, nodes_to_exclude=settings["nodes_to_exclude"],
+                tensor_overrides=_ort_overrides(settings["tensor_overrides"]),
+            )
+            report = self.trials.measure(f"step {index} {action}", model, step_dir, self.method)
+            trial = _Trial(index, fallback, model, report, step_figures(report))
+            self._measured[key] = trial
+        else:
+            trial = _Trial(index, fallback, earlier.model, earlier.report, earlier.figures)
+            entry["same_as_step"] = earlier.step
+        baseline = self.steps[0]["latency_int8_ms"] if self.steps else trial.figures["latency_int8_ms"]
+        entry.update(trial.figures)
+        entry["latency_ratio"] = _ratio(trial.figures["latency_int8_ms"], baseline)
+        entry["model"] = str(trial.model)
+        entry["kept"] = True
+        self.steps.append(entry)
+        return trial
+
+    def _met(self, trial: _Trial) -> bool:
+        value = output_psnr(trial.report)
+        return value is not None and value >= self.target
+
+    def _candidates(self, current: _Trial) -> list[str]:
+        """The next layers to move: the worst of the current report that are eligible."""
+        rank = self.rank
+        if rank is None:
+            from .compare.sensitivity import rank_sensitive as rank
+        layers = current.report.get("layers", [])
+        names = {layer["name"] for layer in layers}
+        moved = set().union(*(self._move(layer) for layer in current.layers))
+        chosen: list[str] = []
+        for entry in rank(layers, current.report.get("weights"), None):
+            name = entry["name"]
+            if name in current.layers or name not in names:
+                continue
+            more = self._move(name)
+            if more <= moved or (self.precision == "float" and moved | more >= self._all_nodes):
+                continue
+            moved |= more
+            chosen.append(name)
+            if len(chosen) == self.layers_per_step:
+                break
+        return chosen
+
+    def _index_graph(self, graph) -> None:
+        constants = {t.name for t in graph.initializer}
+        self._all_nodes = {node.name for node in graph.node}
+        for node in graph.node:
+            self._inputs[node.name] = [i for i in node.input if i and i not in constants]
+            for name in node.output:
+                self._producer[name] = node.name
+            for name in self._inputs[node.name]:
+                self._readers.setdefault(name, []).append(node.name)
+
+    def _move(self, layer: str) -> set[str]:
+        """What moving ``layer`` puts in higher precision: nodes (float) or tensors (int16)."""
+        node = self._producer.get(layer)
+        tensors = {layer, *(self._inputs.get(node, []) if node else [])}
+        if self.precision == "int16":
+            return tensors & self._quantized
+        nodes = {n for t in tensors for n in (self._producer.get(t), *self._readers.get(t, [])) if n}
+        return nodes
+
+
+def _ort_overrides(overrides: dict[str, list[dict[str, str]]]) -> dict | None:
+    """JSON overrides (quant_type by name) as ONNX Runtime takes them (QuantType members)."""
+    if not overrides:
+        return None
+    from onnxruntime.quantization import QuantType
+
+    return {name: [{**o, "quant_type": QuantType[o["quant_type"]]} for o in spec] for name, spec in overrides.items()}
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
+        return None
+    return round(value / base, 4)
+

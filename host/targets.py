@@ -1,0 +1,114 @@
+"""The targets of `qbench compare`, and running one float/int8 pair on all of them.
+
+A target is a device with one runner configuration (a delegate or a provider chain).
+Targets on different machines run at the same time, a thread each with its own
+transport and agent. Targets on the same machine run one after another: concurrent
+runs would distort each other's timings. Every local device is this machine; an SSH
+device is its host and port.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from qbench.protocols.messages import RunnerConfig
+
+from . import session
+from .errors import UserError
+from .inventory import Device
+from .session import UI, RunSettings, RunState
+from .transport.base import AgentTransport
+
+log = logging.getLogger("qbench")
+
+
+@dataclass
+class Target:
+    """One column of the comparison: where and how the pair runs.
+
+    Attributes:
+        label: unique, shown in every table (``device`` or ``device:variant``).
+        device: from the inventory.
+        runner: how the worker builds its session there.
+    """
+
+    label: str
+    device: Device
+    runner: RunnerConfig
+
+    @property
+    def dirname(self) -> str:
+        """The label as a directory name (the target's report goes there)."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.label).strip("._") or "target"
+
+    @property
+    def machine(self) -> str:
+        """Which machine the target's timings run on; one machine's targets never run at once."""
+        return "local" if self.device.transport == "local" else f"{self.device.host}:{self.device.port}"
+
+
+@dataclass
+class TargetRun:
+    """A target's run: its state, or why it could not start.
+
+    Attributes:
+        target: the target.
+        state: the run's state (``state.error`` says which stage failed); None when it never started.
+        error: why it never started (``state`` is None then).
+    """
+
+    target: Target
+    state: Optional[RunState] = None
+    error: Optional[str] = None
+
+    @property
+    def failure(self) -> Optional[str]:
+        """One line saying why this target failed, None when it ran."""
+        if self.error is not None:
+            return self.error
+        if self.state is not None and self.state.error:
+            first = (self.state.error["message"].splitlines() or [""])[0]
+            return f"{self.state.error['stage']} failed: {first}"
+        return None
+
+
+def run_targets(targets: list[Target], settings_for: Callable[[Target], RunSettings],
+                transport_for: Callable[[Target], AgentTransport],
+                ui_for: Callable[[Target], UI]) -> list[TargetRun]:
+    """Run every target; a target that fails never takes the others' results with it.
+
+    Args:
+        targets: distinct labels.
+        settings_for: the run settings of a target (its own ``out_dir``).
+        transport_for: a not-yet-started transport to the target's device.
+        ui_for: where a target's stages and progress go (called from the target's thread).
+
+    Returns:
+        One run per target, in the order of ``targets``.
+    """
+    machines: dict[str, list[Target]] = {}
+    for target in targets:
+        machines.setdefault(target.machine, []).append(target)
+
+    def run_machine(group: list[Target]) -> list[TargetRun]:
+        return [_run_one(t, settings_for, transport_for, ui_for) for t in group]
+
+    with ThreadPoolExecutor(max_workers=len(machines), thread_name_prefix="qbench-target") as pool:
+        done = [run for future in [pool.submit(run_machine, g) for g in machines.values()] for run in future.result()]
+    by_label = {run.target.label: run for run in done}
+    return [by_label[t.label] for t in targets]
+
+
+def _run_one(target: Target, settings_for: Callable[[Target], RunSettings],
+             transport_for: Callable[[Target], AgentTransport], ui_for: Callable[[Target], UI]) -> TargetRun:
+    try:
+        return TargetRun(target, state=session.run(settings_for(target), transport_for(target), ui_for(target)))
+    except UserError as exc:
+        return TargetRun(target, error=str(exc))
+    except Exception as exc:  # one target's bug must not lose every other target's results
+        log.debug("target %s failed", target.label, exc_info=True)
+        return TargetRun(target, error=f"{type(exc).__name__}: {exc}")

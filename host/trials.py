@@ -1,0 +1,199 @@
+"""Several int8 versions of one float model, each measured on the device: the engine of
+``qbench calibrate`` and ``qbench fix``.
+
+The float model is prepared once and calibrated on one set of samples; every int8 candidate is then
+measured by a real :func:`qbench.host.session.run` against that same prepared float model, so every
+figure comes from the agent. The float model is timed in the first trial only; later trials carry
+that float timing (the same file on the same device), and their reports say so in ``notes``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from qbench.protocols.messages import BenchmarkReply
+
+from . import data as data_mod
+from .errors import UserError
+from .models import inspect_model
+from .quantize.onnx import quantize_onnx
+from .quantize.prepare import Prepared, prepare_float
+from .report.artifacts import write_artifacts
+from .report.build import build_report, write_json
+from .session import UI, RunSettings, run
+from .transport.base import AgentTransport
+
+INT8_NAME = "model.int8.onnx"
+REUSED_FLOAT_NOTE = "float latency and memory were measured in the first trial (same float model, same device)"
+
+
+class TrialUI(UI):
+    """Prefixes stages with the trial's label and says each distinct note once across trials."""
+
+    def __init__(self, ui: UI) -> None:
+        self.ui = ui
+        self.label = ""
+        self._said: set[str] = set()
+
+    def stage(self, name: str) -> None:
+        self.ui.stage(f"{self.label}: {name}" if self.label else name)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.ui.progress(stage, done, total)
+
+    def note(self, text: str) -> None:
+        if text not in self._said:
+            self._said.add(text)
+            self.ui.note(text)
+
+    def warn(self, text: str) -> None:
+        if text not in self._said:
+            self._said.add(text)
+            self.ui.warn(text)
+
+
+class Trials:
+    """Prepares a float model once, then quantizes and measures int8 candidates of it.
+
+    Args:
+        base: the run settings every trial shares (``model`` is the user's float model,
+            ``out_dir`` the command's output directory).
+        transport: makes a fresh, not yet started transport to the device for each trial.
+        ui: progress for the user.
+        emulated: the device is emulated (copied into each report, as ``run`` does).
+        sections: more top-level keys for the published report (``gates``, say).
+    """
+
+    def __init__(self, base: RunSettings, transport: Callable[[], AgentTransport], ui: UI | None = None,
+                 emulated: bool = False, sections: dict[str, Any] | None = None) -> None:
+        if inspect_model(base.model).format != "onnx":
+            raise UserError(
+                f"{base.model}: only ONNX models can be calibrated or fixed; for .tflite, ai-edge-quantizer "
+                "calibrates activations with min/max only and per-layer fallback is not wired up yet"
+            )
+        self.base = base
+        self.transport = transport
+        self.ui = TrialUI(ui or UI())
+        self.emulated = emulated
+        self.sections = dict(sections or {})
+        self.prepared: Prepared | None = None
+        self.calibration: dict[str, np.ndarray] = {}
+        self.calibration_source = ""
+        self._float_benchmark: BenchmarkReply | None = None
+
+    def prepare(self) -> Prepared:
+        """Prepares the float model into ``out_dir`` and loads (or draws) the calibration samples once."""
+        s = self.base
+        self.ui.stage("prepare")
+        prepared = prepare_float(s.model, s.input_shapes, s.out_dir, debug=s.debug)
+        for note in prepared.notes:
+            self.ui.note(note)
+        if s.calibration is not None:
+            self.calibration = data_mod.load_samples(s.calibration, prepared.inputs)
+            self.calibration_source = str(Path(s.calibration).resolve())
+        else:
+            self.ui.warn(f"no --calibration given: calibrating on {s.calibration_samples} random samples. "
+                         "Random calibration misstates real accuracy; pass real data with --calibration FILE.npz")
+            self.calibration = data_mod.random_samples(prepared.inputs, s.calibration_samples, s.seed + 1)
+            self.calibration_source = f"random: {s.calibration_samples} samples, seed {s.seed + 1}"
+        self.prepared = prepared
+        return prepared
+
+    def quantize(self, out_path: Path, **options: Any) -> Path:
+        """Quantizes the prepared float model with :func:`quantize_onnx` and these calibration samples.
+
+        Args:
+            out_path: the int8 model to write.
+            **options: quantize_onnx keyword arguments (``method``, ``nodes_to_exclude``, ...).
+        """
+        self.ui.stage("quantize")
+        options.setdefault("activation_type", self.base.activation_type)
+        options.setdefault("per_channel", self.base.per_channel)
+        return quantize_onnx(self.prepared.path, out_path, self.calibration, debug=self.base.debug, **options)
+
+    def measure(self, label: str, int8_path: Path, out_dir: Path, method: str) -> dict[str, Any]:
+        """Runs the prepared float model and ``int8_path`` on the device; writes and returns the report.
+
+        Args:
+            label: names the trial in progress lines and errors.
+            int8_path: the candidate int8 model.
+            out_dir: the trial's directory; its ``report.json`` is written there.
+            method: the calibration method the candidate was quantized with (recorded in settings).
+
+        Raises:
+            UserError: the run failed on the device (the partial report is still written).
+        """
+        first = self._float_benchmark is None
+        settings = dataclasses.replace(
+            self.base, model=self.prepared.path, int8=Path(int8_path), out_dir=Path(out_dir),
+            calibration_method=method, time_float=first, equalize=False,
+            runner=dataclasses.replace(self.base.runner),
+        )
+        self.ui.label = label
+        try:
+            state = run(settings, self.transport(), self.ui)
+        finally:
+            self.ui.label = ""
+        if not state.error:
+            if first:
+                self._float_benchmark = state.benchmarks["float"]
+            else:
+                state.benchmarks = {"float": self._float_benchmark, **state.benchmarks}
+                state.notes.append(REUSED_FLOAT_NOTE)
+        report = build_report(state)
+        report["device"]["emulated"] = self.emulated
+        report_path = Path(out_dir) / "report.json"
+        write_json(report, report_path)
+        if state.error:
+            message = (state.error["message"].splitlines() or [""])[0]
+            raise UserError(f"{label}: {state.error['stage']} failed: {message} (partial report in {report_path})")
+        return report
+
+    def publish(self, report: dict[str, Any], int8_path: Path, key: str, payload: Any) -> tuple[Path, dict[str, Any]]:
+        """Makes a trial the command's result: its model as ``out_dir/model.int8.onnx``, its report as
+        ``out_dir/report.json`` (plus report.html and the exports) with ``payload`` under ``key`` and
+        the extra ``sections``.
+
+        Returns:
+            The report's path and the report.
+        """
+        out_dir = self.base.out_dir
+        final = out_dir / INT8_NAME
+        if Path(int8_path).resolve() != final.resolve():
+            shutil.copyfile(int8_path, final)
+        report = copy.deepcopy(report)
+        report["models"]["int8"]["path"] = str(final.resolve())
+        report["settings"]["int8"] = str(final)
+        report.update(self.sections)
+        report[key] = payload
+        path = out_dir / "report.json"
+        write_json(report, path)
+        write_artifacts(report, out_dir)
+        return path, report
+
+
+def output_psnr(report: dict[str, Any]) -> float | None:
+    """The report's output PSNR, ``inf`` when every float output is exact, None when undefined."""
+    summary = report.get("summary") or {}
+    value = summary.get("output_psnr_db")
+    if value is None and summary.get("outputs_exact"):
+        return float("inf")
+    return value
+
+
+def step_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The device figures every trial row shows: output PSNR, int8 latency and memory, speedup."""
+    latency, memory = report.get("latency") or {}, report.get("memory") or {}
+    return {
+        "output_psnr_db": (report.get("summary") or {}).get("output_psnr_db"),
+        "outputs_exact": bool((report.get("summary") or {}).get("outputs_exact")),
+        "latency_int8_ms": (latency.get("int8") or {}).get("median_ms"),
+        "speedup": latency.get("speedup"),
+        "peak_mb_int8": (memory.get("int8") or {}).get("peak_mb"),
+    }
