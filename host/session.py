@@ -8,6 +8,7 @@ what was already measured, and says which stage failed.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from qbench.protocols.messages import (
     BenchmarkRequest,
     CaptureReply,
     CaptureRequest,
+    HelloReply,
     RunnerConfig,
     TimingConfig,
 )
@@ -113,10 +115,15 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     ui = ui or UI()
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    float_path, int8_path = _prepare_models(state, ui)
-    inputs = _samples(state, ui)
+    agent = _AgentStart(transport, settings.timeout_s)
     try:
-        _measure(state, transport, float_path, int8_path, inputs, ui)
+        float_path, int8_path = _prepare_models(state, ui)
+        inputs = _samples(state, ui)
+    except BaseException:
+        agent.abandon()
+        raise
+    try:
+        _measure(state, transport, agent, float_path, int8_path, inputs, ui)
     except (AgentError, TransportError, UserError) as exc:
         info = getattr(exc, "info", None)
         state.error = {"stage": state.stage, "code": getattr(info, "code", "error"), "message": str(
@@ -215,14 +222,46 @@ def _samples(state: RunState, ui: UI) -> dict[str, np.ndarray]:
     return data_mod.random_samples(specs, s.samples, s.seed)
 
 
-def _measure(state: RunState, transport: AgentTransport, float_path: Path, int8_path: Path,
+class _AgentStart:
+    """Starts the agent and says hello in a thread, so that its start-up overlaps the host's preparation."""
+
+    def __init__(self, transport: AgentTransport, timeout_s: float):
+        self._transport, self._timeout_s = transport, timeout_s
+        self._client: AgentClient | None = None
+        self._hello: HelloReply | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, name="qbench-agent-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self._client = AgentClient(self._transport.start(), timeout_s=self._timeout_s)
+            self._hello = self._client.hello()
+        except BaseException as exc:  # handed to the run's thread by result()
+            self._error = exc
+
+    def result(self) -> tuple[AgentClient | None, HelloReply | None, BaseException | None]:
+        """The connected client and its hello reply, or the error that stopped the start."""
+        self._thread.join()
+        return self._client, self._hello, self._error
+
+    def abandon(self) -> None:
+        """Preparation failed: stop the agent that was started for nothing."""
+        client, _, _ = self.result()
+        if client is not None:
+            client.close()
+        self._transport.stop()
+
+
+def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, float_path: Path, int8_path: Path,
              inputs: dict[str, np.ndarray], ui: UI) -> None:
     s = state.settings
     state.stage = "connect"
     ui.stage("connect")
-    client = AgentClient(transport.start(), timeout_s=s.timeout_s)
+    client, hello, error = agent.result()
     try:
-        hello = client.hello()
+        if error is not None:
+            raise error
         state.agent = {"hello": hello, "label": transport.label}
         state.stage = "check delegate"
         session_tflite.check_delegate(s.runner, hello.runtimes)
@@ -248,7 +287,8 @@ def _measure(state: RunState, transport: AgentTransport, float_path: Path, int8_
         state.stage = "done"
         _shutdown(client)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         transport.stop()
 
 

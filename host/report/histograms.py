@@ -135,10 +135,13 @@ def figure(rows: Sequence[Row]) -> Optional[go.Figure]:
                         specs=[[{} if panel else None for panel in row] for row in grid],
                         vertical_spacing=min(0.32 / len(grid), 0.1), horizontal_spacing=0.08)
     shown: set[str] = set()
+    bounds = []
     for r, row in enumerate(grid, start=1):
         for c, panel in enumerate(row, start=1):
             if panel is not None:
-                _draw(fig, panel.histogram, r, c, shown)
+                bounds += _draw(fig, panel.histogram, r, c, shown)
+    # One layout update for every range line: add_vline per subplot re-validates the whole layout each time.
+    fig.update_layout(shapes=bounds)
     y_axes = [key for key in fig.layout if key.startswith("yaxis")]
     fig.update_layout(
         title=dict(text="Value histograms of the worst layers, float vs int8",
@@ -154,7 +157,8 @@ def figure(rows: Sequence[Row]) -> Optional[go.Figure]:
     return fig
 
 
-def _draw(fig: go.Figure, hist: Histogram, row: int, col: int, shown: set[str]) -> None:
+def _draw(fig: go.Figure, hist: Histogram, row: int, col: int, shown: set[str]) -> list[dict[str, Any]]:
+    """Add one panel's bars; returns the dotted lines of its int8 range, as layout shapes."""
     width = (hist.hi - hist.lo) / hist.bins
     centres = [hist.lo + (k + 0.5) * width for k in range(hist.bins)]
     clip_width = max(width, _CLIP_BAR_WIDTH * (hist.hi - hist.lo))
@@ -176,8 +180,10 @@ def _draw(fig: go.Figure, hist: Histogram, row: int, col: int, shown: set[str]) 
             hovertemplate="%{customdata[0]}: %{y} values, clipped<br>" + f"{model}: {hist.clipped(model)}"
                           + "<extra>" + model + "</extra>"), row=row, col=col)
         shown.add(f"{model} clipped")
-    for bound in (hist.lo, hist.hi):
-        fig.add_vline(x=bound, line=dict(color=RANGE_COLOUR, dash="dot", width=1), row=row, col=col)
+    axes = fig.get_subplot(row, col)
+    xref, yref = axes.xaxis.plotly_name.replace("axis", ""), axes.yaxis.plotly_name.replace("axis", "")
+    return [dict(type="line", xref=xref, yref=f"{yref} domain", x0=bound, x1=bound, y0=0, y1=1,
+                 line=dict(color=RANGE_COLOUR, dash="dot", width=1)) for bound in (hist.lo, hist.hi)]
 
 
 def clipped_rows(rows: Sequence[Row]) -> list[tuple[str, str, str, str]]:
