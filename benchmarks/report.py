@@ -121,7 +121,7 @@ _METHOD = [
     "- **Anchor**: `benchmarks/anchor.py` follows the `qdq_loss_debug` recipe: "
     "`modify_model_output_intermediate_tensors` on both models, `collect_activations` for every sample, "
     "`create_activation_matching` + `compute_activation_error` (SQNR). qbench runs `qbench run --device local` "
-    "with `--runs 1 --min-seconds 0` (its default warm-up stays on; the seconds spent in timing runs are shown).",
+    "with `--runs 1 --min-seconds 0 --warmup 0 --profile-runs 0`: the anchor neither times nor profiles, so qbench's latency extras are cut to one run each (the seconds they still take are shown); histograms stay at their default (64 bins). The depth curve uses the same options.",
     "- **Latency**: the bare loop (`benchmarks/bare_latency.py`) mirrors the agent's session options "
     "(intra-op threads = `--threads`, inter-op 1, `ORT_ENABLE_ALL`, CPU EP) and schedule (first run + 5 warm-up "
     "untimed, then >= runs and >= min-seconds); it runs once before and once after qbench, and the mean of the two "

@@ -116,7 +116,8 @@ def anchor_comparison(ctx: Context, pair: models.ModelPair) -> Result:
         wait_for_quiet(ctx)
         anchors.append(_checked(run_measured(acmd, cwd=str(REPO)), "anchor"))
         wait_for_quiet(ctx)
-        qrun, report, qcmd = _qbench(ctx, pair, f"anchor{i}", runs=1, min_seconds=0)
+        qrun, report, qcmd = _qbench(ctx, pair, f"anchor{i}", runs=1, min_seconds=0, warmup=0,
+                                       profile_runs=0)
         qruns.append((qrun, report))
     anchor = min(anchors, key=lambda r: r.wall_s)
     qrun, report = min(qruns, key=lambda r: r[0].wall_s)
@@ -269,7 +270,7 @@ def depth_scaling(ctx: Context, pairs: dict[int, models.ModelPair]) -> Result:
     curve = []
     for blocks, pair in pairs.items():
         qrun, report, qcmd = _qbench(ctx, pair, f"depth{blocks}", budget_mb=ctx.depth_budget_mb, runs=1,
-                                     min_seconds=0)
+                                     min_seconds=0, warmup=0, profile_runs=0)
         anchor = _checked(run_measured(_anchor_cmd(pair), cwd=str(REPO)), f"anchor deep{blocks}")
         timing_hwm = [qbench_cli.dig(report, "memory", s, "peak_mb") or 0.0 for s in ("float", "int8")]
         curve.append({
