@@ -61,6 +61,7 @@ from . import AGENT_VERSION, tensor_spool
 from .cache import ModelCache
 from .memory import total_memory_bytes
 from .outputs import load_outputs
+from .runners import check_accelerator
 
 log = logging.getLogger("qbench.agent")
 
@@ -254,6 +255,7 @@ class Agent:
                 ErrorCode.RUNTIME_MISSING,
                 f"runtime {runner.runtime!r} is not installed on the agent; installed: {sorted(self.runtimes())}",
             )
+        check_accelerator(runner, self.runtimes())
 
     def _baseline(self, runner: RunnerConfig) -> float:
         """VmHWM of a worker that only imported the runtime: what the model adds is measured over it."""

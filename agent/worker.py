@@ -34,7 +34,7 @@ from qbench.protocols.messages import (
 
 from . import capture, heap, memory, tensor_spool, timing
 from .outputs import save_outputs
-from .runners import available_runtimes, import_runtime, runner_class
+from .runners import available_runtimes, import_runtime, runner_class, runner_for
 from .runners.base import ProfilingUnavailable, Runner
 
 
@@ -97,7 +97,7 @@ def run_benchmark(job: dict, jobdir: Path) -> BenchmarkReply:
     req = from_dict(BenchmarkRequest, job["request"])
     names, arrays = load_inputs(job, jobdir)
     feeds = sample_feeds(names, arrays)
-    runner = runner_class(req.runner.runtime)(job["model_path"], req.runner)
+    runner = runner_for(req.runner)(job["model_path"], req.runner)
     t0 = time.perf_counter_ns()
     runner.load()
     init_ms = (time.perf_counter_ns() - t0) / 1e6

@@ -2,6 +2,7 @@
 
 Every method quantizes the same prepared float model with the same calibration samples; each
 candidate is then measured on the device like ``qbench run --int8`` (see :mod:`qbench.host.trials`).
+The methods are the model format's (:attr:`qbench.host.quantizers.Quantizer.methods`).
 The table compares them as the seed article's Table 1 does, with the figures defined in
 :func:`method_rows`; the winner is the candidate with the highest output PSNR (ties: the lower int8
 median latency).
@@ -15,7 +16,7 @@ from statistics import fmean
 from typing import Any, Sequence
 
 from .errors import UserError
-from .trials import INT8_NAME, Trials, output_psnr, step_figures
+from .trials import Trials, output_psnr, step_figures
 
 #: a layer is "worse" than the winner's when its PSNR is more than this many dB lower
 WORSE_DB = 1.0
@@ -24,13 +25,13 @@ WORSE_DB = 1.0
 def calibrate(trials: Trials, methods: Sequence[str]) -> tuple[Path, dict[str, Any]]:
     """Quantizes with each method, measures each on the device, and publishes the winner.
 
-    Writes ``out/<method>/model.int8.onnx`` and ``out/<method>/report.json`` per method, the winner's
-    model as ``out/model.int8.onnx`` and its report, with the comparison under ``calibration``, as
+    Writes ``out/<method>/model.int8.<ext>`` and ``out/<method>/report.json`` per method, the winner's
+    model as ``out/model.int8.<ext>`` and its report, with the comparison under ``calibration``, as
     ``out/report.json``.
 
     Args:
         trials: set up with the shared run settings.
-        methods: calibration methods of :func:`~qbench.host.quantize.onnx.quantize_onnx`, no repeats.
+        methods: calibration methods of the trials' quantizer, no repeats.
 
     Returns:
         The published report's path and the report.
@@ -44,7 +45,7 @@ def calibrate(trials: Trials, methods: Sequence[str]) -> tuple[Path, dict[str, A
     for method in methods:
         method_dir = trials.base.out_dir / method
         try:
-            int8 = trials.quantize(method_dir / INT8_NAME, method=method)
+            int8 = trials.quantize(method_dir / trials.int8_name, trials.settings(method))
         except UserError as exc:
             # one method failing (a histogram calibrator on an odd model) must not hide the others
             failed[method] = str(exc)
@@ -55,14 +56,17 @@ def calibrate(trials: Trials, methods: Sequence[str]) -> tuple[Path, dict[str, A
         raise UserError("no calibration method could quantize the model: " + "; ".join(failed.values()))
     rows = method_rows(measured)
     rows.extend({"method": m, "error": e} for m, e in failed.items())
+    for row in rows:
+        row.update(trials.quantizer.describe(row["method"]))  # TFLite: the ai-edge-quantizer algorithm
     winner = next(row["method"] for row in rows if row.get("winner"))
     payload = {
         "methods": rows,
         "winner": winner,
         "calibration_data": trials.calibration_source,
         "worse_db": WORSE_DB,
+        "note": trials.quantizer.note,
     }
-    return trials.publish(measured[winner], trials.base.out_dir / winner / INT8_NAME, "calibration", payload)
+    return trials.publish(measured[winner], trials.base.out_dir / winner / trials.int8_name, "calibration", payload)
 
 
 def method_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,16 +1,20 @@
 """``qbench fix``: mixed precision found greedily and verified on the device.
 
 A *layer* is a compared float tensor of the report (its name is the tensor's name), produced by
-one node of the prepared float graph. Moving a layer to higher precision covers the layer's tensor
-and the activation tensors its node reads, because a layer shows error either from its own
+one op of the prepared float graph. Moving a layer to higher precision covers the layer's tensor
+and the activation tensors its op reads, because a layer shows error either from its own
 quantization or by amplifying the quantization error of its inputs (a softmax over wide logits):
 
-* ``float``: every node that produces or reads one of those tensors is excluded from quantization
-  (``nodes_to_exclude``), so the layer's node computes in float, from float inputs, with float
-  weights. ONNX Runtime's QDQ quantizer quantizes a tensor when its producer *or any* reader is
-  quantized, so excluding the layer's node alone would leave its tensors quantized.
-* ``int16``: those of the tensors that the baseline quantizes get int16 activations
-  (``TensorQuantOverrides``, quant_type QInt16).
+* ``float``: every op that produces or reads one of those tensors is left unquantized (ONNX:
+  ``nodes_to_exclude``; TFLite: ai-edge-quantizer ``no_quantize`` entries), so the layer's op
+  computes in float, from float inputs, with float weights. ONNX Runtime's QDQ quantizer quantizes
+  a tensor when its producer *or any* reader is quantized, so excluding the layer's node alone
+  would leave its tensors quantized.
+* ``int16``: those of the tensors that the baseline quantizes get int16 activations (ONNX:
+  ``TensorQuantOverrides``, quant_type QInt16; TFLite: the ops producing them get ai-edge-quantizer's
+  a16w8 config, and the quantizer requantizes where int8 and int16 tensors meet).
+
+The loop is the same for both formats; :mod:`qbench.host.quantizers` does the format's part.
 
 Steps (every one a real measurement on the device, see :mod:`qbench.host.trials`):
 
@@ -30,14 +34,14 @@ step's figures and says ``same_as_step``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import onnx
-
 from .errors import UserError
-from .trials import INT8_NAME, Trials, output_psnr, step_figures
+from .quantizers import GraphIndex
+from .trials import Trials, output_psnr, step_figures
 
 PRECISIONS = ("float", "int16")
 
@@ -96,19 +100,16 @@ class Fixer:
         self.layers_per_step = layers_per_step
         self.rank = rank
         self.steps: list[dict[str, Any]] = []
-        self._measured: dict[tuple, _Trial] = {}
-        self._producer: dict[str, str] = {}
-        self._readers: dict[str, list[str]] = {}
-        self._inputs: dict[str, list[str]] = {}
+        self._measured: dict[str, _Trial] = {}
+        self._graph = GraphIndex()
         self._quantized: set[str] = set()
-        self._all_nodes: set[str] = set()
 
     def run(self) -> FixResult:
         """Runs baseline, fallback and revert steps; publishes the final model and report."""
         prepared = self.trials.prepare()
-        self._index_graph(onnx.load(str(prepared.path)).graph)
+        self._graph = self.trials.quantizer.index(prepared.path)
         current = self._step("baseline", (), ())
-        self._quantized = {x["name"] for x in current.report.get("layers", []) if x.get("rule") == "qdq"}
+        self._quantized = self.trials.quantizer.quantized(current.report, current.model)
         stop = "target met"
         fallback_steps = 0
         while not self._met(current):
@@ -144,22 +145,11 @@ class Fixer:
         return FixResult(met, path, report)
 
     def quantize_settings(self, layers: tuple[str, ...]) -> dict[str, Any]:
-        """The exact :func:`~qbench.host.quantize.onnx.quantize_onnx` arguments of a step (JSON).
-
-        ``tensor_overrides`` names its quant_type by ``onnxruntime.quantization.QuantType`` member.
-        """
+        """The exact quantization settings of a step with ``layers`` moved (JSON, see :meth:`Trials.settings`)."""
         moved = sorted(set().union(*(self._move(layer) for layer in layers)))
-        excluded = moved if self.precision == "float" else []
-        overrides = {} if self.precision == "float" else {name: [{"quant_type": "QInt16"}] for name in moved}
-        return {
-            "float_path": str(Path(self.trials.prepared.path).resolve()),
-            "calibration": self.trials.calibration_source,
-            "method": self.method,
-            "activation_type": self.trials.base.activation_type,
-            "per_channel": self.trials.base.per_channel,
-            "nodes_to_exclude": excluded,
-            "tensor_overrides": overrides,
-        }
+        if self.precision == "float":
+            return self.trials.settings(self.method, float_ops=moved)
+        return self.trials.settings(self.method, int16=moved)
 
     def _revert_pass(self, current: _Trial) -> _Trial:
         for layer in reversed(current.layers):
@@ -175,16 +165,13 @@ class Fixer:
         """Quantizes with ``fallback`` in higher precision and measures it (or reuses an equal step)."""
         index = len(self.steps)
         settings = self.quantize_settings(fallback)
-        key = (tuple(settings["nodes_to_exclude"]), tuple(sorted(settings["tensor_overrides"])))
+        key = json.dumps(settings, sort_keys=True)
         entry: dict[str, Any] = {"step": index, "action": action, "layers": list(layers),
                                  "fallback": list(fallback)}
         earlier = self._measured.get(key)
         if earlier is None:
             step_dir = self.trials.base.out_dir / "steps" / f"{index:02d}-{action}"
-            model = self.trials.quantize(
-                step_dir / INT8_NAME, method=self.method, nodes_to_exclude=settings["nodes_to_exclude"],
-                tensor_overrides=_ort_overrides(settings["tensor_overrides"]),
-            )
+            model = self.trials.quantize(step_dir / self.trials.int8_name, settings)
             report = self.trials.measure(f"step {index} {action}", model, step_dir, self.method)
             trial = _Trial(index, fallback, model, report, step_figures(report))
             self._measured[key] = trial
@@ -217,7 +204,7 @@ class Fixer:
             if name in current.layers or name not in names:
                 continue
             more = self._move(name)
-            if more <= moved or (self.precision == "float" and moved | more >= self._all_nodes):
+            if more <= moved or (self.precision == "float" and moved | more >= self._graph.ops):
                 continue
             moved |= more
             chosen.append(name)
@@ -225,33 +212,14 @@ class Fixer:
                 break
         return chosen
 
-    def _index_graph(self, graph) -> None:
-        constants = {t.name for t in graph.initializer}
-        self._all_nodes = {node.name for node in graph.node}
-        for node in graph.node:
-            self._inputs[node.name] = [i for i in node.input if i and i not in constants]
-            for name in node.output:
-                self._producer[name] = node.name
-            for name in self._inputs[node.name]:
-                self._readers.setdefault(name, []).append(node.name)
-
     def _move(self, layer: str) -> set[str]:
-        """What moving ``layer`` puts in higher precision: nodes (float) or tensors (int16)."""
-        node = self._producer.get(layer)
-        tensors = {layer, *(self._inputs.get(node, []) if node else [])}
+        """What moving ``layer`` puts in higher precision: ops (float) or the quantizer's int16 targets."""
+        graph = self._graph
+        op = graph.producer.get(layer)
+        tensors = {layer, *(graph.inputs.get(op, []) if op else [])}
         if self.precision == "int16":
-            return tensors & self._quantized
-        nodes = {n for t in tensors for n in (self._producer.get(t), *self._readers.get(t, [])) if n}
-        return nodes
-
-
-def _ort_overrides(overrides: dict[str, list[dict[str, str]]]) -> dict | None:
-    """JSON overrides (quant_type by name) as ONNX Runtime takes them (QuantType members)."""
-    if not overrides:
-        return None
-    from onnxruntime.quantization import QuantType
-
-    return {name: [{**o, "quant_type": QuantType[o["quant_type"]]} for o in spec] for name, spec in overrides.items()}
+            return self.trials.quantizer.int16_targets(tensors & self._quantized, graph)
+        return {n for t in tensors for n in (graph.producer.get(t), *graph.readers.get(t, [])) if n}
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:

@@ -48,6 +48,8 @@ class Device(BaseModel):
     delegate: Optional[str] = None
     delegate_path: Optional[str] = None
     delegate_options: dict[str, Any] = Field(default_factory=dict)
+    # TFLite models: time on LiteRT's CompiledModel with this accelerator instead of the Interpreter
+    accelerator: Optional[Literal["cpu", "gpu", "npu"]] = None
     tags: list[str] = Field(default_factory=list)
     accept_unknown_host: bool = False
     connect_timeout: float = Field(10.0, gt=0)

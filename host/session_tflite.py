@@ -31,6 +31,10 @@ RUNTIMES = {"onnx": "onnxruntime", "tflite": "tflite"}
 RECIPES = {"int8": "static_wi8_ai8", "int16": "static_wi8_ai16"}
 #: delegates that need no library: capturing with one drops the timed delegate's library and options
 _BUILTIN_DELEGATES = ("xnnpack", "none")
+#: LiteRT CompiledModel accelerators (--accelerator); the agent's probe says which work on the device
+ACCELERATORS = ("cpu", "gpu", "npu")
+#: the agent runtime whose providers are the accelerators that work
+COMPILED_RUNTIME = "litert-compiled"
 
 
 def runtime_for(settings: RunSettings, float_info: ModelInfo, int8_info: ModelInfo | None) -> str:
@@ -90,8 +94,11 @@ def prepare(
 
 
 def capture_runner(settings: RunSettings) -> RunnerConfig:
-    """The runner config of the capture pass: the timed one, or the one ``--capture-delegate`` names."""
-    runner, delegate = settings.runner, settings.capture_delegate
+    """The runner config of the capture pass: the timed one, or the one ``--capture-delegate`` names.
+
+    Always on the Interpreter: LiteRT's CompiledModel (``accelerator``) exposes no intermediate tensor.
+    """
+    runner, delegate = dataclasses.replace(settings.runner, accelerator=None), settings.capture_delegate
     if delegate is None:
         return runner
     if delegate.lower() in _BUILTIN_DELEGATES:
@@ -100,7 +107,7 @@ def capture_runner(settings: RunSettings) -> RunnerConfig:
 
 
 def check_delegate(runner: RunnerConfig, runtimes: dict[str, Any]) -> None:
-    """Fails before any measurement when a named TFLite delegate is not installed on the device.
+    """Fails before any measurement when a named TFLite delegate or accelerator is not on the device.
 
     A delegate given by library path is left to the agent, which loads it (and names what is available
     if it cannot).
@@ -109,12 +116,25 @@ def check_delegate(runner: RunnerConfig, runtimes: dict[str, Any]) -> None:
         runner: the run's runner config.
         runtimes: the agent's ``hello`` runtimes (name -> RuntimeInfo).
     """
+    _check_accelerator(runner, runtimes)
     if runner.runtime != "tflite" or runner.delegate_path or runner.runtime not in runtimes:
         return
     available = runtimes[runner.runtime].providers
     if (runner.delegate or "xnnpack").lower() not in available:
         raise UserError(f"TFLite delegate {runner.delegate!r} is not available on the device; available: "
                         f"{', '.join(available)} (or give its library with --delegate-path)")
+
+
+def _check_accelerator(runner: RunnerConfig, runtimes: dict[str, Any]) -> None:
+    if runner.runtime != "tflite" or not runner.accelerator:
+        return
+    if COMPILED_RUNTIME not in runtimes:
+        raise UserError(f"LiteRT accelerator {runner.accelerator!r} is not available on the device: its LiteRT has no "
+                        "working CompiledModel API; available: none")
+    available = runtimes[COMPILED_RUNTIME].providers
+    if runner.accelerator.lower() not in available:
+        raise UserError(f"LiteRT accelerator {runner.accelerator!r} is not available on the device; available: "
+                        f"{', '.join(available)}")
 
 
 def delegate_fields(device: Device, delegate: str | None, path: str | None, options: list[str]) -> dict[str, Any]:

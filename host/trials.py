@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,15 +21,13 @@ from qbench.protocols.messages import BenchmarkReply
 
 from . import data as data_mod
 from .errors import UserError
-from .models import inspect_model
-from .quantize.onnx import quantize_onnx
-from .quantize.prepare import Prepared, prepare_float
+from .quantize.prepare import Prepared
+from .quantizers import quantizer_for
 from .report.artifacts import write_artifacts
 from .report.build import build_report, write_json
 from .session import UI, RunSettings, run
 from .transport.base import AgentTransport
 
-INT8_NAME = "model.int8.onnx"
 REUSED_FLOAT_NOTE = "float latency and memory were measured in the first trial (same float model, same device)"
 
 
@@ -61,6 +59,8 @@ class TrialUI(UI):
 class Trials:
     """Prepares a float model once, then quantizes and measures int8 candidates of it.
 
+    Its ``quantizer`` (:mod:`qbench.host.quantizers`) does what differs between model formats.
+
     Args:
         base: the run settings every trial shares (``model`` is the user's float model,
             ``out_dir`` the command's output directory).
@@ -72,11 +72,8 @@ class Trials:
 
     def __init__(self, base: RunSettings, transport: Callable[[], AgentTransport], ui: UI | None = None,
                  emulated: bool = False, sections: dict[str, Any] | None = None) -> None:
-        if inspect_model(base.model).format != "onnx":
-            raise UserError(
-                f"{base.model}: only ONNX models can be calibrated or fixed; for .tflite, ai-edge-quantizer "
-                "calibrates activations with min/max only and per-layer fallback is not wired up yet"
-            )
+        self.quantizer = quantizer_for(base.model)
+        self.int8_name = self.quantizer.int8_name
         self.base = base
         self.transport = transport
         self.ui = TrialUI(ui or UI())
@@ -91,7 +88,7 @@ class Trials:
         """Prepares the float model into ``out_dir`` and loads (or draws) the calibration samples once."""
         s = self.base
         self.ui.stage("prepare")
-        prepared = prepare_float(s.model, s.input_shapes, s.out_dir, debug=s.debug)
+        prepared = self.quantizer.prepare(s)
         for note in prepared.notes:
             self.ui.note(note)
         if s.calibration is not None:
@@ -105,17 +102,20 @@ class Trials:
         self.prepared = prepared
         return prepared
 
-    def quantize(self, out_path: Path, **options: Any) -> Path:
-        """Quantizes the prepared float model with :func:`quantize_onnx` and these calibration samples.
+    def settings(self, method: str, float_ops: Sequence[str] = (), int16: Sequence[str] = ()) -> dict[str, Any]:
+        """The JSON settings that reproduce one quantization of the prepared float model: the
+        quantizer's (see :meth:`Quantizer.settings <qbench.host.quantizers.Quantizer.settings>`)
+        after ``float_path`` and ``calibration`` (the samples' file, or how they were drawn)."""
+        return {
+            "float_path": str(Path(self.prepared.path).resolve()),
+            "calibration": self.calibration_source,
+            **self.quantizer.settings(method, self.base, float_ops, int16),
+        }
 
-        Args:
-            out_path: the int8 model to write.
-            **options: quantize_onnx keyword arguments (``method``, ``nodes_to_exclude``, ...).
-        """
+    def quantize(self, out_path: Path, settings: dict[str, Any]) -> Path:
+        """Quantizes as :meth:`settings` made ``settings``, with these calibration samples, into ``out_path``."""
         self.ui.stage("quantize")
-        options.setdefault("activation_type", self.base.activation_type)
-        options.setdefault("per_channel", self.base.per_channel)
-        return quantize_onnx(self.prepared.path, out_path, self.calibration, debug=self.base.debug, **options)
+        return self.quantizer.quantize(settings, Path(out_path), self.calibration, self.base.debug)
 
     def measure(self, label: str, int8_path: Path, out_dir: Path, method: str) -> dict[str, Any]:
         """Runs the prepared float model and ``int8_path`` on the device; writes and returns the report.
@@ -156,7 +156,7 @@ class Trials:
         return report
 
     def publish(self, report: dict[str, Any], int8_path: Path, key: str, payload: Any) -> tuple[Path, dict[str, Any]]:
-        """Makes a trial the command's result: its model as ``out_dir/model.int8.onnx``, its report as
+        """Makes a trial the command's result: its model as ``out_dir/<int8_name>``, its report as
         ``out_dir/report.json`` (plus report.html and the exports) with ``payload`` under ``key`` and
         the extra ``sections``.
 
@@ -164,7 +164,7 @@ class Trials:
             The report's path and the report.
         """
         out_dir = self.base.out_dir
-        final = out_dir / INT8_NAME
+        final = out_dir / self.int8_name
         if Path(int8_path).resolve() != final.resolve():
             shutil.copyfile(int8_path, final)
         report = copy.deepcopy(report)

@@ -172,6 +172,9 @@ class RunnerConfig:
     delegate: str | None = None
     delegate_path: str | None = None  # tflite: external delegate library (.so)
     delegate_options: dict[str, Any] = field(default_factory=dict)  # tflite: external delegate options
+    # tflite benchmarks: time on LiteRT's CompiledModel with this accelerator, "cpu" | "gpu" | "npu";
+    # None: the Interpreter (and its delegate). Capture always runs on the Interpreter.
+    accelerator: str | None = None
 
 
 @dataclass

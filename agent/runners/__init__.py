@@ -10,9 +10,13 @@ from qbench.protocols.messages import ErrorCode, ProtocolError, RunnerConfig, Ru
 from .base import Runner
 
 #: runtime name -> "module:class"; the module also defines ``runtime_info() -> RuntimeInfo``.
+#: LiteRT's CompiledModel: times a ``tflite`` model when RunnerConfig.accelerator is set; its providers are
+#: the accelerators that work on the device
+COMPILED = "litert-compiled"
 RUNTIMES = {
     "onnxruntime": "qbench.agent.runners.onnxrt:OnnxRuntimeRunner",
     "tflite": "qbench.agent.runners.litert:LiteRTRunner",
+    COMPILED: "qbench.agent.runners.litert_compiled:CompiledModelRunner",
 }
 
 
@@ -31,6 +35,25 @@ def runner_class(runtime: str) -> Callable[..., Runner]:
     return getattr(module, RUNTIMES[runtime].split(":")[1])
 
 
+def runner_for(config: RunnerConfig) -> Callable[..., Runner]:
+    """The Runner class that times a model with ``config``: CompiledModel for a tflite accelerator."""
+    return runner_class(_runtime_of(config))
+
+
+def _runtime_of(config: RunnerConfig) -> str:
+    return COMPILED if config.runtime == "tflite" and config.accelerator else config.runtime
+
+
+def check_accelerator(config: RunnerConfig, runtimes: dict[str, RuntimeInfo]) -> None:
+    """Refuses an accelerator the probe did not find: LiteRT would silently run on the CPU instead."""
+    if config.runtime != "tflite" or not config.accelerator:
+        return
+    available = runtimes[COMPILED].providers if COMPILED in runtimes else []
+    if config.accelerator.lower() not in available:
+        raise ProtocolError(ErrorCode.PROVIDER_MISSING, f"LiteRT accelerator {config.accelerator!r} is not available "
+                                                        f"on the agent; available: {', '.join(available) or 'none'}")
+
+
 def available_runtimes() -> dict[str, RuntimeInfo]:
     """Every runtime that imports here, with its version and providers/delegates."""
     found = {}
@@ -44,5 +67,5 @@ def available_runtimes() -> dict[str, RuntimeInfo]:
 
 def import_runtime(config: RunnerConfig) -> None:
     """Import the runtime only (for the memory baseline worker)."""
-    runner_class(config.runtime)
-    _module(config.runtime).runtime_info()
+    runner_for(config)
+    _module(_runtime_of(config)).runtime_info()

@@ -176,12 +176,12 @@ class LiteRTRunner(Runner):
         super().__init__(model_path, config, extra_outputs)
         self.dequantize = dequantize
         self.coverage: DelegateCoverage | None = None
-        self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._feeds = FeedCache()
 
     # ---- load -------------------------------------------------------------------
 
     def _load_impl(self) -> None:
-        _check_flatbuffer(self.model_path)
+        check_flatbuffer(self.model_path)
         self._delegate = (self.config.delegate or "xnnpack").lower()
         kwargs: dict[str, Any] = {
             "model_path": self.model_path,
@@ -214,7 +214,7 @@ class LiteRTRunner(Runner):
         self.unobservable = [n for n in self.extra_outputs if self._index[n] in hidden]
         self._extras = [(n, self._index[n]) for n in self.extra_outputs if n not in self.unobservable]
         details = self.interpreter._get_tensor_details
-        self._extra_qp = {n: _qparams(details(i, 0)) if self.dequantize else None for n, i in self._extras}
+        self._extra_qp = {n: tensor_qparams(details(i, 0)) if self.dequantize else None for n, i in self._extras}
 
     def _load_external(self) -> Any:
         path = self.config.delegate_path or EXTERNAL_DELEGATES.get(self._delegate)
@@ -251,10 +251,10 @@ class LiteRTRunner(Runner):
     # ---- interface --------------------------------------------------------------
 
     def _inputs_impl(self) -> list[TensorSpec]:
-        return [_spec(d) for d in self._in]
+        return [tensor_spec(d) for d in self._in]
 
     def _outputs_impl(self) -> list[TensorSpec]:
-        return [_spec(d) for d in self._out]
+        return [tensor_spec(d) for d in self._out]
 
     def _providers_used_impl(self) -> list[str]:
         """The delegate if it took any node, and ``cpu`` if builtin kernels run the rest."""
@@ -277,7 +277,7 @@ class LiteRTRunner(Runner):
         self._check_loaded()
         if name not in self._index:
             raise ProtocolError(ErrorCode.BAD_INPUT, f"tensor {name!r} not in the model")
-        return _qparams(self.interpreter._get_tensor_details(self._index[name], 0))
+        return tensor_qparams(self.interpreter._get_tensor_details(self._index[name], 0))
 
     def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -290,7 +290,7 @@ class LiteRTRunner(Runner):
                 self.interpreter.allocate_tensors()
                 self._refresh_details()
             for detail in self._in:
-                self.interpreter.set_tensor(detail["index"], self._converted(feeds[detail["name"]], detail))
+                self.interpreter.set_tensor(detail["index"], self._feeds.converted(feeds[detail["name"]], detail))
             self.interpreter.invoke()
         except (ValueError, RuntimeError) as exc:
             raise ProtocolError(ErrorCode.BAD_INPUT, f"LiteRT run failed: {exc}") from exc
@@ -307,11 +307,15 @@ class LiteRTRunner(Runner):
         # the benchmark_model tool), and tflite_runtime has none either.
         raise ProfilingUnavailable("LiteRT's Python API exposes no op profiler")
 
-    def _converted(self, value: np.ndarray, detail: dict) -> np.ndarray:
-        """:func:`_to_input`, cached per feed array so that timed runs measure LiteRT, not numpy.
 
-        A feed array changed in place after a call is not converted again.
-        """
+class FeedCache:
+    """Feeds in their input's dtype (:func:`to_input`), kept per feed array so that timed runs measure
+    LiteRT, not numpy. A feed array changed in place after a call is not converted again."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def converted(self, value: np.ndarray, detail: dict) -> np.ndarray:
         if value.dtype == detail["dtype"]:
             return value
         key = (id(value), detail["index"])
@@ -319,11 +323,11 @@ class LiteRTRunner(Runner):
         if hit is None or hit[0] is not value:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
-            hit = self._cache[key] = (value, _to_input(value, detail))  # holding value keeps its id unique
+            hit = self._cache[key] = (value, to_input(value, detail))  # holding value keeps its id unique
         return hit[1]
 
 
-def _check_flatbuffer(path: str) -> None:
+def check_flatbuffer(path: str) -> None:
     """A clear error for a file that is not a TFLite flatbuffer (e.g. an .onnx given to this runtime)."""
     try:
         with open(path, "rb") as fh:
@@ -338,7 +342,7 @@ def _check_flatbuffer(path: str) -> None:
         )
 
 
-def _qparams(detail: dict) -> QParams | None:
+def tensor_qparams(detail: dict) -> QParams | None:
     qp = detail["quantization_parameters"]
     if len(qp["scales"]) == 0:
         return None
@@ -350,7 +354,7 @@ def _qparams(detail: dict) -> QParams | None:
     )
 
 
-def _to_input(value: np.ndarray, detail: dict) -> np.ndarray:
+def to_input(value: np.ndarray, detail: dict) -> np.ndarray:
     """``value`` in the input's dtype; float values for an integer input are quantized with its params."""
     dtype = np.dtype(detail["dtype"])
     if value.dtype == dtype:
@@ -363,7 +367,7 @@ def _to_input(value: np.ndarray, detail: dict) -> np.ndarray:
     return value.astype(dtype)
 
 
-def _spec(detail: dict) -> TensorSpec:
+def tensor_spec(detail: dict) -> TensorSpec:
     signature = detail.get("shape_signature")
     dims = signature if signature is not None and len(signature) == len(detail["shape"]) else detail["shape"]
     return TensorSpec(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -13,6 +13,7 @@ from .. import gates
 from ..calibrate import calibrate as compare_methods
 from ..errors import UserError
 from ..quantize.onnx import METHODS
+from ..quantize.tflite import METHODS as TFLITE_METHODS
 from .main import app
 from .options import RunOptions, with_run_options
 from .tuning import finish, fmt, fmt_psnr, start_trials
@@ -21,37 +22,47 @@ from .tuning import finish, fmt, fmt_psnr, start_trials
 @app.command()
 @with_run_options
 def calibrate(
-    model: Path = typer.Argument(..., help="float model (.onnx)"),
+    model: Path = typer.Argument(..., help="float model (.onnx or .tflite)"),
     device: str = typer.Option("local", "--device", "-d", help="device name from devices.yaml; `local` needs none"),
-    methods: str = typer.Option(",".join(METHODS), "--methods", help="comma-separated: " + ",".join(METHODS)),
+    methods: Optional[str] = typer.Option(
+        None, "--methods", help=f"comma-separated; ONNX: {','.join(METHODS)} (default: all); "
+                                f"TFLite: {','.join(TFLITE_METHODS)} (default: all)"),
     *,
     opts: RunOptions,
 ) -> None:
     """Quantize MODEL once per calibration method, measure each on DEVICE, and keep the best as the int8 model."""
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in METHODS]
-    if unknown or not chosen or len(set(chosen)) != len(chosen):
-        raise UserError(f"--methods: give distinct methods among {', '.join(METHODS)}, got {methods!r}")
     if opts.calibration_method != "minmax":
         raise UserError("`qbench calibrate` tries every method of --methods; --calibration-method does not apply")
     trials, ui = start_trials("calibrate", model, device, opts)
     try:
-        path, report = compare_methods(trials, chosen)
+        path, report = compare_methods(trials, _methods(methods, trials.quantizer.methods, trials.quantizer.format))
     finally:
         ui.close()
     table = report["calibration"]
     if not opts.as_json:
-        render_methods(table["methods"], Console())
+        render_methods(table["methods"], Console(), table["note"])
         Console(stderr=True).print(f"winner (*): [bold]{table['winner']}[/] (highest output PSNR; ties: lower int8 latency)")
     passed = finish(report, path, opts, {"winner": table["winner"], "methods": table["methods"]})
     if not passed:
         raise typer.Exit(gates.GATE_FAILED)
 
 
-def render_methods(rows: list[dict[str, Any]], console: Console) -> None:
-    """The methods table: the seed article's Table 1, measured on the device."""
+def _methods(given: str | None, offered: tuple[str, ...], model_format: str) -> list[str]:
+    """The methods of ``--methods`` (all ``offered`` when not given), checked."""
+    if given is None:
+        return list(offered)
+    chosen = [m.strip() for m in given.split(",") if m.strip()]
+    if any(m not in offered for m in chosen) or not chosen or len(set(chosen)) != len(chosen):
+        raise UserError(f"--methods: give distinct methods among {', '.join(offered)} (for {model_format} models), "
+                        f"got {given!r}")
+    return chosen
+
+
+def render_methods(rows: list[dict[str, Any]], console: Console, note: str | None = None) -> None:
+    """The methods table: the seed article's Table 1, measured on the device; ``note`` goes under it."""
+    caption = "PSNR in dB (out: model output); worse: layers > 1 dB below the winner's (*); Δ: mean layer PSNR - winner's"
     table = Table(title="calibration methods (each measured on the device)", header_style="bold",
-                  caption="PSNR in dB (out: model output); worse: layers > 1 dB below the winner's (*); Δ: mean layer PSNR - winner's")
+                  caption=f"{caption}\n{note}" if note else caption)
     for column in ("method", "out", "layer mean", "layer min", "worse", "Δ", "int8 ms", "speedup", "int8 MB"):
         table.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
     for row in rows:

@@ -96,7 +96,7 @@ def plan_targets(devices: list[Device], model_format: str, delegates: list[str],
                 raise UserError(f"target {label} is given twice")
             chain = [p.strip() for p in variant.split(",") if p.strip()] if providers and variant else None
             runner = runner_config(dev, opts.threads, chain, variant if delegates else None,
-                                   opts.delegate_path, opts.delegate_option)
+                                   opts.delegate_path, opts.delegate_option, opts.accelerator)
             targets[label] = Target(label, dev, runner)
     return list(targets.values())
 

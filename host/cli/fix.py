@@ -19,7 +19,7 @@ from .tuning import finish, fmt, fmt_psnr, start_trials
 @app.command()
 @with_run_options
 def fix(
-    model: Path = typer.Argument(..., help="float model (.onnx)"),
+    model: Path = typer.Argument(..., help="float model (.onnx or .tflite)"),
     device: str = typer.Option("local", "--device", "-d", help="device name from devices.yaml; `local` needs none"),
     target_psnr: float = typer.Option(..., "--target-psnr", help="output PSNR to reach, dB"),
     max_steps: int = typer.Option(8, "--max-steps", min=1, help="fallback steps to measure at most"),

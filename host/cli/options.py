@@ -28,7 +28,7 @@ from ..quantize.prepare import parse_input_shapes
 from ..report.artifacts import write_artifacts
 from ..report.build import build_report, write_json
 from ..session import RunSettings, RunState
-from ..session_tflite import delegate_fields
+from ..session_tflite import ACCELERATORS, delegate_fields
 from ..store.db import ResultsStore
 
 METHODS = ("minmax", "entropy", "percentile", "distribution")
@@ -74,6 +74,9 @@ class RunOptions:
     capture_delegate: Annotated[Optional[str], typer.Option(
         "--capture-delegate", help="TFLite: delegate of the per-layer capture (none: builtin kernels); "
                                    "timing keeps --delegate")] = None
+    accelerator: Annotated[Optional[str], typer.Option(
+        "--accelerator", help="TFLite: time on LiteRT's CompiledModel with cpu | gpu | npu (default: device's); "
+                              "capture stays on the Interpreter")] = None
     memory_budget: Annotated[float, typer.Option(
         "--memory-budget", min=1.0, help="MB of tensors per capture pass")] = 256.0
     histogram_bins: Annotated[int, typer.Option(
@@ -110,6 +113,9 @@ class RunOptions:
         if self.activation_type not in ACTIVATION_TYPES:
             raise UserError(f"--activation-type must be {', '.join(ACTIVATION_TYPES[:-1])} or {ACTIVATION_TYPES[-1]}, "
                             f"not {self.activation_type!r}")
+        if self.accelerator is not None and self.accelerator.lower() not in ACCELERATORS:
+            raise UserError(f"--accelerator must be {', '.join(ACCELERATORS[:-1])} or {ACCELERATORS[-1]}, "
+                            f"not {self.accelerator!r}")
 
     def gates(self) -> Gates:
         return Gates(self.fail_under_psnr, self.fail_under_speedup, self.fail_over_memory, self.fail_on_drop)
@@ -154,7 +160,7 @@ def with_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def runner_config(device: Device, threads: Optional[int], providers: Optional[list[str]] = None,
                   delegate: Optional[str] = None, delegate_path: Optional[str] = None,
-                  delegate_options: Sequence[str] = ()) -> RunnerConfig:
+                  delegate_options: Sequence[str] = (), accelerator: Optional[str] = None) -> RunnerConfig:
     """How the worker builds its session on ``device``: the command line's choices over the device's.
 
     Args:
@@ -163,6 +169,7 @@ def runner_config(device: Device, threads: Optional[int], providers: Optional[li
         providers: ONNX: an ordered provider chain; a provider the device lists with options keeps them.
         delegate, delegate_path, delegate_options: TFLite: ``--delegate``, ``--delegate-path``,
             ``--delegate-option`` (see :func:`qbench.host.session_tflite.delegate_fields`).
+        accelerator: TFLite: ``--accelerator``, over the device's.
 
     Raises:
         UserError: a delegate option not of the form ``key=value``.
@@ -171,6 +178,7 @@ def runner_config(device: Device, threads: Optional[int], providers: Optional[li
     chain = list(providers or device.provider_names)
     return RunnerConfig(runtime=device.runtime, providers=chain, provider_options=[known.get(p, {}) for p in chain],
                         threads=threads or device.threads,
+                        accelerator=(accelerator or device.accelerator or "").lower() or None,
                         **delegate_fields(device, delegate, delegate_path, list(delegate_options)))
 
 

@@ -36,7 +36,8 @@ def run(
     out_dir = opts.out or default_out_dir(model)
     dev = load_inventory(opts.devices).get(device)
     transport = transport_for(dev, opts.accept_new_host)
-    runner = runner_config(dev, opts.threads, provider, delegate, opts.delegate_path, opts.delegate_option)
+    runner = runner_config(dev, opts.threads, provider, delegate, opts.delegate_path, opts.delegate_option,
+                           opts.accelerator)
     settings = opts.settings(model, out_dir, device, runner, main.DEBUG)
     try:
         state = run_session(settings, transport, ui)

@@ -34,7 +34,9 @@ def start_trials(command: str, model: Path, device: str, opts: RunOptions) -> tu
         raise UserError(f"`qbench {command}` quantizes MODEL itself; --int8 does not apply")
     dev = load_inventory(opts.devices).get(device)
     out_dir = opts.out or default_out_dir(model, command)
-    settings = opts.settings(model, out_dir, device, runner_config(dev, opts.threads), main.DEBUG)
+    runner = runner_config(dev, opts.threads, delegate_path=opts.delegate_path, delegate_options=opts.delegate_option,
+                           accelerator=opts.accelerator)
+    settings = opts.settings(model, out_dir, device, runner, main.DEBUG)
     settings = dataclasses.replace(settings, profile_runs=0)
     ui = RichUI(Console(stderr=True), opts.quiet)
     trials = Trials(settings, lambda: transport_for(dev, opts.accept_new_host), ui, bool(dev.emulation),

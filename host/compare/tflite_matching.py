@@ -84,14 +84,18 @@ class TFLiteGraph:
 
 def read_graph(path: Union[str, Path]) -> TFLiteGraph:
     """Reads subgraph 0 of a .tflite with the flatbuffer schema (lazy: weights are not copied)."""
+    return parse_graph(Path(path).read_bytes(), Path(path).name)
+
+
+def parse_graph(data: bytes, name: str) -> TFLiteGraph:
+    """:func:`read_graph` of a model in memory; ``name`` names it in errors."""
     from ai_edge_litert import schema_py_generated as fb
 
-    data = Path(path).read_bytes()
     if data[4:8] != b"TFL3":
-        raise UserError(f"{Path(path).name} is not a TFLite model (no TFL3 identifier)")
+        raise UserError(f"{name} is not a TFLite model (no TFL3 identifier)")
     model = fb.Model.GetRootAs(data, 0)
     if model.SubgraphsLength() == 0:
-        raise UserError(f"{Path(path).name} has no subgraph")
+        raise UserError(f"{name} has no subgraph")
     codes = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
     sg = model.Subgraphs(0)

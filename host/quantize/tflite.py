@@ -15,6 +15,7 @@ Tensor names are kept, so float and int8 layers still match by name.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,11 @@ import numpy as np
 from qbench.host.errors import UserError
 from qbench.host.quantize.quiet import quiet_runtime
 
-#: recipes of ai_edge_quantizer.recipe offered here: int8 weights, int8 or int16 activations
-RECIPES = ("static_wi8_ai8", "static_wi8_ai16")
+#: recipes of ai_edge_quantizer.recipe offered here (int8 weights) -> their activation bits
+RECIPES = {"static_wi8_ai8": 8, "static_wi8_ai16": 16}
+#: calibration methods -> ai-edge-quantizer algorithms usable for static int8. All of them calibrate
+#: activations the same way (moving-average min/max); they differ in how weight ranges are chosen.
+METHODS = {"minmax": "min_max_uniform_quantize", "octav": "OCTAV", "mse": "MSE", "gptq": "GPTQ"}
 SIGNATURE_KEY = "serving_default"
 
 PathLike = Union[str, Path]
@@ -145,6 +149,72 @@ def _scope_regex(tensor_name: str) -> str:
     return f"(^|;){re.escape(tensor_name)};"
 
 
+def _quantizer_modules():
+    try:
+        from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe_manager
+    except ImportError as exc:
+        raise UserError(
+            f"quantizing TFLite models needs ai-edge-quantizer: pip install 'qbench[tflite]' ({exc})"
+        ) from exc
+    return algorithm_manager, qtyping, quantizer, recipe_manager
+
+
+def tflite_recipe(
+    recipe: str = "static_wi8_ai8", method: str = "minmax", keep_float: Sequence[str] = (), int16: Sequence[str] = ()
+) -> list[dict]:
+    """The ai-edge-quantizer recipe (its JSON form) that :func:`quantize_tflite` quantizes with.
+
+    Entries, later ones winning where they overlap (the quantizer's rule): ``recipe`` for every op
+    (see :func:`_add_static` for ``method``), then int16 activations for the ops writing ``int16``,
+    then no quantization for the ops writing ``keep_float``.
+
+    Args:
+        recipe: one of :data:`RECIPES`.
+        method: one of :data:`METHODS`.
+        keep_float: output tensor names of ops left in float.
+        int16: output tensor names of ops given int16 activations (int8 weights, ``a16w8``).
+
+    Raises:
+        UserError: unknown recipe or method.
+    """
+    if recipe not in RECIPES:
+        raise UserError(f"unknown TFLite recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if method not in METHODS:
+        raise UserError(f"TFLite calibration method {method!r} is not one of {', '.join(METHODS)}")
+    algorithm_manager, qtyping, _, recipe_manager = _quantizer_modules()
+    manager = recipe_manager.RecipeManager()
+    _add_static(manager, ".*", RECIPES[recipe], METHODS[method])
+    for name in int16:
+        _add_static(manager, _scope_regex(name), 16, METHODS[method])
+    for name in keep_float:
+        manager.add_quantization_config(_scope_regex(name), qtyping.TFLOperationName.ALL_SUPPORTED, None,
+                                        algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    # the quantizer's enums are str subclasses: the JSON form is what a recipe file holds, and loads the same
+    return json.loads(json.dumps(manager.get_quantization_recipe()))
+
+
+def _add_static(manager, regex: str, activation_bits: int, algorithm: str) -> None:
+    """Static int8-weight entries for ``regex``: ``algorithm`` on the ops it is registered for, min/max on the rest.
+
+    OCTAV is registered for every op min/max is; MSE and GPTQ only for ops with weights (conv, fully
+    connected), so the other ops of the model keep min/max rather than falling back to float.
+    """
+    algorithm_manager, qtyping, _, _ = _quantizer_modules()
+    ops = [op for op in qtyping.TFLOperationName if op != qtyping.TFLOperationName.ALL_SUPPORTED]
+    minmax = algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT
+    own = [op for op in ops if algorithm_manager.is_op_registered(algorithm, op)]
+    everywhere = all(op in own for op in ops if algorithm_manager.is_op_registered(minmax, op))
+    manager.add_static_config(regex, qtyping.TFLOperationName.ALL_SUPPORTED, activation_bits, 8,
+                              algorithm_key=algorithm if everywhere else minmax)
+    if everywhere:
+        return
+    for op in own:
+        try:
+            manager.add_static_config(regex, op, activation_bits, 8, algorithm_key=algorithm)
+        except ValueError:  # registered, but not for integer compute (MSE's EMBEDDING_LOOKUP)
+            continue
+
+
 def quantize_tflite(
     float_model: PathLike,
     output: PathLike,
@@ -152,12 +222,16 @@ def quantize_tflite(
     recipe: str = "static_wi8_ai8",
     keep_float: Sequence[str] = (),
     debug: bool = False,
+    *,
+    method: str = "minmax",
+    int16: Sequence[str] = (),
 ) -> QuantizedTFLite:
     """Quantizes ``float_model`` into ``output`` with static (calibrated) quantization.
 
     ai-edge-quantizer's calibration keeps a moving average (factor 0.95) of each tensor's per-sample
     min and max, not the overall extremes: with few samples the first ones weigh most, and the
-    largest activations of other inputs may clip.
+    largest activations of other inputs may clip. It is the only activation calibration it has:
+    ``method`` chooses how weight ranges are set (:data:`METHODS`).
 
     Args:
         float_model: a float .tflite, with or without a signature def (see :func:`prepare_tflite`).
@@ -168,45 +242,56 @@ def quantize_tflite(
         keep_float: output tensor names of ops to leave in float (mixed precision); the quantizer
             puts QUANTIZE/DEQUANTIZE around them.
         debug: let the quantizer's own output through.
+        method: one of :data:`METHODS`.
+        int16: output tensor names of ops given int16 activations; the quantizer puts a QUANTIZE
+            (requantize) where int8 and int16 tensors meet.
 
     Returns:
         The written path and what :func:`prepare_tflite` changed before quantizing.
 
     Raises:
-        UserError: unknown recipe, calibration that does not fit the inputs, unknown keep_float
-            names, the quantizer failing on the model, or a result LiteRT cannot load.
+        UserError: unknown recipe or method, calibration that does not fit the inputs, unknown
+            keep_float or int16 names, the quantizer failing on the model, or a result LiteRT cannot load.
     """
-    if recipe not in RECIPES:
-        raise UserError(f"unknown TFLite recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    try:
-        from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
-        from ai_edge_quantizer import recipe as recipes
-    except ImportError as exc:
-        raise UserError(
-            f"quantizing TFLite models needs ai-edge-quantizer: pip install 'qbench[tflite]' ({exc})"
-        ) from exc
+    ops = tflite_recipe(recipe, method, keep_float, int16)
     prepared = prepare_tflite(Path(float_model).read_bytes())
+    names = _op_output_names(prepared.model)
+    for option, given in (("keep_float", keep_float), ("int16", int16)):
+        unknown = [n for n in given if n not in names]
+        if unknown:
+            raise UserError(f"{option}: no op of the model outputs {unknown}")
+    return _quantize(prepared, Path(float_model).name, output, calibration, ops, debug)
+
+
+def quantize_with_recipe(
+    float_model: PathLike, output: PathLike, calibration: Mapping[str, np.ndarray], recipe: list[dict],
+    debug: bool = False,
+) -> QuantizedTFLite:
+    """Quantizes ``float_model`` with an ai-edge-quantizer recipe (as :func:`tflite_recipe` makes).
+
+    Args and errors as :func:`quantize_tflite`; ``recipe`` is the quantizer's recipe, JSON form.
+    """
+    prepared = prepare_tflite(Path(float_model).read_bytes())
+    return _quantize(prepared, Path(float_model).name, output, calibration, recipe, debug)
+
+
+def _quantize(
+    prepared: PreparedTFLite, name: str, output: PathLike, calibration: Mapping[str, np.ndarray],
+    recipe: list[dict], debug: bool,
+) -> QuantizedTFLite:
+    _, _, quantizer, _ = _quantizer_modules()
     model = prepared.model
     samples = _calibration_samples(model, calibration, prepared.signature_inputs)
-    tensor_names = _op_output_names(model)
-    unknown = [n for n in keep_float if n not in tensor_names]
-    if unknown:
-        raise UserError(f"keep_float: no op of the model outputs {unknown}")
     try:
         with quiet_runtime(debug):
-            q = quantizer.Quantizer(bytearray(model), getattr(recipes, recipe)())
-            for name in keep_float:
-                q._recipe_manager.add_quantization_config(  # public update_quantization_recipe cannot say "skip"
-                    regex=_scope_regex(name),
-                    operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                    algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE,
-                )
+            q = quantizer.Quantizer(bytearray(model), recipe)
             result = q.quantize(q.calibrate({prepared.signature_key: samples}), enable_progress_report=False)
     except Exception as exc:  # noqa: BLE001 - the quantizer fails with whatever its code hits on a model
-        raise UserError(f"ai-edge-quantizer failed on {Path(float_model).name}: {_first_line(exc)}") from exc
+        raise UserError(f"ai-edge-quantizer failed on {name}: {_first_line(exc)}") from exc
     quantized = bytes(result.quantized_model)
-    _check_loads(quantized, Path(float_model).name)
+    _check_loads(quantized, name)
     out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(quantized)
     return QuantizedTFLite(out, prepared.notes)
 

@@ -102,9 +102,12 @@ def _device(target: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, A
 
 
 def ran_on(report: Mapping[str, Any]) -> str:
-    """What ran the int8 model: providers, or the delegate and the fraction of ops it took."""
+    """What ran the int8 model: providers, the delegate and the fraction of ops it took, or the accelerator."""
     device = report.get("device") or {}
     coverage = (device.get("coverage") or {}).get("int8")
+    if coverage and "accelerator" in coverage:
+        share = "all ops" if coverage.get("fully_accelerated") else "not all ops"
+        return f"{coverage['accelerator']} accelerator ({share})"
     if coverage:
         return f"{coverage.get('delegate')} ({coverage.get('fraction', 0):.0%} of ops)"
     return ", ".join(device.get("providers_used") or []) or "-"

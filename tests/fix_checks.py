@@ -1,0 +1,38 @@
+"""What the `qbench fix` tests check of every step, for either model format."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_steps_are_real(section: dict, psnr: Callable[[Path], float]) -> None:
+    """Each step of ``section`` (a report's ``fix``): its own report from an agent run, its output
+    PSNR as ``psnr(int8 model)`` recomputes it independently, the float model timed once."""
+    first = json.loads((Path(section["steps"][0]["model"]).parent / "report.json").read_text())
+    float_median = first["latency"]["float"]["median_ms"]
+    for step in section["steps"]:
+        model = Path(step["model"])
+        assert step["output_psnr_db"] == pytest.approx(psnr(model), abs=1e-3)
+        own = json.loads((model.parent / "report.json").read_text())
+        assert own["device"]["agent_version"] and own["models"]["int8"]["sha256"] == sha(model)
+        assert step["latency_int8_ms"] == own["latency"]["int8"]["median_ms"]
+        assert len(own["latency"]["int8"]["samples_ms"]) >= 3
+        assert own["latency"]["float"]["median_ms"] == float_median  # timed once, in the baseline
+
+
+def check_moved_one_layer(section: dict, layer: str, precision: str = "float") -> None:
+    """The baseline misses the target; one fallback step, moving ``layer`` to ``precision``, meets it."""
+    steps = section["steps"]
+    assert steps[0]["action"] == "baseline" and steps[0]["output_psnr_db"] < section["target_psnr_db"]
+    assert section["met"] and section["precision"] == precision
+    assert section[f"kept_{precision}"] == [layer] and section["kept_float"] + section["kept_int16"] == [layer]
+    assert [s["layers"] for s in steps if s["action"] == "fallback"] == [[layer]]
