@@ -86,9 +86,9 @@ def test_run_equalize_gains_psnr_on_imbalanced_depthwise(tmp_path, agent_cache):
     np.savez(tmp_path / "eval.npz", x=x)
     np.savez(tmp_path / "calib.npz", x=rng.normal(size=(16, 1, 8, 12, 12)).astype(np.float32))
     common = ["run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--per-tensor", *FAST]
-    reports = {}
+    reports, procs = {}, {}
     for name, extra in (("plain", []), ("equalized", ["--equalize"])):
-        proc = qbench(*common, "--out", name, *extra, cwd=tmp_path, cache=agent_cache)
+        procs[name] = proc = qbench(*common, "--out", name, *extra, cwd=tmp_path, cache=agent_cache)
         assert proc.returncode == 0, proc.stderr
         reports[name] = load_report(tmp_path / name)
     plain, equalized = reports["plain"], reports["equalized"]
@@ -103,6 +103,7 @@ def test_run_equalize_gains_psnr_on_imbalanced_depthwise(tmp_path, agent_cache):
     worst = {r: min(w["channel_psnr_db"][w["worst_channel"]] for w in reports[r]["weights"] if "dw" in w["name"])
              for r in reports}
     assert worst["plain"] < 20 < 40 < worst["equalized"]
+    assert "cross-layer equalization: 4 conv pair(s)" in procs["equalized"].stdout
 
 
 def test_equalize_refuses_a_given_int8_model(tmp_path, agent_cache):

@@ -19,6 +19,7 @@ from qbench.host.report import histograms
 from qbench.host.report.exports import write_layers_csv, write_model_explorer_overlay
 from qbench.host.gates import Gates
 from qbench.host.report.compare import build_compare
+from qbench.host.compare.sensitivity import rank_sensitive
 from qbench.host.report.html import write_compare_html, write_html
 from reportdata import make_report
 
@@ -269,3 +270,21 @@ def test_histograms_leave_layers_csv_and_overlay_untouched(tmp_path):
         write_model_explorer_overlay(report, tmp_path / f"{name}.json", model_format="onnx")
     assert (tmp_path / "with.csv").read_bytes() == (tmp_path / "without.csv").read_bytes()
     assert (tmp_path / "with.json").read_bytes() == (tmp_path / "without.json").read_bytes()
+
+
+@pytest.mark.browser
+def test_diagnosis_lists_sensitive_layers_and_draws_equalized_ranges(tmp_path):
+    report = make_report(n_layers=30)
+    report["sensitive_layers"] = rank_sensitive(report["layers"], report["weights"])
+    assert report["sensitive_layers"], "the synthetic layers must rank some layer"
+    report["equalization"] = {"pairs": [{"first": "conv1", "second": "conv2"}], "iterations": 3,
+                              "channel_ranges_before": {"conv1": [0.01, 1.0, 3.0], "conv2": [2.0, 0.5, 0.02]},
+                              "channel_ranges_after": {"conv1": [0.14, 0.7, 0.77], "conv2": [0.14, 0.7, 0.24]}}
+    path = write_html(report, tmp_path / "report.html")
+    seen = render(path, tmp_path)
+    assert seen["errors"] == []
+    assert seen["divs"] == 5 and seen["plotted"] == 5, seen
+    assert _plot(seen, "Cross-layer equalization")["traces"] == 4  # before and after for each conv
+    html = path.read_text(encoding="utf-8")
+    first = report["sensitive_layers"][0]
+    assert "; ".join(first["reasons"]).replace("&", "&amp;") in html.replace("&#x27;", "'")

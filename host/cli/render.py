@@ -68,6 +68,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     elif layers:
         console.print("no sudden drops")
     _render_sensitive(report, console)
+    _render_equalization(report.get("equalization"), console)
     if report.get("unmatched"):
         console.print(f"{len(report['unmatched'])} float tensors have no int8 counterpart (listed in report.json)")
     if report.get("error"):
@@ -130,3 +131,19 @@ class RichUI(UI):
 
     def close(self) -> None:
         self._close()
+
+
+def _render_equalization(equalization: dict[str, Any] | None, console: Console) -> None:
+    """How far equalization narrowed the spread of per-channel weight ranges (largest / smallest max|w|)."""
+    if not equalization:
+        return
+    before, after = equalization.get("channel_ranges_before") or {}, equalization.get("channel_ranges_after") or {}
+    console.print(f"cross-layer equalization: {len(equalization.get('pairs') or [])} conv pair(s); "
+                  "channel range spread (largest / smallest max|w|) before -> after:")
+    for conv in [c for c in before if c in after]:
+        console.print(f"  {conv}: {_spread(before[conv])} -> {_spread(after[conv])}", markup=False)
+
+
+def _spread(ranges: list[float]) -> str:
+    positive = [r for r in ranges if r > 0]
+    return f"{max(positive) / min(positive):.1f}x" if positive else "-"
