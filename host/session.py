@@ -267,8 +267,9 @@ def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, flo
         session_tflite.check_delegate(s.runner, hello.runtimes)
         state.stage = "upload"
         ui.stage("upload")
-        float_ref = client.ensure_model(float_path, state.float_info.format, ui.progress)
-        int8_ref = client.ensure_model(int8_path, state.int8_info.format, ui.progress)
+        # The paths are the inspected models' own files, so their digests are already known.
+        float_ref = client.ensure_model(float_path, state.float_info.format, ui.progress, state.float_info.sha256)
+        int8_ref = client.ensure_model(int8_path, state.int8_info.format, ui.progress, state.int8_info.sha256)
         state.uploaded_bytes = client.uploaded_bytes
         timed = (("float", float_ref),) if s.time_float else ()
         for kind, ref in (*timed, ("int8", int8_ref)):

@@ -36,6 +36,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .weights import worst_psnr_db
+
 LOCAL_DB = 40.0
 WEIGHT_DB = 40.0
 UPSTREAM_DB = 30.0
@@ -140,8 +142,7 @@ def _weight_db_by_layer(layers: list[dict], weights: list[dict] | None) -> dict[
                 out[layer["name"]] = value
         return out
     for w in weights:
-        channels = [c for c in w.get("channel_psnr_db") or [] if c is not None]
-        value = min(channels) if channels else w.get("psnr_db")
+        value = worst_psnr_db(w)
         if w.get("layer") is not None and value is not None:
             out[w["layer"]] = min(value, out.get(w["layer"], math.inf))
     return out

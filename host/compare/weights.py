@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Mapping, Union
 
 import numpy as np
 import onnx
@@ -117,6 +117,12 @@ def attach_to_layers(layers: list[dict[str, Any]], weights: list[dict[str, Any]]
         for key, value in (("weight_psnr_db", w["psnr_db"]), ("weight_worst_channel_psnr_db", _worst(w))):
             if value is not None:
                 layer[key] = value if layer.get(key) is None else min(layer[key], value)
+
+
+def worst_psnr_db(w: Mapping[str, Any]) -> float | None:
+    """The lowest channel PSNR of a ``report["weights"]`` entry, or its tensor PSNR without channel figures."""
+    channels = [c for c in w.get("channel_psnr_db") or [] if c is not None]
+    return min(channels) if channels else w.get("psnr_db")
 
 
 def _worst(w: dict[str, Any]) -> float | None:

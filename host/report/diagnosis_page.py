@@ -6,6 +6,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import plotly.graph_objects as go
 
+from qbench.host.compare.weights import worst_psnr_db
+
 from qbench.host.report.figures import FLOAT_COLOUR, INT8_COLOUR
 from qbench.host.report.page import figure_html, note, num_cell, table
 
@@ -37,16 +39,9 @@ def _sensitive(ranked: Optional[Sequence[Mapping[str, Any]]]) -> str:
 def _weights(weights: Optional[Sequence[Mapping[str, Any]]]) -> str:
     if not weights:
         return ""
-
-    def worst(w: Mapping[str, Any]) -> float:
-        channels = [c for c in w.get("channel_psnr_db") or [] if c is not None]
-        value = min(channels) if channels else w.get("psnr_db")
-        return float("inf") if value is None else value
-
-    ranked = sorted(weights, key=worst)[:MAX_ROWS]
-    rows = [(str(w.get("name")), w.get("layer") or "", num_cell(w.get("psnr_db")),
-             num_cell(None if worst(w) == float("inf") else worst(w)), str(w.get("worst_channel", "")))
-            for w in ranked]
+    ranked = sorted(weights, key=lambda w: (worst_psnr_db(w) is None, worst_psnr_db(w) or 0.0))[:MAX_ROWS]
+    rows = [(str(w.get("name")), w.get("layer") or "", num_cell(w.get("psnr_db")), num_cell(worst_psnr_db(w)),
+             str(w.get("worst_channel", ""))) for w in ranked]
     return table(("weight", "layer", "weight PSNR dB", "worst channel dB", "worst channel"), rows, sortable=True)
 
 

@@ -124,14 +124,17 @@ class AgentClient:
                                                            f"host speaks {PROTOCOL_VERSION}", "host"))
         return self.info
 
-    def ensure_model(self, path: Path, fmt: str, progress: ProgressFn | None = None) -> ModelRef:
+    def ensure_model(self, path: Path, fmt: str, progress: ProgressFn | None = None,
+                     sha256: str | None = None) -> ModelRef:
         """Upload ``path`` unless the agent already has its content; returns its reference.
 
-        The file is hashed and sent chunk by chunk, so a model never sits in host memory whole.
+        The file is sent chunk by chunk, so a model never sits in host memory whole. ``sha256``
+        is the file's digest when the caller already has it (``ModelInfo.sha256``); else it is
+        computed here, chunk by chunk too.
         """
         path = Path(path)
         size = path.stat().st_size
-        ref = ModelRef(sha256=_sha256_of(path), format=fmt)
+        ref = ModelRef(sha256=sha256 or _sha256_of(path), format=fmt)
         status = from_dict(ModelStatusReply, self.request(MsgType.MODEL_STATUS, {"model": to_dict(ref)}))
         if status.present:
             return ref
