@@ -69,6 +69,7 @@ class RunSettings:
     capture_delegate: str | None = None  # tflite: capture with this delegate instead of the timed one
     return_outputs: bool = False  # keep the model outputs of the timed sessions (state.outputs)
     time_float: bool = True  # False: a caller that already timed this float model skips it
+    accuracy_only: bool = False  # no timing, memory or profile runs: the per-layer capture only
     equalize: bool = False  # cross-layer weight equalization of the float model before quantizing
     per_channel: bool = True  # per-channel weight scales; False: one scale per weight tensor
 
@@ -271,8 +272,10 @@ def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, flo
         float_ref = client.ensure_model(float_path, state.float_info.format, ui.progress, state.float_info.sha256)
         int8_ref = client.ensure_model(int8_path, state.int8_info.format, ui.progress, state.int8_info.sha256)
         state.uploaded_bytes = client.uploaded_bytes
-        timed = (("float", float_ref),) if s.time_float else ()
-        for kind, ref in (*timed, ("int8", int8_ref)):
+        timed = [] if s.accuracy_only else [("float", float_ref)] * s.time_float + [("int8", int8_ref)]
+        if s.accuracy_only:
+            state.notes.append("--accuracy-only: latency, memory and op profile not measured")
+        for kind, ref in timed:
             state.stage = f"timing {kind}"
             ui.stage(state.stage)
             req = BenchmarkRequest(model=ref, runner=s.runner, timing=s.timing, return_outputs=s.return_outputs,

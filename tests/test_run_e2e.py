@@ -165,3 +165,18 @@ def test_gates_exit_code_json_summary_and_artifacts(convnet_run, agent_cache):
     for name in ("report.json", "report.html", "layers.csv", "report.modelexplorer.json"):
         assert (tmp / "gate-fail" / name).is_file()
     assert json.loads(passed.stdout)["run_id"] + 1 == summary["run_id"]
+
+
+def test_accuracy_only_captures_every_layer_without_timing(convnet_run, agent_cache):
+    tmp, _, report, _ = convnet_run
+    common = [str(tmp / "convnet.onnx"), "--int8", report["models"]["int8"]["path"], "--data", "eval.npz",
+              "--accuracy-only", "--quiet"]
+    proc = qbench("run", *common, "--out", "acc", cwd=tmp, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    only = load_report(tmp / "acc")
+    assert "latency" not in only and "memory" not in only and only["settings"]["accuracy_only"] is True
+    assert "not measured" in proc.stdout
+    # the same pair, the same samples: the same per-layer figures as the timed run
+    assert [x["psnr_db"] for x in only["layers"]] == pytest.approx([x["psnr_db"] for x in report["layers"]])
+    refused = qbench("run", *common, "--out", "acc-gate", "--fail-under-speedup", "1.5", cwd=tmp, cache=agent_cache)
+    assert refused.returncode == 1 and "need timing" in refused.stderr and "Traceback" not in refused.stderr

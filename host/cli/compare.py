@@ -150,6 +150,8 @@ def _write(runs: list[TargetRun], prepared: RunState, gates: Gates, db: Optional
 
 
 def _no_outputs(run: TargetRun) -> str:
+    if run.state.settings.accuracy_only:
+        return "no outputs: --accuracy-only runs no timed sessions"
     omitted = [reply.outputs_omitted for reply in run.state.benchmarks.values() if reply.outputs_omitted]
     if omitted:
         return f"outputs not returned: {omitted[0]}"

@@ -63,6 +63,8 @@ class RunOptions:
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="untimed runs before timing")] = 5
     min_seconds: Annotated[float, typer.Option(
         "--min-seconds", min=0.0, help="time each model at least this long")] = 0.5
+    accuracy_only: Annotated[bool, typer.Option(
+        "--accuracy-only", help="per-layer analysis only: no latency, memory or op profile runs")] = False
     profile_runs: Annotated[int, typer.Option(
         "--profile-runs", min=0, help="per-op kernel times over N runs of a separate profiling session; 0: off")] = 10
     threads: Annotated[Optional[int], typer.Option(
@@ -113,6 +115,8 @@ class RunOptions:
         if self.activation_type not in ACTIVATION_TYPES:
             raise UserError(f"--activation-type must be {', '.join(ACTIVATION_TYPES[:-1])} or {ACTIVATION_TYPES[-1]}, "
                             f"not {self.activation_type!r}")
+        if self.accuracy_only and (self.fail_under_speedup is not None or self.fail_over_memory is not None):
+            raise UserError("--fail-under-speedup and --fail-over-memory need timing: not with --accuracy-only")
         if self.accelerator is not None and self.accelerator.lower() not in ACCELERATORS:
             raise UserError(f"--accelerator must be {', '.join(ACCELERATORS[:-1])} or {ACCELERATORS[-1]}, "
                             f"not {self.accelerator!r}")
@@ -128,7 +132,7 @@ class RunOptions:
             samples=self.samples, calibration_method=self.calibration_method, activation_type=self.activation_type,
             seed=self.seed, runner=runner,
             timing=TimingConfig(warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds),
-            profile_runs=self.profile_runs, capture_delegate=self.capture_delegate, equalize=self.equalize,
+            profile_runs=self.profile_runs, accuracy_only=self.accuracy_only, capture_delegate=self.capture_delegate, equalize=self.equalize,
             per_channel=not self.per_tensor, memory_budget_mb=self.memory_budget, drop_db=self.drop_db,
             histogram_bins=self.histogram_bins, save_tensors=self.save_tensors,
             worst=self.worst, timeout_s=self.timeout, debug=debug,

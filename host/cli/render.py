@@ -34,6 +34,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         table.add_row("latency median", f"{lat['float']['median_ms']:.3f} ms", f"{lat['int8']['median_ms']:.3f} ms",
                       f"{lat.get('speedup') or 0:.2f}x speedup")
         table.add_row("latency p90", f"{lat['float']['p90_ms']:.3f} ms", f"{lat['int8']['p90_ms']:.3f} ms", "")
+    elif (report.get("settings") or {}).get("accuracy_only"):
+        table.add_row("latency, memory", "not measured", "not measured", "--accuracy-only")
     if "float" in mem and "int8" in mem:
         table.add_row("peak memory", f"{mem['float']['peak_mb']:.1f} MB", f"{mem['int8']['peak_mb']:.1f} MB",
                       f"{mem.get('ratio') or 0:.2f}x")
