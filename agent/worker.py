@@ -13,6 +13,7 @@ import json
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -143,9 +144,10 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
     cls = runner_class(req.runner.runtime)
     phase = capture.Phases()
     accs = [capture.PairAccumulator(p, req.histogram_bins) for p in req.pairs]
-    with phase("reference"):
-        reference = _deployed_outputs(cls(job["int8_model_path"], req.runner), feeds[0])
-    heap.release_memory()
+    # Sessions load on their own threads (the runtimes release the GIL while they build a
+    # session): the reference and the first pass's two sessions build side by side.
+    loader = ThreadPoolExecutor(2, thread_name_prefix="load")
+    reference_job = loader.submit(_deployed_outputs, cls(job["int8_model_path"], req.runner), feeds[0])
     reducer = capture.Reducer(capture.reduce_threads(req.runner.threads))
     spool = tensor_spool.Spool(jobdir, req.pairs) if req.save_tensors else None
     done: list[list[int]] = []
@@ -156,23 +158,28 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
             progress("capture", len(done), len(done) + len(pending))
             group = pending.pop(0)
             with phase("load"):
-                int8_runner = cls(job["int8_model_path"], req.runner, [req.pairs[i].int8_name for i in group])
-                int8_runner.load()
+                float_job = loader.submit(
+                    _loaded, cls(job["float_model_path"], req.runner, [req.pairs[i].float_name for i in group]))
+                int8_runner = _loaded(cls(job["int8_model_path"], req.runner, [req.pairs[i].int8_name for i in group]))
             with phase("infer"):
                 first = int8_runner.infer(feeds[0])
+            with phase("reference"):
+                reference = reference_job.result()
             diff = _max_abs_diff(reference, first)
             if diff > 0 and len(group) > 1:
                 # Exposing some tensor of this group changed how the runtime fuses the int8 graph:
                 # halve the group until every pass computes what the deployed model computes.
                 del int8_runner, first
+                float_job.result()
+                del float_job
                 pending[:0] = [group[: len(group) // 2], group[len(group) // 2:]]
                 continue
             for i in group:
                 accs[i].s.graph_altered = diff > 0
             fidelity = max(fidelity, diff)
             with phase("load"):
-                float_runner = cls(job["float_model_path"], req.runner, [req.pairs[i].float_name for i in group])
-                float_runner.load()
+                float_runner = float_job.result()
+            del float_job
             observed = _observable(group, req.pairs, float_runner, int8_runner, accs)
             for s, feed in enumerate(feeds):
                 with phase("infer"):
@@ -193,6 +200,7 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
             done.append(group)
     finally:
         reducer.close()
+        loader.shutdown()
     progress("capture", len(done), len(done))
     return CaptureReply(stats=[a.stats() for a in accs], groups=done, fidelity_max_abs_diff=fidelity,
                         peak_mb=memory.peak_rss_mb(), phases_s=phase.seconds)
@@ -202,6 +210,11 @@ def _deployed_outputs(runner: Runner, feed: dict[str, np.ndarray]) -> dict[str, 
     """The unmodified int8 model's outputs for one sample: what every capture session must reproduce."""
     runner.load()
     return {k: v.copy() for k, v in runner.infer(feed).items()}
+
+
+def _loaded(runner: Runner) -> Runner:
+    runner.load()
+    return runner
 
 
 def _observable(group: list[int], pairs: list, float_runner: Runner, int8_runner: Runner,
