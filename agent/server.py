@@ -1,10 +1,10 @@
 """The agent's ROUTER loop: receive, validate, dispatch, reply.
 
-Model work never runs in this process: each benchmark or capture starts a worker
-(``qbench.agent.worker``) so that a crash or out-of-memory in the runtime becomes a
-typed error and the agent stays up. While a worker runs, its progress lines are
-forwarded to the host, with a heartbeat every few seconds so the host can tell a
-slow job from a dead link.
+Model work never runs in this process: each benchmark or capture runs in a worker
+(``qbench.agent.worker``), forked from a zygote that preloaded its runtime (agent/launcher.py,
+agent/zygote.py), so that a crash or out-of-memory in the runtime becomes a typed error and the
+agent stays up. While a worker runs, its progress lines are forwarded to the host, with a
+heartbeat every few seconds so the host can tell a slow job from a dead link.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ from qbench.protocols.version import PROTOCOL_VERSION, compatible
 
 from . import AGENT_VERSION, tensor_spool
 from .cache import ModelCache
+from .launcher import Worker, Zygotes, job_runtime
 from .memory import total_memory_bytes
 from .outputs import load_outputs
-from .runners import check_accelerator
+from .runners import COMPILED, check_accelerator
 
 log = logging.getLogger("qbench.agent")
 
@@ -94,6 +95,8 @@ class Agent:
         self.stopping = threading.Event()
         self._runtimes: dict[str, RuntimeInfo] | None = None
         self._baselines: dict[str, float] = {}
+        self.zygotes = Zygotes(config.worker_cmd, self._worker_env, self.cache.root / "zygotes",
+                               {"cpus": config.cpus, "memory_limit_mb": config.memory_limit_mb})
         self._ctx = zmq.Context()
         self.socket = self._ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes + codec.MAX_HEADER_BYTES)
@@ -129,6 +132,7 @@ class Agent:
             frames = self.socket.recv_multipart(copy=False)
             self._identity = frames[0].bytes
             self._handle(frames[1:])
+        self.zygotes.close()
         self.socket.close()
         self._ctx.term()
 
@@ -180,7 +184,9 @@ class Agent:
     # ---- handlers: each returns (content, tensors, tensor names) ------------------
 
     def _hello(self, msg: Message):
-        from_dict(HelloRequest, msg.content)
+        req = from_dict(HelloRequest, msg.content)
+        installed = [r for r in self.runtimes() if r != COMPILED]  # CompiledModel jobs fork from "tflite"
+        self.warm([r for r in installed if r in req.runtimes] if req.runtimes else installed)
         reply = HelloReply(
             protocol_version=PROTOCOL_VERSION,
             agent_version=AGENT_VERSION,
@@ -201,7 +207,12 @@ class Agent:
         if self._runtimes is None:
             result = self._run_job({"kind": "probe"}, [], [], timeout_s=120.0, progress=False)
             self._runtimes = from_dict(dict[str, RuntimeInfo], result["runtimes"])
+            self.zygotes.stop("")  # the probe runs once
         return self._runtimes
+
+    def warm(self, runtimes: list[str]) -> None:
+        """Start the worker zygotes of ``runtimes`` in the background, so the first job finds its imports done."""
+        self.zygotes.warm(runtimes)
 
     def _model_status(self, msg: Message):
         ref = from_dict(ModelRef, msg.content.get("model", {}))
@@ -272,7 +283,7 @@ class Agent:
         jobdir = self.jobs_dir / uuid.uuid4().hex
         try:
             self._write_job(jobdir, job, tensors, names)
-            result = self._wait_worker(jobdir, timeout_s, progress)
+            result = self._wait_worker(jobdir, timeout_s, progress, job_runtime(job))
             if returned is not None:
                 returned.extend(load_outputs(jobdir))
             return result
@@ -290,21 +301,14 @@ class Agent:
                 raise ProtocolError(ErrorCode.DISK_FULL, f"no space left in {jobdir.parent}") from exc
             raise
 
-    def _wait_worker(self, jobdir: Path, timeout_s: float, progress: bool) -> dict:
+    def _wait_worker(self, jobdir: Path, timeout_s: float, progress: bool, runtime: str) -> dict:
         stderr_path = jobdir / "stderr.txt"
         with open(stderr_path, "wb") as stderr:
-            proc = subprocess.Popen(
-                [*self.config.worker_cmd, "-m", "qbench.agent.worker", str(jobdir)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-                env=self._worker_env(), preexec_fn=self._limit_worker, start_new_session=True,
-            )
+            proc = self.zygotes.start(runtime, jobdir, stderr.fileno(), timeout_s)
             try:
                 self._pump(proc, timeout_s, progress, jobdir)
             finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                proc.stdout.close()
+                proc.finish()  # on a timeout or stop: os.killpg(SIGKILL) of the worker's group, then its status
         result_path = jobdir / "result.json"
         if not result_path.exists():
             tail = "\n".join(deque(stderr_path.read_text(errors="replace").splitlines(), maxlen=15))
@@ -318,7 +322,7 @@ class Agent:
             raise exc
         return result["ok"]
 
-    def _pump(self, proc: subprocess.Popen, timeout_s: float, progress: bool, jobdir: Path) -> None:
+    def _pump(self, proc: Worker, timeout_s: float, progress: bool, jobdir: Path) -> None:
         """Forward the worker's progress lines (and saved tensors) until it exits; kill it at the deadline or on stop."""
         deadline = time.monotonic() + timeout_s
         last_sent = time.monotonic()
@@ -368,15 +372,6 @@ class Agent:
         if self.config.threads:
             env["OMP_NUM_THREADS"] = str(self.config.threads)
         return env
-
-    def _limit_worker(self) -> None:
-        if self.config.cpus:
-            os.sched_setaffinity(0, self.config.cpus)
-        if self.config.memory_limit_mb:
-            import resource
-
-            limit = self.config.memory_limit_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _reply_type(request_type: str) -> str:

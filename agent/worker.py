@@ -1,8 +1,8 @@
 """A worker process: runs one job on one or two models, then exits.
 
-The agent starts ``python -m qbench.agent.worker JOBDIR`` for every job, so that a
-runtime crash or out-of-memory kills only the worker, and so that each model's peak
-memory (VmHWM) is its own. ``JOBDIR/job.json`` holds the job, ``JOBDIR/in_<k>.npy``
+The agent runs every job in a worker of its own, forked from a zygote that has done the
+imports (agent/zygote.py), so that a runtime crash or out-of-memory kills only the
+worker, and so that each model's peak memory (VmHWM) is its own. ``JOBDIR/job.json`` holds the job, ``JOBDIR/in_<k>.npy``
 the inputs (leading sample axis). The worker writes ``JOBDIR/result.json``; progress
 goes to stdout as JSON lines; anything else it says goes to stderr.
 """

@@ -116,7 +116,7 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     ui = ui or UI()
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    agent = _AgentStart(transport, settings.timeout_s)
+    agent = _AgentStart(transport, settings.timeout_s, [session_tflite.runtime_hint(settings.model)])
     try:
         float_path, int8_path = _prepare_models(state, ui)
         inputs = _samples(state, ui)
@@ -226,8 +226,8 @@ def _samples(state: RunState, ui: UI) -> dict[str, np.ndarray]:
 class _AgentStart:
     """Starts the agent and says hello in a thread, so that its start-up overlaps the host's preparation."""
 
-    def __init__(self, transport: AgentTransport, timeout_s: float):
-        self._transport, self._timeout_s = transport, timeout_s
+    def __init__(self, transport: AgentTransport, timeout_s: float, runtimes: list[str]):
+        self._transport, self._timeout_s, self._runtimes = transport, timeout_s, runtimes
         self._client: AgentClient | None = None
         self._hello: HelloReply | None = None
         self._error: BaseException | None = None
@@ -237,7 +237,7 @@ class _AgentStart:
     def _start(self) -> None:
         try:
             self._client = AgentClient(self._transport.start(), timeout_s=self._timeout_s)
-            self._hello = self._client.hello()
+            self._hello = self._client.hello(self._runtimes)
         except BaseException as exc:  # handed to the run's thread by result()
             self._error = exc
 

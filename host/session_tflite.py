@@ -37,6 +37,11 @@ ACCELERATORS = ("cpu", "gpu", "npu")
 COMPILED_RUNTIME = "litert-compiled"
 
 
+def runtime_hint(model: Path) -> str:
+    """The runtime a model file will most likely run on, from its name alone (before it is inspected)."""
+    return RUNTIMES["tflite" if Path(model).suffix.lower() == ".tflite" else "onnx"]
+
+
 def runtime_for(settings: RunSettings, float_info: ModelInfo, int8_info: ModelInfo | None) -> str:
     """The runtime of the model pair, after checking that the settings fit its format.
 

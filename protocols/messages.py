@@ -114,6 +114,7 @@ class Limits:
 class HelloRequest:
     protocol_version: str
     client_version: str = ""
+    runtimes: list[str] = field(default_factory=list)  # what the host will run: the agent prepares those workers
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import zmq
@@ -116,8 +116,9 @@ class AgentClient:
                 raise AgentError(ErrorInfo("too_large", f"input {name!r} is {tensor.nbytes} bytes, over the "
                                                         f"agent's frame cap of {cap}", "host"))
 
-    def hello(self) -> HelloReply:
-        content = self.request(MsgType.HELLO, HelloRequest(PROTOCOL_VERSION, __version__))
+    def hello(self, runtimes: Sequence[str] = ()) -> HelloReply:
+        """Connect; ``runtimes``: those the coming jobs use, so the agent can get their workers ready."""
+        content = self.request(MsgType.HELLO, HelloRequest(PROTOCOL_VERSION, __version__, list(runtimes)))
         self.info = from_dict(HelloReply, content)
         if not compatible(self.info.protocol_version):
             raise AgentError(ErrorInfo("version_mismatch", f"agent speaks protocol {self.info.protocol_version}, "
