@@ -153,6 +153,17 @@ def test_jobs_fork_from_one_zygote_per_runtime_which_is_reused(agent, tmp_path):
     job.join(30)
 
 
+def test_hello_warms_only_the_runtimes_the_host_names(tmp_path):
+    agent = Agent(tmp_path)
+    try:
+        agent.client.hello(["onnxruntime"])
+        _wait_for(lambda: "onnxruntime" in agent.zygotes(), "the onnxruntime zygote")
+        time.sleep(0.5)  # a wrongly warmed tflite zygote would have been started with the onnxruntime one
+        assert set(agent.zygotes()) == {"onnxruntime"}
+    finally:
+        agent.stop()
+
+
 def test_a_killed_worker_is_out_of_memory_a_crashed_one_worker_crashed(agent, tmp_path):
     zygote = agent.warm()["onnxruntime"]
     ref = agent.client.ensure_model(build_convnet(tmp_path / "m.onnx"), "onnx")
