@@ -185,8 +185,13 @@ class Agent:
 
     def _hello(self, msg: Message):
         req = from_dict(HelloRequest, msg.content)
-        installed = [r for r in self.runtimes() if r != COMPILED]  # CompiledModel jobs fork from "tflite"
-        self.warm([r for r in installed if r in req.runtimes] if req.runtimes else installed)
+        if req.runtimes:  # their imports overlap the probe, which forks from the first one's zygote
+            self.warm(req.runtimes)
+        runtimes = self.runtimes(probe_zygote=req.runtimes[0] if req.runtimes else "")
+        if not req.runtimes:
+            self.warm([r for r in runtimes if r != COMPILED])  # CompiledModel jobs fork from "tflite"
+        for missing in set(req.runtimes) - set(runtimes):
+            self.zygotes.stop(missing)  # its jobs fail with runtime_missing before any fork
         reply = HelloReply(
             protocol_version=PROTOCOL_VERSION,
             agent_version=AGENT_VERSION,
@@ -202,12 +207,16 @@ class Agent:
         )
         return reply, [], []
 
-    def runtimes(self) -> dict[str, RuntimeInfo]:
-        """Runtimes importable here, probed once in a worker (a broken runtime must not crash the agent)."""
+    def runtimes(self, probe_zygote: str = "") -> dict[str, RuntimeInfo]:
+        """Runtimes importable here, probed once in a worker (a broken runtime must not crash the agent).
+
+        The probe's worker forks from ``probe_zygote`` (it imports every runtime itself; a zygote that
+        failed to preload its runtime serves as well); the runtime-less zygote "" is stopped after it.
+        """
         if self._runtimes is None:
-            result = self._run_job({"kind": "probe"}, [], [], timeout_s=120.0, progress=False)
+            result = self._run_job({"kind": "probe"}, [], [], timeout_s=120.0, progress=False, zygote=probe_zygote)
             self._runtimes = from_dict(dict[str, RuntimeInfo], result["runtimes"])
-            self.zygotes.stop("")  # the probe runs once
+            self.zygotes.stop("")
         return self._runtimes
 
     def warm(self, runtimes: list[str]) -> None:
@@ -278,12 +287,15 @@ class Agent:
     # ---- workers -----------------------------------------------------------------
 
     def _run_job(self, job: dict, tensors: list, names: list[str], timeout_s: float, progress: bool = True,
-                 returned: list | None = None) -> dict:
-        """The worker's result; ``returned``, when given, gets the [tensors, names] it saved (agent/outputs.py)."""
+                 returned: list | None = None, zygote: str | None = None) -> dict:
+        """The worker's result; ``returned``, when given, gets the [tensors, names] it saved (agent/outputs.py).
+
+        ``zygote``: the runtime whose zygote forks the worker; by default the job's own.
+        """
         jobdir = self.jobs_dir / uuid.uuid4().hex
         try:
             self._write_job(jobdir, job, tensors, names)
-            result = self._wait_worker(jobdir, timeout_s, progress, job_runtime(job))
+            result = self._wait_worker(jobdir, timeout_s, progress, job_runtime(job) if zygote is None else zygote)
             if returned is not None:
                 returned.extend(load_outputs(jobdir))
             return result
