@@ -29,6 +29,7 @@ from qbench.protocols.messages import (
 from . import data as data_mod
 from . import session_tflite, tensor_store
 from .compare import matching
+from .report import prefetch
 from .errors import UserError
 from .models import InputSpec, ModelInfo, inspect_model
 from .quantize.equalize import equalize_file
@@ -93,6 +94,7 @@ class RunState:
     capture: CaptureReply | None = None
     error: dict[str, str] | None = None
     equalization: dict[str, Any] | None = None  # quantize.equalize's report section, with --equalize
+    prefetch: prefetch.Prefetch | None = None  # report work started at the capture stage
 
 
 class UI:
@@ -283,6 +285,7 @@ def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, flo
             state.benchmarks[kind], state.outputs[kind] = client.benchmark_outputs(req, inputs, ui.progress)
         state.stage = "capture"
         ui.stage("capture")
+        state.prefetch = prefetch.start(state)  # the host only waits from here on: not during timing
         req = CaptureRequest(float_model=float_ref, int8_model=int8_ref, pairs=state.matching.pairs(),
                              runner=session_tflite.capture_runner(s),
                              budget_bytes=int(s.memory_budget_mb * 1024 * 1024), histogram_bins=s.histogram_bins,

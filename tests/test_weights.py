@@ -28,14 +28,25 @@ def _calibration() -> dict[str, np.ndarray]:
     return {"x": np.random.default_rng(3).normal(size=(6, 1, 3, 16, 16)).astype(np.float32)}
 
 
-def _expected(float_w: np.ndarray, q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int):
-    """(tensor PSNR, channel PSNRs along ``axis``) computed independently."""
+def _dequantized(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
     shape = [1] * q.ndim
     if scale.size > 1:
         shape[axis] = -1
-    d = (q.astype(np.float64) - zero.reshape(shape)) * scale.reshape(shape).astype(np.float64)
+    return (q.astype(np.float64) - zero.reshape(shape)) * scale.reshape(shape).astype(np.float64)
+
+
+def _expected(float_w: np.ndarray, q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int):
+    """(tensor PSNR, channel PSNRs along ``axis``) computed independently."""
+    d = _dequantized(q, scale, zero, axis)
     channels = [_psnr(np.take(float_w, c, axis=axis), np.take(d, c, axis=axis)) for c in range(q.shape[axis])]
     return _psnr(float_w, d), channels
+
+
+def _counts(values: np.ndarray, lo: float, hi: float) -> list[int]:
+    """[below lo, np.histogram over BINS equal bins of [lo, hi], above hi]."""
+    v = values.astype(np.float64).ravel()
+    inside = np.histogram(v, bins=np.linspace(lo, hi, BINS + 1))[0]
+    return [int((v < lo).sum()), *inside.tolist(), int((v > hi).sum())]
 
 
 def _check(entry: dict, float_w, q, scale, zero, axis: int) -> None:
@@ -49,6 +60,8 @@ def _check(entry: dict, float_w, q, scale, zero, axis: int) -> None:
     assert hist["int8"][0] == hist["int8"][-1] == 0  # dequantized values never leave the int8 range
     lo, hi = hist["range"]
     assert lo <= float(np.min(float_w)) and hi >= float(np.max(float_w))  # min/max calibrated: no clipping
+    assert hist["float"] == _counts(float_w, lo, hi)
+    assert hist["int8"] == _counts(_dequantized(q, scale, zero, axis), lo, hi)
 
 
 @pytest.mark.parametrize("per_channel", [True, False])

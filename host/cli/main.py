@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 error (bad input, device unreachable, a failed stage),
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -27,10 +28,30 @@ def agent(ctx: typer.Context) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "qbench.agent", *ctx.args])
 
 
-def _register() -> None:
-    # Each module adds its commands to `app` when imported; imported here, not at the top,
-    # because they import `app` from this module.
-    from . import calibrate, compare, devices, emulate, fix, results, run  # noqa: F401
+#: command -> the modules that add it to `app` when imported. Only the invoked command's module is
+#: imported: the others pull in heavy libraries (onnxruntime.quantization, paramiko, plotly) that
+#: would delay `qbench run` and its agent's start. Help and unknown names import them all.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "agent": (), "calibrate": ("calibrate",), "compare": ("compare",), "deploy": ("devices",),
+    "devices": ("devices",), "emulate": ("emulate",), "fix": ("fix",), "history": ("results",),
+    "diff": ("results",), "view": ("results",), "run": ("run",),
+}
+
+
+@app.callback()
+def _group() -> None:
+    # A callback keeps `app` a command group when only `agent` is registered (typer turns a
+    # one-command app into that command).
+    pass
+
+
+def _register(args: list[str]) -> None:
+    """Import the modules of the command ``args`` names; modules import `app` from here, hence not at the top."""
+    modules = COMMANDS.get(args[0]) if args else None
+    if modules is None:
+        modules = tuple(dict.fromkeys(m for ms in COMMANDS.values() for m in ms))
+    for module in modules:
+        importlib.import_module(f"{__package__}.{module}")
 
 
 def main() -> None:
@@ -39,7 +60,7 @@ def main() -> None:
     debug = DEBUG = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
-    _register()
+    _register(sys.argv[1:])
     try:
         app()
     except UserError as exc:

@@ -20,8 +20,12 @@ Anything else is listed as unmatched with the reason, never dropped silently.
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Union
 
 import numpy as np
 import onnx
@@ -64,10 +68,11 @@ class Matching:
 
 
 class _Graph:
-    """Lookups over one (shape-inferred) graph."""
+    """Lookups over one graph; tensor types from ``typed`` (e.g. ``infer(model)``) when given."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, typed: onnx.GraphProto | None = None):
         graph = model.graph
+        typed = graph if typed is None else typed
         self.nodes = list(graph.node)
         self.producer = {o: n for n in graph.node for o in n.output if o}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -76,7 +81,7 @@ class _Graph:
                 self.consumers.setdefault(name, []).append(node)
         self.initializers = {t.name: t for t in graph.initializer}
         self.types = {}
-        for vi in [*graph.input, *graph.output, *graph.value_info]:
+        for vi in [*typed.input, *typed.output, *typed.value_info]:
             tt = vi.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim] if tt.HasField("shape") else None
             self.types[vi.name] = (tt.elem_type, dims)
@@ -104,17 +109,51 @@ class _Graph:
         return None
 
 
-def infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape-inferred copy (types and sizes of intermediates); the model itself if inference fails."""
+def load_model(path: Union[str, os.PathLike]) -> onnx.ModelProto:
+    """``onnx.load(path)``, parsed once per version of the file (its size and modification time).
+
+    A run reads each model for matching and again for its weights; both get the same object,
+    so callers must not modify it.
+    """
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _load(str(resolved), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)  # the float and the int8 model of a run: a large model is held only once
+def _load(path: str, size: int, mtime_ns: int) -> onnx.ModelProto:
+    return onnx.load(path)
+
+
+#: initializers with at least this many elements lose their values for shape inference: no op reads
+#: a tensor that large to find its output's shape (shapes, axes, pads and scales have a few elements)
+_INFER_WITHOUT_VALUES = 1024
+_TENSOR_VALUES = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def infer(model: onnx.ModelProto) -> onnx.GraphProto:
+    """The graph with the types and sizes of its intermediates; the model's own graph if inference fails.
+
+    Inference runs on a copy whose large initializers keep their type and shape but not their
+    values: onnx serializes the model it infers, and without the weights that takes a fraction of
+    the time, for the same types. Read only the returned graph's types (``input``, ``output``,
+    ``value_info``): its large initializers are empty.
+    """
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for tensor in skeleton.graph.initializer:
+        if math.prod(tensor.dims) >= _INFER_WITHOUT_VALUES:
+            for values in _TENSOR_VALUES:
+                tensor.ClearField(values)
     try:
-        return onnx.shape_inference.infer_shapes(model)
+        return onnx.shape_inference.infer_shapes(skeleton).graph
     except Exception:  # inference is a nicety here: matching still works by name
-        return model
+        return model.graph
 
 
 def match(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> Matching:
     """Pair float and int8 tensors. Raises UserError if the two are not the same network."""
-    f, q = _Graph(infer(float_model)), _Graph(infer(int8_model))
+    f, q = _Graph(float_model, infer(float_model)), _Graph(int8_model, infer(int8_model))
     _check_same_network(f, q)
     layers: list[Layer] = []
     unmatched: list[Unmatched] = []

@@ -22,6 +22,7 @@ weights' error.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
@@ -31,7 +32,7 @@ import onnx
 
 from qbench.protocols.messages import QParams
 
-from .matching import _Graph
+from .matching import _Graph, load_model
 from .metrics import psnr_db
 
 BINS = 64
@@ -65,7 +66,7 @@ class QuantizedWeight:
         q: the integer weight.
         qparams: its scale and zero point (``axis`` set when per channel).
         channel_axis: axis of the output channels for channel PSNR, None when the op has none.
-        layer: the compared tensor (report layer name) the weight contributes to, None if unknown.
+        reaches: the tensors the weight's op output flows to, nearest first (see ``WeightTable``).
     """
 
     name: str
@@ -74,7 +75,34 @@ class QuantizedWeight:
     q: np.ndarray
     qparams: QParams
     channel_axis: int | None
-    layer: str | None
+    reaches: tuple[str, ...]
+
+
+@dataclass
+class WeightTable:
+    """The weight figures of a model pair, before they are tied to the report's layers.
+
+    Everything here depends on the two model files alone, so it can be computed while the device
+    still measures (``qbench.host.report.prefetch``).
+
+    Attributes:
+        entries: report entries as described in the module doc, ``layer`` None.
+        reaches: per entry, the tensors its op's output flows to, nearest first: the output, then
+            the outputs of at most 3 element-wise ops it passes through; the first that is a
+            report layer is the entry's ``layer``.
+        unmatched: integer weights without a float counterpart, ``{"name", "reason"}``.
+    """
+
+    entries: list[dict[str, Any]]
+    reaches: list[tuple[str, ...]]
+    unmatched: list[dict[str, str]]
+
+    def for_layers(self, layer_names: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """(entries with ``layer`` set from ``layer_names``, unmatched); the table itself is left as it is."""
+        names = set(layer_names)
+        entries = [{**e, "layer": next((t for t in reach if t in names), None)}
+                   for e, reach in zip(self.entries, self.reaches)]
+        return entries, list(self.unmatched)
 
 
 def weight_report(float_path: PathLike, int8_path: PathLike, fmt: str,
@@ -90,18 +118,23 @@ def weight_report(float_path: PathLike, int8_path: PathLike, fmt: str,
     Returns:
         (entries as described in the module doc, unmatched ``{"name", "reason"}``).
     """
-    names = set(layer_names)
+    return weight_table(float_path, int8_path, fmt).for_layers(layer_names)
+
+
+def weight_table(float_path: PathLike, int8_path: PathLike, fmt: str) -> WeightTable:
+    """The figures of every integer weight of ``int8_path`` against ``float_path`` ("onnx" or "tflite")."""
     if fmt == "tflite":
-        found, unmatched = tflite_weights(float_path, int8_path, names)
+        found, unmatched = tflite_weights(float_path, int8_path)
     else:
-        found, unmatched = onnx_weights(onnx.load(str(float_path)), onnx.load(str(int8_path)), names)
-    entries = []
+        found, unmatched = onnx_weights(load_model(float_path), load_model(int8_path))
+    entries, reaches = [], []
     for w in found:
         if np.isfinite(w.values).all():
             entries.append(weight_entry(w))
+            reaches.append(w.reaches)
         else:  # no PSNR exists, and report.json holds no NaN
             unmatched.append({"name": w.name, "reason": "the float weight holds NaN or infinity"})
-    return entries, unmatched
+    return WeightTable(entries, reaches, unmatched)
 
 
 def attach_to_layers(layers: list[dict[str, Any]], weights: list[dict[str, Any]]) -> None:
@@ -141,20 +174,22 @@ def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
 
 
 def weight_entry(w: QuantizedWeight) -> dict[str, Any]:
-    """The report entry of one weight (see the module doc for every figure)."""
+    """The report entry of one weight (see the module doc for every figure), ``layer`` None."""
     f = w.values.astype(np.float64)
     d = dequantize(w.q, w.qparams)
     err = (f - d) ** 2
-    overall = psnr_db(float(np.abs(f).max(initial=0.0)), float(err.mean()) if err.size else 0.0)
+    magnitude = np.abs(f)
+    overall = psnr_db(float(magnitude.max(initial=0.0)), float(err.mean()) if err.size else 0.0)
     channels: list[float | None] = []
     if w.channel_axis is not None and f.ndim:
-        moved_f = np.moveaxis(np.abs(f), w.channel_axis, 0).reshape(f.shape[w.channel_axis], -1)
-        moved_e = np.moveaxis(err, w.channel_axis, 0).reshape(f.shape[w.channel_axis], -1)
-        channels = [_round(psnr_db(float(p), float(m))) for p, m in zip(moved_f.max(axis=1), moved_e.mean(axis=1))]
+        n = f.shape[w.channel_axis]
+        peaks = np.moveaxis(magnitude, w.channel_axis, 0).reshape(n, -1).max(axis=1)
+        mses = np.moveaxis(err, w.channel_axis, 0).reshape(n, -1).mean(axis=1)
+        channels = _channel_psnrs(peaks, mses)
     defined = [(v, i) for i, v in enumerate(channels) if v is not None]
     return {
         "name": w.name,
-        "layer": w.layer,
+        "layer": None,
         "op_type": w.op_type,
         "axis": w.qparams.axis,
         "channel_axis": w.channel_axis,
@@ -163,8 +198,19 @@ def weight_entry(w: QuantizedWeight) -> dict[str, Any]:
         "psnr_db": _round(overall),
         "channel_psnr_db": channels,
         "worst_channel": min(defined)[1] if defined else None,
-        "histogram": histogram(f, d, w.qparams),
+        "histogram": histogram(w.values, d, w.qparams),
     }
+
+
+def _channel_psnrs(peaks: np.ndarray, mses: np.ndarray) -> list[float | None]:
+    """``_round(psnr_db(peak, mse))`` per channel, without two Python calls per channel.
+
+    numpy forms peak²/mse with the same float64 operations as ``psnr_db``; the logarithm
+    (math.log10) and the rounding (Python's round) stay the ones ``psnr_db`` and ``_round`` use.
+    """
+    defined = (peaks > 0.0) & (mses > 0.0)
+    ratios = np.divide(peaks * peaks, mses, out=np.ones_like(peaks), where=defined)
+    return [round(10.0 * math.log10(r), 4) if ok else None for r, ok in zip(ratios.tolist(), defined.tolist())]
 
 
 def quant_range(qp: QParams) -> tuple[float, float]:
@@ -174,19 +220,25 @@ def quant_range(qp: QParams) -> tuple[float, float]:
     return float(((lo - zero) * scale).min()), float(((hi - zero) * scale).max())
 
 
-def histogram(f: np.ndarray, d: np.ndarray, qp: QParams) -> dict[str, Any] | None:
-    """Counts of the float and dequantized weights: [below range, 64 bins, above range]."""
+def histogram(values: np.ndarray, d: np.ndarray, qp: QParams) -> dict[str, Any] | None:
+    """Counts of the float weights and the dequantized ones ``d``: [below range, 64 bins, above range]."""
     lo, hi = quant_range(qp)
     if not hi > lo:
         return None
     edges = np.linspace(lo, hi, BINS + 1)
+    # Sorted in their own type (float32 sorts faster); widening to float64 is exact and keeps the order.
+    return {"range": [lo, hi], "float": _counts(np.sort(values, axis=None).astype(np.float64), edges),
+            "int8": _counts(np.sort(d, axis=None), edges)}
 
-    def counts(values: np.ndarray) -> list[int]:
-        v = values.reshape(-1)
-        inside = np.histogram(v, bins=edges)[0]
-        return [int((v < lo).sum()), *(int(c) for c in inside), int((v > hi).sum())]
 
-    return {"range": [lo, hi], "float": counts(f), "int8": counts(d)}
+def _counts(ascending: np.ndarray, edges: np.ndarray) -> list[int]:
+    """[below, np.histogram(bins=edges) counts, above] of sorted values: a binary search per edge.
+
+    A bin holds edges[i] <= v < edges[i + 1], the last one also v == edges[-1], as in np.histogram.
+    """
+    ends = np.concatenate(([0], ascending.searchsorted(edges[:-1], "left"),
+                           ascending.searchsorted(edges[-1:], "right"), [ascending.size]))
+    return np.diff(ends).tolist()
 
 
 def _round(value: float | None) -> float | None:
@@ -196,8 +248,8 @@ def _round(value: float | None) -> float | None:
 # ---------------------------------------------------------------- ONNX
 
 
-def onnx_weights(float_model: onnx.ModelProto, int8_model: onnx.ModelProto,
-                 layer_names: set[str]) -> tuple[list[QuantizedWeight], list[dict[str, str]]]:
+def onnx_weights(float_model: onnx.ModelProto,
+                 int8_model: onnx.ModelProto) -> tuple[list[QuantizedWeight], list[dict[str, str]]]:
     """Integer weights of an ONNX int8 model (QDQ or QOperator) paired with the float model's."""
     f, q = _Graph(float_model), _Graph(int8_model)
     f_nodes = {n.name: n for n in f.nodes if n.name}
@@ -219,8 +271,7 @@ def onnx_weights(float_model: onnx.ModelProto, int8_model: onnx.ModelProto,
             continue
         op_type = f_node.op_type if f_node is not None else q_node.op_type
         axis = qp.axis if qp.axis is not None else _onnx_channel_axis(f_node, slot, values.ndim)
-        found.append(QuantizedWeight(name, op_type, values, q_values, qp, axis,
-                                     _onnx_layer(f_node, f, layer_names)))
+        found.append(QuantizedWeight(name, op_type, values, q_values, qp, axis, _onnx_reaches(f_node, f)))
     return found, unmatched
 
 
@@ -253,13 +304,15 @@ def _dq_qparams(q: _Graph, node: onnx.NodeProto) -> QParams | None:
 
 def _qparams(q: _Graph, name: str, scale_name: str, zero_name: str, axis: int) -> QParams | None:
     values = q.constant(name)
+    if values is None or values.dtype.name not in _INTEGER_TYPES:
+        return None  # most DequantizeLinear nodes dequantize activations: their scales are not read
     scale = q.constant(scale_name)
-    if values is None or scale is None or values.dtype.name not in _INTEGER_TYPES:
+    if scale is None:
         return None
     zero = q.constant(zero_name) if zero_name else None
     zero = np.zeros(scale.shape, dtype=values.dtype) if zero is None else zero
     per_channel = scale.size > 1
-    return QParams(scale=[float(s) for s in scale.reshape(-1)], zero_point=[int(z) for z in zero.reshape(-1)],
+    return QParams(scale=scale.reshape(-1).tolist(), zero_point=zero.reshape(-1).tolist(),
                    axis=axis % values.ndim if per_channel else None, dtype=values.dtype.name)
 
 
@@ -310,26 +363,24 @@ def _onnx_channel_axis(node: onnx.NodeProto | None, slot: int, ndim: int) -> int
     return None
 
 
-def _onnx_layer(node: onnx.NodeProto | None, f: _Graph, layer_names: set[str]) -> str | None:
-    """The compared tensor the node's output reaches, through at most 3 element-wise ops."""
+def _onnx_reaches(node: onnx.NodeProto | None, f: _Graph) -> tuple[str, ...]:
+    """The node's output, then the outputs of at most 3 element-wise ops it passes through alone."""
     if node is None or not node.output:
-        return None
-    tensor = node.output[0]
-    for _ in range(4):
-        if tensor in layer_names:
-            return tensor
-        consumers = f.consumers.get(tensor, [])
+        return ()
+    reaches = [node.output[0]]
+    while len(reaches) < 4:
+        consumers = f.consumers.get(reaches[-1], [])
         if len(consumers) != 1 or consumers[0].op_type not in _ELEMENTWISE:
-            return None
-        tensor = consumers[0].output[0]
-    return None
+            break
+        reaches.append(consumers[0].output[0])
+    return tuple(reaches)
 
 
 # ---------------------------------------------------------------- TFLite
 
 
-def tflite_weights(float_path: PathLike, int8_path: PathLike,
-                   layer_names: set[str]) -> tuple[list[QuantizedWeight], list[dict[str, str]]]:
+def tflite_weights(float_path: PathLike,
+                   int8_path: PathLike) -> tuple[list[QuantizedWeight], list[dict[str, str]]]:
     """Integer constant inputs of the int8 TFLite model's ops paired with the float model's constants.
 
     The float op is the one with the same output tensor name, else the op at the same place
@@ -370,7 +421,7 @@ def tflite_weights(float_path: PathLike, int8_path: PathLike,
             axis = t.qparams.axis if t.qparams.axis is not None else (
                 _TFLITE_CHANNEL_AXIS.get(op.type) if slot == 1 else None)
             found.append(QuantizedWeight(t.name, op.type, values, q_values, t.qparams, axis,
-                                         out if out in layer_names else None))
+                                         (out,) if out else ()))
     return found, unmatched
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from qbench.host.report.exports import CSV_NAME, OVERLAY_NAME, write_layers_csv, write_model_explorer_overlay
-from qbench.host.report.html import write_html
 
 HTML_NAME = "report.html"
 
@@ -21,6 +20,10 @@ def write_artifacts(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]
     Returns:
         What was written, by kind (``html``, ``csv``, ``overlay``).
     """
+    # Imported here: plotly takes 0.1-0.2 s to import, and `qbench run` imports this module before
+    # it starts its agent (report.prefetch loads plotly while the device measures).
+    from qbench.host.report.html import write_html
+
     out_dir = Path(out_dir)
     written = {"html": write_html(report, out_dir / HTML_NAME)}
     if report.get("layers"):

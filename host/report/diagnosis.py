@@ -6,6 +6,7 @@ from typing import Any
 
 from ..compare import sensitivity, weights
 from ..session import RunState
+from . import prefetch
 
 
 def add_diagnosis(report: dict[str, Any], state: RunState) -> None:
@@ -13,8 +14,7 @@ def add_diagnosis(report: dict[str, Any], state: RunState) -> None:
     layers = report.get("layers", [])
     if state.float_info is not None and state.int8_info is not None:
         try:
-            found, unmatched = weights.weight_report(state.float_info.path, state.int8_info.path,
-                                                     state.float_info.format, [x["name"] for x in layers])
+            found, unmatched = prefetch.weight_table(state).for_layers(x["name"] for x in layers)
         except Exception as exc:  # noqa: BLE001 - an extra figure must not cost the run its report
             report["weights_error"] = f"{type(exc).__name__}: {exc}"
         else:

@@ -1,0 +1,74 @@
+"""Command modules are imported on demand (cli/main.COMMANDS); help still shows every command and option."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from cli import qbench
+from qbench.host.cli import main as cli_main
+
+WIDE = {"COLUMNS": "200"}  # one line per command in rich's help panels
+
+
+def _listed(help_text: str) -> set[str]:
+    return set(re.findall(r"^│ ([a-z][a-z0-9-]*) ", help_text, re.MULTILINE))
+
+
+def test_every_command_module_registers_exactly_its_commands():
+    for module in {m for modules in cli_main.COMMANDS.values() for m in modules}:
+        importlib.import_module(f"qbench.host.cli.{module}")
+    app = cli_main.app
+    registered = {c.name or c.callback.__name__ for c in app.registered_commands}
+    registered |= {g.name for g in app.registered_groups}
+    assert registered == set(cli_main.COMMANDS)
+
+
+def test_top_level_help_lists_every_command(tmp_path):
+    result = qbench("--help", cwd=tmp_path, env=WIDE)
+    assert result.returncode == 0, result.stderr
+    assert _listed(result.stdout) == set(cli_main.COMMANDS)
+
+
+@pytest.mark.parametrize("command, options", [
+    (["run"], ["--int8", "--device", "--data", "--threads", "--db"]),
+    (["devices", "check"], ["--accept-new-host"]),
+    (["history"], ["--model", "--limit", "--json"]),
+])
+def test_command_help_shows_its_options(tmp_path, command, options):
+    result = qbench(*command, "--help", cwd=tmp_path, env=WIDE)
+    assert result.returncode == 0, result.stderr
+    assert f"{' '.join(command)} [OPTIONS]" in result.stdout  # the usage line (prog name is -c here)
+    for option in options:
+        assert option in result.stdout
+
+
+def test_agent_alone_still_runs_the_agent(tmp_path):
+    # only `agent` is registered then: the app must stay a command group
+    result = qbench("agent", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "usage: qbench agent" in result.stdout and "--bind" in result.stdout
+
+
+def test_unknown_command_suggests_the_close_one(tmp_path):
+    result = qbench("rn", cwd=tmp_path, env=WIDE)
+    assert result.returncode == 2
+    assert "Did you mean 'run'?" in result.stderr
+
+
+def test_run_imports_neither_the_other_commands_nor_plotly(tmp_path):
+    code = ("import sys\nfrom qbench.host.cli.main import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('qbench.host.cli.', 'plotly', 'paramiko'))))")
+    result = subprocess.run([sys.executable, "-c", code, "run", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.strip().splitlines()[-1]
+    assert "'qbench.host.cli.run'" in loaded
+    for absent in ("qbench.host.cli.calibrate", "qbench.host.cli.compare", "qbench.host.cli.devices",
+                   "qbench.host.cli.fix", "'plotly", "'paramiko"):
+        assert absent not in loaded
