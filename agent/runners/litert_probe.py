@@ -14,6 +14,7 @@ result as soon as it has it: a crash loses the accelerators not yet tried, not t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -81,6 +82,19 @@ def trial() -> None:
         print(json.dumps({"accelerator": accelerator, "error": None if None in reasons else reasons[0]}), flush=True)
 
 
+_started: list[subprocess.Popen] = []
+
+
+def start() -> None:
+    """Start the trial's child now (when LiteRT is installed), for :func:`available_accelerators` to read.
+
+    The probe starts it before importing the runtimes, so the child's own start-up overlaps them.
+    """
+    if not _started and importlib.util.find_spec("ai_edge_litert") is not None:
+        _started.append(subprocess.Popen([sys.executable, "-m", __name__], stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True))
+
+
 def available_accelerators() -> list[str]:
     """The accelerators that compiled and ran a one-op model on their own, tried in a child process.
 
@@ -89,12 +103,13 @@ def available_accelerators() -> list[str]:
     Raises:
         ImportError: LiteRT's CompiledModel does not work here (not even on the CPU).
     """
+    start()
+    proc = _started.pop()
     try:
-        proc = subprocess.run([sys.executable, "-m", __name__], capture_output=True, text=True,
-                              timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        stdout = proc.stdout
-    except subprocess.TimeoutExpired as exc:
-        stdout = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        stdout, _ = proc.communicate(timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, _ = proc.communicate()
     found = {}
     for line in stdout.splitlines():
         try:
