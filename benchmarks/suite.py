@@ -318,7 +318,9 @@ def depth_scaling(ctx: Context, pairs: dict[int, models.ModelPair]) -> Result:
 
 
 def _largest_worker(run: TreeRun) -> int:
-    return max((peak for cmd, peak in run.peak_by_process.values() if "qbench.agent.worker" in cmd), default=0)
+    """The largest worker's peak: workers fork from a zygote, so they carry its command line (the idle
+    zygote itself, a few tens of MB, is never the largest while a model runs)."""
+    return max((peak for cmd, peak in run.peak_by_process.values() if "qbench.agent.zygote" in cmd), default=0)
 
 
 def _tree(run: TreeRun) -> dict[str, float]:
