@@ -62,7 +62,7 @@ from .cache import ModelCache
 from .launcher import Worker, Zygotes, job_runtime
 from .memory import total_memory_bytes
 from .outputs import load_outputs
-from .runners import COMPILED, check_accelerator
+from .runners import COMPILED, RUNTIMES, check_accelerator
 
 log = logging.getLogger("qbench.agent")
 
@@ -185,12 +185,14 @@ class Agent:
 
     def _hello(self, msg: Message):
         req = from_dict(HelloRequest, msg.content)
-        if req.runtimes:  # their imports overlap the probe, which forks from the first one's zygote
-            self.warm(req.runtimes)
-        runtimes = self.runtimes(probe_zygote=req.runtimes[0] if req.runtimes else "")
-        if not req.runtimes:
+        # names from the wire: only known runtimes get a zygote (and a log file named after them)
+        hinted = [r for r in req.runtimes if r in RUNTIMES and r != COMPILED]
+        if hinted:  # their imports overlap the probe, which forks from the first one's zygote
+            self.warm(hinted)
+        runtimes = self.runtimes(probe_zygote=hinted[0] if hinted else "")
+        if not hinted:
             self.warm([r for r in runtimes if r != COMPILED])  # CompiledModel jobs fork from "tflite"
-        for missing in set(req.runtimes) - set(runtimes):
+        for missing in set(hinted) - set(runtimes):
             self.zygotes.stop(missing)  # its jobs fail with runtime_missing before any fork
         reply = HelloReply(
             protocol_version=PROTOCOL_VERSION,

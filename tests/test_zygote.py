@@ -156,10 +156,11 @@ def test_jobs_fork_from_one_zygote_per_runtime_which_is_reused(agent, tmp_path):
 def test_hello_warms_only_the_runtimes_the_host_names(tmp_path):
     agent = Agent(tmp_path)
     try:
-        agent.client.hello(["onnxruntime"])
+        agent.client.hello(["onnxruntime", "../../escape", "litert-compiled"])
         _wait_for(lambda: "onnxruntime" in agent.zygotes(), "the onnxruntime zygote")
         time.sleep(0.5)  # a wrongly warmed tflite zygote would have been started with the onnxruntime one
-        assert set(agent.zygotes()) == {"onnxruntime"}
+        assert set(agent.zygotes()) == {"onnxruntime"}  # unknown names and CompiledModel start nothing
+        assert sorted(p.name for p in (tmp_path / "cache" / "zygotes").iterdir()) == ["zygote-onnxruntime.log"]
     finally:
         agent.stop()
 
