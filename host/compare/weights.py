@@ -22,7 +22,6 @@ weights' error.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
@@ -185,7 +184,7 @@ def weight_entry(w: QuantizedWeight) -> dict[str, Any]:
         n = f.shape[w.channel_axis]
         peaks = np.moveaxis(magnitude, w.channel_axis, 0).reshape(n, -1).max(axis=1)
         mses = np.moveaxis(err, w.channel_axis, 0).reshape(n, -1).mean(axis=1)
-        channels = _channel_psnrs(peaks, mses)
+        channels = [_round(psnr_db(p, m)) for p, m in zip(peaks.tolist(), mses.tolist())]
     defined = [(v, i) for i, v in enumerate(channels) if v is not None]
     return {
         "name": w.name,
@@ -200,17 +199,6 @@ def weight_entry(w: QuantizedWeight) -> dict[str, Any]:
         "worst_channel": min(defined)[1] if defined else None,
         "histogram": histogram(w.values, d, w.qparams),
     }
-
-
-def _channel_psnrs(peaks: np.ndarray, mses: np.ndarray) -> list[float | None]:
-    """``_round(psnr_db(peak, mse))`` per channel, without two Python calls per channel.
-
-    numpy forms peak²/mse with the same float64 operations as ``psnr_db``; the logarithm
-    (math.log10) and the rounding (Python's round) stay the ones ``psnr_db`` and ``_round`` use.
-    """
-    defined = (peaks > 0.0) & (mses > 0.0)
-    ratios = np.divide(peaks * peaks, mses, out=np.ones_like(peaks), where=defined)
-    return [round(10.0 * math.log10(r), 4) if ok else None for r, ok in zip(ratios.tolist(), defined.tolist())]
 
 
 def quant_range(qp: QParams) -> tuple[float, float]:
