@@ -76,6 +76,13 @@ def build_convnet(path: PathLike) -> Path:
     return _save(graph, path, opset=13)
 
 
+def write_convnet_samples(folder: PathLike, seed: int) -> None:
+    """``folder/eval.npz`` (3 samples) and ``folder/calib.npz`` (8) for :func:`build_convnet`'s input ``x``."""
+    rng = np.random.default_rng(seed)
+    np.savez(Path(folder) / "eval.npz", x=rng.normal(size=(3, 1, 3, 16, 16)).astype(np.float32))
+    np.savez(Path(folder) / "calib.npz", x=rng.normal(size=(8, 1, 3, 16, 16)).astype(np.float32))
+
+
 def build_dynamic_opset11(path: PathLike) -> Path:
     """Opset 11, dynamic batch and spatial dims, unnamed nodes (input ``x`` [N,3,H,W]).
 

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from cli import load_report, qbench
-from models import build_convnet
+from models import build_convnet, write_convnet_samples
 from plain_ort import session as _session
 from qbench.host.compare import matching
 from qbench.host.quantize.onnx import quantize_onnx
@@ -33,9 +33,7 @@ def saved_run(tmp_path_factory, agent_cache):
     # uint8 activations: ReLU outputs have zero point 0, so their many exact zeros sit on the first bin edge
     tmp = tmp_path_factory.mktemp("saved")
     model = build_convnet(tmp / "convnet.onnx")
-    rng = np.random.default_rng(11)
-    np.savez(tmp / "eval.npz", x=rng.normal(size=(3, 1, 3, 16, 16)).astype(np.float32))
-    np.savez(tmp / "calib.npz", x=rng.normal(size=(8, 1, 3, 16, 16)).astype(np.float32))
+    write_convnet_samples(tmp, 11)
     out = tmp / "out"
     proc = qbench("run", "--device", "local", str(model), "--data", "eval.npz", "--calibration", "calib.npz",
                   "--activation-type", "uint8", "--histogram-bins", str(BINS), "--save-tensors", "tensors",

@@ -17,7 +17,7 @@ import tflite_models as M
 from ai_edge_litert import interpreter as tfl
 
 from cli import qbench
-from models import build_convnet
+from models import build_convnet, write_convnet_samples
 from qbench.host.store.db import ResultsStore
 from test_report_html import render
 
@@ -92,9 +92,7 @@ def _cross(doc: dict, target: str, model: str) -> dict:
 def work(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     build_convnet(tmp / "convnet.onnx")
-    rng = np.random.default_rng(11)
-    np.savez(tmp / "eval.npz", x=rng.normal(size=(3, 1, 3, 16, 16)).astype(np.float32))
-    np.savez(tmp / "calib.npz", x=rng.normal(size=(8, 1, 3, 16, 16)).astype(np.float32))
+    write_convnet_samples(tmp, 11)
     _devices_yaml(tmp / "devices.yaml")
     return tmp
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from cli import load_report, qbench
-from models import build_convnet
+from models import build_convnet, write_convnet_samples
 from qbench.host.emulate import CACHE_ENV, QEMU, default_root
 
 pytestmark = [
@@ -150,9 +150,7 @@ def test_same_int8_model_per_layer_on_x86_and_emulated_arm64(board, agent_cache)
     """`qbench run` on the local x86 agent, then the same float and int8 models on the board."""
     tmp = board["tmp"]
     model = build_convnet(tmp / "convnet.onnx")
-    rng = np.random.default_rng(7)
-    np.savez(tmp / "eval.npz", x=rng.normal(size=(3, 1, 3, 16, 16)).astype(np.float32))
-    np.savez(tmp / "calib.npz", x=rng.normal(size=(8, 1, 3, 16, 16)).astype(np.float32))
+    write_convnet_samples(tmp, 7)
     common = ["--devices", str(board["devices"]), "--data", "eval.npz", *FAST]
     x86 = qbench("run", "--device", "local", str(model), "--calibration", "calib.npz", "--out", "x86", *common,
                  cwd=tmp, cache=agent_cache)

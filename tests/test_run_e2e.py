@@ -12,7 +12,8 @@ import pytest
 from onnx import numpy_helper
 
 from cli import load_report, qbench
-from models import build_control_flow, build_convnet, build_dynamic_opset11, build_two_inputs_int64
+from models import (build_control_flow, build_convnet, build_dynamic_opset11, build_two_inputs_int64,
+                    write_convnet_samples)
 from plain_ort import session as _session
 
 FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--quiet"]
@@ -28,9 +29,7 @@ def convnet_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("convnet")
     home = tmp / "home"  # a fresh agent cache: the first run must upload, the second must not
     model = build_convnet(tmp / "convnet.onnx")
-    rng = np.random.default_rng(7)
-    np.savez(tmp / "eval.npz", x=rng.normal(size=(3, 1, 3, 16, 16)).astype(np.float32))
-    np.savez(tmp / "calib.npz", x=rng.normal(size=(8, 1, 3, 16, 16)).astype(np.float32))
+    write_convnet_samples(tmp, 7)
     out = tmp / "out"
     proc = qbench("run", "--device", "local", str(model), "--data", "eval.npz", "--calibration", "calib.npz",
                   "--out", str(out), *FAST, cwd=tmp, cache=home)
