@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     parser.add_argument("--memory-limit-mb", type=int, default=None, help="address-space limit of each worker")
     parser.add_argument("--worker-cmd", default="", help="interpreter command for workers (default: this Python)")
     parser.add_argument("--exit-on-stdin-eof", action="store_true", help="stop when stdin closes (SSH sessions)")
+    parser.add_argument("--warm", default="", help="runtimes to preload for the first job, e.g. onnxruntime")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     config = AgentConfig(
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
         cpus=[int(c) for c in args.cpus.split(",") if c.strip()],
         memory_limit_mb=args.memory_limit_mb,
         exit_on_stdin_eof=args.exit_on_stdin_eof,
+        warm=[r for r in args.warm.split(",") if r.strip()],
     )
     if args.worker_cmd:
         config.worker_cmd = shlex.split(args.worker_cmd)

@@ -62,7 +62,7 @@ from .cache import ModelCache
 from .launcher import Worker, Zygotes, job_runtime
 from .memory import total_memory_bytes
 from .outputs import load_outputs
-from .runners import COMPILED, RUNTIMES, check_accelerator
+from .runners import COMPILED, RUNTIMES, check_accelerator, probed_with
 
 log = logging.getLogger("qbench.agent")
 
@@ -83,6 +83,7 @@ class AgentConfig:
     memory_limit_mb: int | None = None
     worker_cmd: list[str] = field(default_factory=lambda: [sys.executable])
     exit_on_stdin_eof: bool = False
+    warm: list[str] = field(default_factory=list)  # runtimes whose zygotes start with the agent
 
 
 class Agent:
@@ -93,10 +94,12 @@ class Agent:
         self.cache = ModelCache(config.cache_dir, config.max_model_bytes)
         self.jobs_dir = self.cache.root / "jobs"
         self.stopping = threading.Event()
-        self._runtimes: dict[str, RuntimeInfo] | None = None
+        self._runtimes: dict[str, RuntimeInfo] = {}
+        self._probed: set[str] = set()
         self._baselines: dict[str, float] = {}
         self.zygotes = Zygotes(config.worker_cmd, self._worker_env, self.cache.root / "zygotes",
                                {"cpus": config.cpus, "memory_limit_mb": config.memory_limit_mb})
+        self.warm([r for r in config.warm if r in RUNTIMES and r != COMPILED])
         self._ctx = zmq.Context()
         self.socket = self._ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes + codec.MAX_HEADER_BYTES)
@@ -187,9 +190,9 @@ class Agent:
         req = from_dict(HelloRequest, msg.content)
         # names from the wire: only known runtimes get a zygote (and a log file named after them)
         hinted = [r for r in req.runtimes if r in RUNTIMES and r != COMPILED]
-        if hinted:  # their imports overlap the probe, which forks from the first one's zygote
-            self.warm(hinted)
-        runtimes = self.runtimes(probe_zygote=hinted[0] if hinted else "")
+        # their imports (begun at start-up with --warm) overlap the probe, which forks from the first one's zygote
+        self.warm(hinted)
+        runtimes = self.runtimes(probed_with(hinted), probe_zygote=hinted[0] if hinted else "")
         if not hinted:
             self.warm([r for r in runtimes if r != COMPILED])  # CompiledModel jobs fork from "tflite"
         for missing in set(hinted) - set(runtimes):
@@ -202,24 +205,27 @@ class Agent:
             system=f"{platform.system()} {platform.release()}",
             cpu_count=len(self.config.cpus) or os.cpu_count() or 1,
             total_memory_bytes=(self.config.memory_limit_mb or 0) * 1024 * 1024 or total_memory_bytes(),
-            runtimes=self.runtimes(),
+            runtimes=runtimes,
             limits=Limits(self.config.max_frame_bytes, self.config.max_model_bytes, self.config.chunk_bytes),
             emulation={k: v for k, v in (("threads", self.config.threads), ("cpus", self.config.cpus),
                                          ("memory_limit_mb", self.config.memory_limit_mb)) if v},
         )
         return reply, [], []
 
-    def runtimes(self, probe_zygote: str = "") -> dict[str, RuntimeInfo]:
-        """Runtimes importable here, probed once in a worker (a broken runtime must not crash the agent).
+    def runtimes(self, wanted: list[str], probe_zygote: str = "") -> dict[str, RuntimeInfo]:
+        """Those of ``wanted`` importable here, each probed once in a worker: a broken runtime must not crash the agent.
 
-        The probe's worker forks from ``probe_zygote`` (it imports every runtime itself; a zygote that
+        The probe's worker forks from ``probe_zygote`` (it imports the runtimes itself; a zygote that
         failed to preload its runtime serves as well); the runtime-less zygote "" is stopped after it.
         """
-        if self._runtimes is None:
-            result = self._run_job({"kind": "probe"}, [], [], timeout_s=120.0, progress=False, zygote=probe_zygote)
-            self._runtimes = from_dict(dict[str, RuntimeInfo], result["runtimes"])
+        todo = [r for r in wanted if r in RUNTIMES and r not in self._probed]
+        if todo:
+            result = self._run_job({"kind": "probe", "runtimes": todo}, [], [], timeout_s=120.0, progress=False,
+                                   zygote=probe_zygote)
+            self._runtimes.update(from_dict(dict[str, RuntimeInfo], result["runtimes"]))
+            self._probed.update(todo)
             self.zygotes.stop("")
-        return self._runtimes
+        return {r: self._runtimes[r] for r in wanted if r in self._runtimes}
 
     def warm(self, runtimes: list[str]) -> None:
         """Start the worker zygotes of ``runtimes`` in the background, so the first job finds its imports done."""
@@ -272,12 +278,14 @@ class Agent:
     def _apply_defaults(self, runner: RunnerConfig) -> None:
         if runner.threads is None and self.config.threads:
             runner.threads = self.config.threads
-        if runner.runtime not in self.runtimes():
+        runtimes = self.runtimes([runner.runtime, *([COMPILED] if runner.accelerator else [])])
+        if runner.runtime not in runtimes:
             raise ProtocolError(
                 ErrorCode.RUNTIME_MISSING,
-                f"runtime {runner.runtime!r} is not installed on the agent; installed: {sorted(self.runtimes())}",
+                f"runtime {runner.runtime!r} is not installed on the agent; installed: "
+                f"{sorted(self.runtimes(list(RUNTIMES)))}",
             )
-        check_accelerator(runner, self.runtimes())
+        check_accelerator(runner, runtimes)
 
     def _baseline(self, runner: RunnerConfig) -> float:
         """VmHWM of a worker that only imported the runtime: what the model adds is measured over it."""

@@ -35,7 +35,7 @@ from qbench.protocols.messages import (
 
 from . import capture, heap, memory, tensor_spool, timing
 from .outputs import save_outputs
-from .runners import available_runtimes, import_runtime, litert_probe, runner_class, runner_for
+from .runners import COMPILED, RUNTIMES, available_runtimes, import_runtime, litert_probe, runner_class, runner_for
 from .runners.base import ProfilingUnavailable, Runner
 
 
@@ -86,8 +86,10 @@ def sample_feeds(names: list[str], arrays: list[np.ndarray]) -> list[dict[str, n
 
 
 def run_probe(job: dict, jobdir: Path) -> dict:
-    litert_probe.start()  # its child process starts up while this one imports the runtimes
-    return {"runtimes": to_dict(available_runtimes())}
+    runtimes = [r for r in job["runtimes"] if r in RUNTIMES]
+    if COMPILED in runtimes:
+        litert_probe.start()  # its child process starts up while this one imports the runtimes
+    return {"runtimes": to_dict(available_runtimes(runtimes))}
 
 
 def run_baseline(job: dict, jobdir: Path) -> dict:

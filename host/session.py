@@ -35,6 +35,7 @@ from .models import InputSpec, ModelInfo, inspect_model
 from .quantize.equalize import equalize_file
 from .quantize.onnx import quantize_onnx
 from .quantize.prepare import prepare_float, resolve_input_shapes
+from .transport import stopping
 from .transport.base import AgentTransport, TransportError
 from .transport.client import AgentClient, AgentError
 
@@ -118,6 +119,7 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     ui = ui or UI()
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
+    stopping.wait_stopped()  # a previous run's agent, still exiting, must not overlap this run's measurements
     agent = _AgentStart(transport, settings.timeout_s, [session_tflite.runtime_hint(settings.model)])
     try:
         float_path, int8_path = _prepare_models(state, ui)
@@ -239,7 +241,7 @@ class _AgentStart:
 
     def _start(self) -> None:
         try:
-            self._client = AgentClient(self._transport.start(), timeout_s=self._timeout_s)
+            self._client = AgentClient(self._transport.start(self._runtimes), timeout_s=self._timeout_s)
             self._hello = self._client.hello(self._runtimes)
         except BaseException as exc:  # handed to the run's thread by result()
             self._error = exc
@@ -298,7 +300,10 @@ def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, flo
     finally:
         if client is not None:
             client.close()
-        transport.stop()
+        if state.stage == "done":
+            stopping.stop_in_background(transport)  # its exit overlaps the report
+        else:
+            transport.stop()  # before run() reads the agent's last stderr lines
 
 
 def _shutdown(client: AgentClient) -> None:

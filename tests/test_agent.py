@@ -88,7 +88,7 @@ def test_upload_is_content_addressed_and_verified(agent):
 
 def test_model_over_the_cap_is_rejected(tmp_path):
     transport = LocalTransport(cache_dir=str(tmp_path / "cache"))
-    transport.command = lambda: [sys.executable, "-m", "qbench.agent", "--cache-dir", str(tmp_path / "cache"),
+    transport.command = lambda runtimes=(): [sys.executable, "-m", "qbench.agent", "--cache-dir", str(tmp_path / "cache"),
                                  "--max-model-mb", "0", "--exit-on-stdin-eof"]
     client = AgentClient(transport.start())
     try:

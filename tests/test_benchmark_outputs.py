@@ -20,7 +20,7 @@ FAST = TimingConfig(warmup=0, runs=2, min_seconds=0.0)
 def _agent(tmp_path, *extra: str):
     transport = LocalTransport(cache_dir=str(tmp_path / "cache"))
     if extra:
-        transport.command = lambda: [sys.executable, "-m", "qbench.agent", "--cache-dir", str(tmp_path / "cache"),
+        transport.command = lambda runtimes=(): [sys.executable, "-m", "qbench.agent", "--cache-dir", str(tmp_path / "cache"),
                                      "--exit-on-stdin-eof", *extra]
     client = AgentClient(transport.start(), timeout_s=60)
     client.hello()

@@ -41,7 +41,7 @@ SAMPLE = M.calibration_samples(4, seed=7)
 
 def test_registered_with_version_and_delegates():
     assert runner_class("tflite") is LiteRTRunner
-    info = available_runtimes()["tflite"]
+    info = available_runtimes(["tflite"])["tflite"]
     assert "ai-edge-litert" in info.version
     assert {"xnnpack", "none"} <= set(info.providers)
 

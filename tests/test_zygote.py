@@ -18,9 +18,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import tflite_models
 from models import build_convnet
 from qbench.host.transport.client import AgentClient, AgentError
-from qbench.protocols.messages import BenchmarkRequest, TimingConfig
+from qbench.protocols.messages import BenchmarkRequest, RunnerConfig, TimingConfig
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
 
@@ -163,6 +164,27 @@ def test_hello_warms_only_the_runtimes_the_host_names(tmp_path):
         assert sorted(p.name for p in (tmp_path / "cache" / "zygotes").iterdir()) == ["zygote-onnxruntime.log"]
     finally:
         agent.stop()
+
+
+def test_warm_starts_a_zygote_with_the_agent_and_hello_probes_only_what_the_host_names(tmp_path):
+    agent = Agent(tmp_path, "--warm", "onnxruntime,../../escape")
+    try:
+        assert set(agent.zygotes()) == {"onnxruntime"}  # started before the ready line, before any request
+        assert set(agent.client.hello(["onnxruntime"]).runtimes) == {"onnxruntime"}  # LiteRT not even imported
+        # a job on a runtime the hello did not probe gets it probed first
+        ref = agent.client.ensure_model(_write(tmp_path / "m.tflite", tflite_models.float_convnet()), "tflite")
+        request = BenchmarkRequest(model=ref, runner=RunnerConfig(runtime="tflite"), timing=QUICK)
+        sample = {"input": np.zeros((1, *tflite_models.INPUT_SHAPE), np.float32)}
+        assert agent.client.benchmark(request, sample).latency.runs >= 2
+        # without names: every runtime installed here, CompiledModel's accelerator trial included
+        assert set(agent.client.hello().runtimes) == {"onnxruntime", "tflite", "litert-compiled"}
+    finally:
+        agent.stop()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def test_a_killed_worker_is_out_of_memory_a_crashed_one_worker_crashed(agent, tmp_path):

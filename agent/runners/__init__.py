@@ -54,10 +54,22 @@ def check_accelerator(config: RunnerConfig, runtimes: dict[str, RuntimeInfo]) ->
                                                         f"on the agent; available: {', '.join(available) or 'none'}")
 
 
-def available_runtimes() -> dict[str, RuntimeInfo]:
-    """Every runtime that imports here, with its version and providers/delegates."""
+def probed_with(runtimes: list[str]) -> list[str]:
+    """The known runtimes a session of ``runtimes`` needs probed; all of them for none.
+
+    A ``tflite`` session brings CompiledModel's accelerator trial along (its accelerators are checked
+    and reported); an ONNX one does not wait for it.
+    """
+    wanted = [r for r in runtimes if r in RUNTIMES]
+    if not wanted:
+        return list(RUNTIMES)
+    return [r for r in RUNTIMES if r in wanted or (r == COMPILED and "tflite" in wanted)]
+
+
+def available_runtimes(runtimes: list[str]) -> dict[str, RuntimeInfo]:
+    """Those of ``runtimes`` that import here, with their version and providers/delegates."""
     found = {}
-    for runtime in RUNTIMES:
+    for runtime in runtimes:
         try:
             found[runtime] = _module(runtime).runtime_info()
         except (ImportError, ProtocolError):

@@ -9,14 +9,20 @@ deployed bundle) bound to loopback, and reads its one ready line from stdout::
 from __future__ import annotations
 
 import abc
+from typing import Sequence
 
 READY_PREFIX = "QBENCH_AGENT_READY "
 
 
 def agent_args(cache_dir: str, threads: int | None = None, cpus: list[int] | None = None,
-               memory_limit_mb: int | None = None) -> list[str]:
-    """The agent's arguments, the same for every transport: loopback only, gone when its stdin closes."""
+               memory_limit_mb: int | None = None, runtimes: Sequence[str] = ()) -> list[str]:
+    """The agent's arguments, the same for every transport: loopback only, gone when its stdin closes.
+
+    ``runtimes``: what the first job will run on; the agent starts importing them as it starts.
+    """
     args = ["--bind", "tcp://127.0.0.1:0", "--cache-dir", cache_dir, "--exit-on-stdin-eof"]
+    if runtimes:
+        args += ["--warm", ",".join(runtimes)]
     if threads:
         args += ["--threads", str(threads)]
     if cpus:
@@ -37,8 +43,8 @@ class AgentTransport(abc.ABC):
     label: str = ""
 
     @abc.abstractmethod
-    def start(self) -> str:
-        """Start the agent; return the endpoint the host connects its DEALER to."""
+    def start(self, runtimes: Sequence[str] = ()) -> str:
+        """Start the agent, preloading ``runtimes``; return the endpoint the host connects its DEALER to."""
 
     @abc.abstractmethod
     def stop(self) -> None:

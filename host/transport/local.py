@@ -9,6 +9,7 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Sequence
 
 from .base import READY_PREFIX, AgentTransport, TransportError, agent_args
 
@@ -36,14 +37,14 @@ class LocalTransport(AgentTransport):
         self._proc: subprocess.Popen | None = None
         self._stderr: deque[str] = deque(maxlen=200)
 
-    def command(self) -> list[str]:
+    def command(self, runtimes: Sequence[str] = ()) -> list[str]:
         return [*self.python_cmd, "-m", "qbench.agent", "--worker-cmd", shlex.join(self.python_cmd),
-                *agent_args(self.cache_dir, self.threads, self.cpus, self.memory_limit_mb)]
+                *agent_args(self.cache_dir, self.threads, self.cpus, self.memory_limit_mb, runtimes)]
 
-    def start(self) -> str:
+    def start(self, runtimes: Sequence[str] = ()) -> str:
         try:
             self._proc = subprocess.Popen(
-                self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                self.command(runtimes), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, env={**os.environ, **self.env},
             )
         except OSError as exc:

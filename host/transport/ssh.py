@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import paramiko
 
@@ -336,16 +336,16 @@ class SSHTransport(AgentTransport):
 
     # ---- the agent --------------------------------------------------------------
 
-    def agent_command(self) -> str:
+    def agent_command(self, runtimes: Sequence[str] = ()) -> str:
         """The remote shell command: print the shell's pid, then become the agent (same pid)."""
         assert self._deployed is not None and self._workdir is not None
         device = self.device
-        args = [self._deployed.path,
-                *agent_args(f"{self._workdir}/cache", device.threads, device.cpus, device.memory_limit_mb)]
+        args = [self._deployed.path, *agent_args(f"{self._workdir}/cache", device.threads, device.cpus,
+                                                 device.memory_limit_mb, runtimes)]
         inner = f"echo $$; exec {device.remote_python()} {' '.join(shlex.quote(a) for a in args)}"
         return f"sh -c {shlex.quote(inner)}"
 
-    def start(self) -> str:
+    def start(self, runtimes: Sequence[str] = ()) -> str:
         """Deploy if needed, start the agent, forward a local port to it; return the local endpoint."""
         if self._started:
             raise RuntimeError("SSHTransport.start() called twice")
@@ -355,7 +355,7 @@ class SSHTransport(AgentTransport):
         try:
             chan = self._transport().open_session(timeout=self.device.connect_timeout)
             chan.settimeout(0.5)
-            chan.exec_command(self.agent_command())
+            chan.exec_command(self.agent_command(runtimes))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise UserError(f"{self._where()}: cannot start the agent: {exc}") from exc
         self._chan = chan
