@@ -60,7 +60,7 @@ from qbench.protocols.version import PROTOCOL_VERSION, compatible
 from . import AGENT_VERSION, tensor_spool
 from .cache import ModelCache
 from .launcher import Worker, Zygotes, job_runtime
-from .memory import total_memory_bytes
+from .memory import auto_capture_budget, total_memory_bytes
 from .outputs import load_outputs
 from .runners import COMPILED, RUNTIMES, check_accelerator, probed_with
 
@@ -263,6 +263,8 @@ class Agent:
     def _capture(self, msg: Message):
         req = from_dict(CaptureRequest, msg.content)
         self._apply_defaults(req.runner)
+        if req.budget_bytes <= 0:
+            req.budget_bytes = auto_capture_budget(self.config.memory_limit_mb)
         job = {
             "kind": "capture",
             "request": to_dict(req),

@@ -206,7 +206,7 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
         loader.shutdown()
     progress("capture", len(done), len(done))
     return CaptureReply(stats=[a.stats() for a in accs], groups=done, fidelity_max_abs_diff=fidelity,
-                        peak_mb=memory.peak_rss_mb(), phases_s=phase.seconds)
+                        peak_mb=memory.peak_rss_mb(), budget_bytes=req.budget_bytes, phases_s=phase.seconds)
 
 
 def _deployed_outputs(runner: Runner, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

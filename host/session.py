@@ -60,7 +60,7 @@ class RunSettings:
     seed: int = 0
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
-    memory_budget_mb: float = 256.0
+    memory_budget_mb: float | None = None  # MB of tensors per capture pass; None: the agent's choice
     histogram_bins: int = 64  # value histogram bins per per-tensor quantized layer; 0: none
     save_tensors: Path | None = None  # stream every captured tensor into this folder (tensor_store)
     drop_db: float = 6.0
@@ -292,7 +292,7 @@ def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, flo
         state.prefetch = prefetch.start(state)  # the host only waits from here on: not during timing
         req = CaptureRequest(float_model=float_ref, int8_model=int8_ref, pairs=state.matching.pairs(),
                              runner=session_tflite.capture_runner(s),
-                             budget_bytes=int(s.memory_budget_mb * 1024 * 1024), histogram_bins=s.histogram_bins,
+                             budget_bytes=int((s.memory_budget_mb or 0) * 1024 * 1024), histogram_bins=s.histogram_bins,
                              save_tensors=s.save_tensors is not None)
         state.capture = tensor_store.capture(client, req, inputs, ui.progress, s.save_tensors)
         state.stage = "done"

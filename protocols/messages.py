@@ -283,7 +283,7 @@ class CaptureRequest:
     int8_model: ModelRef
     pairs: list[CapturePair]
     runner: RunnerConfig = field(default_factory=RunnerConfig)
-    budget_bytes: int = 256 * 1024 * 1024
+    budget_bytes: int = 0  # 0: the agent picks it from its available memory (CaptureReply.budget_bytes)
     timeout_s: float = 1800.0
     histogram_bins: int = 0  # > 0: histograms of per-tensor quantized pairs (see PairStats.hist_*)
     save_tensors: bool = False  # stream every captured tensor to the host as tensor messages
@@ -318,6 +318,7 @@ class CaptureReply:
     fidelity_max_abs_diff: float | None = None
     peak_mb: float | None = None  # the capture worker's VmHWM
     phases_s: dict[str, float] = field(default_factory=dict)  # where the capture's wall time went
+    budget_bytes: int | None = None  # the budget the groups were made for
 
 
 @dataclass

@@ -44,6 +44,7 @@ CASES = {
     "npz shapes": (["run", "convnet.onnx", "--data", "wrongshape.npz"], "shape"),
     "not the same network": (["run", "convnet.onnx", "--int8", "other.onnx"], "not the same network"),
     "unknown device": (["run", "convnet.onnx", "--device", "pi9"], "pi9"),
+    "memory budget": (["run", "convnet.onnx", "--memory-budget", "lots"], "--memory-budget"),
     "bad devices.yaml": (["run", "convnet.onnx", "--device", "pi4", "--devices", "bad-devices.yaml"], "port"),
     "agent does not answer": (["run", "convnet.onnx", "--device", "dead", "--devices", "silent.yaml",
                                "--timeout", "2"], "no answer"),

@@ -98,6 +98,8 @@ def test_layers_are_in_topological_order_with_unmatched_listed(convnet_run):
     unmatched = {u["name"]: u["reason"] for u in report["unmatched"]}
     assert "conv1" in unmatched and "fused" in unmatched["conv1"]  # Relu folded into the quantized Conv
     assert report["capture"]["fidelity_max_abs_diff"] == 0.0
+    # --memory-budget auto (the default): the agent's quarter of its available memory, within bounds
+    assert report["capture"]["budget_auto"] and 16 <= report["capture"]["budget_mb"] <= 1024
 
 
 def test_terminal_output_shows_summary_and_worst_layers(convnet_run):

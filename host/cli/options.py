@@ -79,8 +79,9 @@ class RunOptions:
     accelerator: Annotated[Optional[str], typer.Option(
         "--accelerator", help="TFLite: time on LiteRT's CompiledModel with cpu | gpu | npu (default: device's); "
                               "capture stays on the Interpreter")] = None
-    memory_budget: Annotated[float, typer.Option(
-        "--memory-budget", min=1.0, help="MB of tensors per capture pass")] = 256.0
+    memory_budget: Annotated[str, typer.Option(
+        "--memory-budget", help="MB of tensors per capture pass; auto: a quarter of the device's available "
+                                "memory, 16 MB to 1 GB")] = "auto"
     histogram_bins: Annotated[int, typer.Option(
         "--histogram-bins", min=0, max=1024, help="value histogram bins per layer (0: none)")] = 64
     save_tensors: Annotated[Optional[Path], typer.Option(
@@ -117,9 +118,22 @@ class RunOptions:
                             f"not {self.activation_type!r}")
         if self.accuracy_only and (self.fail_under_speedup is not None or self.fail_over_memory is not None):
             raise UserError("--fail-under-speedup and --fail-over-memory need timing: not with --accuracy-only")
+        self.memory_budget_mb()
         if self.accelerator is not None and self.accelerator.lower() not in ACCELERATORS:
             raise UserError(f"--accelerator must be {', '.join(ACCELERATORS[:-1])} or {ACCELERATORS[-1]}, "
                             f"not {self.accelerator!r}")
+
+    def memory_budget_mb(self) -> float | None:
+        """``--memory-budget`` in MB; None for auto (the agent sizes it from its available memory)."""
+        if self.memory_budget.strip().lower() == "auto":
+            return None
+        try:
+            budget = float(self.memory_budget)
+        except ValueError:
+            budget = 0.0
+        if not budget >= 1.0:  # also NaN
+            raise UserError(f"--memory-budget is a number of MB (at least 1) or auto, not {self.memory_budget!r}")
+        return budget
 
     def gates(self) -> Gates:
         return Gates(self.fail_under_psnr, self.fail_under_speedup, self.fail_over_memory, self.fail_on_drop)
@@ -133,7 +147,7 @@ class RunOptions:
             seed=self.seed, runner=runner,
             timing=TimingConfig(warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds),
             profile_runs=self.profile_runs, accuracy_only=self.accuracy_only, capture_delegate=self.capture_delegate, equalize=self.equalize,
-            per_channel=not self.per_tensor, memory_budget_mb=self.memory_budget, drop_db=self.drop_db,
+            per_channel=not self.per_tensor, memory_budget_mb=self.memory_budget_mb(), drop_db=self.drop_db,
             histogram_bins=self.histogram_bins, save_tensors=self.save_tensors,
             worst=self.worst, timeout_s=self.timeout, debug=debug,
         )

@@ -83,7 +83,9 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
     report["layers"] = layers
     report["outputs"] = outputs
     report["unmatched"] = [vars(u) for u in m.unmatched]
-    report["capture"] = {"groups": len(cap.groups), "budget_mb": state.settings.memory_budget_mb,
+    budget_mb = cap.budget_bytes / 2**20 if cap.budget_bytes else state.settings.memory_budget_mb
+    report["capture"] = {"groups": len(cap.groups), "budget_mb": budget_mb,
+                         "budget_auto": state.settings.memory_budget_mb is None,
                          "fidelity_max_abs_diff": cap.fidelity_max_abs_diff, "peak_mb": cap.peak_mb,
                          "phases_s": cap.phases_s}
     report["capture"].update(delegation.capture_fields(state))
