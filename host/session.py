@@ -289,12 +289,13 @@ def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, flo
             state.benchmarks[kind], state.outputs[kind] = client.benchmark_outputs(req, inputs, ui.progress)
         state.stage = "capture"
         ui.stage("capture")
-        state.prefetch = prefetch.start(state)  # the host only waits from here on: not during timing
         req = CaptureRequest(float_model=float_ref, int8_model=int8_ref, pairs=state.matching.pairs(),
                              runner=session_tflite.capture_runner(s),
                              budget_bytes=int((s.memory_budget_mb or 0) * 1024 * 1024), histogram_bins=s.histogram_bins,
                              save_tensors=s.save_tensors is not None)
-        state.capture = tensor_store.capture(client, req, inputs, ui.progress, s.save_tensors)
+        # the host only waits from the agent's first progress on: not during timing, nor while sending
+        progress = prefetch.start_on_progress(state, ui.progress)
+        state.capture = tensor_store.capture(client, req, inputs, progress, s.save_tensors)
         state.stage = "done"
         _shutdown(client)
     finally:

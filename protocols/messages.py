@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -317,8 +318,8 @@ class CaptureReply:
     groups: list[list[int]]
     fidelity_max_abs_diff: float | None = None
     peak_mb: float | None = None  # the capture worker's VmHWM
-    phases_s: dict[str, float] = field(default_factory=dict)  # where the capture's wall time went
     budget_bytes: int | None = None  # the budget the groups were made for
+    phases_s: dict[str, float] = field(default_factory=dict)  # where the capture's wall time went
 
 
 @dataclass
@@ -329,10 +330,13 @@ class ShutdownReply:
 # ---- dict <-> dataclass ---------------------------------------------------------
 
 T = typing.TypeVar("T")
+_PLAIN = (str, int, float, bool, type(None))
 
 
 def to_dict(obj: Any) -> Any:
     """Plain JSON-able form of a content dataclass (recursively)."""
+    if type(obj) in _PLAIN:  # most values of a message (histogram counts): returned before the slower checks
+        return obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -356,14 +360,22 @@ def from_dict(cls: type[T], data: Any) -> T:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {cls.__name__}: {exc}") from exc
 
 
+@functools.cache
+def _field_types(tp: type) -> tuple[tuple[str, Any], ...]:
+    """A dataclass's (field name, type) pairs, resolved once: get_type_hints compiles every annotation."""
+    hints = typing.get_type_hints(tp)
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(tp))
+
+
 def _convert(tp: Any, data: Any) -> Any:
+    if type(data) is tp and tp in _PLAIN:  # most fields: a value of exactly the declared type, nothing to convert
+        return data
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise TypeError(f"{tp.__name__} must be an object")
-        hints = typing.get_type_hints(tp)
-        kwargs = {f.name: _convert(hints[f.name], data[f.name]) for f in dataclasses.fields(tp) if f.name in data}
+        kwargs = {name: _convert(hint, data[name]) for name, hint in _field_types(tp) if name in data}
         return tp(**kwargs)
     if origin is typing.Union or origin is types.UnionType:
         if data is None and type(None) in args:
@@ -373,6 +385,8 @@ def _convert(tp: Any, data: Any) -> Any:
     if origin is list:
         if not isinstance(data, list):
             raise TypeError("expected a list")
+        if args[0] in (int, float, str) and set(map(type, data)) <= {args[0]}:
+            return list(data)  # long number lists (histograms) in one pass; anything else is checked per item
         return [_convert(args[0], v) for v in data]
     if origin is dict:
         if not isinstance(data, dict):

@@ -82,3 +82,16 @@ def test_figures_prefetched_for_other_files_are_not_used(tmp_path, pair):
 def test_nothing_to_prefetch_before_the_models_are_known(tmp_path, pair):
     state = RunState(RunSettings(model=pair[0], out_dir=tmp_path))
     assert prefetch.start(state) is None
+
+
+def test_started_by_the_first_progress_message_which_is_passed_on(tmp_path, pair):
+    state = _state(tmp_path, *pair)
+    seen = []
+    progress = prefetch.start_on_progress(state, lambda *args: seen.append(args))
+    assert state.prefetch is None  # nothing runs while the request is being sent
+    progress("capture", 0, 2)
+    started = state.prefetch
+    assert started is not None and started.inputs == (str(pair[0]), str(pair[1]), "onnx")
+    progress("capture", 2, 2)
+    assert state.prefetch is started and seen == [("capture", 0, 2), ("capture", 2, 2)]
+    assert len(started.weights.result(timeout=60).entries) == 3

@@ -288,3 +288,17 @@ def test_diagnosis_lists_sensitive_layers_and_draws_equalized_ranges(tmp_path):
     html = path.read_text(encoding="utf-8")
     first = report["sensitive_layers"][0]
     assert "; ".join(first["reasons"]).replace("&", "&amp;") in html.replace("&#x27;", "'")
+
+
+def test_a_layer_s_weight_panel_is_its_first_weight_with_a_valid_histogram():
+    report = make_report(n_layers=30)
+    names = set(report["summary"]["worst_layers"][:histograms.MAX_LAYERS])
+    shown = next(w for w in report["weights"] if w["layer"] in names)
+    broken = {**copy.deepcopy(shown), "name": "broken", "histogram": {"range": [1.0, 1.0], "float": [0, 1, 0]}}
+    second = {**copy.deepcopy(shown), "name": "second"}
+    at = report["weights"].index(shown)
+    report["weights"][at:at + 1] = [broken, shown, second]
+    rows, _ = histograms.panels(report)
+    weight_panels = {name: weight for name, _, weight in rows if weight is not None}
+    assert weight_panels[shown["layer"]].tensor == shown["name"]
+    assert {panel.tensor for panel in weight_panels.values()}.isdisjoint({"broken", "second"})

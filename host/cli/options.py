@@ -26,6 +26,7 @@ from ..gates import GateCheck, Gates
 from ..inventory import Device
 from ..quantize.prepare import parse_input_shapes
 from ..report.artifacts import write_artifacts
+from ..report import json_text
 from ..report.build import build_report, write_json
 from ..session import RunSettings, RunState
 from ..session_tflite import ACCELERATORS, delegate_fields
@@ -229,8 +230,9 @@ def write_run(state: RunState, device: Device, gates: Gates, db: Optional[Path])
     report["gates"] = gates.to_dict()
     out_dir = state.settings.out_dir
     path = out_dir / "report.json"
-    write_json(report, path)
+    text, compact = json_text.encode(report)  # report.json's and the database's copy: the numbers written once
+    write_json(report, path, text)
     written = write_artifacts(report, out_dir)
-    run_id = None if state.error else ResultsStore(db).record(report, path)
+    run_id = None if state.error else ResultsStore(db).record(report, path, compact)
     checks = gates_mod.failures(report, gates) if gates.active and not state.error else []
     return RunOutputs(report, path, written, run_id, checks)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from .. import __version__
 from ..compare import metrics
 from ..session import RunState
 from .profile import profile_section
-from . import delegation
+from . import delegation, json_text
 from .diagnosis import add_diagnosis
 
 SCHEMA = "qbench.report/1"
@@ -140,8 +139,11 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 4) if b else None
 
 
-def write_json(report: dict[str, Any], path: Path) -> None:
-    """Write atomically: a reader never sees half a report."""
+def write_json(report: dict[str, Any], path: Path, text: str | None = None) -> None:
+    """Write atomically: a reader never sees half a report.
+
+    ``text``: the report's ``json_text.dumps(report)`` when the caller has it already.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False))
+    tmp.write_text(json_text.dumps(report, indent=2) if text is None else text)  # json.dumps(indent=2)'s text
     os.replace(tmp, path)

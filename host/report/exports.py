@@ -162,10 +162,10 @@ def _onnx_producers(report: Mapping[str, Any]) -> dict[str, str]:
     model_path = ((report.get("models") or {}).get("float") or {}).get("path")
     if not model_path or not Path(model_path).is_file():
         return {}
-    import onnx  # Deferred: only ONNX overlays need it, and it is slow to import.
+    from ..compare import matching  # Deferred: only ONNX overlays need onnx, and it is slow to import.
 
     try:
-        model = onnx.load(model_path, load_external_data=False)
+        model = matching.load_model(model_path)  # a run's own: matching parsed it already
     except Exception:  # noqa: BLE001 - any unreadable model only costs the tensor-name fallback
         return {}
     keys = {value.name: f"[io]{value.name}" for value in model.graph.input}

@@ -93,17 +93,18 @@ Row = tuple[str, Optional[Panel], Optional[Panel]]
 def panels(report: Mapping[str, Any], limit: int = MAX_LAYERS) -> tuple[list[Row], list[str]]:
     """Per worst layer (at most ``limit``): (name, activation panel, weight panel); and the worst layers with neither.
 
-    A layer's weight panel shows the first entry of ``report["weights"]`` naming it.
+    A layer's weight panel shows the first entry of ``report["weights"]`` naming it that has a histogram.
     """
     layers = {layer.get("name"): layer for layer in report.get("layers") or []}
-    weights: dict[str, Mapping[str, Any]] = {}
+    weights: dict[str, list[Mapping[str, Any]]] = {}
     for weight in report.get("weights") or []:
-        if isinstance(weight, Mapping) and parse(weight.get("histogram")) is not None:
-            weights.setdefault(weight.get("layer"), weight)  # the first weight tensor of a layer
+        if isinstance(weight, Mapping):
+            weights.setdefault(weight.get("layer"), []).append(weight)
     rows, missing = [], []
     for name in worst_layer_names(report)[:limit]:
         activation = parse((layers.get(name) or {}).get("histogram"))
-        weight = weights.get(name)
+        # parsed for the layers shown only: a model has hundreds of weights
+        weight = next((w for w in weights.get(name, []) if parse(w.get("histogram")) is not None), None)
         if activation is None and weight is None:
             missing.append(name)
             continue

@@ -3,6 +3,8 @@
 During the capture stage the host waits for the agent. ``start`` spends that time on the weight
 figures (``compare.weights``: they depend on the model files alone) and on loading the HTML
 writer (importing plotly and building a first figure take a few tenths of a second).
+``start_on_progress`` starts it once the agent reports progress: started with the request, its
+work (the interpreter lock, a core) delayed the request and its input samples by 20-50 ms.
 ``weight_table`` hands the figures to the report when they are for the run's files, else computes
 them there and then: the numbers are the same either way.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..compare import weights
 
@@ -60,6 +62,20 @@ def start(state: RunState) -> Optional[Prefetch]:
 
     threading.Thread(target=work, name="qbench-prefetch", daemon=True).start()
     return Prefetch(inputs, future)
+
+
+def start_on_progress(state: RunState, progress: Callable[[str, int, int], None]) -> Callable[[str, int, int], None]:
+    """``progress``, which also runs :func:`start` (into ``state.prefetch``) on the first message it gets.
+
+    Progress comes once the agent has the request and its worker runs.
+    """
+
+    def forward(stage: str, done: int, total: int) -> None:
+        if state.prefetch is None:
+            state.prefetch = start(state)
+        progress(stage, done, total)
+
+    return forward
 
 
 def weight_table(state: RunState) -> Optional[weights.WeightTable]:

@@ -162,12 +162,14 @@ class ResultsStore:
         self.path = Path(path) if path is not None else default_db_path()
         self._ready = False
 
-    def record(self, report: Mapping[str, Any], report_path: Union[str, os.PathLike, None] = None) -> int:
+    def record(self, report: Mapping[str, Any], report_path: Union[str, os.PathLike, None] = None,
+               report_json: Optional[str] = None) -> int:
         """Store one finished run, all or nothing.
 
         Args:
             report: A ``qbench.report/1`` dict.
             report_path: Where its report.json was written, shown by history.
+            report_json: ``json.dumps(report)``, when the caller has it already (report.json_text.encode).
 
         Returns:
             The new run id.
@@ -178,7 +180,7 @@ class ResultsStore:
         schema = str(report.get("schema", ""))
         if not schema.startswith(REPORT_SCHEMA_PREFIX):
             raise UserError(f"not a qbench report (schema {schema!r}); expected {REPORT_SCHEMA_PREFIX}")
-        run = _run_columns(report, report_path)
+        run = _run_columns(report, report_path, report_json)
         columns = ", ".join(run)
         marks = ", ".join("?" for _ in run)
         with self._transaction() as conn:
@@ -304,7 +306,8 @@ class ResultsStore:
         self._ready = True
 
 
-def _run_columns(report: Mapping[str, Any], report_path: Union[str, os.PathLike, None]) -> dict[str, Any]:
+def _run_columns(report: Mapping[str, Any], report_path: Union[str, os.PathLike, None],
+                 report_json: Optional[str] = None) -> dict[str, Any]:
     device = report.get("device") or {}
     models = report.get("models") or {}
     float_model, int8_model = models.get("float") or {}, models.get("int8") or {}
@@ -347,7 +350,7 @@ def _run_columns(report: Mapping[str, Any], report_path: Union[str, os.PathLike,
         "device_json": json.dumps(device, sort_keys=True),
         "settings_json": json.dumps(report.get("settings") or {}, sort_keys=True),
         "summary_json": json.dumps(summary, sort_keys=True),
-        "report_json": json.dumps(report),
+        "report_json": json.dumps(report) if report_json is None else report_json,
     }
 
 
