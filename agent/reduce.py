@@ -29,6 +29,10 @@ CHUNK = 1 << 18
 ROW = 1024
 #: above this magnitude float32 squares could overflow: such chunks are summed in float64
 BIG = 1e18
+#: copies of the histogram's count table, see :meth:`Bins.count`
+LANES = 4
+#: ... used when more than this fraction of neighbouring elements share their joint code
+REPEATS = 0.2
 
 
 @dataclass
@@ -53,12 +57,20 @@ class Bins:
 
     ``x >= edge`` holds for a float32 ``x`` exactly when ``x >= up(edge)``, the smallest
     float32 not below the edge; so comparisons against :attr:`up` decide every element as
-    float64 arithmetic would. The fast path computes ``floor((x - qmin) * bins / (qmax -
-    qmin))`` in float32 and re-bins exactly the few elements within rounding error of an edge.
+    float64 arithmetic would (:meth:`exact`).
+
+    The fast path works in the values' dtype: ``t = clip(x * norm, lo, hi) + shift`` and bin
+    ``floor(t)``, where the shift puts edge ``k`` at ``t = k + delta``, ``delta`` above the
+    rounding error of ``t``. So the fast bin is exact, except that it may be one too high for
+    values just below an edge, whose ``t`` has a fractional part below ``2 * delta``: those few
+    are re-binned by :meth:`exact`. Values exactly on an edge (ReLU's zeros at ``qmin``,
+    saturated values at ``qmax``) fall in that window too; when such a value is the chunk's
+    minimum or maximum, the clip bounds settle all of its copies at once (:meth:`_plan`).
     """
 
     def __init__(self, qmin: float, qmax: float, bins: int, work: type):
         self.bins = bins
+        self.work = work
         self.edges = np.linspace(qmin, qmax, bins + 1)
         up = self.edges.astype(work)
         up[up < self.edges] = np.nextafter(up[up < self.edges], work(np.inf))
@@ -66,10 +78,16 @@ class Bins:
         top = work(qmax)  # compared as Python floats below: numpy would compare a float32 in float32
         self.top = np.nextafter(top, work(-np.inf)) if float(top) > qmax else top  # largest value not above qmax
         norm = bins / (qmax - qmin)
+        # t's rounding error over the unclipped range (|x * norm| <= |qmin * norm| + bins + 2) is below
+        # eps * (1.5 |qmin * norm| + 1.5 bins + 5): delta is over twice that
+        delta = 4 * float(np.finfo(work).eps) * (abs(qmin * norm) + bins + 8)
         self.norm = work(norm)
-        self.shift = work(0.5 - qmin * norm)  # rint(x * norm + shift) = floor(bin position) + 1
-        # float32 rounding of the bin position stays within a few ulps of `bins`: re-check a margin above that
-        self.margin = 0.5 - 64 * bins * float(np.finfo(work).eps)
+        self.shift = 1 + delta - qmin * norm  # t = position in bins + 1 (index 0 counts x < qmin) + delta
+        self._shift = work(self.shift)
+        self.near = work(2 * delta)
+        # else (a zero point far outside the levels) float32 positions are too coarse: exact() bins everything
+        self.fast_path = bool(np.isfinite(self.norm) and np.isfinite(self.shift) and 4 * delta < 0.5)
+        self._plans: dict[tuple[float, float], tuple] = {}
 
     def exact(self, x: np.ndarray) -> np.ndarray:
         """Bin index (0 = under, bins + 1 = over) of each value of ``x``, by comparisons only."""
@@ -77,53 +95,103 @@ class Bins:
         index[(index == self.bins + 1) & (x <= self.top)] = self.bins
         return index
 
-    def _position(self, value: float):
-        """The fast path's bin position of ``value``, by the same float operations as :meth:`count`."""
-        return self.norm.dtype.type(value) * self.norm + self.shift
+    def _t(self, x: np.ndarray, lo, hi, out: np.ndarray | None = None) -> np.ndarray:
+        """The fast path's ``t`` of ``x``: the same operations for a chunk and for its extremes."""
+        t = np.multiply(x, self.norm, out=out)
+        np.clip(t, lo, hi, out=t)
+        return np.add(t, self._shift, out=t)
 
-    def _near(self, value: float) -> bool:
-        """Whether the fast path cannot tell the bin of ``value`` (it is within rounding error of an edge)."""
-        t = self._position(value)
-        return bool(abs(t - np.rint(t)) > self.margin)
+    def _plan(self, extremes: tuple[float, float]) -> tuple:
+        """Clip bounds and the extreme values left near an edge, for a chunk with these min and max.
 
-    def _fast(self, value: float) -> int:
-        """The bin the fast path gives ``value``."""
-        return int(np.clip(np.rint(self._position(value)), 0, self.bins + 1))
+        Every value lies between the extremes and both the fast and the exact bin are monotonic;
+        so when the minimum gets its exact bin ``k``, every value with fast bin ``k`` does: clipping
+        ``t`` below at ``k + 0.5`` bins them all without re-binning. When the maximum gets ``k``
+        for an exact ``k - 1``, so does every value with fast bin ``k``: clipping ``t`` above at
+        ``k - 0.5`` moves them all. An extreme still near an edge after that is counted by an
+        equality test (its copies are many), as the returned ``(value, fast bin, exact bin)``.
+        """
+        plan = self._plans.get(extremes)
+        if plan is not None:
+            return plan
+        w = self.work
+        values = np.array(extremes, w)
+        exact = self.exact(values)
+        fast = np.clip(np.floor(self._t(values, w(-np.inf), w(np.inf))), 0, self.bins + 1).astype(np.intp)
+        low = exact[0] + 0.5 if fast[0] == exact[0] else 0.5
+        high = exact[1] + 0.5 if fast[1] == exact[1] + 1 else self.bins + 1.5
+        lo, hi = w(low - self.shift), w(high - self.shift)
+        t = self._t(values, lo, hi)
+        j = np.floor(t)
+        hot = [(w(v), int(j[i]), int(exact[i])) for i, v in enumerate(extremes)
+               if t[i] - j[i] < self.near and (i == 0 or v != extremes[0])]
+        if len(self._plans) >= 256:
+            self._plans.clear()
+        plan = self._plans[extremes] = (lo, hi, hot)
+        return plan
 
-    def count(self, x: np.ndarray, q: np.ndarray, t: np.ndarray, j: np.ndarray,
-              extremes: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    def count(self, x: np.ndarray, q: np.ndarray, extremes: tuple[float, float],
+              scratch: "Scratch") -> tuple[np.ndarray, np.ndarray]:
         """Counts of ``x`` per bin (bins + 2) and of the one-byte codes ``q`` (256).
 
-        One ``bincount`` of the joint code ``bin * 256 + code`` gives both. ``t`` and ``j`` are
-        scratch buffers of x's size. ``extremes`` (x's min and max) are often repeated values
-        sitting on an edge (ReLU's zeros at qmin = 0, saturated values): they are binned
-        exactly once each instead of element by element.
+        One ``bincount`` of the joint code ``bin * 256 + code`` gives both. ``extremes`` are x's
+        min and max; ``scratch`` provides the buffers.
         """
-        np.multiply(x, self.norm, out=t)
-        np.add(t, self.shift, out=t)
-        np.rint(t, out=j)
+        size = self.bins + 2
+        if not self.fast_path:
+            joint = np.bincount(self.exact(x) * 256 + q, minlength=size * 256).reshape(size, 256)
+            return joint.sum(axis=1), joint.sum(axis=0)
+        n = x.size
+        t, j = scratch.buffers(self.work, n)
+        lo, hi, hot = self._plan(extremes)
+        self._t(x, lo, hi, out=t)
+        np.floor(t, out=j)
         np.subtract(t, j, out=t)
-        np.abs(t, out=t)
-        near_mask = np.greater(t, self.margin)
-        moves = []  # (count, bin the fast path gave, exact bin) of repeated extreme values
-        for value in {v for v in extremes if self._near(v)}:
-            hot = np.equal(x, x.dtype.type(value))
-            moves.append((np.count_nonzero(hot), self._fast(value), int(self.exact(np.array([value], x.dtype))[0])))
-            np.greater(near_mask, hot, out=near_mask)  # near and not hot
-        near = np.flatnonzero(near_mask)
-        np.clip(j, 0, self.bins + 1, out=j)
+        near_mask = np.less(t, self.near, out=scratch.mask(n))
+        moves = []  # (count, fast bin, exact bin) of an extreme value's copies
+        for value, fast, exact in hot:
+            copies = np.equal(x, value)
+            moves.append((np.count_nonzero(copies), fast, exact))
+            np.greater(near_mask, copies, out=near_mask)  # near and not a copy
+        near = _positions(near_mask)
         approx = j[near].astype(np.intp)
         np.multiply(j, 256, out=j)
         np.add(j, q, out=j)
-        size = self.bins + 2
-        joint = np.bincount(j.astype(np.intp), minlength=size * 256).reshape(size, 256)
+        cells = size * 256
+        lanes = LANES if n >= LANES * cells and _repeats(j) > REPEATS else 1
+        if lanes > 1:
+            # consecutive elements count into different copies of the table: in a run of equal codes
+            # (ReLU's zeros) each increment would otherwise wait for the previous one
+            np.add(j, _lane_offsets(cells, self.work, n), out=j)
+        index = scratch.index(n)
+        np.copyto(index, j, casting="unsafe")
+        table = np.bincount(index, minlength=lanes * cells)
+        joint = table[:cells]
+        for lane in range(1, lanes):
+            joint += table[lane * cells: (lane + 1) * cells]
+        joint = joint.reshape(size, 256)
         counts = joint.sum(axis=1)
         if near.size:
             counts += np.bincount(self.exact(x[near]), minlength=size) - np.bincount(approx, minlength=size)
-        for n, fast, exact in moves:
-            counts[fast] -= n
-            counts[exact] += n
+        for copies, fast, exact in moves:
+            counts[fast] -= copies
+            counts[exact] += copies
         return counts, joint.sum(axis=0)
+
+
+def _repeats(codes: np.ndarray, sample: int = 400) -> float:
+    """The fraction of equal neighbours among the first ``sample`` codes."""
+    head = codes[:sample]
+    return np.count_nonzero(head[1:] == head[:-1]) / max(head.size - 1, 1)
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    """``flatnonzero(mask)`` for a mask with few set elements: finds them 8 at a time."""
+    whole = mask.size - mask.size % 8
+    words = np.flatnonzero(mask[:whole].view(np.uint64) != 0)
+    candidates = (words[:, None] * 8 + np.arange(8)).ravel()
+    found = candidates[mask[candidates]]
+    return np.concatenate([found, np.flatnonzero(mask[whole:]) + whole]) if whole < mask.size else found
 
 
 class Kernel:
@@ -168,7 +236,11 @@ class Kernel:
     def dequantize(self, q: np.ndarray, start: int, out: np.ndarray | None = None) -> np.ndarray:
         """``(q - zero_point) * scale`` in the work dtype, as DequantizeLinear computes it, for flat ``q`` at ``start``."""
         scale, zero, _, _ = self.affine(start, q.size)
-        out = np.subtract(q, zero, out=out, dtype=self.work, casting="unsafe")
+        if out is None:
+            out = np.empty(q.shape, self.work)
+        np.copyto(out, q, casting="unsafe")  # then float arithmetic: faster than one mixed-type ufunc loop
+        if not self.per_tensor or zero != 0:
+            np.subtract(out, zero, out=out)
         return np.multiply(out, scale, out=out)
 
     def reduce(self, f: np.ndarray, q: np.ndarray, start: int, scratch: "Scratch") -> Partial:
@@ -205,7 +277,7 @@ class Kernel:
         np.subtract(f, b, out=b)
         p.local_sum_sq_err = _sum_sq(b, big)
         if self.bins is not None and not big and q.dtype.itemsize == 1 and q.dtype.kind in "iu":
-            p.hist_float, p.codes = self.bins.count(f, q.view(np.uint8), a, b, (p.float_min, p.float_max))
+            p.hist_float, p.codes = self.bins.count(f, q.view(np.uint8), (p.float_min, p.float_max), scratch)
         return p
 
     def int8_histogram(self, codes: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -234,7 +306,7 @@ def _sum_sq(x: np.ndarray, big: bool) -> float:
 
 @dataclass
 class Scratch:
-    """Two reusable buffers per dtype, one Scratch per thread."""
+    """Reusable buffers, one Scratch per thread: two per float dtype, an index and a mask."""
 
     _buffers: dict = field(default_factory=dict)
 
@@ -244,6 +316,29 @@ class Scratch:
             pair = (np.empty(max(n, CHUNK), dtype), np.empty(max(n, CHUNK), dtype))
             self._buffers[dtype] = pair
         return pair[0][:n], pair[1][:n]
+
+    def index(self, n: int) -> np.ndarray:
+        return self._one("index", np.intp, n)
+
+    def mask(self, n: int) -> np.ndarray:
+        return self._one("mask", np.bool_, n)
+
+    def _one(self, name: str, dtype: type, n: int) -> np.ndarray:
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < n:
+            buffer = self._buffers[name] = np.empty(max(n, CHUNK), dtype)
+        return buffer[:n]
+
+
+_lanes: dict[tuple[int, int, type], np.ndarray] = {}
+
+
+def _lane_offsets(cells: int, dtype: type, n: int) -> np.ndarray:
+    """``(i % LANES) * cells`` for i < n: where element i's copy of the count table starts."""
+    offsets = _lanes.get((LANES, cells, dtype))
+    if offsets is None or offsets.size < n:
+        offsets = _lanes[(LANES, cells, dtype)] = (np.arange(max(n, CHUNK)) % LANES * cells).astype(dtype)
+    return offsets[:n]
 
 
 _local = threading.local()
