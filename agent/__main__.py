@@ -13,7 +13,7 @@ import shlex
 import signal
 import sys
 
-from .server import Agent, AgentConfig
+from .config import AgentConfig, start_zygotes
 
 
 def parse_args(argv: list[str] | None) -> AgentConfig:
@@ -53,7 +53,10 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
-        agent = Agent(config)
+        zygotes = start_zygotes(config)  # first: their imports overlap the agent's own (numpy, ZeroMQ)
+        from .server import Agent
+
+        agent = Agent(config, zygotes)
     except Exception as exc:  # bind failures and an unwritable cache: one line, then exit
         print(f"qbench agent: cannot start: {exc}", file=sys.stderr)
         return 1

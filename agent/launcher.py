@@ -21,7 +21,10 @@ from typing import Callable
 
 from qbench.protocols.messages import ErrorCode, ProtocolError
 
-from .zygote import ENTRY, Lines, kill_group, send
+from .zygote_link import Lines, kill_group, send
+
+#: the module a zygote runs
+ENTRY = "qbench.agent.zygote"
 
 #: how long a zygote may take to report a worker the agent has just SIGKILLed
 KILL_WAIT_S = 10.0

@@ -23,7 +23,6 @@ import time
 import traceback
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,6 +58,7 @@ from qbench.protocols.version import PROTOCOL_VERSION, compatible
 
 from . import AGENT_VERSION, tensor_spool
 from .cache import ModelCache
+from .config import AgentConfig, start_zygotes
 from .launcher import Worker, Zygotes, job_runtime
 from .memory import auto_capture_budget, total_memory_bytes
 from .outputs import load_outputs
@@ -69,27 +69,10 @@ log = logging.getLogger("qbench.agent")
 HEARTBEAT_S = 2.0
 
 
-@dataclass
-class AgentConfig:
-    """How the agent runs; the emulation fields make this machine act like a smaller device."""
-
-    bind: str = "tcp://127.0.0.1:0"
-    cache_dir: str = "~/.qbench/cache"
-    max_frame_bytes: int = 512 * 1024 * 1024
-    max_model_bytes: int = 2 * 1024 * 1024 * 1024
-    chunk_bytes: int = 8 * 1024 * 1024
-    threads: int | None = None
-    cpus: list[int] = field(default_factory=list)
-    memory_limit_mb: int | None = None
-    worker_cmd: list[str] = field(default_factory=lambda: [sys.executable])
-    exit_on_stdin_eof: bool = False
-    warm: list[str] = field(default_factory=list)  # runtimes whose zygotes start with the agent
-
-
 class Agent:
     """Serves one ROUTER socket until a shutdown request, SIGTERM or stdin EOF."""
 
-    def __init__(self, config: AgentConfig):
+    def __init__(self, config: AgentConfig, zygotes: Zygotes | None = None):
         self.config = config
         self.cache = ModelCache(config.cache_dir, config.max_model_bytes)
         self.jobs_dir = self.cache.root / "jobs"
@@ -97,9 +80,7 @@ class Agent:
         self._runtimes: dict[str, RuntimeInfo] = {}
         self._probed: set[str] = set()
         self._baselines: dict[str, float] = {}
-        self.zygotes = Zygotes(config.worker_cmd, self._worker_env, self.cache.root / "zygotes",
-                               {"cpus": config.cpus, "memory_limit_mb": config.memory_limit_mb})
-        self.warm([r for r in config.warm if r in RUNTIMES and r != COMPILED])
+        self.zygotes = zygotes or start_zygotes(config)
         self._ctx = zmq.Context()
         self.socket = self._ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes + codec.MAX_HEADER_BYTES)
@@ -388,14 +369,6 @@ class Agent:
             proc.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
             raise ProtocolError(ErrorCode.WORKER_TIMEOUT, f"worker did not finish within {timeout_s:.0f} s") from None
-
-    def _worker_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        # Workers import qbench exactly as the agent did (installed package, bundle or source tree).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        if self.config.threads:
-            env["OMP_NUM_THREADS"] = str(self.config.threads)
-        return env
 
 
 def _reply_type(request_type: str) -> str:

@@ -36,13 +36,10 @@ still runs, so nothing outlives the agent.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
-import signal
 import socket
 import sys
-import time
 import traceback
 from typing import NoReturn
 
@@ -50,19 +47,10 @@ from qbench.protocols.messages import RunnerConfig
 
 from . import resident
 from .runners import import_runtime
+from .zygote_link import Lines, kill_group, send
 
-ENTRY = "qbench.agent.zygote"
 #: how often the zygote checks on its worker where the kernel has no pidfd (before Linux 5.3)
 POLL_S = 0.005
-
-
-def kill_group(pid: int) -> None:
-    """SIGKILL a worker's process group (the worker alone if it has not reached ``setsid`` yet)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def limit_process(cpus: list[int], memory_limit_mb: int | None) -> None:
@@ -74,37 +62,6 @@ def limit_process(cpus: list[int], memory_limit_mb: int | None) -> None:
 
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-class Lines:
-    """JSON lines (and the fds sent with them) read from a stream socket, with a deadline."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.buffer = b""
-        self.fds: list[int] = []
-
-    def read(self, deadline: float | None) -> dict | None:
-        """The next line; None at EOF. Raises TimeoutError at ``deadline`` (monotonic; None: wait)."""
-        while b"\n" not in self.buffer:
-            if deadline is not None:
-                remaining = max(deadline - time.monotonic(), 0.0)
-                if not select.select([self.sock], [], [], remaining)[0]:
-                    raise TimeoutError
-            try:
-                data, fds, _, _ = socket.recv_fds(self.sock, 65536, 2)
-            except ConnectionResetError:  # the peer exited with our request unread
-                return None
-            self.fds.extend(fds)
-            if not data:
-                return None
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
-
-
-def send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
-    socket.send_fds(sock, [json.dumps(message).encode() + b"\n"], list(fds))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,5 @@
-"""qbench wire protocol: message types, framing and version. Depends on nothing of qbench."""
+"""qbench wire protocol: message types (``messages``), framing (``codec``) and ``version``.
 
-from .codec import decode, encode
-from .messages import ErrorCode, ErrorInfo, Message, MsgType, ProtocolError
-from .version import PROTOCOL_VERSION
-
-__all__ = ["PROTOCOL_VERSION", "ErrorCode", "ErrorInfo", "Message", "MsgType", "ProtocolError", "decode", "encode"]
+Depends on nothing of qbench. The package imports none of its modules itself: ``messages`` needs
+only the standard library, so an agent can start its worker zygotes before numpy has loaded.
+"""

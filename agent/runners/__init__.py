@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from qbench.protocols.messages import ErrorCode, ProtocolError, RunnerConfig, RuntimeInfo
 
-from .base import Runner
+if TYPE_CHECKING:  # not at run time: the agent imports this module before numpy (agent/config.py)
+    from .base import Runner
 
 #: runtime name -> "module:class"; the module also defines ``runtime_info() -> RuntimeInfo``.
 #: LiteRT's CompiledModel: times a ``tflite`` model when RunnerConfig.accelerator is set; its providers are
