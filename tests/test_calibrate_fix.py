@@ -9,7 +9,6 @@ against plain ONNX Runtime sessions on the files it wrote, and numpy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cli import load_report, qbench
-from fix_checks import check_moved_one_layer, check_steps_are_real
+from fix_checks import DATA, FAST, check_moved_one_layer, check_steps_are_real, run_fix, sha
 from qbench.host.fix import Fixer
 from qbench.host.quantize.onnx import quantize_onnx
 from qbench.host.session import RunSettings
@@ -29,8 +28,6 @@ from qbench.host.transport.local import LocalTransport
 from qbench.host.trials import Trials
 from qbench.protocols.messages import TimingConfig
 
-FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--quiet"]
-DATA = ["--data", "eval.npz", "--calibration", "calib.npz"]
 METHODS = ("minmax", "percentile", "entropy", "distribution")
 SENSITIVE = "probs"  # the softmax output: the drop happens there, from its wide-range logits input
 
@@ -92,10 +89,6 @@ def _psnr(float_path, int8_path, eval_npz: Path) -> float:
     return 10 * math.log10(np.max(np.abs(f)) ** 2 / np.mean((f - q) ** 2))
 
 
-def _sha(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def calibrated(workdir, agent_cache):
     out = workdir / "calibrate"
@@ -116,13 +109,13 @@ def test_calibrate_table_matches_each_methods_own_run(calibrated, workdir):
         own = load_report(out / method)
         assert row["output_psnr_db"] == own["summary"]["output_psnr_db"]
         assert row["latency_int8_ms"] == own["latency"]["int8"]["median_ms"]
-        assert own["models"]["int8"]["sha256"] == row["sha256"] == _sha(out / method / "model.int8.onnx")
-        assert own["models"]["float"]["sha256"] == _sha(prepared)
+        assert own["models"]["int8"]["sha256"] == row["sha256"] == sha(out / method / "model.int8.onnx")
+        assert own["models"]["float"]["sha256"] == sha(prepared)
         assert row["output_psnr_db"] == pytest.approx(_psnr(prepared, out / method / "model.int8.onnx",
                                                             workdir / "eval.npz"), abs=1e-3)
         # same calibration samples for every method: quantizing here with the file gives the same bytes
         again = quantize_onnx(prepared, workdir / f"again-{method}.onnx", calibration, method=method)
-        assert _sha(again) == row["sha256"]
+        assert sha(again) == row["sha256"]
 
 
 @pytest.mark.slow
@@ -132,7 +125,7 @@ def test_calibrate_layer_comparison_and_winner(calibrated):
     best = max(rows, key=lambda r: (r["output_psnr_db"], -r["latency_int8_ms"]))
     assert [r["method"] for r in rows if r["winner"]] == [best["method"]] == [printed["winner"]]
     assert report["calibration"]["winner"] == best["method"]
-    assert _sha(out / "model.int8.onnx") == best["sha256"] == report["models"]["int8"]["sha256"]
+    assert sha(out / "model.int8.onnx") == best["sha256"] == report["models"]["int8"]["sha256"]
     assert report["models"]["int8"]["path"] == str((out / "model.int8.onnx").resolve())
     assert report["summary"]["output_psnr_db"] == best["output_psnr_db"]
     winner_layers = {x["name"]: x["psnr_db"] for x in load_report(out / best["method"])["layers"]}
@@ -158,17 +151,14 @@ def _check_steps_are_real(out: Path, section: dict, workdir: Path) -> None:
 @pytest.mark.slow
 def test_fix_reaches_the_target_by_moving_the_sensitive_layer(workdir, agent_cache):
     out = workdir / "fix"
-    proc = qbench("fix", "wide.onnx", "--device", "local", "--target-psnr", "35", *DATA, "--out", str(out),
-                  *FAST, cwd=workdir, cache=agent_cache)
-    assert proc.returncode == 0, proc.stderr
-    report = load_report(out)
+    proc, report = run_fix(workdir, "wide.onnx", out, "--target-psnr", "35", cache=agent_cache)
     section = report["fix"]
     check_moved_one_layer(section, SENSITIVE)
     _check_steps_are_real(out, section, workdir)
     # the final report is `run`'s, for the final model, written as out/model.int8.onnx
     final = out / "model.int8.onnx"
     assert report["models"]["int8"]["path"] == str(final.resolve())
-    assert report["models"]["int8"]["sha256"] == _sha(final)
+    assert report["models"]["int8"]["sha256"] == sha(final)
     assert report["summary"]["output_psnr_db"] >= 35
     assert report["summary"]["output_psnr_db"] == pytest.approx(
         _psnr(out / "float.prepared.onnx", final, workdir / "eval.npz"), abs=1e-3)
@@ -179,7 +169,7 @@ def test_fix_reaches_the_target_by_moving_the_sensitive_layer(workdir, agent_cac
     again = quantize_onnx(settings["float_path"], workdir / "again-fix.onnx", dict(np.load(settings["calibration"])),
                           method=settings["method"], activation_type=settings["activation_type"],
                           per_channel=settings["per_channel"], nodes_to_exclude=settings["nodes_to_exclude"])
-    assert _sha(again) == _sha(final)
+    assert sha(again) == sha(final)
     assert "in float: probs" in proc.stderr and "baseline" in proc.stdout
 
 
@@ -208,23 +198,21 @@ def test_revert_pass_drops_a_fallback_that_did_not_help(workdir, agent_cache):
     assert steps[1]["output_psnr_db"] < 35 <= steps[2]["output_psnr_db"]
     assert steps[3]["same_as_step"] == 1  # reverting probs leaves step 1's settings: not measured again
     assert result.met and result.report["fix"]["kept_float"] == [SENSITIVE]
-    assert _sha(out / "model.int8.onnx") == _sha(steps[4]["model"])
+    assert sha(out / "model.int8.onnx") == sha(steps[4]["model"])
     _check_steps_are_real(out, result.report["fix"], workdir)
 
 
 @pytest.mark.slow
 def test_fix_exits_3_when_the_budget_ends_before_the_target(workdir, agent_cache):
     out = workdir / "unreachable"
-    proc = qbench("fix", "wide.onnx", "--device", "local", "--target-psnr", "200", "--max-steps", "1", *DATA,
-                  "--out", str(out), "--json", *FAST, cwd=workdir, cache=agent_cache)
-    assert proc.returncode == 3, proc.stderr
+    proc, report = run_fix(workdir, "wide.onnx", out,
+                           "--target-psnr", "200", "--max-steps", "1", "--json", cache=agent_cache, code=3)
     printed = json.loads(proc.stdout)
-    report = load_report(out)
     section = report["fix"]
     assert not printed["met"] and not section["met"] and "--max-steps 1" in section["stop"]
     assert [s["action"] for s in section["steps"]] == ["baseline", "fallback"]
     assert section["kept_float"] == section["steps"][1]["layers"]
-    assert _sha(out / "model.int8.onnx") == _sha(section["steps"][1]["model"])
+    assert sha(out / "model.int8.onnx") == sha(section["steps"][1]["model"])
 
 
 
@@ -232,14 +220,14 @@ def test_fix_exits_3_when_the_budget_ends_before_the_target(workdir, agent_cache
 def test_fix_stops_at_the_latency_budget(workdir, agent_cache):
     """No fallback can run 1000x faster than the all-int8 baseline: the first one ends the search."""
     out = workdir / "latency"
-    proc = qbench("fix", "wide.onnx", "--device", "local", "--target-psnr", "35", "--max-latency-ratio", "0.001",
-                  *DATA, "--out", str(out), *FAST, cwd=workdir, cache=agent_cache)
-    assert proc.returncode == 3, proc.stderr
-    section = load_report(out)["fix"]
+    _, report = run_fix(workdir, "wide.onnx", out,
+                        "--target-psnr", "35", "--max-latency-ratio", "0.001", cache=agent_cache, code=3)
+    section = report["fix"]
     assert [(s["action"], s["kept"]) for s in section["steps"]] == [("baseline", True), ("fallback", False)]
     assert "latency budget" in section["stop"] and section["kept_float"] == []
     assert section["steps"][1]["latency_ratio"] > 0.001
-    assert _sha(out / "model.int8.onnx") == _sha(section["steps"][0]["model"])
+    assert sha(out / "model.int8.onnx") == sha(section["steps"][0]["model"])
+
 
 def test_calibrate_and_fix_refuse_what_they_cannot_do(workdir):
     proc = qbench("calibrate", "wide.onnx", "--int8", "wide.onnx", cwd=workdir)

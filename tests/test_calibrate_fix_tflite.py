@@ -19,11 +19,9 @@ from ai_edge_litert import interpreter as tfl
 from ai_edge_litert import schema_py_generated as fb
 
 from cli import load_report, qbench
-from fix_checks import check_moved_one_layer, check_steps_are_real, sha
+from fix_checks import DATA, FAST, check_moved_one_layer, check_steps_are_real, run_fix, sha
 from qbench.host.quantize.tflite import quantize_tflite, quantize_with_recipe
 
-FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--quiet"]
-DATA = ["--data", "eval.npz", "--calibration", "calib.npz"]
 METHODS = {"minmax": "min_max_uniform_quantize", "octav": "OCTAV", "mse": "MSE", "gptq": "GPTQ"}
 SENSITIVE = "probs"  # the softmax output: the drop happens there, from its wide-range logits input
 
@@ -166,10 +164,7 @@ def _check_reproduces(settings: dict, final: Path, workdir: Path, name: str) -> 
 @pytest.mark.slow
 def test_fix_reaches_the_target_by_keeping_the_sensitive_layer_in_float(workdir, agent_cache):
     out = workdir / "fix"
-    proc = qbench("fix", "wide.tflite", "--device", "local", "--target-psnr", "35", *DATA, "--out", str(out),
-                  *FAST, cwd=workdir, cache=agent_cache)
-    assert proc.returncode == 0, proc.stderr
-    report = load_report(out)
+    proc, report = run_fix(workdir, "wide.tflite", out, "--target-psnr", "35", cache=agent_cache)
     section = report["fix"]
     check_moved_one_layer(section, SENSITIVE)
     _check_steps_are_real(section, workdir)
@@ -192,10 +187,9 @@ def test_fix_reaches_the_target_by_keeping_the_sensitive_layer_in_float(workdir,
 @pytest.mark.slow
 def test_fix_with_int16_activations(workdir, agent_cache):
     out = workdir / "fix16"
-    proc = qbench("fix", "wide.tflite", "--device", "local", "--target-psnr", "35", "--precision", "int16", *DATA,
-                  "--out", str(out), "--json", *FAST, cwd=workdir, cache=agent_cache)
-    assert proc.returncode == 0, proc.stderr
-    section = load_report(out)["fix"]
+    _, report = run_fix(workdir, "wide.tflite", out,
+                        "--target-psnr", "35", "--precision", "int16", "--json", cache=agent_cache)
+    section = report["fix"]
     check_moved_one_layer(section, SENSITIVE, "int16")
     _check_steps_are_real(section, workdir)
     settings = section["settings"]
@@ -210,11 +204,10 @@ def test_fix_with_int16_activations(workdir, agent_cache):
 @pytest.mark.slow
 def test_fix_exits_3_when_the_budget_ends_before_the_target(workdir, agent_cache):
     out = workdir / "unreachable"
-    proc = qbench("fix", "wide.tflite", "--device", "local", "--target-psnr", "200", "--max-steps", "1", *DATA,
-                  "--out", str(out), "--json", *FAST, cwd=workdir, cache=agent_cache)
-    assert proc.returncode == 3, proc.stderr
+    proc, report = run_fix(workdir, "wide.tflite", out,
+                           "--target-psnr", "200", "--max-steps", "1", "--json", cache=agent_cache, code=3)
     printed = json.loads(proc.stdout)
-    section = load_report(out)["fix"]
+    section = report["fix"]
     assert not printed["met"] and not section["met"] and "--max-steps 1" in section["stop"]
     assert [s["action"] for s in section["steps"]] == ["baseline", "fallback"]
     assert section["kept_float"] == section["steps"][1]["layers"] == [SENSITIVE]
