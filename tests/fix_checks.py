@@ -29,6 +29,22 @@ def run_fix(workdir: Path, model: str, out: Path, *options: str, cache, code: in
     return proc, load_report(out)
 
 
+def check_stops_at_the_step_budget(workdir: Path, model: str, cache, layer: str | None = None) -> None:
+    """An unreachable target with ``--max-steps 1``: exit 3, the baseline and one fallback (moving ``layer``,
+    when given), said in the printed summary and the report; the model written is the fallback's."""
+    out = workdir / "unreachable"
+    proc, report = run_fix(workdir, model, out, "--target-psnr", "200", "--max-steps", "1", "--json", cache=cache,
+                           code=3)
+    printed = json.loads(proc.stdout)
+    section = report["fix"]
+    assert not printed["met"] and not section["met"] and "--max-steps 1" in section["stop"]
+    assert [s["action"] for s in section["steps"]] == ["baseline", "fallback"]
+    assert section["kept_float"] == section["steps"][1]["layers"]
+    if layer is not None:
+        assert section["kept_float"] == [layer]
+    assert sha(out / f"model.int8{Path(model).suffix}") == sha(section["steps"][1]["model"])
+
+
 def check_steps_are_real(section: dict, psnr: Callable[[Path], float]) -> None:
     """Each step of ``section`` (a report's ``fix``): its own report from an agent run, its output
     PSNR as ``psnr(int8 model)`` recomputes it independently, the float model timed once."""

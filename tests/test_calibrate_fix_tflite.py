@@ -19,7 +19,9 @@ from ai_edge_litert import interpreter as tfl
 from ai_edge_litert import schema_py_generated as fb
 
 from cli import load_report, qbench
-from fix_checks import DATA, FAST, check_moved_one_layer, check_steps_are_real, run_fix, sha
+from fix_checks import (
+    DATA, FAST, check_moved_one_layer, check_steps_are_real, check_stops_at_the_step_budget, run_fix, sha,
+)
 from qbench.host.quantize.tflite import quantize_tflite, quantize_with_recipe
 
 METHODS = {"minmax": "min_max_uniform_quantize", "octav": "OCTAV", "mse": "MSE", "gptq": "GPTQ"}
@@ -203,15 +205,7 @@ def test_fix_with_int16_activations(workdir, agent_cache):
 
 @pytest.mark.slow
 def test_fix_exits_3_when_the_budget_ends_before_the_target(workdir, agent_cache):
-    out = workdir / "unreachable"
-    proc, report = run_fix(workdir, "wide.tflite", out,
-                           "--target-psnr", "200", "--max-steps", "1", "--json", cache=agent_cache, code=3)
-    printed = json.loads(proc.stdout)
-    section = report["fix"]
-    assert not printed["met"] and not section["met"] and "--max-steps 1" in section["stop"]
-    assert [s["action"] for s in section["steps"]] == ["baseline", "fallback"]
-    assert section["kept_float"] == section["steps"][1]["layers"] == [SENSITIVE]
-    assert sha(out / "model.int8.tflite") == sha(section["steps"][1]["model"])
+    check_stops_at_the_step_budget(workdir, "wide.tflite", agent_cache, SENSITIVE)
 
 
 def test_calibrate_offers_only_ai_edge_quantizers_methods(workdir):
