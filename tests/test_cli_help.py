@@ -72,3 +72,18 @@ def test_run_imports_neither_the_other_commands_nor_plotly(tmp_path):
     for absent in ("qbench.host.cli.calibrate", "qbench.host.cli.compare", "qbench.host.cli.devices",
                    "qbench.host.cli.fix", "'plotly", "'paramiko"):
         assert absent not in loaded
+
+
+def test_version_prints_package_and_protocol(tmp_path):
+    from qbench.host import __version__
+    from qbench.protocols.version import PROTOCOL_VERSION
+
+    result = qbench("--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"qbench {__version__} (protocol {PROTOCOL_VERSION})"
+
+
+def test_debug_is_listed_in_top_level_help(tmp_path):
+    result = qbench("--help", cwd=tmp_path, env=WIDE)
+    assert result.returncode == 0, result.stderr
+    assert "--debug" in result.stdout and "--version" in result.stdout

@@ -78,9 +78,9 @@ def test_view_errors_are_one_line(tmp_path):
     (tmp_path / "gone.onnx").write_bytes(b"model")
     proc = qbench("view", str(tmp_path / "report.json"))
     if importlib.util.find_spec("model_explorer") is None:
-        assert "pip install ai-edge-model-explorer" in proc.stderr
+        assert "pip install 'qbench[explorer]'" in proc.stderr
     elif importlib.util.find_spec("model_explorer_onnx") is None:
-        assert "pip install model-explorer-onnx" in proc.stderr
+        assert "pip install 'qbench[explorer]'" in proc.stderr and "model-explorer-onnx" in proc.stderr
     else:
         pytest.skip("model-explorer and its ONNX extension are installed: view would start a server")
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1

@@ -39,10 +39,25 @@ COMMANDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from qbench.host import __version__
+        from qbench.protocols.version import PROTOCOL_VERSION
+
+        print(f"qbench {__version__} (protocol {PROTOCOL_VERSION})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print qbench's version and protocol version, then exit."),
+    debug: bool = typer.Option(False, "--debug", help="Full tracebacks instead of one-line errors "
+                               "(accepted anywhere on the command line)."),
+) -> None:
     # A callback keeps `app` a command group when only `agent` is registered (typer turns a
-    # one-command app into that command).
+    # one-command app into that command). `--debug` is taken out of argv by main(); it is declared
+    # here so that help shows it.
     pass
 
 

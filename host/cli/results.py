@@ -87,9 +87,10 @@ def view(
         raise UserError(f"float model {model_path} named in {report_path} is not there any more")
     model_format = float_model.get("format") or model_format_of(model_path)
     if importlib.util.find_spec("model_explorer") is None:
-        raise UserError("model-explorer is not installed: pip install ai-edge-model-explorer")
+        raise UserError("Model Explorer is not installed: pip install 'qbench[explorer]'")
     if model_format == "onnx" and importlib.util.find_spec("model_explorer_onnx") is None:
-        raise UserError("Model Explorer needs its ONNX extension for .onnx models: pip install model-explorer-onnx")
+        raise UserError("Model Explorer needs its ONNX extension for .onnx models: pip install 'qbench[explorer]' "
+                        "(or pip install model-explorer-onnx)")
     overlay = report_path.with_name(OVERLAY_NAME)
     if not overlay.is_file():
         write_model_explorer_overlay(data, overlay, model_format)
