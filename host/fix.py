@@ -196,12 +196,13 @@ class Fixer:
         if rank is None:
             from .compare.sensitivity import rank_sensitive as rank
         layers = current.report.get("layers", [])
-        names = {layer["name"] for layer in layers}
+        # the prepared graph's tensor of each report layer (names.py gives some the user's names)
+        tensors = {layer["name"]: layer.get("prepared_name", layer["name"]) for layer in layers}
         moved = set().union(*(self._move(layer) for layer in current.layers))
         chosen: list[str] = []
         for entry in rank(layers, current.report.get("weights"), None):
-            name = entry["name"]
-            if name in current.layers or name not in names:
+            name = tensors.get(entry["name"])
+            if name is None or name in current.layers:
                 continue
             more = self._move(name)
             if more <= moved or (self.precision == "float" and moved | more >= self._graph.ops):

@@ -28,7 +28,7 @@ from qbench.protocols.messages import (
 
 from . import data as data_mod
 from . import session_tflite, tensor_store
-from .compare import matching
+from .compare import matching, names
 from .report import prefetch
 from .errors import UserError
 from .models import InputSpec, ModelInfo, inspect_model
@@ -74,6 +74,7 @@ class RunSettings:
     accuracy_only: bool = False  # no timing, memory or profile runs: the per-layer capture only
     equalize: bool = False  # cross-layer weight equalization of the float model before quantizing
     per_channel: bool = True  # per-channel weight scales; False: one scale per weight tensor
+    user_model: Path | None = None  # the user's own file when ``model`` is qbench's prepared copy of it
 
 
 @dataclass
@@ -194,6 +195,10 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
     state.stage = "match"
     # parsed once: the weight figures read the same two files (matching.load_model caches them)
     state.matching = matching.match(matching.load_model(float_path), matching.load_model(int8_path))
+    user_model = s.user_model or (s.model if s.int8 is None else None)
+    if user_model is not None and Path(user_model).resolve() != float_path.resolve():
+        # tensors of the prepared copy are reported under the user's names
+        names.relabel(state.matching, onnx.load(str(user_model)), matching.load_model(float_path))
     return float_path, int8_path
 
 

@@ -47,6 +47,8 @@ class Layer:
     rule: str
     pair: CapturePair
     parents: list[str] = field(default_factory=list)
+    #: the user's node and the prepared name, when the prepared model's differ (see :mod:`.names`)
+    user_fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,6 +56,10 @@ class Unmatched:
     name: str
     op_type: str
     reason: str
+    user_fields: dict[str, str] = field(default_factory=dict)  # as in :class:`Layer`
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "op_type": self.op_type, "reason": self.reason, **self.user_fields}
 
 
 @dataclass

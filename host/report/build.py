@@ -62,7 +62,7 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         qp = layer.pair.qparams
         step = qp.scale[0] if qp is not None and len(qp.scale) == 1 else None
         entry = {"index": index, "name": layer.name, "op_type": layer.op_type, "rule": layer.rule,
-                 "int8_name": layer.pair.int8_name, "parents": layer.parents}
+                 "int8_name": layer.pair.int8_name, "parents": layer.parents, **layer.user_fields}
         entry.update({"psnr_db": None, "status": delegation.UNOBSERVABLE} if st.unobservable
                      else metrics.figures(st, step))
         if st.graph_altered:
@@ -81,7 +81,7 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         outputs.append({"name": out.name, **fig})
     report["layers"] = layers
     report["outputs"] = outputs
-    report["unmatched"] = [vars(u) for u in m.unmatched]
+    report["unmatched"] = [u.to_dict() for u in m.unmatched]
     budget_mb = cap.budget_bytes / 2**20 if cap.budget_bytes else state.settings.memory_budget_mb
     report["capture"] = {"groups": len(cap.groups), "budget_mb": budget_mb,
                          "budget_auto": state.settings.memory_budget_mb is None,
