@@ -92,7 +92,8 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
     psnrs = [o["psnr_db"] for o in float_outs if o.get("psnr_db") is not None]
     ranked = sorted((x for x in layers if x.get("psnr_db") is not None), key=lambda x: x["psnr_db"])
     report["summary"] = {
-        "output_psnr_db": min(psnrs) if psnrs else None,
+        # the lowest output PSNR: undefined when an output holds NaN or infinity
+        "output_psnr_db": min(psnrs) if psnrs and not any(o.get("nonfinite") for o in float_outs) else None,
         "outputs_exact": bool(float_outs) and all(o.get("exact") for o in float_outs),
         "speedup": report.get("latency", {}).get("speedup"),
         "memory_ratio": report.get("memory", {}).get("ratio"),
@@ -101,6 +102,8 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         "layers_compared": sum(1 for x in layers if x.get("status") != delegation.UNOBSERVABLE),
         "layers_unobservable": sum(1 for x in layers if x.get("status") == delegation.UNOBSERVABLE),
         "layers_unmatched": len(m.unmatched),
+        "nonfinite_outputs": [o["name"] for o in outputs if o.get("nonfinite")],
+        "nonfinite_layers": [x["name"] for x in layers if x.get("nonfinite")],
     }
 
 

@@ -27,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from ..compare.metrics import nonfinite_text
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 CSV_NAME, OVERLAY_NAME = "layers.csv", "report.modelexplorer.json"
@@ -70,6 +72,8 @@ def _cell(layer: Mapping[str, Any], column: str) -> Any:
         return ""
     if column == "parents":
         return ";".join(value)
+    if column == "nonfinite":
+        return nonfinite_text(value)
     if isinstance(value, bool):
         return int(value)
     return value
