@@ -31,7 +31,7 @@ from . import session_tflite, tensor_store
 from .compare import matching, names
 from .report import prefetch
 from .errors import UserError
-from .models import InputSpec, ModelInfo, inspect_model
+from .models import InputSpec, ModelInfo, inspect_model, require_float
 from .quantize.equalize import equalize_file
 from .quantize.onnx import quantize_onnx
 from .quantize.prepare import prepare_float, resolve_input_shapes
@@ -163,6 +163,7 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
     state.stage = "prepare"
     ui.stage("prepare")
     original = inspect_model(s.model)
+    require_float(original)
     int8 = inspect_model(s.int8) if s.int8 is not None else None
     s.runner.runtime = session_tflite.runtime_for(s, original, int8)
     if s.equalize and (int8 is not None or original.format != "onnx"):

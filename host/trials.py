@@ -21,6 +21,7 @@ from qbench.protocols.messages import BenchmarkReply
 
 from . import data as data_mod
 from .errors import UserError
+from .models import inspect_model, require_float
 from .quantize.prepare import Prepared
 from .quantizers import quantizer_for
 from .report.artifacts import write_artifacts
@@ -88,6 +89,7 @@ class Trials:
         """Prepares the float model into ``out_dir`` and loads (or draws) the calibration samples once."""
         s = self.base
         self.ui.stage("prepare")
+        require_float(inspect_model(s.model))
         prepared = self.quantizer.prepare(s)
         for note in prepared.notes:
             self.ui.note(note)
