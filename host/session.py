@@ -200,6 +200,9 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
     if user_model is not None and Path(user_model).resolve() != float_path.resolve():
         # tensors of the prepared copy are reported under the user's names
         names.relabel(state.matching, onnx.load(str(user_model)), matching.load_model(float_path))
+    if state.matching.control_flow is not None:
+        ui.note(state.matching.control_flow.note())
+        state.notes.append(state.matching.control_flow.note())
     return float_path, int8_path
 
 

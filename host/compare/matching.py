@@ -63,10 +63,41 @@ class Unmatched:
 
 
 @dataclass
+class ControlFlow:
+    """If/Loop/Scan nodes of the float graph: the nodes in their bodies are not compared one by one.
+
+    Attributes:
+        nodes: the control-flow nodes of the main graph, as ``"<op type> <name>"``.
+        body_nodes: nodes inside their bodies (nested bodies included).
+        total_nodes: every node of the model, bodies included.
+        quantized_bodies: whether the int8 model quantizes anything inside its bodies (ONNX Runtime's
+            quantizer does not).
+    """
+
+    nodes: list[str]
+    body_nodes: int
+    total_nodes: int
+    quantized_bodies: bool
+
+    def to_dict(self) -> dict:
+        return {"nodes": self.nodes, "body_nodes": self.body_nodes, "total_nodes": self.total_nodes,
+                "share": round(self.body_nodes / self.total_nodes, 4), "quantized_bodies": self.quantized_bodies}
+
+    def note(self) -> str:
+        """One line for the terminal and ``notes``."""
+        shown = ", ".join(self.nodes[:3]) + (f" and {len(self.nodes) - 3} more" if len(self.nodes) > 3 else "")
+        what = "not compared" if self.quantized_bodies else "left in float by the quantizer and not compared"
+        return (f"{self.body_nodes} of the model's {self.total_nodes} nodes "
+                f"({100 * self.body_nodes / self.total_nodes:.0f}%) sit inside the bodies of {shown}: "
+                f"{what} one by one; only the outputs of the If/Loop/Scan node(s) are")
+
+
+@dataclass
 class Matching:
     layers: list[Layer]
     outputs: list[Layer]
     unmatched: list[Unmatched]
+    control_flow: ControlFlow | None = None
 
     def pairs(self) -> list[CapturePair]:
         """Every pair to capture: layers first, then model outputs."""
@@ -188,7 +219,37 @@ def match(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> Matching
               CapturePair(name, name, nbytes=_sum(f.nbytes(name), q.nbytes(name)), exact=f.is_float(name) is False))
         for name in f.outputs
     ]
-    return Matching(layers, outputs, unmatched)
+    return Matching(layers, outputs, unmatched, control_flow(float_model, int8_model))
+
+
+def control_flow(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> ControlFlow | None:
+    """The float graph's If/Loop/Scan nodes and what share of the model their bodies hold; None without any."""
+    holders = [n for n in float_model.graph.node if _bodies(n)]
+    if not holders:
+        return None
+    inside = sum(len(list(_body_nodes(g))) for n in holders for g in _bodies(n))
+    quantized = any(b.op_type == "QuantizeLinear" or b.op_type.startswith("QLinear")
+                    for n in int8_model.graph.node for g in _bodies(n) for b in _body_nodes(g))
+    return ControlFlow([f"{n.op_type} {n.name or n.output[0]}" for n in holders], inside, len(float_model.graph.node) + inside,
+                       quantized)
+
+
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    found = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            found.append(attribute.g)
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attribute.graphs)
+    return found
+
+
+def _body_nodes(graph: onnx.GraphProto):
+    """Every node of a body, those of nested bodies included."""
+    for node in graph.node:
+        yield node
+        for inner in _bodies(node):
+            yield from _body_nodes(inner)
 
 
 def _check_same_network(f: _Graph, q: _Graph) -> None:

@@ -105,6 +105,8 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         "nonfinite_outputs": [o["name"] for o in outputs if o.get("nonfinite")],
         "nonfinite_layers": [x["name"] for x in layers if x.get("nonfinite")],
     }
+    if m.control_flow is not None:
+        report["summary"]["control_flow"] = m.control_flow.to_dict()
 
 
 def _device(state: RunState) -> dict[str, Any]:
