@@ -86,7 +86,7 @@ class ControlFlow:
     def note(self) -> str:
         """One line for the terminal and ``notes``."""
         shown = ", ".join(self.nodes[:3]) + (f" and {len(self.nodes) - 3} more" if len(self.nodes) > 3 else "")
-        what = "not compared" if self.quantized_bodies else "left in float by the quantizer and not compared"
+        what = "not compared" if self.quantized_bodies else "float in the int8 model (not quantized) and not compared"
         return (f"{self.body_nodes} of the model's {self.total_nodes} nodes "
                 f"({100 * self.body_nodes / self.total_nodes:.0f}%) sit inside the bodies of {shown}: "
                 f"{what} one by one; only the outputs of the If/Loop/Scan node(s) are")
