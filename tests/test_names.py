@@ -161,3 +161,39 @@ def test_fix_moves_a_renamed_layer_by_its_prepared_tensor(hardswish, tmp_path, a
     readers = [n.name for n in prepared.graph.node if INLINED in n.input]
     # the HardSigmoid producing the tensor, its readers, and the producer of what it reads (the conv)
     assert set(section["settings"]["nodes_to_exclude"]) == {producer[INLINED], *readers, producer["c"]}
+
+
+def _graph_model(nodes, inputs=("x",), outputs=("y",)):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(i, TensorProto.FLOAT, [1, 4]) for i in inputs],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 4]) for o in outputs])
+    return helper.make_model(graph)
+
+
+def test_users_node_with_a_renamed_output_is_named_after_the_node():
+    """ONNX Runtime's transpose optimizer moves a Transpose after a node and renames the node's output."""
+    from onnx import helper
+
+    user = _graph_model([helper.make_node("Transpose", ["x"], ["xt"], name="t", perm=[1, 0]),
+                         helper.make_node("Neg", ["xt"], ["y"], name="neg")])
+    prepared = _graph_model([helper.make_node("Neg", ["x"], ["neg_moved"], name="neg"),
+                             helper.make_node("Transpose", ["neg_moved"], ["y"], name="t_moved", perm=[1, 0])])
+    got = names.user_names(user, prepared)
+    assert got["neg_moved"] == names.UserName("neg", "neg", "Neg", "neg_moved")
+    assert got["y"] == names.UserName("y", "neg", "Neg")  # the user's tensor, now computed by the Transpose
+
+
+def test_new_names_never_clash_with_the_users():
+    from onnx import helper
+
+    # the user has a tensor literally named "act/Relu": the inner tensor gets "act/Relu#2"
+    user = _graph_model([helper.make_node("Abs", ["x"], ["act/Relu"], name="abs"),
+                         helper.make_node("Softplus", ["act/Relu"], ["y"], name="act")])
+    prepared = _graph_model([helper.make_node("Abs", ["x"], ["act/Relu"], name="abs"),
+                             helper.make_node("Relu", ["act/Relu"], ["inner1"], name="r1"),
+                             helper.make_node("Relu", ["inner1"], ["inner2"], name="r2"),
+                             helper.make_node("Identity", ["inner2"], ["y"], name="id")])
+    got = names.user_names(user, prepared)
+    assert (got["inner1"].name, got["inner2"].name) == ("act/Relu#2", "act/Relu#3")
+    assert got["y"] == names.UserName("y", "act", "Softplus")

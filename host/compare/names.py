@@ -9,11 +9,16 @@ their own model, so :func:`relabel` maps every compared tensor back:
 * a tensor the user's model has keeps its name; when the user's node producing it is another op
   than the one computing it in the prepared graph (the ``Mul`` above, a Conv carrying a fused
   BatchNormalization's output), the layer also gets ``user_node`` and ``user_op_type``;
-* a tensor that exists only in the prepared copy belongs to the first user tensor it flows into:
-  its layer is named ``<user node>/<prepared op>`` (``act/HardSigmoid``; the node's first output
-  when the node has no name, ``#2``, ``#3`` on a clash), with ``user_node``, ``user_op_type`` and
-  ``prepared_name`` (the tensor's name in the prepared model, which the model files and the capture
-  use) beside it. A tensor that flows into no user tensor keeps its prepared name.
+* a tensor that exists only in the prepared copy, computed by a node that keeps the name and op
+  of one of the user's (ONNX Runtime's transpose optimizer renames outputs it moves a Transpose
+  across), is named after that node;
+* any other tensor of the prepared copy belongs to the first user tensor it flows into: its layer
+  is named ``<user node>/<prepared op>`` (``act/HardSigmoid``; the node's first output when the
+  node has no name).
+
+Either way ``#2``, ``#3`` is added on a clash, and ``user_node``, ``user_op_type`` and
+``prepared_name`` (the tensor's name in the prepared model, which the model files and the capture
+use) are set. A tensor that flows into no user tensor keeps its prepared name.
 """
 
 from __future__ import annotations
@@ -52,12 +57,12 @@ def user_names(user: onnx.ModelProto, prepared: onnx.ModelProto) -> dict[str, Us
     """Every prepared tensor whose report name or op differs from the user's model, by prepared name."""
     user_producer = {o: n for n in user.graph.node for o in n.output if o}
     known = set(user_producer) | {i.name for i in user.graph.input} | {t.name for t in user.graph.initializer}
-    producer = {o: n for n in prepared.graph.node for o in n.output if o}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in prepared.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    taken = set(known) | set(producer)
+    user_nodes = {n.name: n for n in user.graph.node if n.name}
+    taken = set(known)  # report names so far: the user's tensors, then the new ones
     names: dict[str, UserName] = {}
     for node in prepared.graph.node:
         for tensor in node.output:
@@ -68,13 +73,18 @@ def user_names(user: onnx.ModelProto, prepared: onnx.ModelProto) -> dict[str, Us
                 if mine is not None and mine.op_type != node.op_type:
                     names[tensor] = UserName(tensor, _label(mine), mine.op_type)
                 continue
-            owner = _owner(tensor, consumers, user_producer)
-            if owner is None:
-                continue
-            mine = user_producer[owner]
-            name = _unique(f"{_label(mine)}/{node.op_type}", taken)
+            same = user_nodes.get(node.name)
+            if same is not None and same.op_type == node.op_type:  # the user's node, its output renamed
+                name = _unique(node.name, taken)
+            else:
+                owner = _owner(tensor, consumers, user_producer)
+                if owner is None:
+                    taken.add(tensor)  # keeps its prepared name
+                    continue
+                same = user_producer[owner]
+                name = _unique(f"{_label(same)}/{node.op_type}", taken)
             taken.add(name)
-            names[tensor] = UserName(name, _label(mine), mine.op_type, tensor)
+            names[tensor] = UserName(name, _label(same), same.op_type, tensor)
     return names
 
 
