@@ -197,3 +197,19 @@ def test_new_names_never_clash_with_the_users():
     got = names.user_names(user, prepared)
     assert (got["inner1"].name, got["inner2"].name) == ("act/Relu#2", "act/Relu#3")
     assert got["y"] == names.UserName("y", "act", "Softplus")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, renamed", [("ppocr-v6-rec", 28), ("ppocr-v4-det", 0)])
+def test_published_prepared_copies_map_every_tensor_to_the_users_model(tmp_path, name, renamed):
+    _, m = _published(name)
+    shape = {m.input_name: [int(d) for d in m.input_shape.rpartition(":")[2].split(",")]}
+    prepared = onnx.load(prepare_float(m.path, shape, tmp_path).path)
+    user = onnx.load(m.path)
+    got = names.user_names(user, prepared)
+    users = _user_names(user)
+    outputs = [o for n in prepared.graph.node for o in n.output if o]
+    assert all(o in users or _named_by_user(got[o].name, users) for o in outputs)
+    user_tensors = {o for n in user.graph.node for o in n.output}
+    assert sum(1 for o in outputs if o not in user_tensors) == renamed == sum(1 for v in got.values() if v.prepared_name)
+    assert len({got[o].name if o in got else o for o in outputs}) == len(outputs)  # no two share a name
