@@ -124,6 +124,27 @@ def require_float(info: ModelInfo) -> None:
         )
 
 
+def bodies(node) -> list:
+    """The subgraphs of an ONNX node (If branches, Loop and Scan bodies); [] for other nodes."""
+    from onnx import AttributeProto
+
+    found = []
+    for attribute in node.attribute:
+        if attribute.type == AttributeProto.GRAPH:
+            found.append(attribute.g)
+        elif attribute.type == AttributeProto.GRAPHS:
+            found.extend(attribute.graphs)
+    return found
+
+
+def body_nodes(graph):
+    """Every node inside the subgraphs of ``graph``'s nodes, nested subgraphs included."""
+    for node in graph.node:
+        for body in bodies(node):
+            yield from body.node
+            yield from body_nodes(body)
+
+
 #: ONNX ops that only a quantized model holds, by the form of quantization they belong to
 _QUANTIZED_OPS = {
     "QDQ": ("QuantizeLinear", "DequantizeLinear"),

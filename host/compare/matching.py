@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from qbench.protocols.messages import CapturePair, QParams
 
 from ..errors import UserError
+from ..models import bodies, body_nodes
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -224,32 +225,13 @@ def match(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> Matching
 
 def control_flow(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> ControlFlow | None:
     """The float graph's If/Loop/Scan nodes and what share of the model their bodies hold; None without any."""
-    holders = [n for n in float_model.graph.node if _bodies(n)]
+    holders = [n for n in float_model.graph.node if bodies(n)]
     if not holders:
         return None
-    inside = sum(len(list(_body_nodes(g))) for n in holders for g in _bodies(n))
-    quantized = any(b.op_type == "QuantizeLinear" or b.op_type.startswith("QLinear")
-                    for n in int8_model.graph.node for g in _bodies(n) for b in _body_nodes(g))
-    return ControlFlow([f"{n.op_type} {n.name or n.output[0]}" for n in holders], inside, len(float_model.graph.node) + inside,
-                       quantized)
-
-
-def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    found = []
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.GRAPH:
-            found.append(attribute.g)
-        elif attribute.type == onnx.AttributeProto.GRAPHS:
-            found.extend(attribute.graphs)
-    return found
-
-
-def _body_nodes(graph: onnx.GraphProto):
-    """Every node of a body, those of nested bodies included."""
-    for node in graph.node:
-        yield node
-        for inner in _bodies(node):
-            yield from _body_nodes(inner)
+    inside = sum(1 for _ in body_nodes(float_model.graph))
+    quantized = any(n.op_type == "QuantizeLinear" or n.op_type.startswith("QLinear") for n in body_nodes(int8_model.graph))
+    return ControlFlow([f"{n.op_type} {n.name or n.output[0]}" for n in holders], inside,
+                       len(float_model.graph.node) + inside, quantized)
 
 
 def _check_same_network(f: _Graph, q: _Graph) -> None:
