@@ -121,6 +121,8 @@ class PairAccumulator:
         s.mismatches += p.mismatches
         if self.pair.exact:
             return
+        s.float_nan, s.float_inf = s.float_nan + p.float_nan, s.float_inf + p.float_inf
+        s.int8_nan, s.int8_inf = s.int8_nan + p.int8_nan, s.int8_inf + p.int8_inf
         s.sum_sq_err += p.sum_sq_err
         s.sum_sq_float += p.sum_sq_float
         s.max_abs_err = max(s.max_abs_err, p.max_abs_err)
@@ -137,6 +139,12 @@ class PairAccumulator:
             self._hist_broken = True  # a chunk went uncounted: no histogram rather than a partial one
 
     def stats(self) -> PairStats:
+        """The wire form. The JSON carries no NaN or infinity: a sum that is not finite is sent as 0,
+        with the NaN and infinity counts of each side saying why (``float_nan`` ...)."""
+        s = self.s
+        if s.float_nan or s.float_inf or s.int8_nan or s.int8_inf:
+            s.error = s.error or (f"non-finite values: float model {s.float_nan} NaN, {s.float_inf} inf; "
+                                  f"int8 model {s.int8_nan} NaN, {s.int8_inf} inf")
         for name in ("sum_sq_err", "sum_sq_float", "max_abs_err", "max_abs_float", "local_sum_sq_err"):
             value = getattr(self.s, name)
             if value is not None and not math.isfinite(value):

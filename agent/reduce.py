@@ -16,6 +16,7 @@ as ``numpy.histogram`` with those edges (the comparisons are exact, see :class:`
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -48,6 +49,11 @@ class Partial:
     local_sum_sq_err: float = 0.0
     clipped: int = 0
     mismatches: int = 0
+    #: NaN and infinite elements of each side (int8: dequantized); counted only when a sum is not finite
+    float_nan: int = 0
+    float_inf: int = 0
+    int8_nan: int = 0
+    int8_inf: int = 0
     hist_float: np.ndarray | None = None  # bins + 2 counts; None for a chunk with NaN or huge values
     codes: np.ndarray | None = None  # count of every raw integer code of the int8 tensor
 
@@ -264,6 +270,8 @@ class Kernel:
         big = not max(-p.float_min, p.float_max, p.max_abs_err) < BIG  # also catches NaN
         p.sum_sq_err = _sum_sq(a, big)
         p.sum_sq_float = _sum_sq(f, big)
+        if not math.isfinite(p.sum_sq_err + p.sum_sq_float):  # finite sums: both sides are finite
+            _count_nonfinite(p, f, q if qp is None else self.dequantize(q, start, out=b))
         if qp is None:
             return p
         # f quantized with the int8 model's own scale and zero point (rint: half to even, as QuantizeLinear)
@@ -287,6 +295,11 @@ class Kernel:
         hist = np.zeros(self.bins.bins + 2, dtype=np.int64)
         np.add.at(hist, self.bins.exact(values), codes)
         return hist
+
+
+def _count_nonfinite(p: Partial, f: np.ndarray, q: np.ndarray) -> None:
+    p.float_nan, p.int8_nan = int(np.count_nonzero(np.isnan(f))), int(np.count_nonzero(np.isnan(q)))
+    p.float_inf, p.int8_inf = int(np.count_nonzero(np.isinf(f))), int(np.count_nonzero(np.isinf(q)))
 
 
 def _sum_sq(x: np.ndarray, big: bool) -> float:

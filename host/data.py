@@ -30,8 +30,8 @@ def load_samples(npz_path: Union[str, Path], inputs: Sequence[InputSpec]) -> dic
 
     Raises:
         UserError: the file is missing or not an .npz archive; a key is missing or unknown; an array
-            has the wrong shape, a non-numeric dtype, values its input's dtype cannot hold, or a
-            sample count different from the others.
+            has the wrong shape, a non-numeric dtype, values its input's dtype cannot hold, NaN or
+            infinity, or a sample count different from the others.
     """
     path = Path(npz_path)
     arrays = _read_npz(path)
@@ -49,6 +49,8 @@ def load_samples(npz_path: Union[str, Path], inputs: Sequence[InputSpec]) -> dic
             f"{path}: key {extra[0]!r} is not an input of the model (model inputs: {_names(expected)})"
         )
     samples = {name: _checked(path, arrays[name], expected[name]) for name in expected}
+    for name, array in samples.items():
+        _check_finite(path, name, array)
     counts = {name: array.shape[0] for name, array in samples.items()}
     if len(set(counts.values())) > 1:
         listing = ", ".join(f"{name}: {count}" for name, count in counts.items())
@@ -137,6 +139,19 @@ def _checked(path: Path, array: np.ndarray, spec: InputSpec) -> np.ndarray:
             f"{path}: array {spec.name!r} has shape {tuple(array.shape)}, expected {_expected(spec)}{hint}"
         )
     return _cast(path, array, spec)
+
+
+def _check_finite(path: Path, name: str, array: np.ndarray) -> None:
+    """Refuses NaN and infinity: they reach every layer, and no error figure exists for them."""
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return
+    bad = ~np.isfinite(array.reshape(array.shape[0], -1))
+    samples = np.flatnonzero(bad.any(axis=1))
+    first = array[samples[0]]
+    kinds = " and ".join(k for k, mask in (("NaN", np.isnan(first)), ("inf", np.isinf(first))) if mask.any())
+    more = f" (and {samples.size - 1} more of the {array.shape[0]} samples)" if samples.size > 1 else ""
+    raise UserError(f"{path}: input {name!r} holds {kinds} in sample {int(samples[0])}{more}: "
+                    "qbench compares the models on finite inputs only")
 
 
 def _shape_fits(actual: tuple, dims: tuple) -> bool:

@@ -103,6 +103,7 @@ class Fixer:
         self._measured: dict[str, _Trial] = {}
         self._graph = GraphIndex()
         self._quantized: set[str] = set()
+        self._tensors: dict[str, str] = {}  # report layer name -> prepared graph tensor, where they differ
 
     def run(self) -> FixResult:
         """Runs baseline, fallback and revert steps; publishes the final model and report."""
@@ -197,6 +198,8 @@ class Fixer:
             from .compare.sensitivity import rank_sensitive as rank
         layers = current.report.get("layers", [])
         names = {layer["name"] for layer in layers}
+        # layers carry the user's names; a tensor only the prepared graph has is there as prepared_name
+        self._tensors.update({layer["name"]: layer["prepared_name"] for layer in layers if layer.get("prepared_name")})
         moved = set().union(*(self._move(layer) for layer in current.layers))
         chosen: list[str] = []
         for entry in rank(layers, current.report.get("weights"), None):
@@ -215,6 +218,7 @@ class Fixer:
     def _move(self, layer: str) -> set[str]:
         """What moving ``layer`` puts in higher precision: ops (float) or the quantizer's int16 targets."""
         graph = self._graph
+        layer = self._tensors.get(layer, layer)
         op = graph.producer.get(layer)
         tensors = {layer, *(graph.inputs.get(op, []) if op else [])}
         if self.precision == "int16":

@@ -14,13 +14,16 @@ code  meaning
 ====  ==================================================================
 
 A gate whose figure is missing from the report (no latency measured, say)
-fails: a CI check that cannot be evaluated must not pass silently.
+fails: a CI check that cannot be evaluated must not pass silently. An output
+with NaN or infinity in either model (``nonfinite``) fails the PSNR gate.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
+
+from .compare.metrics import nonfinite_text
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -111,6 +114,10 @@ def _check_psnr(report: Mapping[str, Any], threshold: float) -> GateCheck:
     summary = report.get("summary") or {}
     value = summary.get("output_psnr_db")
     float_outputs = [o for o in report.get("outputs") or [] if o.get("kind", "float") == "float"]
+    broken = [o for o in float_outputs if o.get("nonfinite")]
+    if broken:
+        shown = "; ".join(f"{o['name']}: {nonfinite_text(o['nonfinite'])}" for o in broken[:3])
+        return GateCheck(gate, threshold, None, False, f"output PSNR: non-finite values ({shown})")
     all_exact = summary.get("outputs_exact") or (float_outputs and all(o.get("exact") for o in float_outputs))
     if value is None and all_exact:
         return GateCheck(gate, threshold, None, True, "output PSNR: outputs identical (exact)")

@@ -64,6 +64,8 @@ class ModelInfo:
         outputs: graph outputs.
         opset: the default-domain ONNX opset; None for TFLite.
         ir_version: the ONNX IR version; None for TFLite.
+        quantized: how the model is already quantized, for messages (``"QDQ: 58 QuantizeLinear, ..."``);
+            None for a float model (see :func:`onnx_quantization`, :func:`tflite_quantization`).
     """
 
     path: Path
@@ -74,6 +76,7 @@ class ModelInfo:
     outputs: list[InputSpec] = field(default_factory=list)
     opset: Optional[int] = None
     ir_version: Optional[int] = None
+    quantized: Optional[str] = None
 
 
 def inspect_model(path: Union[str, Path]) -> ModelInfo:
@@ -92,8 +95,8 @@ def inspect_model(path: Union[str, Path]) -> ModelInfo:
     data = _read(path)
     digest = hashlib.sha256(data).hexdigest()
     if data[4:8] == _TFLITE_ID:
-        inputs, outputs = _tflite_io(path, data)
-        return ModelInfo(path, "tflite", digest, len(data), inputs, outputs)
+        inputs, outputs, quantized = _tflite_io(path, data)
+        return ModelInfo(path, "tflite", digest, len(data), inputs, outputs, quantized=quantized)
     model = parse_onnx(path, data)
     return ModelInfo(
         path,
@@ -104,7 +107,81 @@ def inspect_model(path: Union[str, Path]) -> ModelInfo:
         [_value_info_spec(v) for v in model.graph.output],
         default_opset(model),
         model.ir_version,
+        onnx_quantization(model),
     )
+
+
+def require_float(info: ModelInfo) -> None:
+    """Refuses an already-quantized model where the float model belongs, saying what to pass instead.
+
+    Raises:
+        UserError: ``info.quantized`` is set.
+    """
+    if info.quantized:
+        raise UserError(
+            f"{info.path}: is already quantized ({info.quantized}); qbench compares a float model with its "
+            f"int8 version: pass the float model it was made from, and this file as --int8 {info.path}"
+        )
+
+
+def bodies(node) -> list:
+    """The subgraphs of an ONNX node (If branches, Loop and Scan bodies); [] for other nodes."""
+    from onnx import AttributeProto
+
+    found = []
+    for attribute in node.attribute:
+        if attribute.type == AttributeProto.GRAPH:
+            found.append(attribute.g)
+        elif attribute.type == AttributeProto.GRAPHS:
+            found.extend(attribute.graphs)
+    return found
+
+
+def body_nodes(graph):
+    """Every node inside the subgraphs of ``graph``'s nodes, nested subgraphs included."""
+    for node in graph.node:
+        for body in bodies(node):
+            yield from body.node
+            yield from body_nodes(body)
+
+
+#: ONNX ops that only a quantized model holds, by the form of quantization they belong to
+_QUANTIZED_OPS = {
+    "QDQ": ("QuantizeLinear", "DequantizeLinear"),
+    "QOperator": ("QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+                  "QLinearLeakyRelu", "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool",
+                  "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QGemm", "QAttention"),
+    "dynamic (integer ops)": ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+                              "DynamicQuantizeLSTM", "MatMulIntegerToFloat"),
+}
+
+
+def onnx_quantization(model) -> Optional[str]:
+    """How an ONNX model is already quantized, e.g. ``"dynamic (integer ops): 12 ConvInteger, 12
+    DynamicQuantizeLinear"``; None when its main graph holds none of :data:`_QUANTIZED_OPS`."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    found = []
+    for form, ops in _QUANTIZED_OPS.items():
+        present = [f"{counts[op]} {op}" for op in ops if op in counts]
+        if present:
+            found.append(f"{form}: {', '.join(present)}")
+    return "; ".join(found) or None
+
+
+def tflite_quantization(tensors: list[dict]) -> Optional[str]:
+    """How a TFLite model is already quantized (``"42 int8 tensors with quantization scales"``), from
+    ``Interpreter.get_tensor_details()``; None when no integer tensor carries a scale."""
+    counts: dict[str, int] = {}
+    for t in tensors:
+        scales = (t.get("quantization_parameters") or {}).get("scales")
+        dtype = np.dtype(t["dtype"]).name
+        if dtype in ("int8", "uint8", "int16") and scales is not None and len(scales):
+            counts[dtype] = counts.get(dtype, 0) + 1
+    if not counts:
+        return None
+    return ", ".join(f"{n} {dtype} tensors" for dtype, n in counts.items()) + " with quantization scales"
 
 
 def _read(path: Path) -> bytes:
@@ -206,7 +283,7 @@ def _dim(dim) -> Dim:
     return None
 
 
-def _tflite_io(path: Path, data: bytes) -> tuple[list[InputSpec], list[InputSpec]]:
+def _tflite_io(path: Path, data: bytes) -> tuple[list[InputSpec], list[InputSpec], Optional[str]]:
     root_offset = int.from_bytes(data[0:4], "little")
     if len(data) < 8 or root_offset >= len(data):
         raise UserError(f"{path}: truncated TFLite model")
@@ -224,6 +301,7 @@ def _tflite_io(path: Path, data: bytes) -> tuple[list[InputSpec], list[InputSpec
     return (
         [_tflite_spec(d) for d in interpreter.get_input_details()],
         [_tflite_spec(d) for d in interpreter.get_output_details()],
+        tflite_quantization(interpreter.get_tensor_details()),
     )
 
 

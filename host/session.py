@@ -28,10 +28,10 @@ from qbench.protocols.messages import (
 
 from . import data as data_mod
 from . import session_tflite, tensor_store
-from .compare import matching
+from .compare import matching, names
 from .report import prefetch
 from .errors import UserError
-from .models import InputSpec, ModelInfo, inspect_model
+from .models import InputSpec, ModelInfo, inspect_model, require_float
 from .quantize.equalize import equalize_file
 from .quantize.onnx import quantize_onnx
 from .quantize.prepare import prepare_float, resolve_input_shapes
@@ -74,6 +74,7 @@ class RunSettings:
     accuracy_only: bool = False  # no timing, memory or profile runs: the per-layer capture only
     equalize: bool = False  # cross-layer weight equalization of the float model before quantizing
     per_channel: bool = True  # per-channel weight scales; False: one scale per weight tensor
+    user_model: Path | None = None  # the user's own file when ``model`` is qbench's prepared copy of it
 
 
 @dataclass
@@ -162,6 +163,7 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
     state.stage = "prepare"
     ui.stage("prepare")
     original = inspect_model(s.model)
+    require_float(original)
     int8 = inspect_model(s.int8) if s.int8 is not None else None
     s.runner.runtime = session_tflite.runtime_for(s, original, int8)
     if s.equalize and (int8 is not None or original.format != "onnx"):
@@ -194,6 +196,13 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
     state.stage = "match"
     # parsed once: the weight figures read the same two files (matching.load_model caches them)
     state.matching = matching.match(matching.load_model(float_path), matching.load_model(int8_path))
+    user_model = s.user_model or (s.model if s.int8 is None else None)
+    if user_model is not None and Path(user_model).resolve() != float_path.resolve():
+        # tensors of the prepared copy are reported under the user's names
+        names.relabel(state.matching, onnx.load(str(user_model)), matching.load_model(float_path))
+    if state.matching.control_flow is not None:
+        ui.note(state.matching.control_flow.note())
+        state.notes.append(state.matching.control_flow.note())
     return float_path, int8_path
 
 

@@ -21,6 +21,7 @@ from qbench.protocols.messages import BenchmarkReply
 
 from . import data as data_mod
 from .errors import UserError
+from .models import inspect_model, require_float
 from .quantize.prepare import Prepared
 from .quantizers import quantizer_for
 from .report.artifacts import write_artifacts
@@ -88,6 +89,7 @@ class Trials:
         """Prepares the float model into ``out_dir`` and loads (or draws) the calibration samples once."""
         s = self.base
         self.ui.stage("prepare")
+        require_float(inspect_model(s.model))
         prepared = self.quantizer.prepare(s)
         for note in prepared.notes:
             self.ui.note(note)
@@ -131,7 +133,7 @@ class Trials:
         """
         first = self._float_benchmark is None
         settings = dataclasses.replace(
-            self.base, model=self.prepared.path, int8=Path(int8_path), out_dir=Path(out_dir),
+            self.base, model=self.prepared.path, int8=Path(int8_path), out_dir=Path(out_dir), user_model=self.base.model,
             calibration_method=method, time_float=first, equalize=False,
             runner=dataclasses.replace(self.base.runner),
         )

@@ -307,6 +307,10 @@ class PairStats:
     graph_altered: bool = False
     error: str | None = None
     unobservable: bool = False  # inside a delegate partition: the runtime never writes it, nothing compared
+    float_nan: int = 0  # 1.4: NaN elements of the float model's tensor (counted when a sum is not finite)
+    float_inf: int = 0  # 1.4: infinite elements of the float model's tensor
+    int8_nan: int = 0  # 1.4: NaN elements of the int8 model's tensor, dequantized
+    int8_inf: int = 0  # 1.4: infinite elements of the int8 model's tensor, dequantized
     hist_range: list[float] | None = None
     hist_float: list[int] | None = None
     hist_int8: list[int] | None = None

@@ -58,10 +58,15 @@ def test_dynamic_dim_accepts_any_size(tmp_path):
     assert load_samples(_npz(tmp_path, tokens=np.ones((2, 1, 7), np.int64)), spec)["tokens"].shape == (2, 1, 7)
 
 
-def test_nan_floats_are_passed_on(tmp_path):
-    arrays = _good(1)
-    arrays["x"][0, 0, 0] = np.nan
-    assert np.isnan(load_samples(_npz(tmp_path, **arrays), INPUTS)["x"][0, 0, 0])
+def test_nan_and_inf_are_refused_naming_the_input_and_the_sample(tmp_path):
+    arrays = _good(4)
+    arrays["x"][2, 0, 3] = np.nan
+    arrays["x"][3, 0, 0] = -np.inf
+    with pytest.raises(UserError, match=r"input 'x' holds NaN in sample 2 \(and 1 more of the 4 samples\)"):
+        load_samples(_npz(tmp_path, **arrays), INPUTS)
+    arrays["x"][2, 0, 3] = 0.0
+    with pytest.raises(UserError, match=r"input 'x' holds inf in sample 3: qbench compares the models on finite"):
+        load_samples(_npz(tmp_path, **arrays), INPUTS)
 
 
 def test_missing_key_names_it_and_its_shape(tmp_path):

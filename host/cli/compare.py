@@ -57,7 +57,8 @@ def compare(
     finally:
         ui.close()
     # Every target gets the prepared pair as a given int8 model: nothing left to quantize or equalize.
-    pair = dataclasses.replace(base, model=float_path, int8=int8_path, equalize=False, return_outputs=True)
+    pair = dataclasses.replace(base, model=float_path, int8=int8_path, equalize=False, return_outputs=True,
+                               user_model=base.model)
     runs = _run(targets, pair, opts, err)
     doc = _write(runs, prepared, opts.gates(), opts.db, out_dir)
     path = out_dir / COMPARE_JSON

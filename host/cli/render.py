@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..compare.metrics import nonfinite_text
 from ..report import delegation
 from ..session import UI
 
@@ -43,6 +45,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     for out in report.get("outputs", []):
         if out.get("kind") == "exact":
             value = "identical" if out.get("exact") else f"{out.get('mismatches')} of {out.get('elements')} differ"
+        elif out.get("nonfinite"):
+            value = f"non-finite ({nonfinite_text(out['nonfinite'])})"
         else:
             value = _db(out.get("psnr_db"), out.get("exact", False))
         table.add_row(f"output {out['name']}", "", "", f"PSNR {value}")
@@ -61,6 +65,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             worst.add_row(str(x["index"]), name, x["op_type"], _db(x.get("psnr_db"), x.get("exact")),
                           _db(x.get("local_psnr_db")), _db(x.get("sqnr_db")))
         console.print(worst)
+    _render_nonfinite(summary.get("nonfinite_layers") or [], by_name, console)
     drops = summary.get("drops", [])
     if drops:
         console.print(f"[bold red]sudden drops[/] (PSNR falls > {report['settings'].get('drop_db')} dB below its inputs):")
@@ -78,6 +83,15 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         console.print(f"[bold red]failed during {err['stage']}[/]: {err['message']}")
         if err.get("agent_stderr"):
             console.print("[dim]agent stderr (last lines):[/]\n" + err["agent_stderr"], markup=False)
+
+
+def _render_nonfinite(names: list[str], by_name: dict[str, Any], console: Console) -> None:
+    """Layers holding NaN or infinity: the first is where it starts (layers are in topological order)."""
+    if not names:
+        return
+    first = by_name[names[0]]
+    console.print(f"[bold red]non-finite values[/] in {len(names)} layer(s), no PSNR for them; first: "
+                  f"#{first['index']} {escape(names[0])} ({first['op_type']}): {nonfinite_text(first['nonfinite'])}")
 
 
 def _render_sensitive(report: dict[str, Any], console: Console) -> None:

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from qbench.protocols.messages import CapturePair, QParams
 
 from ..errors import UserError
+from ..models import bodies, body_nodes
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -47,6 +48,8 @@ class Layer:
     rule: str
     pair: CapturePair
     parents: list[str] = field(default_factory=list)
+    #: the user's node and the prepared name, when the prepared model's differ (see :mod:`.names`)
+    user_fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,6 +57,40 @@ class Unmatched:
     name: str
     op_type: str
     reason: str
+    user_fields: dict[str, str] = field(default_factory=dict)  # as in :class:`Layer`
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "op_type": self.op_type, "reason": self.reason, **self.user_fields}
+
+
+@dataclass
+class ControlFlow:
+    """If/Loop/Scan nodes of the float graph: the nodes in their bodies are not compared one by one.
+
+    Attributes:
+        nodes: the control-flow nodes of the main graph, as ``"<op type> <name>"``.
+        body_nodes: nodes inside their bodies (nested bodies included).
+        total_nodes: every node of the model, bodies included.
+        quantized_bodies: whether the int8 model quantizes anything inside its bodies (ONNX Runtime's
+            quantizer does not).
+    """
+
+    nodes: list[str]
+    body_nodes: int
+    total_nodes: int
+    quantized_bodies: bool
+
+    def to_dict(self) -> dict:
+        return {"nodes": self.nodes, "body_nodes": self.body_nodes, "total_nodes": self.total_nodes,
+                "share": round(self.body_nodes / self.total_nodes, 4), "quantized_bodies": self.quantized_bodies}
+
+    def note(self) -> str:
+        """One line for the terminal and ``notes``."""
+        shown = ", ".join(self.nodes[:3]) + (f" and {len(self.nodes) - 3} more" if len(self.nodes) > 3 else "")
+        what = "not compared" if self.quantized_bodies else "float in the int8 model (not quantized) and not compared"
+        return (f"{self.body_nodes} of the model's {self.total_nodes} nodes "
+                f"({100 * self.body_nodes / self.total_nodes:.0f}%) sit inside the bodies of {shown}: "
+                f"{what} one by one; only the outputs of the If/Loop/Scan node(s) are")
 
 
 @dataclass
@@ -61,6 +98,7 @@ class Matching:
     layers: list[Layer]
     outputs: list[Layer]
     unmatched: list[Unmatched]
+    control_flow: ControlFlow | None = None
 
     def pairs(self) -> list[CapturePair]:
         """Every pair to capture: layers first, then model outputs."""
@@ -182,7 +220,18 @@ def match(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> Matching
               CapturePair(name, name, nbytes=_sum(f.nbytes(name), q.nbytes(name)), exact=f.is_float(name) is False))
         for name in f.outputs
     ]
-    return Matching(layers, outputs, unmatched)
+    return Matching(layers, outputs, unmatched, control_flow(float_model, int8_model))
+
+
+def control_flow(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> ControlFlow | None:
+    """The float graph's If/Loop/Scan nodes and what share of the model their bodies hold; None without any."""
+    holders = [n for n in float_model.graph.node if bodies(n)]
+    if not holders:
+        return None
+    inside = sum(1 for _ in body_nodes(float_model.graph))
+    quantized = any(n.op_type == "QuantizeLinear" or n.op_type.startswith("QLinear") for n in body_nodes(int8_model.graph))
+    return ControlFlow([f"{n.op_type} {n.name or n.output[0]}" for n in holders], inside,
+                       len(float_model.graph.node) + inside, quantized)
 
 
 def _check_same_network(f: _Graph, q: _Graph) -> None:

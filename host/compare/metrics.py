@@ -11,7 +11,9 @@ All sums run over every element of every sample (pooled), never over per-sample 
 where f is the float model's tensor and q the int8 model's tensor, dequantized.
 MSE = 0 gives ``psnr_db = None`` with ``exact = True`` (JSON has no infinity). A float
 tensor that is all zeros with a non-zero error has no defined PSNR: ``psnr_db = None``,
-``exact = False``.
+``exact = False``. A tensor with NaN or infinity on either side is never a match: it gets
+``nonfinite`` (the counts of each side), ``psnr_db = None``, ``exact = False`` and no error
+figures (they are not defined).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def figures(s: PairStats, step: float | None = None) -> dict[str, Any]:
     """
     if s.count == 0:
         return {"psnr_db": None, "exact": False, "error": s.error or "no elements compared"}
+    counts = nonfinite(s)
+    if counts is not None:
+        return {"psnr_db": None, "sqnr_db": None, "exact": False, "nonfinite": counts, "elements": s.count,
+                "error": s.error}
     mse = s.sum_sq_err / s.count
     out: dict[str, Any] = {
         "psnr_db": _round(psnr_db(s.max_abs_float, mse)),
@@ -67,6 +73,29 @@ def figures(s: PairStats, step: float | None = None) -> dict[str, Any]:
     if s.error:
         out["error"] = s.error
     return out
+
+
+def nonfinite(s: PairStats) -> dict[str, int] | None:
+    """``{float_nan, float_inf, int8_nan, int8_inf}`` when either side holds NaN or infinity, else None."""
+    counts = {"float_nan": s.float_nan, "float_inf": s.float_inf, "int8_nan": s.int8_nan, "int8_inf": s.int8_inf}
+    if any(counts.values()):
+        return counts
+    if (s.error or "").startswith("non-finite values"):  # an agent before protocol 1.4 does not count them
+        return dict.fromkeys(counts)
+    return None
+
+
+def nonfinite_text(counts: dict[str, int]) -> str:
+    """``"int8 model: 12 NaN"``, both sides when both have some: for terminal and page."""
+    if all(v is None for v in counts.values()):
+        return "NaN or inf (not counted by this agent)"
+    parts = []
+    for side in ("float", "int8"):
+        found = [f"{counts[f'{side}_{kind}']} {label}" for kind, label in (("nan", "NaN"), ("inf", "inf"))
+                 if counts.get(f"{side}_{kind}")]
+        if found:
+            parts.append(f"{side} model: {', '.join(found)}")
+    return "; ".join(parts)
 
 
 def exact_figures(s: PairStats) -> dict[str, Any]:

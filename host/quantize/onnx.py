@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Optional, Union
 import numpy as np
 
 from qbench.host.errors import UserError
-from qbench.host.models import default_opset, onnx_inputs
+from qbench.host.models import body_nodes, default_opset, onnx_inputs
 from qbench.host.quantize.compat import check_loads, clamp_ir_version, first_line
 from qbench.host.quantize.quiet import quiet_runtime
 
@@ -160,19 +160,7 @@ def quantize_onnx(
 
 def _subgraph_hint(model) -> str:
     """Why a model may have nothing to quantize: its work sits in If/Loop/Scan bodies."""
-    from onnx import AttributeProto
-
-    def count(graph) -> int:
-        inner = 0
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.type == AttributeProto.GRAPH:
-                    inner += len(attribute.g.node) + count(attribute.g)
-                elif attribute.type == AttributeProto.GRAPHS:
-                    inner += sum(len(g.node) + count(g) for g in attribute.graphs)
-        return inner
-
-    inner = count(model.graph)
+    inner = sum(1 for _ in body_nodes(model.graph))
     if not inner:
         return ""
     return (

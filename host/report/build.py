@@ -62,7 +62,7 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         qp = layer.pair.qparams
         step = qp.scale[0] if qp is not None and len(qp.scale) == 1 else None
         entry = {"index": index, "name": layer.name, "op_type": layer.op_type, "rule": layer.rule,
-                 "int8_name": layer.pair.int8_name, "parents": layer.parents}
+                 "int8_name": layer.pair.int8_name, "parents": layer.parents, **layer.user_fields}
         entry.update({"psnr_db": None, "status": delegation.UNOBSERVABLE} if st.unobservable
                      else metrics.figures(st, step))
         if st.graph_altered:
@@ -81,7 +81,7 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         outputs.append({"name": out.name, **fig})
     report["layers"] = layers
     report["outputs"] = outputs
-    report["unmatched"] = [vars(u) for u in m.unmatched]
+    report["unmatched"] = [u.to_dict() for u in m.unmatched]
     budget_mb = cap.budget_bytes / 2**20 if cap.budget_bytes else state.settings.memory_budget_mb
     report["capture"] = {"groups": len(cap.groups), "budget_mb": budget_mb,
                          "budget_auto": state.settings.memory_budget_mb is None,
@@ -92,7 +92,8 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
     psnrs = [o["psnr_db"] for o in float_outs if o.get("psnr_db") is not None]
     ranked = sorted((x for x in layers if x.get("psnr_db") is not None), key=lambda x: x["psnr_db"])
     report["summary"] = {
-        "output_psnr_db": min(psnrs) if psnrs else None,
+        # the lowest output PSNR: undefined when an output holds NaN or infinity
+        "output_psnr_db": min(psnrs) if psnrs and not any(o.get("nonfinite") for o in float_outs) else None,
         "outputs_exact": bool(float_outs) and all(o.get("exact") for o in float_outs),
         "speedup": report.get("latency", {}).get("speedup"),
         "memory_ratio": report.get("memory", {}).get("ratio"),
@@ -101,7 +102,11 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         "layers_compared": sum(1 for x in layers if x.get("status") != delegation.UNOBSERVABLE),
         "layers_unobservable": sum(1 for x in layers if x.get("status") == delegation.UNOBSERVABLE),
         "layers_unmatched": len(m.unmatched),
+        "nonfinite_outputs": [o["name"] for o in outputs if o.get("nonfinite")],
+        "nonfinite_layers": [x["name"] for x in layers if x.get("nonfinite")],
     }
+    if m.control_flow is not None:
+        report["summary"]["control_flow"] = m.control_flow.to_dict()
 
 
 def _device(state: RunState) -> dict[str, Any]:

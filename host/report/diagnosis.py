@@ -14,7 +14,11 @@ def add_diagnosis(report: dict[str, Any], state: RunState) -> None:
     layers = report.get("layers", [])
     if state.float_info is not None and state.int8_info is not None:
         try:
-            found, unmatched = prefetch.weight_table(state).for_layers(x["name"] for x in layers)
+            # weights reach tensors of the model files: a layer's prepared name where it has one
+            named = {x.get("prepared_name", x["name"]): x["name"] for x in layers}
+            found, unmatched = prefetch.weight_table(state).for_layers(named)
+            for w in found:
+                w["layer"] = named.get(w["layer"])
         except Exception as exc:  # noqa: BLE001 - an extra figure must not cost the run its report
             report["weights_error"] = f"{type(exc).__name__}: {exc}"
         else:

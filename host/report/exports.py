@@ -27,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from ..compare.metrics import nonfinite_text
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 CSV_NAME, OVERLAY_NAME = "layers.csv", "report.modelexplorer.json"
@@ -38,7 +40,7 @@ _TOP_DB = 1e9
 CSV_COLUMNS = (
     "index", "name", "op_type", "psnr_db", "local_psnr_db", "sqnr_db", "mse", "rmse", "max_abs_error", "peak",
     "float_min", "float_max", "quant_min", "quant_max", "clipped_fraction", "rmse_over_step", "exact", "drop",
-    "drop_db", "elements", "int8_name", "rule", "parents",
+    "drop_db", "elements", "int8_name", "rule", "parents", "user_node", "user_op_type", "prepared_name", "nonfinite",
 )
 
 
@@ -70,6 +72,8 @@ def _cell(layer: Mapping[str, Any], column: str) -> Any:
         return ""
     if column == "parents":
         return ";".join(value)
+    if column == "nonfinite":
+        return nonfinite_text(value)
     if isinstance(value, bool):
         return int(value)
     return value
@@ -108,7 +112,7 @@ def overlay_node_data(report: Mapping[str, Any], model_format: str) -> dict[str,
     for layer in layers:
         if layer.get("psnr_db") is None:
             continue
-        key = layer.get("node") or producers.get(layer["name"]) or layer["name"]
+        key = layer.get("node") or producers.get(layer.get("prepared_name", layer["name"])) or layer["name"]
         # A node with several outputs shows its worst one.
         if key not in results or layer["psnr_db"] < results[key]["value"]:
             results[key] = {"value": round(float(layer["psnr_db"]), 3)}

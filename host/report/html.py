@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from qbench.host import gates as gates_mod
+from qbench.host.compare.metrics import nonfinite_text
 from qbench.host.report import compare_page, diagnosis_page, figures, sections
 from qbench.host.report.exports import AMBER_BELOW_DB, RED_BELOW_DB
 from qbench.host.report.page import esc, figure_html, fmt, note, num_cell, page, table
@@ -126,6 +127,12 @@ def _mark(checks: Sequence[gates_mod.GateCheck], gate: str) -> str:
     return ""
 
 
+def _output_psnr_text(psnr: Optional[float], report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    if summary.get("nonfinite_outputs"):
+        return "non-finite"
+    return "exact" if psnr is None and report.get("outputs") else fmt(psnr, 2, " dB")
+
+
 def _card(label: str, value: str, mark: str = "") -> str:
     return f'<div class="card"><div class="label">{esc(label)}</div><div class="value">{value}{mark}</div></div>'
 
@@ -138,7 +145,7 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
         drops = [layer["name"] for layer in report.get("layers") or [] if layer.get("drop")]
     psnr = summary.get("output_psnr_db")
     cards = [
-        _card("output PSNR", "exact" if psnr is None and report.get("outputs") else fmt(psnr, 2, " dB"),
+        _card("output PSNR", _output_psnr_text(psnr, report, summary),
               _mark(checks, "fail_under_psnr")),
         _card("speedup (float/int8)", fmt(latency.get("speedup", summary.get("speedup")), 2, "\u00d7"),
               _mark(checks, "fail_under_speedup")),
@@ -200,6 +207,8 @@ def _outputs_table(outputs: Sequence[Mapping[str, Any]]) -> str:
     for o in outputs:
         if o.get("kind") == "exact":
             verdict = "identical" if o.get("exact") else f"{o.get('mismatches', '?')} mismatches"
+        elif o.get("nonfinite"):
+            verdict = f"non-finite: {nonfinite_text(o['nonfinite'])}"
         else:
             verdict = "exact" if o.get("exact") else ""
         rows.append((o.get("name"), o.get("kind", "float"), num_cell(o.get("psnr_db")), num_cell(o.get("sqnr_db")),
@@ -239,10 +248,13 @@ def _layer_table(layers: Sequence[Mapping[str, Any]]) -> str:
     for i, layer in enumerate(layers):
         exact = bool(layer.get("exact"))
         psnr_text = "exact" if layer.get("psnr_db") is None and exact else fmt(layer.get("psnr_db"))
+        sort_key = "1e9" if psnr_text == "exact" else num_cell(layer.get("psnr_db"))[1]
+        if layer.get("nonfinite"):  # never a match: sorted first, the count in the cell's title
+            psnr_text, sort_key = "non-finite", "-1e9"
         rows.append((
             num_cell(layer.get("index", i), 0),
             layer["name"], layer.get("op_type") or "",
-            (psnr_text, "1e9" if psnr_text == "exact" else num_cell(layer.get("psnr_db"))[1], "num psnr"),
+            (psnr_text, sort_key, "num psnr"),
             num_cell(layer.get("local_psnr_db")), num_cell(layer.get("sqnr_db")),
             num_cell(layer.get("mse"), 4), num_cell(layer.get("max_abs_error"), 4),
             num_cell(layer.get("float_min"), 3), num_cell(layer.get("float_max"), 3),
