@@ -69,7 +69,7 @@ def measure(name: str, rounds: int, work: Path) -> dict:
     np.savez(folder / "eval.npz", **_batch1(m, 1, "eval"))
     common = ["--device", "local", "--input-shape", m.input_shape, "--data", "eval.npz", *TIMING]
     first = _qbench("run", str(m.path), "--calibration", "calib.npz", "--out", "made", *common, cwd=folder)
-    report = json.loads(Path(first["report"]).read_text())
+    report = json.loads((folder / first["report"]).read_text())
     prepared, int8 = Path(report["models"]["float"]["path"]), Path(report["models"]["int8"]["path"])
     s8s8 = _ort_s8s8(prepared, folder / "ort_s8s8.onnx", calib)
     rows: dict[str, list] = {"qbench": [first], "ort_s8s8": []}
