@@ -33,6 +33,7 @@ from .report import prefetch
 from .errors import UserError
 from .models import InputSpec, ModelInfo, inspect_model, require_float
 from .quantize.equalize import equalize_file
+from .quantize.kernels import int8_kernels
 from .quantize.onnx import quantize_onnx
 from .quantize.prepare import prepare_float, resolve_input_shapes
 from .transport import stopping
@@ -96,6 +97,7 @@ class RunState:
     capture: CaptureReply | None = None
     error: dict[str, str] | None = None
     equalization: dict[str, Any] | None = None  # quantize.equalize's report section, with --equalize
+    int8_kernels: dict[str, Any] | None = None  # ONNX: quantize.kernels.int8_kernels of the int8 model
     prefetch: prefetch.Prefetch | None = None  # report work started at the capture stage
 
 
@@ -112,10 +114,11 @@ class UI:
 
 
 def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) -> RunState:
-    """Run the whole job. Never raises for failures after preparation: they land in ``state.error``.
+    """Run the whole job. Never raises for failures from preparation on: they land in ``state.error``
+    (a failed prepare or quantize stage keeps the model files it made in ``out_dir``: ``error["files"]``).
 
     Raises:
-        UserError: bad input found before anything was measured.
+        UserError: bad evaluation data, found before anything was measured.
     """
     ui = ui or UI()
     state = RunState(settings)
@@ -124,6 +127,14 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     agent = _AgentStart(transport, settings.timeout_s, [session_tflite.runtime_hint(settings.model)])
     try:
         float_path, int8_path = _prepare_models(state, ui)
+    except UserError as exc:
+        agent.abandon()
+        state.error = {"stage": state.stage, "code": "error", "message": str(exc), "files": _kept_files(settings)}
+        return state
+    except BaseException:
+        agent.abandon()
+        raise
+    try:
         inputs = _samples(state, ui)
     except BaseException:
         agent.abandon()
@@ -193,6 +204,7 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
         quantize_onnx(float_path, int8_path, calibration, method=s.calibration_method,
                       activation_type=s.activation_type, per_channel=s.per_channel, debug=s.debug)
         state.int8_info = inspect_model(int8_path)
+    _analyze_kernels(state, int8_path)
     state.stage = "match"
     # parsed once: the weight figures read the same two files (matching.load_model caches them)
     state.matching = matching.match(matching.load_model(float_path), matching.load_model(int8_path))
@@ -204,6 +216,20 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
         ui.note(state.matching.control_flow.note())
         state.notes.append(state.matching.control_flow.note())
     return float_path, int8_path
+
+
+def _kept_files(settings: RunSettings) -> list[str]:
+    """The model files a failed preparation left in ``out_dir`` (the prepared float model, the int8 model)."""
+    return sorted(str(p) for p in Path(settings.out_dir).glob("*") if p.suffix in (".onnx", ".tflite", ".data"))
+
+
+def _analyze_kernels(state: RunState, int8_path: Path) -> None:
+    """Which convolutions and matmuls the host's ONNX Runtime runs as int8 kernels (report's int8_coverage)."""
+    try:
+        state.int8_kernels = int8_kernels(int8_path, debug=state.settings.debug)
+    except Exception as exc:  # noqa: BLE001 - the figure is a diagnostic: a model ORT refuses fails later, clearly
+        log.debug("int8 kernel analysis failed", exc_info=True)
+        state.notes.append(f"int8 coverage not analyzed on the host: {str(exc).splitlines()[0] if str(exc) else exc}")
 
 
 def _static_inputs(state: RunState) -> list[InputSpec]:

@@ -67,14 +67,24 @@ def test_per_tensor_weights(convnet, tmp_path):
     assert weights[dq_w1.input[1]].size == 1
 
 
-@pytest.mark.parametrize(("activation_type", "dtype"), [("int8", np.int8), ("uint8", np.uint8)])
-def test_activation_type(convnet, tmp_path, activation_type, dtype):
+def test_int8_activations_are_stored_as_uint8_with_the_same_values(convnet, tmp_path):
+    """int8 and uint8 calibrate the same asymmetric ranges; int8 is stored as uint8 (zero point + 128),
+    the type ONNX Runtime's x86 kernels take: same scales, same outputs bit for bit."""
     prepared, samples = convnet
-    out = quantize_onnx(prepared.path, tmp_path / "int8.onnx", samples, activation_type=activation_type)
-    model = onnx.load(out)
-    weights = _initializers(model)
-    q_x = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
-    assert weights[q_x.input[2]].dtype == dtype
+    models = {t: quantize_onnx(prepared.path, tmp_path / f"{t}.onnx", samples, activation_type=t)
+              for t in ("int8", "uint8")}
+    pairs = {}
+    for kind, path in models.items():
+        model = onnx.load(path)
+        weights = _initializers(model)
+        q_x = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+        pairs[kind] = weights[q_x.input[1]], weights[q_x.input[2]]
+        dq_w1 = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("w1"))
+        assert weights[dq_w1.input[0]].dtype == np.int8  # weights stay int8
+    assert pairs["int8"][1].dtype == pairs["uint8"][1].dtype == np.uint8
+    assert pairs["int8"][0] == pairs["uint8"][0] and pairs["int8"][1] == pairs["uint8"][1]
+    for a, b in zip(_run(models["int8"], samples), _run(models["uint8"], samples)):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def test_excluded_node_keeps_float_weights(convnet, tmp_path):
@@ -93,7 +103,7 @@ def test_tensor_overrides_set_scale_and_zero_point(convnet, tmp_path):
     weights = _initializers(model)
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "relu1")
     assert float(weights[q.input[1]]) == pytest.approx(0.05)
-    assert int(weights[q.input[2]]) == -128
+    assert int(weights[q.input[2]]) == 0  # int8 -128, stored as uint8 (zero point + 128)
 
 
 def test_two_inputs_with_int64_mask(tmp_path):

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..compare.metrics import nonfinite_text
-from ..report import delegation
+from ..report import coverage, delegation
 from ..session import UI
 
 
@@ -51,8 +51,9 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             value = _db(out.get("psnr_db"), out.get("exact", False))
         table.add_row(f"output {out['name']}", "", "", f"PSNR {value}")
     console.print(table)
-    for line in delegation.summary_lines(report):
-        console.print(line, markup=False)
+    for line in [*delegation.summary_lines(report), coverage.coverage_line(report)]:
+        if line:
+            console.print(line, markup=False)
     layers = report.get("layers", [])
     summary = report.get("summary", {})
     by_name = {layer["name"]: layer for layer in layers}

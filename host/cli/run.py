@@ -62,6 +62,8 @@ def run(
         Console(stderr=True).print("\n".join(lines))
     if state.error:
         first_line = (state.error["message"].splitlines() or [""])[0]
-        raise UserError(f"{state.error['stage']} failed: {first_line} (partial report in {path})")
+        files = state.error.get("files")
+        kept = f"; kept {', '.join(files)}" if files else ""
+        raise UserError(f"{state.error['stage']} failed: {first_line} (partial report in {path}{kept})")
     if checks:
         raise typer.Exit(gates.GATE_FAILED)

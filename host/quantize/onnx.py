@@ -14,6 +14,7 @@ import numpy as np
 
 from qbench.host.errors import UserError
 from qbench.host.models import body_nodes, default_opset, onnx_inputs
+from qbench.host.quantize.activation_pairs import unsigned_activations
 from qbench.host.quantize.compat import check_loads, clamp_ir_version, first_line
 from qbench.host.quantize.quiet import quiet_runtime
 
@@ -75,7 +76,9 @@ def quantize_onnx(
         out_path: where the int8 model is written.
         calibration: one array per model input, keyed by input name, shaped ``(N, *input_shape)``.
         method: "minmax", "entropy", "percentile" (99.999th) or "distribution".
-        activation_type: "int8" or "uint8".
+        activation_type: "int8" or "uint8". Both calibrate the same asymmetric 8-bit ranges; int8
+            activations are then stored as uint8 (zero point + 128, the same values), the type ONNX
+            Runtime's x86 kernels need (see :mod:`~qbench.host.quantize.activation_pairs`).
         per_channel: per-output-channel weight scales (needs opset >= 13).
         nodes_to_exclude: node names left in float.
         tensor_overrides: ONNX Runtime's ``TensorQuantOverrides``: tensor name -> list of dicts
@@ -151,7 +154,10 @@ def quantize_onnx(
     quantized = onnx.load(str(out_path))
     if not any(node.op_type == "QuantizeLinear" for node in quantized.graph.node):
         raise UserError(f"{name}: nothing was quantized{_subgraph_hint(model)}")
-    if clamp_ir_version(quantized, out_path.name):
+    # int8 activations are stored as uint8 (same values) so that ONNX Runtime's x86 kernels fuse
+    # every convolution, not only those whose tensors have one reader (see activation_pairs).
+    rewritten = activation_type == "int8" and unsigned_activations(quantized)
+    if clamp_ir_version(quantized, out_path.name) or rewritten:
         onnx.save(quantized, str(out_path))
     with quiet_runtime(debug):
         check_loads(out_path, f"int8 model {out_path.name}")

@@ -7,8 +7,11 @@ onnxruntime may not load. :func:`prepare_float` fixes each of these and says wha
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Union
@@ -201,7 +204,7 @@ def prepare_float(
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / PREPARED_NAME
     with tempfile.TemporaryDirectory(prefix="qbench-prepare-") as tmp:
-        model, pre_notes = _pre_process(model, Path(tmp), debug)
+        model, pre_notes = _pre_process(model, Path(tmp).resolve(), debug)
     notes.extend(pre_notes)
     renamed = name_nodes(model.graph)
     if renamed:
@@ -329,6 +332,25 @@ def _pre_process(model, tmp: Path, debug: bool):
     return model, notes
 
 
+_CWD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _working_directory(folder: Path):
+    """Runs the block in ``folder``: ONNX Runtime's symbolic shape inference, when it cannot infer
+    every shape, saves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` file of all the weights
+    into the current directory, and nothing in its API moves them. The directory is the process's,
+    so one block at a time; ``src``/``dst`` are absolute, and the host's other threads open only
+    absolute paths meanwhile."""
+    with _CWD_LOCK:
+        previous = os.getcwd()
+        os.chdir(folder)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
+
+
 class ErrorWatcher(logging.Handler):
     """Keeps one line per ERROR record it sees: a traceback's last line, else the first line."""
 
@@ -351,7 +373,7 @@ def _run_pre_process(src: Path, dst: Path, options: dict, debug: bool):
     watcher = ErrorWatcher()
     shape_inference.logger.addHandler(watcher)
     try:
-        with quiet_runtime(debug):
+        with quiet_runtime(debug), _working_directory(src.parent):
             shape_inference.quant_pre_process(str(src), str(dst), auto_merge=True, **options)
     except ImportError as exc:
         return f"symbolic shape inference unavailable: {first_line(exc)}"

@@ -13,6 +13,7 @@ from qbench.protocols.messages import to_dict
 from .. import __version__
 from ..compare import metrics
 from ..session import RunState
+from .coverage import coverage_section
 from .profile import profile_section
 from . import delegation, json_text
 from .diagnosis import add_diagnosis
@@ -50,6 +51,11 @@ def build_report(state: RunState, argv: list[str] | None = None) -> dict[str, An
             report["memory"]["ratio"] = _ratio(q.memory.peak_mb, f.memory.peak_mb)
     if state.capture is not None and state.matching is not None:
         _comparison(report, state)
+    coverage = coverage_section(state)
+    if coverage is not None:
+        report["int8_coverage"] = coverage
+        if "summary" in report:
+            report["summary"]["int8_coverage"] = coverage["fraction"]
     add_diagnosis(report, state)
     return report
 

@@ -1,0 +1,85 @@
+"""Stores a QDQ model's int8 activations as uint8, the type ONNX Runtime's x86 kernels take.
+
+ONNX Runtime's CPU provider on x86 has no int8 x int8 fusion in its QDQ selectors (it allows one
+only on ARM): it first rewrites every int8 activation QuantizeLinear -> DequantizeLinear pair as
+uint8 (``QDQS8ToU8Transformer``, zero point + 128, same scale), then fuses
+DequantizeLinear -> Conv -> QuantizeLinear into ``QLinearConv`` when the input and the output are
+of one type. That rewrite takes only a QuantizeLinear with exactly one consumer, and the
+transformer that runs before it (``EnsureUniqueDQForNodeUnit``) gives every consumer of a shared
+DequantizeLinear its own copy. So every activation read by two nodes (HardSwish, inlined as
+``x * HardSigmoid(x)``; ``x * Clip(x + 3, 0, 6) / 6``; residual Adds; squeeze-excitation Muls)
+stays int8 while its neighbours become uint8, and the convolutions on either side run as float
+``Conv`` between DequantizeLinear and QuantizeLinear.
+
+Doing the same rewrite in the file, for every pair, gives the same values (ONNX Runtime's
+asymmetric 8-bit ranges have the same scale for both types, and the uint8 zero point is the int8
+one + 128), and convolutions whose tensors fan out fuse too; ARM runs uint8 x int8 kernels as well.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def unsigned_activations(model) -> int:
+    """Rewrites the int8 activation Q/DQ pairs of ``model`` (in place) as uint8; returns how many tensors.
+
+    An activation's pair is a QuantizeLinear whose input is not an initializer, and the
+    DequantizeLinear nodes that read its output; only scalar int8 zero points (per-tensor ranges) are
+    rewritten. Weights (DequantizeLinear of an int8 initializer) and int16 activations stay as they are.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    new_zero_points: dict[str, str] = {}  # int8 zero point name -> its uint8 twin's name
+    rewritten = 0
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")]:
+        if q.input[0] in initializers or len(q.input) < 3 or q.output[0] in outputs:
+            continue
+        zero_point = initializers.get(q.input[2])
+        if zero_point is None or zero_point.data_type != TensorProto.INT8 or _size(zero_point) != 1:
+            continue
+        dqs = readers.get(q.output[0], [])
+        if not dqs or any(d.op_type != "DequantizeLinear" or len(d.input) < 3 for d in dqs):
+            continue  # the quantized tensor goes elsewhere too (a graph output): leave it be
+        if any(_zero_point(initializers, d) != _zero_point(initializers, q) for d in dqs):
+            continue
+        if q.input[2] not in new_zero_points:
+            value = numpy_helper.to_array(zero_point).astype(np.int16) + 128
+            twin = numpy_helper.from_array(value.astype(np.uint8), f"{q.input[2]}_uint8")
+            graph.initializer.append(twin)
+            initializers[twin.name] = twin
+            new_zero_points[q.input[2]] = twin.name
+        twin_name = new_zero_points[q.input[2]]
+        q.input[2] = twin_name
+        for dq in dqs:
+            dq.input[2] = twin_name
+        rewritten += 1
+    _drop_unused(graph, set(new_zero_points))
+    return rewritten
+
+
+def _size(tensor) -> int:
+    return int(np.prod(tensor.dims)) if tensor.dims else 1
+
+
+def _zero_point(initializers, node):
+    from onnx import numpy_helper
+
+    tensor = initializers.get(node.input[2])
+    return None if tensor is None else int(numpy_helper.to_array(tensor).reshape(-1)[0])
+
+
+def _drop_unused(graph, names: set[str]) -> None:
+    used = {name for node in graph.node for name in node.input}
+    keep = [t for t in graph.initializer if t.name not in names or t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
