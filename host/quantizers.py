@@ -23,6 +23,7 @@ from .models import InputSpec, inspect_model
 from .quantize import onnx as onnx_quant
 from .quantize import tflite as tflite_quant
 from .quantize.prepare import Prepared, prepare_float, resolve_input_shapes
+from .session_tflite import FLOAT_NAME as TFLITE_FLOAT_NAME
 from .session_tflite import RECIPES as TFLITE_RECIPES
 
 if TYPE_CHECKING:
@@ -181,10 +182,11 @@ class TFLiteQuantizer:
     format = "tflite"
     int8_name = "model.int8.tflite"
     methods = tuple(tflite_quant.METHODS)
-    note = ("ai-edge-quantizer has one activation calibration, a moving average of each tensor's per-sample "
-            "min/max: every method uses it and differs only in how it sets weight ranges. Its algorithms: "
-            + ", ".join(f"{m} = {a}" for m, a in tflite_quant.METHODS.items())
-            + "; mse and gptq on the ops it registers them for (with weights), min/max on the rest")
+    note = ("activation ranges: minmax = the extremes over all calibration samples, moving-average = "
+            "ai-edge-quantizer's default (a 0.95 moving average of each sample's min/max); weight algorithms: "
+            + ", ".join(f"{m} = {a}" for m, (a, _) in tflite_quant.METHODS.items())
+            + " (mse and gptq on the ops it registers them for, with weights; min/max on the rest); "
+            + tflite_quant.NO_HISTOGRAMS)
 
     def prepare(self, settings: RunSettings) -> Prepared:
         s = settings
@@ -193,8 +195,15 @@ class TFLiteQuantizer:
         info = inspect_model(s.model)
         shapes, notes = resolve_input_shapes(info.inputs, s.input_shapes, Path(s.model).name)
         inputs = [InputSpec(name=i.name, dtype=i.dtype, shape=tuple(shapes[i.name])) for i in info.inputs]
-        notes += [f"quantizer input: {note}" for note in tflite_quant.prepare_tflite(Path(s.model).read_bytes()).notes]
-        return Prepared(path=Path(s.model), notes=notes, input_shapes=shapes, inputs=inputs)
+        prepared = tflite_quant.prepare_tflite(Path(s.model).read_bytes(), Path(s.model).name)
+        notes += [f"quantizer input: {note}" for note in prepared.notes]
+        path = Path(s.model)
+        if prepared.rewritten_from is not None:  # plain LiteRT runs only the rewritten float model
+            path = s.out_dir / TFLITE_FLOAT_NAME
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(prepared.model)
+            notes.append(f"float reference: {TFLITE_FLOAT_NAME}, the model with its custom ops rewritten")
+        return Prepared(path=path, notes=notes, input_shapes=shapes, inputs=inputs)
 
     def index(self, float_path: Path) -> GraphIndex:
         from .compare.tflite_matching import parse_graph
@@ -215,6 +224,7 @@ class TFLiteQuantizer:
         return {
             "method": method,
             "recipe": recipe,
+            "ranges": tflite_quant.METHODS[method][1],
             "keep_float": list(float_ops),
             "int16": list(int16),
             "quantizer_recipe": tflite_quant.tflite_recipe(recipe, method, float_ops, int16),
@@ -223,7 +233,8 @@ class TFLiteQuantizer:
     def quantize(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
                  debug: bool) -> Path:
         return tflite_quant.quantize_with_recipe(
-            settings["float_path"], out_path, calibration, settings["quantizer_recipe"], debug).path
+            settings["float_path"], out_path, calibration, settings["quantizer_recipe"], debug,
+            settings.get("ranges", "moving-average")).path  # settings from before ranges were a choice
 
     def quantized(self, report: dict[str, Any], int8_path: Path) -> set[str]:
         from .compare.tflite_matching import read_graph
@@ -235,4 +246,5 @@ class TFLiteQuantizer:
         return {index.producer[t] for t in tensors if t in index.producer}
 
     def describe(self, method: str) -> dict[str, Any]:
-        return {"algorithm": tflite_quant.METHODS[method]}
+        algorithm, ranges = tflite_quant.METHODS[method]
+        return {"algorithm": algorithm, "activation_ranges": ranges}

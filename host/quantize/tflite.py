@@ -28,21 +28,18 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from qbench.host.errors import UserError
+from qbench.host.quantize import tflite_ranges
 from qbench.host.quantize import tflite_rewrite as rewrite
 from qbench.host.quantize.quiet import quiet_runtime
 
 #: recipes of ai_edge_quantizer.recipe offered here (int8 weights) -> their activation bits
 RECIPES = {"static_wi8_ai8": 8, "static_wi8_ai16": 16}
-#: how activation ranges accumulate over the calibration samples -> ai-edge-quantizer's QSV update.
-#: "minmax": the extremes over all samples (its ``min_max_update``); "moving-average": its default,
-#: a moving average (factor 0.95) of each sample's min and max, where the first samples weigh most.
-#: A tensor of one or a few elements (a presence flag) has a per-sample min equal to its max, so
-#: the moving average collapses its range to about one sample's value (plus zero): all others clip.
-RANGES = ("minmax", "moving-average")
-#: calibration methods -> (ai-edge-quantizer algorithm, activation ranges). The algorithm sets the
-#: weight ranges (OCTAV, MSE: clipping searches; GPTQ: error-compensating rounding).
+#: calibration methods -> (ai-edge-quantizer algorithm, activation ranges: see :mod:`.tflite_ranges`).
+#: The algorithm sets the weight ranges (OCTAV, MSE: clipping searches; GPTQ: error-compensating
+#: rounding), and the activation ranges of ops that have their own (none of those offered here).
 METHODS = {
     "minmax": ("min_max_uniform_quantize", "minmax"),
+    "extremes": ("min_max_uniform_quantize", "extremes"),
     "moving-average": ("min_max_uniform_quantize", "moving-average"),
     "octav": ("OCTAV", "minmax"),
     "mse": ("MSE", "minmax"),
@@ -278,7 +275,7 @@ def quantize_tflite(
     """Quantizes ``float_model`` into ``output`` with static (calibrated) quantization.
 
     ``method`` (:data:`METHODS`) sets both how activation ranges accumulate over the calibration
-    samples (:data:`RANGES`) and the ai-edge-quantizer algorithm that sets weight ranges.
+    samples (:mod:`.tflite_ranges`) and the ai-edge-quantizer algorithm that sets weight ranges.
 
     Args:
         float_model: a float .tflite, with or without a signature def (see :func:`prepare_tflite`).
@@ -319,7 +316,7 @@ def quantize_with_recipe(
     """Quantizes ``float_model`` with an ai-edge-quantizer recipe (as :func:`tflite_recipe` makes).
 
     Args and errors as :func:`quantize_tflite`; ``recipe`` is the quantizer's recipe, JSON form,
-    ``ranges`` one of :data:`RANGES`.
+    ``ranges`` one of :data:`~.tflite_ranges.RANGES`.
     """
     prepared = prepare_tflite(Path(float_model).read_bytes(), Path(float_model).name)
     return _quantize(prepared, Path(float_model).name, output, calibration, recipe, ranges, debug)
@@ -340,11 +337,9 @@ def _quantize(
     prepared: PreparedTFLite, name: str, output: PathLike, calibration: Mapping[str, np.ndarray],
     recipe: list[dict], ranges: str, debug: bool,
 ) -> QuantizedTFLite:
-    from ai_edge_quantizer import calibrator
-
-    _, _, quantizer, recipe_manager = _quantizer_modules()
-    if ranges not in RANGES:
-        raise UserError(f"activation ranges {ranges!r} are not one of {', '.join(RANGES)}")
+    _, _, quantizer, _ = _quantizer_modules()
+    if ranges not in tflite_ranges.RANGES:
+        raise UserError(f"activation ranges {ranges!r} are not one of {', '.join(tflite_ranges.RANGES)}")
     model = prepared.model
     samples = _calibration_samples(model, calibration, prepared.signature_inputs)
     first = {k: np.asarray(v)[0] for k, v in calibration.items()}
@@ -352,32 +347,33 @@ def _quantize(
         _check_rewrite(prepared, first, name)
     try:
         with quiet_runtime(debug):
-            manager = recipe_manager.RecipeManager()
-            manager.load_quantization_recipe(recipe)
-            update = {} if ranges == "moving-average" else {"qsv_update_func": _extremes_update}
-            calib = calibrator.Calibrator(bytes(model), **update)
-            calib.calibrate({prepared.signature_key: samples}, manager)
-            result = quantizer.Quantizer(bytearray(model), recipe).quantize(
-                calib.get_model_qsvs(), enable_progress_report=False)
+            qsvs = tflite_ranges.calibrate(model, recipe, prepared.signature_key, samples, ranges)
+            result = quantizer.Quantizer(bytearray(model), recipe).quantize(qsvs, enable_progress_report=False)
     except Exception as exc:  # noqa: BLE001 - the quantizer fails with whatever its code hits on a model
         raise UserError(f"ai-edge-quantizer failed on {name}: {_first_line(exc)}") from exc
     quantized = bytes(result.quantized_model)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(quantized)  # before the check: a model LiteRT refuses stays there to inspect
+    out.write_bytes(quantized)  # before the checks: a model LiteRT refuses stays there to inspect
+    _check_scales(quantized, name, out)
     _check_loads(quantized, name, out, first)
     return QuantizedTFLite(out, prepared.notes, model if prepared.rewritten_from is not None else None)
 
 
-def _extremes_update(qsv: dict, new_qsv: dict) -> dict:
-    """The ``minmax`` range update: the quantizer's own update for its other statistics (GPTQ's
-    Hessian), with min/max replaced by the extremes over every sample so far."""
-    from ai_edge_quantizer.utils import qsv_utils
+def _check_scales(model: bytes, name: str, path: Path) -> None:
+    """Refuses scales that are not finite and positive (from NaN or inf weights): LiteRT aborts the
+    process loading them (SIGABRT in allocate_tensors), so they are caught before it loads the model."""
+    from ai_edge_litert import schema_py_generated as fb
 
-    if not qsv:
-        return new_qsv
-    own = qsv_utils.gptq_and_moving_average_update if "hessian" in new_qsv else qsv_utils.moving_average_update
-    return {**own(qsv, new_qsv), **qsv_utils.min_max_update(qsv, new_qsv)}
+    sg = fb.Model.GetRootAs(model, 0).Subgraphs(0)
+    for i in range(sg.TensorsLength()):
+        tensor = sg.Tensors(i)
+        q = tensor.Quantization()
+        scales = q.ScaleAsNumpy() if q is not None and q.ScaleLength() else None
+        if scales is not None and not np.all(np.isfinite(scales) & (scales > 0)):
+            raise UserError(f"ai-edge-quantizer made a model of {name} ({path}) that LiteRT cannot load: tensor "
+                            f"{_text(tensor.Name())!r} has scale {scales[~(np.isfinite(scales) & (scales > 0))][0]} "
+                            "(NaN or inf in the float model's values)")
 
 
 #: LiteRT's message when an op's kernel refuses it at prepare or invoke time
@@ -394,11 +390,21 @@ def _check_loads(model: bytes, name: str, path: Path, sample: Mapping[str, np.nd
             model_content=model, experimental_op_resolver_type=tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         interpreter.allocate_tensors()
         for detail in interpreter.get_input_details():
-            interpreter.set_tensor(detail["index"], np.asarray(sample[detail["name"]], detail["dtype"]))
+            interpreter.set_tensor(detail["index"], _as_input(sample[detail["name"]], detail))
         interpreter.invoke()
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"LiteRT cannot load the int8 model ai-edge-quantizer made of {name} ({path}): "
                         f"{_load_failure(model, str(exc))}") from exc
+
+
+def _as_input(value: np.ndarray, detail: dict) -> np.ndarray:
+    """A float sample as the input takes it: quantized with its scale and zero point if it is an integer one."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail["quantization"]
+    if dtype.kind == "f" or not scale:
+        return np.asarray(value, dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(np.asarray(value) / scale) + zero, info.min, info.max).astype(dtype)
 
 
 def _load_failure(model: bytes, message: str) -> str:
@@ -438,6 +444,9 @@ def _calibration_samples(
         if len(got) != len(want) or any(w >= 0 and w != g for w, g in zip(want, got)):
             raise UserError(f"calibration input {name!r}: samples of shape {got} do not fit the model's {want}")
     arrays = {name: np.asarray(arr, dtype=expected[name]["dtype"]) for name, arr in calibration.items()}
+    for name, arr in arrays.items():
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise UserError(f"calibration input {name!r} holds NaN or inf: LiteRT cannot quantize ranges that are not finite")
     count = next(iter(counts.values()))
     return [{signature_names[name]: arrays[name][i] for name in arrays} for i in range(count)]
 
