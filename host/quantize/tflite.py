@@ -235,7 +235,7 @@ def check_method(method: str) -> None:
         return
     known = f"TFLite calibration methods: {', '.join(METHODS)}"
     if method in ("entropy", "percentile", "distribution"):
-        raise UserError(f"--calibration-method {method}: {NO_HISTOGRAMS}; {known}")
+        raise UserError(f"TFLite calibration method {method!r}: {NO_HISTOGRAMS}; {known}")
     raise UserError(f"TFLite calibration method {method!r} is not one of {', '.join(METHODS)}")
 
 
