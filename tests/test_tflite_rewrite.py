@@ -3,6 +3,7 @@
 * MediaPipe's custom ``Convolution2DTransposeBias`` (selfie segmentation): rewritten into the builtin
   TRANSPOSE_CONV with bias, checked against a numpy transposed convolution;
 * a custom op no builtin replaces: the float model itself does not load in LiteRT: refused, named;
+* custom ops XNNPACK runs (MaxPoolingWithArgmax2D, MaxUnpooling2D): kept in float, with a note;
 * sparse float16 weights behind DENSIFY (MediaPipe's sparse detectors): densified; without that, the
   quantizer gives the conv a weight zero point of -128 that LiteRT's conv kernel refuses;
 * NaN or inf in a model or in calibration data: refused in one line (LiteRT aborts the process
@@ -128,6 +129,29 @@ def test_a_custom_op_no_builtin_replaces_is_named(tmp_path):
     message = str(info.value)
     assert "warp.tflite needs MediaPipe's own runtime" in message and "TransformTensorBilinear" in message
     assert "\n" not in message and not (tmp_path / "warp.int8.tflite").exists()
+
+
+def test_custom_ops_only_xnnpack_runs_are_kept_in_float(tmp_path):
+    path = tmp_path / "unpool.tflite"
+    path.write_bytes(M.argmax_unpool())
+    result = quantize_tflite(path, tmp_path / "unpool.int8.tflite", {"input": M.calibration_samples(16)})
+    assert any("MaxPoolingWithArgmax2D, MaxUnpooling2D kept in float: only XNNPACK" in n for n in result.notes)
+    assert result.float_model is None
+    int8 = result.path.read_bytes()
+    assert _ops(int8).count("CUSTOM") == 2 and "QUANTIZE" in _ops(int8) and "DEQUANTIZE" in _ops(int8)
+    with pytest.raises(RuntimeError, match="unresolved custom op"):
+        _interpreter(int8)  # like the float model, not without XNNPACK
+    sample = M.calibration_samples(1, seed=4)[0]
+    reference = _tensors(M.argmax_unpool(), sample, tfl.OpResolverType.AUTO)["y"].astype(np.float64)
+    interpreter = _interpreter(int8, tfl.OpResolverType.AUTO)
+    inp = interpreter.get_input_details()[0]
+    scale, zero = inp["quantization"]
+    interpreter.set_tensor(inp["index"], np.clip(np.rint(sample / scale) + zero, -128, 127).astype(np.int8))
+    interpreter.invoke()
+    out = interpreter.get_output_details()[0]
+    scale, zero = out["quantization"]
+    got = (interpreter.get_tensor(out["index"]).astype(np.float64) - zero) * scale
+    assert _snr_db(reference, got) > 18
 
 
 def test_sparse_weights_are_densified_and_the_conv_gets_symmetric_weights(tmp_path):

@@ -10,6 +10,8 @@ No TensorFlow: :class:`Graph` assembles a model from the schema's object API. Th
 * int16-activation versions come from ai-edge-quantizer (``static_wi8_ai16``) in the tests.
 * :func:`transpose_conv_bias`: conv -> MediaPipe's custom ``Convolution2DTransposeBias`` (or
   another custom op name), as in MediaPipe's selfie segmentation models.
+* :func:`argmax_unpool`: conv -> MediaPipe's custom MaxPoolingWithArgmax2D -> MaxUnpooling2D -> conv,
+  as in MediaPipe's older hair segmentation model (only XNNPACK runs those two ops).
 * :func:`sparse_conv`: conv whose float16 weights are stored sparse behind DENSIFY and DEQUANTIZE,
   as in MediaPipe's sparse face and pose detectors.
 """
@@ -384,6 +386,30 @@ def transposed_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride:
             out[:, i * stride:i * stride + k, j * stride:j * stride + k, :] += np.einsum(
                 "nc,oyxc->nyxo", x[:, i, j, :], kernel)
     return out + bias
+
+
+def argmax_unpool() -> bytes:
+    """``input`` (1, 8, 8, 3) -> CONV_2D ``conv1`` -> MaxPoolingWithArgmax2D ``pool``, ``pool/indices``
+    (float, as MediaPipe's) -> MaxUnpooling2D ``unpool`` -> CONV_2D 1x1 ``y``; no signature def.
+
+    Both custom ops read TfLitePoolParams: padding VALID (2), stride 2, 2, filter 2, 2, no activation.
+    """
+    w = convnet_weights()
+    g = Graph()
+    x = g.tensor("input", INPUT_SHAPE)
+    conv1 = g.tensor("conv1", (1, 8, 8, CHANNELS))
+    g.op(fb.BuiltinOperator.CONV_2D, [x, g.const("conv1/weights", w["conv1/weights"]),
+                                      g.const("conv1/bias", w["conv1/bias"])], [conv1], _conv_options())
+    pooled, indices = g.tensor("pool", (1, 4, 4, CHANNELS)), g.tensor("pool/indices", (1, 4, 4, CHANNELS))
+    options = np.array([2, 2, 2, 2, 2, 0, 0, 0, 0, 0], dtype="<i4").tobytes()
+    g.custom_op("MaxPoolingWithArgmax2D", [conv1], [pooled, indices], options)
+    up = g.tensor("unpool", (1, 8, 8, CHANNELS))
+    g.custom_op("MaxUnpooling2D", [pooled, indices], [up], options)
+    y = g.tensor("y", (1, 8, 8, CHANNELS))
+    mix = np.random.default_rng(0).normal(size=(CHANNELS, 1, 1, CHANNELS)).astype(np.float32)
+    g.op(fb.BuiltinOperator.CONV_2D, [up, g.const("y/weights", mix), g.const("y/bias", w["conv1/bias"])], [y],
+         _conv_options())
+    return g.to_bytes([x], [y], signature=None)
 
 
 def sparse_conv(seed: int = 0) -> tuple[bytes, np.ndarray]:

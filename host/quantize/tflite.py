@@ -64,6 +64,9 @@ class PreparedTFLite:
         notes: what was changed, one sentence each, for the user.
         rewritten_from: the user's model when custom ops were rewritten (LiteRT runs it only
             with XNNPACK): ``model`` is then the float reference to compare against; else None.
+        xnnpack_ops: custom ops left in the model, which only XNNPACK runs (MediaPipe's
+            MaxPoolingWithArgmax2D, MaxUnpooling2D): the quantizer keeps them in float, and the
+            int8 model, like the float one, loads only with XNNPACK.
     """
 
     model: bytes
@@ -71,6 +74,7 @@ class PreparedTFLite:
     signature_inputs: dict[str, str]
     notes: list[str] = field(default_factory=list)
     rewritten_from: bytes | None = None
+    xnnpack_ops: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -120,7 +124,11 @@ def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
     for op, count in rewritten.items():
         notes.append(f"{count} MediaPipe custom op(s) {op} rewritten as builtin {rewrite.REPLACEABLE[op]} with bias "
                      "(plain LiteRT has no kernel for it)")
-    _check_float_loads(model, name, rewrite.custom_ops(obj, fb))
+    xnnpack_ops = rewrite.custom_ops(obj, fb)
+    _check_float_loads(model, name, xnnpack_ops)
+    if xnnpack_ops:
+        notes.append(f"custom op(s) {', '.join(xnnpack_ops)} kept in float: only XNNPACK (LiteRT's default delegate) "
+                     "runs them, so neither model loads with --delegate none")
     densified = rewrite.densify_weights(obj, fb, bytes(flatbuffer_utils.convert_object_to_bytearray(obj)))
     if densified:
         notes.append(f"{densified} sparse weight(s) behind DENSIFY densified into constants")
@@ -141,7 +149,8 @@ def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
     by_tensor = {names[m.tensorIndex]: _text(m.name) for m in sig.inputs or []}
     if notes:
         model = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
-    return PreparedTFLite(model, _text(sig.signatureKey), by_tensor, notes, original if rewritten else None)
+    return PreparedTFLite(model, _text(sig.signatureKey), by_tensor, notes, original if rewritten else None,
+                          xnnpack_ops)
 
 
 def _check_float_loads(model: bytes, name: str, custom: list[str]) -> None:
@@ -356,7 +365,7 @@ def _quantize(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(quantized)  # before the checks: a model LiteRT refuses stays there to inspect
     _check_scales(quantized, name, out)
-    _check_loads(quantized, name, out, first)
+    _check_loads(quantized, name, out, first, xnnpack=bool(prepared.xnnpack_ops))
     return QuantizedTFLite(out, prepared.notes, model if prepared.rewritten_from is not None else None)
 
 
@@ -380,14 +389,15 @@ def _check_scales(model: bytes, name: str, path: Path) -> None:
 _NODE = re.compile(r"Node number (\d+) \((\w+)\) failed to (prepare|invoke)")
 
 
-def _check_loads(model: bytes, name: str, path: Path, sample: Mapping[str, np.ndarray]) -> None:
-    """Loads and runs the int8 model once in plain LiteRT, so that a model it refuses fails here
-    rather than on the device; the failing op is named with its output tensor and the kernel's reason."""
+def _check_loads(model: bytes, name: str, path: Path, sample: Mapping[str, np.ndarray], xnnpack: bool) -> None:
+    """Loads and runs the int8 model once in plain LiteRT (with XNNPACK if its custom ops need it),
+    so that a model it refuses fails here rather than on the device; the failing op is named with
+    its output tensor and the kernel's reason."""
     from ai_edge_litert import interpreter as tfl
 
+    resolver = tfl.OpResolverType.AUTO if xnnpack else tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interpreter = tfl.Interpreter(
-            model_content=model, experimental_op_resolver_type=tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter = tfl.Interpreter(model_content=model, experimental_op_resolver_type=resolver)
         interpreter.allocate_tensors()
         for detail in interpreter.get_input_details():
             interpreter.set_tensor(detail["index"], _as_input(sample[detail["name"]], detail))
