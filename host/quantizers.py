@@ -22,6 +22,7 @@ from .errors import UserError
 from .models import InputSpec, inspect_model
 from .quantize import onnx as onnx_quant
 from .quantize import tflite as tflite_quant
+from .quantize import tflite_ranges
 from .quantize.prepare import Prepared, prepare_float, resolve_input_shapes
 from .session_tflite import FLOAT_NAME as TFLITE_FLOAT_NAME
 from .session_tflite import RECIPES as TFLITE_RECIPES
@@ -182,11 +183,11 @@ class TFLiteQuantizer:
     format = "tflite"
     int8_name = "model.int8.tflite"
     methods = tuple(tflite_quant.METHODS)
-    note = ("activation ranges: minmax = the extremes over all calibration samples, moving-average = "
-            "ai-edge-quantizer's default (a 0.95 moving average of each sample's min/max); weight algorithms: "
-            + ", ".join(f"{m} = {a}" for m, (a, _) in tflite_quant.METHODS.items())
-            + " (mse and gptq on the ops it registers them for, with weights; min/max on the rest); "
-            + tflite_quant.NO_HISTOGRAMS)
+    note = (f"activation ranges over the calibration samples: minmax = the extremes for tensors of at most "
+            f"{tflite_ranges.SMALL} elements per sample, the moving average for larger ones; extremes = the extremes "
+            "for all; moving-average = ai-edge-quantizer's own (a 0.95 moving average of each sample's min/max). "
+            "Weights: octav, mse, gptq = ai-edge-quantizer's OCTAV, MSE, GPTQ (mse and gptq on the ops with weights "
+            "it registers them for), min/max otherwise; " + tflite_quant.NO_HISTOGRAMS)
 
     def prepare(self, settings: RunSettings) -> Prepared:
         s = settings

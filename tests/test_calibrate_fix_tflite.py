@@ -124,7 +124,7 @@ def test_calibrate_measures_every_ai_edge_quantizer_algorithm(calibrated, workdi
     rows = {row["method"]: row for row in report["calibration"]["methods"]}
     assert {m: r["algorithm"] for m, r in rows.items()} == METHODS  # all of them, by default, in this order
     assert list(rows) == list(METHODS) and printed["methods"] == report["calibration"]["methods"]
-    assert "moving-average = ai-edge-quantizer's default" in report["calibration"]["note"]
+    assert "moving-average = ai-edge-quantizer's own" in report["calibration"]["note"]
     assert "keeps no histograms" in report["calibration"]["note"]
     assert {m: r["activation_ranges"] for m, r in rows.items()} == {
         "minmax": "minmax", "extremes": "extremes", "moving-average": "moving-average", "octav": "minmax",
