@@ -90,8 +90,9 @@ def test_model_needing_mediapipes_runtime_is_refused_with_its_custom_ops(tmp_pat
     with pytest.raises(UserError) as info:
         quantize_tflite(m.path, tmp_path / "int8.tflite", _data(m, 1, "calib"))
     assert str(info.value).startswith(
-        "face_landmark_with_attention.tflite needs MediaPipe's own runtime: LiteRT has no kernel for its custom op(s) "
-        "Landmarks2TransformMatrix, TransformLandmarks, TransformTensorBilinear and no builtin op replaces them")
+        "face_landmark_with_attention.tflite cannot run on LiteRT: no kernel for its custom op(s) "
+        "Landmarks2TransformMatrix, TransformLandmarks, TransformTensorBilinear, and no builtin op replaces them "
+        "(they need their own runtime, such as MediaPipe's)")
 
 
 def test_minmax_keeps_the_face_presence_logit_range(tmp_path):

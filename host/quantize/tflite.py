@@ -28,6 +28,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from qbench.host.errors import UserError
+from qbench.host.quantize import tflite_checks as checks
 from qbench.host.quantize import tflite_ranges
 from qbench.host.quantize import tflite_rewrite as rewrite
 from qbench.host.quantize.quiet import quiet_runtime
@@ -93,11 +94,6 @@ class QuantizedTFLite:
     float_model: bytes | None = None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
     """Fixes what keeps ai-edge-quantizer from quantizing ``model`` correctly (see the module doc).
 
@@ -113,7 +109,7 @@ def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
     try:
         obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     except Exception as exc:  # the flatbuffer reader raises whatever its parsing hits
-        raise UserError(f"not a readable TFLite model: {_first_line(exc)}") from exc
+        raise UserError(f"not a readable TFLite model: {checks.first_line(exc)}") from exc
     notes = []
     old_codes = [c for c in obj.operatorCodes or [] if c.deprecatedBuiltinCode > c.builtinCode]
     for code in old_codes:
@@ -125,7 +121,7 @@ def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
         notes.append(f"{count} MediaPipe custom op(s) {op} rewritten as builtin {rewrite.REPLACEABLE[op]} with bias "
                      "(plain LiteRT has no kernel for it)")
     xnnpack_ops = rewrite.custom_ops(obj, fb)
-    _check_float_loads(model, name, xnnpack_ops)
+    checks.check_float_loads(model, name, xnnpack_ops)
     if xnnpack_ops:
         notes.append(f"custom op(s) {', '.join(xnnpack_ops)} kept in float: only XNNPACK (LiteRT's default delegate) "
                      "runs them, so neither model loads with --delegate none")
@@ -136,7 +132,7 @@ def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
     if folded:
         notes.append(f"{folded} float16 weight(s) behind DEQUANTIZE folded into float32 constants")
     subgraph = obj.subgraphs[0]
-    names = [_text(t.name) for t in subgraph.tensors]
+    names = [rewrite.text(t.name) for t in subgraph.tensors]
     sig = next((s for s in obj.signatureDefs or [] if s.subgraphIndex == 0), None)
     if sig is None:
         sig = fb.SignatureDefT()
@@ -146,34 +142,11 @@ def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
         sig.outputs = _tensor_maps(fb, names, list(subgraph.outputs), "output")
         obj.signatureDefs = [*(obj.signatureDefs or []), sig]
         notes.append(f"signature def {SIGNATURE_KEY!r} added (the model has none)")
-    by_tensor = {names[m.tensorIndex]: _text(m.name) for m in sig.inputs or []}
+    by_tensor = {names[m.tensorIndex]: rewrite.text(m.name) for m in sig.inputs or []}
     if notes:
         model = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
-    return PreparedTFLite(model, _text(sig.signatureKey), by_tensor, notes, original if rewritten else None,
+    return PreparedTFLite(model, rewrite.text(sig.signatureKey), by_tensor, notes, original if rewritten else None,
                           xnnpack_ops)
-
-
-def _check_float_loads(model: bytes, name: str, custom: list[str]) -> None:
-    """Refuses a float model that LiteRT (with its default delegate, XNNPACK) cannot load.
-
-    Custom ops other than the rewritten ones are left in float by the quantizer; XNNPACK runs some
-    of MediaPipe's (MaxPoolingWithArgmax2D, MaxUnpooling2D), plain LiteRT none.
-    """
-    if not custom:
-        return
-    from ai_edge_litert import interpreter as tfl
-
-    try:
-        tfl.Interpreter(model_content=model).allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise UserError(
-            f"{name} needs MediaPipe's own runtime: LiteRT has no kernel for its custom op(s) {', '.join(custom)} "
-            f"and no builtin op replaces them ({_first_line(exc)})"
-        ) from exc
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
 
 
 def _tensor_maps(fb, names: list[str], indices: list[int], kind: str) -> list:
@@ -359,80 +332,14 @@ def _quantize(
             qsvs = tflite_ranges.calibrate(model, recipe, prepared.signature_key, samples, ranges)
             result = quantizer.Quantizer(bytearray(model), recipe).quantize(qsvs, enable_progress_report=False)
     except Exception as exc:  # noqa: BLE001 - the quantizer fails with whatever its code hits on a model
-        raise UserError(f"ai-edge-quantizer failed on {name}: {_first_line(exc)}") from exc
+        raise UserError(f"ai-edge-quantizer failed on {name}: {checks.first_line(exc)}") from exc
     quantized = bytes(result.quantized_model)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(quantized)  # before the checks: a model LiteRT refuses stays there to inspect
-    _check_scales(quantized, name, out)
-    _check_loads(quantized, name, out, first, xnnpack=bool(prepared.xnnpack_ops))
+    checks.check_scales(quantized, name, out)
+    checks.check_loads(quantized, name, out, first, xnnpack=bool(prepared.xnnpack_ops))
     return QuantizedTFLite(out, prepared.notes, model if prepared.rewritten_from is not None else None)
-
-
-def _check_scales(model: bytes, name: str, path: Path) -> None:
-    """Refuses scales that are not finite and positive (from NaN or inf weights): LiteRT aborts the
-    process loading them (SIGABRT in allocate_tensors), so they are caught before it loads the model."""
-    from ai_edge_litert import schema_py_generated as fb
-
-    sg = fb.Model.GetRootAs(model, 0).Subgraphs(0)
-    for i in range(sg.TensorsLength()):
-        tensor = sg.Tensors(i)
-        q = tensor.Quantization()
-        scales = q.ScaleAsNumpy() if q is not None and q.ScaleLength() else None
-        if scales is not None and not np.all(np.isfinite(scales) & (scales > 0)):
-            raise UserError(f"ai-edge-quantizer made a model of {name} ({path}) that LiteRT cannot load: tensor "
-                            f"{_text(tensor.Name())!r} has scale {scales[~(np.isfinite(scales) & (scales > 0))][0]} "
-                            "(NaN or inf in the float model's values)")
-
-
-#: LiteRT's message when an op's kernel refuses it at prepare or invoke time
-_NODE = re.compile(r"Node number (\d+) \((\w+)\) failed to (prepare|invoke)")
-
-
-def _check_loads(model: bytes, name: str, path: Path, sample: Mapping[str, np.ndarray], xnnpack: bool) -> None:
-    """Loads and runs the int8 model once in plain LiteRT (with XNNPACK if its custom ops need it),
-    so that a model it refuses fails here rather than on the device; the failing op is named with
-    its output tensor and the kernel's reason."""
-    from ai_edge_litert import interpreter as tfl
-
-    resolver = tfl.OpResolverType.AUTO if xnnpack else tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    try:
-        interpreter = tfl.Interpreter(model_content=model, experimental_op_resolver_type=resolver)
-        interpreter.allocate_tensors()
-        for detail in interpreter.get_input_details():
-            interpreter.set_tensor(detail["index"], _as_input(sample[detail["name"]], detail))
-        interpreter.invoke()
-    except (ValueError, RuntimeError) as exc:
-        raise UserError(f"LiteRT cannot load the int8 model ai-edge-quantizer made of {name} ({path}): "
-                        f"{_load_failure(model, str(exc))}") from exc
-
-
-def _as_input(value: np.ndarray, detail: dict) -> np.ndarray:
-    """A float sample as the input takes it: quantized with its scale and zero point if it is an integer one."""
-    dtype = np.dtype(detail["dtype"])
-    scale, zero = detail["quantization"]
-    if dtype.kind == "f" or not scale:
-        return np.asarray(value, dtype)
-    info = np.iinfo(dtype)
-    return np.clip(np.rint(np.asarray(value) / scale) + zero, info.min, info.max).astype(dtype)
-
-
-def _load_failure(model: bytes, message: str) -> str:
-    """LiteRT's load error as one line: the op (index, type, output tensor) and the kernel's reason."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    reason = lines[0] if lines else "no reason given"
-    node = _NODE.search(message)
-    if node is None:
-        return reason
-    from ai_edge_litert import schema_py_generated as fb
-
-    index, op_type, stage = node.groups()
-    # the node number may be glued to the reason ("... (-128 != 0)Node number 7 ..."): keep the reason only
-    reason = message[:node.start()].strip().splitlines()[0] if message[:node.start()].strip() else reason
-    sg = fb.Model.GetRootAs(model, 0).Subgraphs(0)
-    op = sg.Operators(int(index)) if int(index) < sg.OperatorsLength() else None
-    out = _text(sg.Tensors(op.Outputs(0)).Name()) if op is not None and op.OutputsLength() else "?"
-    return f"op {index} {op_type} (writes {out!r}) fails to {stage}: {reason}"
 
 
 def _calibration_samples(
@@ -468,5 +375,5 @@ def _op_output_names(model: bytes) -> set[str]:
     names = set()
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)
-        names.update(_text(sg.Tensors(t).Name()) for t in op.OutputsAsNumpy() if t >= 0)
+        names.update(rewrite.text(sg.Tensors(t).Name()) for t in op.OutputsAsNumpy() if t >= 0)
     return names

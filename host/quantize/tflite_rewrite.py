@@ -33,7 +33,8 @@ def _builtin(code) -> int:
     return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
-def _text(value) -> str:
+def text(value) -> str:
+    """A flatbuffer string (bytes or None) as str."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
 
 
@@ -62,7 +63,7 @@ def custom_ops(obj, fb) -> list[str]:
     """The custom op names the model's operators use, sorted, no repeats."""
     codes = obj.operatorCodes or []
     used = {op.opcodeIndex for sg in obj.subgraphs for op in sg.operators or []}
-    return sorted({_text(codes[i].customCode) for i in used if _builtin(codes[i]) == fb.BuiltinOperator.CUSTOM})
+    return sorted({text(codes[i].customCode) for i in used if _builtin(codes[i]) == fb.BuiltinOperator.CUSTOM})
 
 
 def fold_fp16_weights(obj, fb) -> int:
@@ -122,7 +123,7 @@ def rewrite_custom_ops(obj, fb) -> dict[str, int]:
     for subgraph in obj.subgraphs:
         for op in subgraph.operators or []:
             code = codes[op.opcodeIndex]
-            name = _text(code.customCode) if _builtin(code) == fb.BuiltinOperator.CUSTOM else ""
+            name = text(code.customCode) if _builtin(code) == fb.BuiltinOperator.CUSTOM else ""
             if name == "Convolution2DTransposeBias":
                 _as_transpose_conv(obj, fb, subgraph, op)
                 done[name] = done.get(name, 0) + 1
@@ -141,7 +142,7 @@ def _as_transpose_conv(obj, fb, subgraph, op) -> None:
         raise ValueError(f"Convolution2DTransposeBias with padding {padding} (neither SAME nor VALID)")
     output = subgraph.tensors[op.outputs[0]]
     shape = fb.TensorT()
-    shape.name = f"{_text(output.name)}/output_shape"
+    shape.name = f"{text(output.name)}/output_shape"
     shape.shape = [4]
     shape.type = fb.TensorType.INT32
     shape.buffer = _constant(obj, fb, np.asarray(output.shape, dtype="<i4"))
