@@ -24,8 +24,8 @@ from .quantize import onnx as onnx_quant
 from .quantize import tflite as tflite_quant
 from .quantize import tflite_ranges
 from .quantize.prepare import Prepared, prepare_float, resolve_input_shapes
-from .session_tflite import FLOAT_NAME as TFLITE_FLOAT_NAME
 from .session_tflite import RECIPES as TFLITE_RECIPES
+from .session_tflite import write_float_reference
 
 if TYPE_CHECKING:
     from .session import RunSettings
@@ -200,10 +200,8 @@ class TFLiteQuantizer:
         notes += [f"quantizer input: {note}" for note in prepared.notes]
         path = Path(s.model)
         if prepared.rewritten_from is not None:  # plain LiteRT runs only the rewritten float model
-            path = s.out_dir / TFLITE_FLOAT_NAME
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(prepared.model)
-            notes.append(f"float reference: {TFLITE_FLOAT_NAME}, the model with its custom ops rewritten")
+            path, note = write_float_reference(s.out_dir, prepared.model)
+            notes.append(note)
         return Prepared(path=path, notes=notes, input_shapes=shapes, inputs=inputs)
 
     def index(self, float_path: Path) -> GraphIndex:

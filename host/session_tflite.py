@@ -93,10 +93,9 @@ def prepare(
                                  RECIPES[s.activation_type], debug=s.debug, method=s.calibration_method)
         notes = [f"quantizer input: {note}" for note in result.notes]
         if result.float_model is not None:
-            float_info = inspect_model(_write(s.out_dir / FLOAT_NAME, result.float_model))
-            state.float_info = float_info
-            notes.append(f"float reference: {FLOAT_NAME}, the rewritten model (same outputs under XNNPACK; "
-                         "plain LiteRT cannot run the given one)")
+            path, note = write_float_reference(s.out_dir, result.float_model)
+            float_info = state.float_info = inspect_model(path)
+            notes.append(note)
         for note in notes:
             ui.note(note)
             state.notes.append(note)
@@ -107,9 +106,14 @@ def prepare(
     return Path(float_info.path), Path(int8_info.path)
 
 
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
+def write_float_reference(out_dir: Path, model: bytes) -> tuple[Path, str]:
+    """Writes the float model with its custom ops rewritten, the one compared when plain LiteRT
+    cannot run the user's; returns its path and the note that says so."""
+    path = Path(out_dir) / FLOAT_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model)
+    return path, (f"float reference: {FLOAT_NAME}, the model with its custom ops rewritten (same outputs under "
+                  "XNNPACK; plain LiteRT cannot run the given one)")
 
 
 def capture_runner(settings: RunSettings) -> RunnerConfig:
