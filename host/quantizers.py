@@ -22,8 +22,10 @@ from .errors import UserError
 from .models import InputSpec, inspect_model
 from .quantize import onnx as onnx_quant
 from .quantize import tflite as tflite_quant
+from .quantize import tflite_ranges
 from .quantize.prepare import Prepared, prepare_float, resolve_input_shapes
 from .session_tflite import RECIPES as TFLITE_RECIPES
+from .session_tflite import write_float_reference
 
 if TYPE_CHECKING:
     from .session import RunSettings
@@ -181,10 +183,11 @@ class TFLiteQuantizer:
     format = "tflite"
     int8_name = "model.int8.tflite"
     methods = tuple(tflite_quant.METHODS)
-    note = ("ai-edge-quantizer has one activation calibration, a moving average of each tensor's per-sample "
-            "min/max: every method uses it and differs only in how it sets weight ranges. Its algorithms: "
-            + ", ".join(f"{m} = {a}" for m, a in tflite_quant.METHODS.items())
-            + "; mse and gptq on the ops it registers them for (with weights), min/max on the rest")
+    note = (f"activation ranges over the calibration samples: minmax = the extremes for tensors of at most "
+            f"{tflite_ranges.SMALL} elements per sample, the moving average for larger ones; extremes = the extremes "
+            "for all; moving-average = ai-edge-quantizer's own (a 0.95 moving average of each sample's min/max). "
+            "Weights: octav, mse, gptq = ai-edge-quantizer's OCTAV, MSE, GPTQ (mse and gptq on the ops with weights "
+            "it registers them for), min/max otherwise; " + tflite_quant.NO_HISTOGRAMS)
 
     def prepare(self, settings: RunSettings) -> Prepared:
         s = settings
@@ -193,8 +196,13 @@ class TFLiteQuantizer:
         info = inspect_model(s.model)
         shapes, notes = resolve_input_shapes(info.inputs, s.input_shapes, Path(s.model).name)
         inputs = [InputSpec(name=i.name, dtype=i.dtype, shape=tuple(shapes[i.name])) for i in info.inputs]
-        notes += [f"quantizer input: {note}" for note in tflite_quant.prepare_tflite(Path(s.model).read_bytes()).notes]
-        return Prepared(path=Path(s.model), notes=notes, input_shapes=shapes, inputs=inputs)
+        prepared = tflite_quant.prepare_tflite(Path(s.model).read_bytes(), Path(s.model).name)
+        notes += [f"quantizer input: {note}" for note in prepared.notes]
+        path = Path(s.model)
+        if prepared.rewritten_from is not None:  # plain LiteRT runs only the rewritten float model
+            path, note = write_float_reference(s.out_dir, prepared.model)
+            notes.append(note)
+        return Prepared(path=path, notes=notes, input_shapes=shapes, inputs=inputs)
 
     def index(self, float_path: Path) -> GraphIndex:
         from .compare.tflite_matching import parse_graph
@@ -215,6 +223,7 @@ class TFLiteQuantizer:
         return {
             "method": method,
             "recipe": recipe,
+            "ranges": tflite_quant.METHODS[method][1],
             "keep_float": list(float_ops),
             "int16": list(int16),
             "quantizer_recipe": tflite_quant.tflite_recipe(recipe, method, float_ops, int16),
@@ -223,7 +232,8 @@ class TFLiteQuantizer:
     def quantize(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
                  debug: bool) -> Path:
         return tflite_quant.quantize_with_recipe(
-            settings["float_path"], out_path, calibration, settings["quantizer_recipe"], debug).path
+            settings["float_path"], out_path, calibration, settings["quantizer_recipe"], debug,
+            settings.get("ranges", "moving-average")).path  # settings from before ranges were a choice
 
     def quantized(self, report: dict[str, Any], int8_path: Path) -> set[str]:
         from .compare.tflite_matching import read_graph
@@ -235,4 +245,5 @@ class TFLiteQuantizer:
         return {index.producer[t] for t in tensors if t in index.producer}
 
     def describe(self, method: str) -> dict[str, Any]:
-        return {"algorithm": tflite_quant.METHODS[method]}
+        algorithm, ranges = tflite_quant.METHODS[method]
+        return {"algorithm": algorithm, "activation_ranges": ranges}

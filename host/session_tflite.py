@@ -3,7 +3,9 @@
 The runtime follows the model's format (read from its bytes), not the device: an ``.onnx`` pair runs on
 ONNX Runtime, a ``.tflite`` pair on LiteRT. A float model without ``--int8`` is quantized with
 ai-edge-quantizer (:func:`~qbench.host.quantize.tflite.quantize_tflite`); the float model compared
-on the device is always the one the user gave, even when the quantizer needed a repaired copy.
+on the device is the one the user gave, even when the quantizer needed a repaired copy, except when
+that copy rewrote custom ops: LiteRT runs the user's model then only with XNNPACK, and the copy
+(checked against it) is compared, as ``model.float.tflite``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from qbench.protocols.messages import RunnerConfig
 from .compare.tflite_matching import match_tflite
 from .errors import UserError
 from .models import ModelInfo, inspect_model
-from .quantize.tflite import quantize_tflite
+from .quantize.tflite import check_method, quantize_tflite
 
 if TYPE_CHECKING:
     from .inventory import Device
     from .session import UI, RunSettings, RunState
 
+#: the float reference qbench writes when the user's float model needs a rewrite to run on plain LiteRT
+FLOAT_NAME = "model.float.tflite"
 #: model format -> the agent runtime that runs it
 RUNTIMES = {"onnx": "onnxruntime", "tflite": "tflite"}
 #: --activation-type -> ai-edge-quantizer recipe
@@ -60,8 +64,7 @@ def runtime_for(settings: RunSettings, float_info: ModelInfo, int8_info: ModelIn
     if int8_info is None:
         if settings.activation_type not in RECIPES:
             raise UserError(f"--activation-type for a TFLite model is int8 or int16, not {settings.activation_type!r}")
-        if settings.calibration_method != "minmax":
-            raise UserError("ai-edge-quantizer calibrates by min/max only: drop --calibration-method for TFLite models")
+        check_method(settings.calibration_method)
     return RUNTIMES["tflite"]
 
 
@@ -87,15 +90,30 @@ def prepare(
         state.stage = "quantize"
         ui.stage("quantize")
         result = quantize_tflite(float_info.path, s.out_dir / "model.int8.tflite", calibration(),
-                                 RECIPES[s.activation_type], debug=s.debug)
-        for note in result.notes:
-            ui.note(f"quantizer input: {note}")
-            state.notes.append(f"quantizer input: {note}")
+                                 RECIPES[s.activation_type], debug=s.debug, method=s.calibration_method)
+        notes = [f"quantizer input: {note}" for note in result.notes]
+        if result.float_model is not None:
+            path, note = write_float_reference(s.out_dir, result.float_model)
+            float_info = state.float_info = inspect_model(path)
+            notes.append(note)
+        for note in notes:
+            ui.note(note)
+            state.notes.append(note)
         int8_info = inspect_model(result.path)
     state.int8_info = int8_info
     state.stage = "match"
     state.matching = match_tflite(float_info.path, int8_info.path)
     return Path(float_info.path), Path(int8_info.path)
+
+
+def write_float_reference(out_dir: Path, model: bytes) -> tuple[Path, str]:
+    """Writes the float model with its custom ops rewritten, the one compared when plain LiteRT
+    cannot run the user's; returns its path and the note that says so."""
+    path = Path(out_dir) / FLOAT_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model)
+    return path, (f"float reference: {FLOAT_NAME}, the model with its custom ops rewritten (same outputs under "
+                  "XNNPACK; plain LiteRT cannot run the given one)")
 
 
 def capture_runner(settings: RunSettings) -> RunnerConfig:

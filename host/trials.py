@@ -143,8 +143,8 @@ class Trials:
         finally:
             self.ui.label = ""
         if not state.error:
-            if first:
-                self._float_benchmark = state.benchmarks["float"]
+            if first:  # None under --accuracy-only, which times nothing: then every trial is a first
+                self._float_benchmark = state.benchmarks.get("float")
             else:
                 state.benchmarks = {"float": self._float_benchmark, **state.benchmarks}
                 state.notes.append(REUSED_FLOAT_NOTE)

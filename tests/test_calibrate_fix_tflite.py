@@ -24,7 +24,8 @@ from fix_checks import (
 )
 from qbench.host.quantize.tflite import quantize_tflite, quantize_with_recipe
 
-METHODS = {"minmax": "min_max_uniform_quantize", "octav": "OCTAV", "mse": "MSE", "gptq": "GPTQ"}
+METHODS = {"minmax": "min_max_uniform_quantize", "extremes": "min_max_uniform_quantize",
+           "moving-average": "min_max_uniform_quantize", "octav": "OCTAV", "mse": "MSE", "gptq": "GPTQ"}
 SENSITIVE = "probs"  # the softmax output: the drop happens there, from its wide-range logits input
 
 
@@ -123,7 +124,11 @@ def test_calibrate_measures_every_ai_edge_quantizer_algorithm(calibrated, workdi
     rows = {row["method"]: row for row in report["calibration"]["methods"]}
     assert {m: r["algorithm"] for m, r in rows.items()} == METHODS  # all of them, by default, in this order
     assert list(rows) == list(METHODS) and printed["methods"] == report["calibration"]["methods"]
-    assert "one activation calibration" in report["calibration"]["note"]
+    assert "moving-average = ai-edge-quantizer's own" in report["calibration"]["note"]
+    assert "keeps no histograms" in report["calibration"]["note"]
+    assert {m: r["activation_ranges"] for m, r in rows.items()} == {
+        "minmax": "minmax", "extremes": "extremes", "moving-average": "moving-average", "octav": "minmax",
+        "mse": "minmax", "gptq": "minmax"}
     calibration = dict(np.load(workdir / "net-calib.npz"))
     for method, row in rows.items():
         own = load_report(out / method)
@@ -138,7 +143,7 @@ def test_calibrate_measures_every_ai_edge_quantizer_algorithm(calibrated, workdi
         # the same calibration samples for every method: quantizing here with the file gives the same bytes
         again = quantize_tflite(workdir / "net.tflite", workdir / f"again-{method}.tflite", calibration, method=method)
         assert sha(again.path) == row["sha256"]
-    # the algorithms really differ: they set the weights of this conv/fully connected net differently
+    # the methods really differ: ranges over samples, and how the algorithms set this net's weights
     assert len({row["sha256"] for row in rows.values()}) == len(METHODS)
     best = max(rows.values(), key=lambda r: (r["output_psnr_db"], -r["latency_int8_ms"]))
     assert report["calibration"]["winner"] == printed["winner"] == best["method"]
@@ -159,7 +164,7 @@ def _check_reproduces(settings: dict, final: Path, workdir: Path, name: str) -> 
                             int16=settings["int16"])
     assert sha(again.path) == sha(final)
     again = quantize_with_recipe(settings["float_path"], workdir / f"{name}-recipe.tflite", calibration,
-                                 settings["quantizer_recipe"])
+                                 settings["quantizer_recipe"], ranges=settings["ranges"])
     assert sha(again.path) == sha(final)
 
 
@@ -211,6 +216,10 @@ def test_fix_exits_3_when_the_budget_ends_before_the_target(workdir, agent_cache
 def test_calibrate_offers_only_ai_edge_quantizers_methods(workdir):
     proc = qbench("calibrate", "net.tflite", "--methods", "minmax,percentile", cwd=workdir)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "--methods: give distinct methods among minmax, octav, mse, gptq (for tflite models)" in proc.stderr
+    assert "TFLite calibration method 'percentile': ai-edge-quantizer keeps no histograms" in proc.stderr
+    proc = qbench("calibrate", "net.tflite", "--methods", "minmax,minmax", cwd=workdir)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert ("--methods: give distinct methods among minmax, extremes, moving-average, octav, mse, gptq "
+            "(for tflite models)") in proc.stderr
     proc = qbench("fix", "net.tflite", "--target-psnr", "30", "--activation-type", "uint8", cwd=workdir)
     assert proc.returncode == 1 and "int8 or int16" in proc.stderr and "Traceback" not in proc.stderr

@@ -8,6 +8,12 @@ No TensorFlow: :class:`Graph` assembles a model from the schema's object API. Th
   (float interface, QUANTIZE/DEQUANTIZE at the boundary, per-channel conv weights, int32 biases),
   optionally with renamed tensors.
 * int16-activation versions come from ai-edge-quantizer (``static_wi8_ai16``) in the tests.
+* :func:`transpose_conv_bias`: conv -> MediaPipe's custom ``Convolution2DTransposeBias`` (or
+  another custom op name), as in MediaPipe's selfie segmentation models.
+* :func:`argmax_unpool`: conv -> MediaPipe's custom MaxPoolingWithArgmax2D -> MaxUnpooling2D -> conv,
+  as in MediaPipe's older hair segmentation model (only XNNPACK runs those two ops).
+* :func:`sparse_conv`: conv whose float16 weights are stored sparse behind DENSIFY and DEQUANTIZE,
+  as in MediaPipe's sparse face and pose detectors.
 """
 
 from __future__ import annotations
@@ -91,6 +97,19 @@ class Graph:
         if options is not None:
             operator.builtinOptionsType = getattr(fb.BuiltinOptions, type(options).__name__[:-1])
             operator.builtinOptions = options
+        self.operators.append(operator)
+
+    def custom_op(self, name: str, inputs: list[int], outputs: list[int], options: bytes) -> None:
+        """Adds a custom operator ``name`` with raw ``options`` (custom_options bytes)."""
+        opcode = fb.OperatorCodeT()
+        opcode.builtinCode = opcode.deprecatedBuiltinCode = fb.BuiltinOperator.CUSTOM
+        opcode.customCode = name
+        opcode.version = 1
+        self.opcodes.append(opcode)
+        operator = fb.OperatorT()
+        operator.opcodeIndex = len(self.opcodes) - 1
+        operator.inputs, operator.outputs = list(inputs), list(outputs)
+        operator.customOptions = np.frombuffer(options, dtype=np.uint8)
         self.operators.append(operator)
 
     def to_bytes(self, inputs: list[int], outputs: list[int], signature: str | None = "serving_default") -> bytes:
@@ -325,6 +344,118 @@ def int8_convnet(
     probs = g.tensor("probs", (1, CLASSES))
     g.op(B.DEQUANTIZE, [probs_q], [probs])
     return g.to_bytes([x], [probs], signature)
+
+
+#: the transposed convolution of :func:`transpose_conv_bias`: (1, 4, 4, CHANNELS) -> (1, 8, 8, 3)
+TRANSPOSE_KERNEL, TRANSPOSE_STRIDE, TRANSPOSE_OUT = 2, 2, 3
+
+
+def transpose_conv_weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """OHWI weights and bias of :func:`transpose_conv_bias`'s custom op."""
+    rng = np.random.default_rng(seed + 7)
+    k = TRANSPOSE_KERNEL
+    return (rng.normal(scale=0.5, size=(TRANSPOSE_OUT, k, k, CHANNELS)).astype(np.float32),
+            rng.normal(scale=0.1, size=TRANSPOSE_OUT).astype(np.float32))
+
+
+def transpose_conv_bias(custom: str = "Convolution2DTransposeBias", fp16_weights: bool = True) -> bytes:
+    """``input`` (1, 4, 4, 3) -> CONV_2D+RELU ``conv1`` -> custom ``up`` (1, 8, 8, 3); no signature def.
+
+    The custom op's options are MediaPipe's TfLiteTransposeConvParams: padding SAME (1), stride 2, 2.
+    """
+    w = convnet_weights()
+    g = Graph(fp16_weights=fp16_weights)
+    x = g.tensor("input", (1, 4, 4, 3))
+    conv1 = g.tensor("conv1", (1, 4, 4, CHANNELS))
+    g.op(fb.BuiltinOperator.CONV_2D, [x, g.const("conv1/weights", w["conv1/weights"]),
+                                      g.const("conv1/bias", w["conv1/bias"])], [conv1], _conv_options())
+    kernel, bias = transpose_conv_weights()
+    up = g.tensor("up", (1, 8, 8, TRANSPOSE_OUT))
+    options = np.array([1, TRANSPOSE_STRIDE, TRANSPOSE_STRIDE], dtype="<i4").tobytes()
+    g.custom_op(custom, [conv1, g.const("up/kernel", kernel), g.const("up/bias", bias)], [up], options)
+    return g.to_bytes([x], [up], signature=None)
+
+
+def transposed_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int) -> np.ndarray:
+    """NHWC transposed convolution, OHWI kernel, no padding (kernel size == stride): the known answer."""
+    n, h, w, _ = x.shape
+    o, k, _, _ = kernel.shape
+    out = np.zeros((n, h * stride + k - stride, w * stride + k - stride, o))
+    for i in range(h):
+        for j in range(w):
+            out[:, i * stride:i * stride + k, j * stride:j * stride + k, :] += np.einsum(
+                "nc,oyxc->nyxo", x[:, i, j, :], kernel)
+    return out + bias
+
+
+def argmax_unpool() -> bytes:
+    """``input`` (1, 8, 8, 3) -> CONV_2D ``conv1`` -> MaxPoolingWithArgmax2D ``pool``, ``pool/indices``
+    (float, as MediaPipe's) -> MaxUnpooling2D ``unpool`` -> CONV_2D 1x1 ``y``; no signature def.
+
+    Both custom ops read TfLitePoolParams: padding VALID (2), stride 2, 2, filter 2, 2, no activation.
+    """
+    w = convnet_weights()
+    g = Graph()
+    x = g.tensor("input", INPUT_SHAPE)
+    conv1 = g.tensor("conv1", (1, 8, 8, CHANNELS))
+    g.op(fb.BuiltinOperator.CONV_2D, [x, g.const("conv1/weights", w["conv1/weights"]),
+                                      g.const("conv1/bias", w["conv1/bias"])], [conv1], _conv_options())
+    pooled, indices = g.tensor("pool", (1, 4, 4, CHANNELS)), g.tensor("pool/indices", (1, 4, 4, CHANNELS))
+    options = np.array([2, 2, 2, 2, 2, 0, 0, 0, 0, 0], dtype="<i4").tobytes()
+    g.custom_op("MaxPoolingWithArgmax2D", [conv1], [pooled, indices], options)
+    up = g.tensor("unpool", (1, 8, 8, CHANNELS))
+    g.custom_op("MaxUnpooling2D", [pooled, indices], [up], options)
+    y = g.tensor("y", (1, 8, 8, CHANNELS))
+    mix = np.random.default_rng(0).normal(size=(CHANNELS, 1, 1, CHANNELS)).astype(np.float32)
+    g.op(fb.BuiltinOperator.CONV_2D, [up, g.const("y/weights", mix), g.const("y/bias", w["conv1/bias"])], [y],
+         _conv_options())
+    return g.to_bytes([x], [y], signature=None)
+
+
+def sparse_conv(seed: int = 0) -> tuple[bytes, np.ndarray]:
+    """``input`` (1, 8, 8, 3) -> CONV_2D 1x1 ``conv`` (1, 8, 8, 4), weights sparse float16 -> DENSIFY -> DEQUANTIZE.
+
+    The weights (4, 1, 1, 3) keep half their values (the rest zero), stored CSR over the last axis.
+
+    Returns:
+        The model and its dense float32 weights (OHWI).
+    """
+    rng = np.random.default_rng(seed + 11)
+    dense = rng.normal(size=(CHANNELS, 1, 1, 3)).astype(np.float16)
+    dense[rng.uniform(size=dense.shape) < 0.5] = 0
+    rows = dense.reshape(CHANNELS, 3)
+    sparsity = fb.SparsityParametersT()
+    sparsity.traversalOrder = [0, 1, 2, 3]
+    sparsity.dimMetadata = [_dense_dim(CHANNELS), _dense_dim(1), _dense_dim(1), _csr_dim(rows)]
+    g = Graph()
+    x = g.tensor("input", INPUT_SHAPE)
+    packed = g.tensor("conv/weights_sparse", dense.shape, np.float16, rows[rows != 0])
+    g.tensors[packed].sparsity = sparsity
+    half = g.tensor("conv/weights_fp16", dense.shape, np.float16)
+    g.op(fb.BuiltinOperator.DENSIFY, [packed], [half])
+    weights = g.tensor("conv/weights", dense.shape)
+    g.op(fb.BuiltinOperator.DEQUANTIZE, [half], [weights])
+    out = g.tensor("conv", (1, 8, 8, CHANNELS))
+    bias = g.const("conv/bias", np.linspace(-0.1, 0.1, CHANNELS, dtype=np.float32))
+    g.op(fb.BuiltinOperator.CONV_2D, [x, weights, bias], [out], _conv_options())
+    return g.to_bytes([x], [out], signature=None), dense.astype(np.float32)
+
+
+def _dense_dim(size: int) -> fb.DimensionMetadataT:
+    d = fb.DimensionMetadataT()
+    d.format, d.denseSize = fb.DimensionType.DENSE, size
+    return d
+
+
+def _csr_dim(rows: np.ndarray) -> fb.DimensionMetadataT:
+    d = fb.DimensionMetadataT()
+    d.format = fb.DimensionType.SPARSE_CSR
+    segments, indices = fb.Int32VectorT(), fb.Int32VectorT()
+    segments.values = [0, *np.cumsum((rows != 0).sum(axis=1)).tolist()]
+    indices.values = [int(j) for row in rows for j in np.flatnonzero(row)]
+    d.arraySegmentsType = d.arrayIndicesType = fb.SparseIndexVector.Int32Vector
+    d.arraySegments, d.arrayIndices = segments, indices
+    return d
 
 
 def write_models(directory: Path) -> dict[str, Path]:

@@ -14,6 +14,7 @@ from ..calibrate import calibrate as compare_methods
 from ..errors import UserError
 from ..quantize.onnx import METHODS
 from ..quantize.tflite import METHODS as TFLITE_METHODS
+from ..quantize.tflite import check_method as check_tflite_method
 from .main import app
 from .options import RunOptions, with_run_options
 from .tuning import finish, fmt, fmt_psnr, start_trials
@@ -52,6 +53,9 @@ def _methods(given: str | None, offered: tuple[str, ...], model_format: str) -> 
     if given is None:
         return list(offered)
     chosen = [m.strip() for m in given.split(",") if m.strip()]
+    if model_format == "tflite":
+        for m in chosen:
+            check_tflite_method(m)  # one line on what ai-edge-quantizer cannot do
     if any(m not in offered for m in chosen) or not chosen or len(set(chosen)) != len(chosen):
         raise UserError(f"--methods: give distinct methods among {', '.join(offered)} (for {model_format} models), "
                         f"got {given!r}")

@@ -29,10 +29,13 @@ from ..report.artifacts import write_artifacts
 from ..report import json_text
 from ..report.build import build_report, write_json
 from ..session import RunSettings, RunState
+from ..quantize.tflite import METHODS as TFLITE_METHODS
 from ..session_tflite import ACCELERATORS, delegate_fields
 from ..store.db import ResultsStore
 
 METHODS = ("minmax", "entropy", "percentile", "distribution")
+#: every format's methods; each format checks its own when it quantizes
+ALL_METHODS = (*METHODS, *(m for m in TFLITE_METHODS if m not in METHODS))
 ACTIVATION_TYPES = ("int8", "uint8", "int16")
 
 
@@ -53,7 +56,7 @@ class RunOptions:
     samples: Annotated[int, typer.Option(
         "--samples", min=1, help="random evaluation samples when --data is not given")] = 4
     calibration_method: Annotated[str, typer.Option(
-        "--calibration-method", help="|".join(METHODS))] = "minmax"
+        "--calibration-method", help=f"ONNX: {'|'.join(METHODS)}; TFLite: {'|'.join(TFLITE_METHODS)}")] = "minmax"
     activation_type: Annotated[str, typer.Option(
         "--activation-type", help="int8 | uint8 (ONNX) | int16 (TFLite)")] = "int8"
     equalize: Annotated[bool, typer.Option(
@@ -111,8 +114,8 @@ class RunOptions:
 
     def validate(self) -> None:
         """Raises UserError for values typer cannot check by itself."""
-        if self.calibration_method not in METHODS:
-            raise UserError(f"--calibration-method must be one of {', '.join(METHODS)}, "
+        if self.calibration_method not in ALL_METHODS:
+            raise UserError(f"--calibration-method must be one of {', '.join(ALL_METHODS)}, "
                             f"not {self.calibration_method!r}")
         if self.activation_type not in ACTIVATION_TYPES:
             raise UserError(f"--activation-type must be {', '.join(ACTIVATION_TYPES[:-1])} or {ACTIVATION_TYPES[-1]}, "

@@ -1,14 +1,18 @@
 """Quantizes a float .tflite with ai-edge-quantizer (static int8, or int16 activations).
 
-Published float models trip ai-edge-quantizer in three ways, which :func:`prepare_tflite` fixes
+Published float models trip ai-edge-quantizer in several ways, which :func:`prepare_tflite` fixes
 with the flatbuffer schema that ships with ai-edge-litert (no TensorFlow):
 
 * no signature def (the quantizer calibrates through one): ``serving_default`` is added for
   subgraph 0, its inputs and outputs named after their tensors;
 * operator codes of the old schema, where only ``deprecated_builtin_code`` is set: the quantizer
   reads ``builtin_code`` (0, ADD) and quantizes every op as an ADD;
-* float16 weights behind DEQUANTIZE ops (e.g. MediaPipe models): the quantizer takes the
-  DEQUANTIZE outputs for activations; they are folded into float32 constants.
+* MediaPipe's ``Convolution2DTransposeBias`` custom op, sparse weights behind DENSIFY, float16
+  weights behind DEQUANTIZE: rewritten into builtins and constants (:mod:`.tflite_rewrite`).
+
+A float model that LiteRT cannot load (a custom op no builtin replaces, such as MediaPipe's
+``TransformTensorBilinear``) is refused with the ops named; an int8 model LiteRT cannot load or
+run is refused with the op and its kernel's reason, and kept on disk for inspection.
 
 Tensor names are kept, so float and int8 layers still match by name.
 """
@@ -24,13 +28,27 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from qbench.host.errors import UserError
+from qbench.host.quantize import tflite_checks as checks
+from qbench.host.quantize import tflite_ranges
+from qbench.host.quantize import tflite_rewrite as rewrite
 from qbench.host.quantize.quiet import quiet_runtime
 
 #: recipes of ai_edge_quantizer.recipe offered here (int8 weights) -> their activation bits
 RECIPES = {"static_wi8_ai8": 8, "static_wi8_ai16": 16}
-#: calibration methods -> ai-edge-quantizer algorithms usable for static int8. All of them calibrate
-#: activations the same way (moving-average min/max); they differ in how weight ranges are chosen.
-METHODS = {"minmax": "min_max_uniform_quantize", "octav": "OCTAV", "mse": "MSE", "gptq": "GPTQ"}
+#: calibration methods -> (ai-edge-quantizer algorithm, activation ranges: see :mod:`.tflite_ranges`).
+#: The algorithm sets the weight ranges (OCTAV, MSE: clipping searches; GPTQ: error-compensating
+#: rounding), and the activation ranges of ops that have their own (none of those offered here).
+METHODS = {
+    "minmax": ("min_max_uniform_quantize", "minmax"),
+    "extremes": ("min_max_uniform_quantize", "extremes"),
+    "moving-average": ("min_max_uniform_quantize", "moving-average"),
+    "octav": ("OCTAV", "minmax"),
+    "mse": ("MSE", "minmax"),
+    "gptq": ("GPTQ", "minmax"),
+}
+#: what ai-edge-quantizer cannot do that ONNX calibration methods ask for
+NO_HISTOGRAMS = ("ai-edge-quantizer keeps no histograms of activations (no entropy, percentile or distribution "
+                 "calibration): its activation ranges are min/max")
 SIGNATURE_KEY = "serving_default"
 
 PathLike = Union[str, Path]
@@ -45,47 +63,76 @@ class PreparedTFLite:
         signature_key: the signature def of subgraph 0.
         signature_inputs: input tensor name -> the signature's name for it.
         notes: what was changed, one sentence each, for the user.
+        rewritten_from: the user's model when custom ops were rewritten (LiteRT runs it only
+            with XNNPACK): ``model`` is then the float reference to compare against; else None.
+        xnnpack_ops: custom ops left in the model, which only XNNPACK runs (MediaPipe's
+            MaxPoolingWithArgmax2D, MaxUnpooling2D): the quantizer keeps them in float, and the
+            int8 model, like the float one, loads only with XNNPACK.
     """
 
     model: bytes
     signature_key: str
     signature_inputs: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    rewritten_from: bytes | None = None
+    xnnpack_ops: list[str] = field(default_factory=list)
 
 
 @dataclass
 class QuantizedTFLite:
+    """A quantized model on disk.
+
+    Attributes:
+        path: the int8 model.
+        notes: what :func:`prepare_tflite` changed.
+        float_model: the float reference to compare against when the user's needs XNNPACK (see
+            :attr:`PreparedTFLite.rewritten_from`), checked against it; else None.
+    """
+
     path: Path
     notes: list[str] = field(default_factory=list)
+    float_model: bytes | None = None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
+    """Fixes what keeps ai-edge-quantizer from quantizing ``model`` correctly (see the module doc).
 
-
-def prepare_tflite(model: bytes) -> PreparedTFLite:
-    """Fixes what keeps ai-edge-quantizer from quantizing ``model`` correctly (see the module doc)."""
+    Raises:
+        UserError: not a TFLite model, or one LiteRT cannot load (the custom ops it lacks named).
+    """
     from ai_edge_litert import schema_py_generated as fb
     from ai_edge_litert.tools import flatbuffer_utils
 
     if model[4:8] != b"TFL3":
         raise UserError("not a TFLite model (no TFL3 identifier)")
+    original = model
     try:
         obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     except Exception as exc:  # the flatbuffer reader raises whatever its parsing hits
-        raise UserError(f"not a readable TFLite model: {_first_line(exc)}") from exc
+        raise UserError(f"not a readable TFLite model: {checks.first_line(exc)}") from exc
     notes = []
     old_codes = [c for c in obj.operatorCodes or [] if c.deprecatedBuiltinCode > c.builtinCode]
     for code in old_codes:
         code.builtinCode = code.deprecatedBuiltinCode
     if old_codes:
         notes.append(f"{len(old_codes)} operator code(s) of the old schema given their builtin_code")
-    folded = _fold_fp16_weights(obj, fb)
+    rewritten = rewrite.rewrite_custom_ops(obj, fb)
+    for op, count in rewritten.items():
+        notes.append(f"{count} MediaPipe custom op(s) {op} rewritten as builtin {rewrite.REPLACEABLE[op]} with bias "
+                     "(plain LiteRT has no kernel for it)")
+    xnnpack_ops = rewrite.custom_ops(obj, fb)
+    checks.check_float_loads(model, name, xnnpack_ops)
+    if xnnpack_ops:
+        notes.append(f"custom op(s) {', '.join(xnnpack_ops)} kept in float: only XNNPACK (LiteRT's default delegate) "
+                     "runs them, so neither model loads with --delegate none")
+    densified = rewrite.densify_weights(obj, fb, bytes(flatbuffer_utils.convert_object_to_bytearray(obj)))
+    if densified:
+        notes.append(f"{densified} sparse weight(s) behind DENSIFY densified into constants")
+    folded = rewrite.fold_fp16_weights(obj, fb)
     if folded:
         notes.append(f"{folded} float16 weight(s) behind DEQUANTIZE folded into float32 constants")
     subgraph = obj.subgraphs[0]
-    names = [_text(t.name) for t in subgraph.tensors]
+    names = [rewrite.text(t.name) for t in subgraph.tensors]
     sig = next((s for s in obj.signatureDefs or [] if s.subgraphIndex == 0), None)
     if sig is None:
         sig = fb.SignatureDefT()
@@ -95,40 +142,11 @@ def prepare_tflite(model: bytes) -> PreparedTFLite:
         sig.outputs = _tensor_maps(fb, names, list(subgraph.outputs), "output")
         obj.signatureDefs = [*(obj.signatureDefs or []), sig]
         notes.append(f"signature def {SIGNATURE_KEY!r} added (the model has none)")
-    by_tensor = {names[m.tensorIndex]: _text(m.name) for m in sig.inputs or []}
+    by_tensor = {names[m.tensorIndex]: rewrite.text(m.name) for m in sig.inputs or []}
     if notes:
         model = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
-    return PreparedTFLite(model, _text(sig.signatureKey), by_tensor, notes)
-
-
-def _fold_fp16_weights(obj, fb) -> int:
-    """Replaces DEQUANTIZE(float16 constant) by a float32 constant; returns how many were folded."""
-    codes = obj.operatorCodes or []
-    folded = 0
-    for subgraph in obj.subgraphs:
-        kept = []
-        for op in subgraph.operators or []:
-            source = subgraph.tensors[op.inputs[0]] if op.inputs else None
-            if (
-                codes[op.opcodeIndex].builtinCode == fb.BuiltinOperator.DEQUANTIZE
-                and source is not None
-                and source.type == fb.TensorType.FLOAT16
-                and obj.buffers[source.buffer].data is not None
-            ):
-                values = np.frombuffer(bytes(obj.buffers[source.buffer].data), dtype="<f2").astype("<f4")
-                buffer = fb.BufferT()
-                buffer.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
-                obj.buffers.append(buffer)
-                subgraph.tensors[op.outputs[0]].buffer = len(obj.buffers) - 1
-                folded += 1
-            else:
-                kept.append(op)
-        subgraph.operators = kept
-    return folded
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
+    return PreparedTFLite(model, rewrite.text(sig.signatureKey), by_tensor, notes, original if rewritten else None,
+                          xnnpack_ops)
 
 
 def _tensor_maps(fb, names: list[str], indices: list[int], kind: str) -> list:
@@ -179,18 +197,28 @@ def tflite_recipe(
     """
     if recipe not in RECIPES:
         raise UserError(f"unknown TFLite recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    if method not in METHODS:
-        raise UserError(f"TFLite calibration method {method!r} is not one of {', '.join(METHODS)}")
+    check_method(method)
     algorithm_manager, qtyping, _, recipe_manager = _quantizer_modules()
     manager = recipe_manager.RecipeManager()
-    _add_static(manager, ".*", RECIPES[recipe], METHODS[method])
+    algorithm = METHODS[method][0]
+    _add_static(manager, ".*", RECIPES[recipe], algorithm)
     for name in int16:
-        _add_static(manager, _scope_regex(name), 16, METHODS[method])
+        _add_static(manager, _scope_regex(name), 16, algorithm)
     for name in keep_float:
         manager.add_quantization_config(_scope_regex(name), qtyping.TFLOperationName.ALL_SUPPORTED, None,
                                         algorithm_manager.AlgorithmName.NO_QUANTIZE)
     # the quantizer's enums are str subclasses: the JSON form is what a recipe file holds, and loads the same
     return json.loads(json.dumps(manager.get_quantization_recipe()))
+
+
+def check_method(method: str) -> None:
+    """Raises UserError, in one line, for a calibration method ai-edge-quantizer does not have."""
+    if method in METHODS:
+        return
+    known = f"TFLite calibration methods: {', '.join(METHODS)}"
+    if method in ("entropy", "percentile", "distribution"):
+        raise UserError(f"TFLite calibration method {method!r}: {NO_HISTOGRAMS}; {known}")
+    raise UserError(f"TFLite calibration method {method!r} is not one of {', '.join(METHODS)}")
 
 
 def _add_static(manager, regex: str, activation_bits: int, algorithm: str) -> None:
@@ -228,10 +256,8 @@ def quantize_tflite(
 ) -> QuantizedTFLite:
     """Quantizes ``float_model`` into ``output`` with static (calibrated) quantization.
 
-    ai-edge-quantizer's calibration keeps a moving average (factor 0.95) of each tensor's per-sample
-    min and max, not the overall extremes: with few samples the first ones weigh most, and the
-    largest activations of other inputs may clip. It is the only activation calibration it has:
-    ``method`` chooses how weight ranges are set (:data:`METHODS`).
+    ``method`` (:data:`METHODS`) sets both how activation ranges accumulate over the calibration
+    samples (:mod:`.tflite_ranges`) and the ai-edge-quantizer algorithm that sets weight ranges.
 
     Args:
         float_model: a float .tflite, with or without a signature def (see :func:`prepare_tflite`).
@@ -247,67 +273,73 @@ def quantize_tflite(
             (requantize) where int8 and int16 tensors meet.
 
     Returns:
-        The written path and what :func:`prepare_tflite` changed before quantizing.
+        The written path, what :func:`prepare_tflite` changed before quantizing, and the float
+        reference when the user's float model needs XNNPACK.
 
     Raises:
         UserError: unknown recipe or method, calibration that does not fit the inputs, unknown
-            keep_float or int16 names, the quantizer failing on the model, or a result LiteRT cannot load.
+            keep_float or int16 names, a float model LiteRT cannot load, the quantizer failing on
+            the model, or a result LiteRT cannot load or run (then kept at ``output``).
     """
     ops = tflite_recipe(recipe, method, keep_float, int16)
-    prepared = prepare_tflite(Path(float_model).read_bytes())
+    prepared = prepare_tflite(Path(float_model).read_bytes(), Path(float_model).name)
     names = _op_output_names(prepared.model)
     for option, given in (("keep_float", keep_float), ("int16", int16)):
         unknown = [n for n in given if n not in names]
         if unknown:
             raise UserError(f"{option}: no op of the model outputs {unknown}")
-    return _quantize(prepared, Path(float_model).name, output, calibration, ops, debug)
+    return _quantize(prepared, Path(float_model).name, output, calibration, ops, METHODS[method][1], debug)
 
 
 def quantize_with_recipe(
     float_model: PathLike, output: PathLike, calibration: Mapping[str, np.ndarray], recipe: list[dict],
-    debug: bool = False,
+    debug: bool = False, ranges: str = "minmax",
 ) -> QuantizedTFLite:
     """Quantizes ``float_model`` with an ai-edge-quantizer recipe (as :func:`tflite_recipe` makes).
 
-    Args and errors as :func:`quantize_tflite`; ``recipe`` is the quantizer's recipe, JSON form.
+    Args and errors as :func:`quantize_tflite`; ``recipe`` is the quantizer's recipe, JSON form,
+    ``ranges`` one of :data:`~.tflite_ranges.RANGES`.
     """
-    prepared = prepare_tflite(Path(float_model).read_bytes())
-    return _quantize(prepared, Path(float_model).name, output, calibration, recipe, debug)
+    prepared = prepare_tflite(Path(float_model).read_bytes(), Path(float_model).name)
+    return _quantize(prepared, Path(float_model).name, output, calibration, recipe, ranges, debug)
+
+
+#: how far (share of the output's peak) a rewritten float model may be from the user's
+REWRITE_TOLERANCE = 1e-5
+
+
+def _check_rewrite(prepared: PreparedTFLite, sample: Mapping[str, np.ndarray], name: str) -> None:
+    """Checks a model whose custom ops were rewritten against the user's, on one calibration sample."""
+    diff = rewrite.max_output_difference(prepared.rewritten_from, prepared.model, sample)
+    if diff > REWRITE_TOLERANCE:
+        raise UserError(f"rewriting the custom ops of {name} changed its outputs by {diff:.2g} of their peak")
 
 
 def _quantize(
     prepared: PreparedTFLite, name: str, output: PathLike, calibration: Mapping[str, np.ndarray],
-    recipe: list[dict], debug: bool,
+    recipe: list[dict], ranges: str, debug: bool,
 ) -> QuantizedTFLite:
     _, _, quantizer, _ = _quantizer_modules()
+    if ranges not in tflite_ranges.RANGES:
+        raise UserError(f"activation ranges {ranges!r} are not one of {', '.join(tflite_ranges.RANGES)}")
     model = prepared.model
     samples = _calibration_samples(model, calibration, prepared.signature_inputs)
+    first = {k: np.asarray(v)[0] for k, v in calibration.items()}
+    if prepared.rewritten_from is not None:
+        _check_rewrite(prepared, first, name)
     try:
         with quiet_runtime(debug):
-            q = quantizer.Quantizer(bytearray(model), recipe)
-            result = q.quantize(q.calibrate({prepared.signature_key: samples}), enable_progress_report=False)
+            qsvs = tflite_ranges.calibrate(model, recipe, prepared.signature_key, samples, ranges)
+            result = quantizer.Quantizer(bytearray(model), recipe).quantize(qsvs, enable_progress_report=False)
     except Exception as exc:  # noqa: BLE001 - the quantizer fails with whatever its code hits on a model
-        raise UserError(f"ai-edge-quantizer failed on {name}: {_first_line(exc)}") from exc
+        raise UserError(f"ai-edge-quantizer failed on {name}: {checks.first_line(exc)}") from exc
     quantized = bytes(result.quantized_model)
-    _check_loads(quantized, name)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(quantized)
-    return QuantizedTFLite(out, prepared.notes)
-
-
-def _check_loads(model: bytes, name: str) -> None:
-    """Catches a quantized model LiteRT refuses here rather than on the device."""
-    from ai_edge_litert import interpreter as tfl
-
-    try:
-        tfl.Interpreter(
-            model_content=model, experimental_op_resolver_type=tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        ).allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise UserError(
-            f"ai-edge-quantizer made a model of {name} that LiteRT cannot load: {_first_line(exc)}"
-        ) from exc
+    out.write_bytes(quantized)  # before the checks: a model LiteRT refuses stays there to inspect
+    checks.check_scales(quantized, name, out)
+    checks.check_loads(quantized, name, out, first, xnnpack=bool(prepared.xnnpack_ops))
+    return QuantizedTFLite(out, prepared.notes, model if prepared.rewritten_from is not None else None)
 
 
 def _calibration_samples(
@@ -329,6 +361,9 @@ def _calibration_samples(
         if len(got) != len(want) or any(w >= 0 and w != g for w, g in zip(want, got)):
             raise UserError(f"calibration input {name!r}: samples of shape {got} do not fit the model's {want}")
     arrays = {name: np.asarray(arr, dtype=expected[name]["dtype"]) for name, arr in calibration.items()}
+    for name, arr in arrays.items():
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise UserError(f"calibration input {name!r} holds NaN or inf: LiteRT cannot quantize ranges that are not finite")
     count = next(iter(counts.values()))
     return [{signature_names[name]: arrays[name][i] for name in arrays} for i in range(count)]
 
@@ -340,5 +375,5 @@ def _op_output_names(model: bytes) -> set[str]:
     names = set()
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)
-        names.update(_text(sg.Tensors(t).Name()) for t in op.OutputsAsNumpy() if t >= 0)
+        names.update(rewrite.text(sg.Tensors(t).Name()) for t in op.OutputsAsNumpy() if t >= 0)
     return names
