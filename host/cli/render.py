@@ -12,6 +12,9 @@ from ..report import delegation
 from ..session import UI
 
 
+_VERDICT_STYLE = {"ok": "[green]ok[/]", "degraded": "[yellow]degraded[/]", "broken": "[bold red]broken[/]"}
+
+
 def _db(value: float | None, exact: bool = False) -> str:
     if value is None:
         return "exact" if exact else "n/a"
@@ -45,8 +48,15 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             value = "identical" if out.get("exact") else f"{out.get('mismatches')} of {out.get('elements')} differ"
         else:
             value = _db(out.get("psnr_db"), out.get("exact", False))
-        table.add_row(f"output {out['name']}", "", "", f"PSNR {value}")
+            if out.get("sqnr_db") is not None:
+                value += f" · SQNR {_db(out['sqnr_db'])}"
+        if out.get("verdict"):
+            value += f" · {_VERDICT_STYLE[out['verdict']]}"
+        table.add_row(f"output {out['name']}", "", "", f"PSNR {value}" if out.get("kind") != "exact" else value)
     console.print(table)
+    for out in report.get("outputs", []):
+        for reason in out.get("reasons") or []:
+            console.print(f"  output {out['name']}: {reason}", markup=False)
     for line in delegation.summary_lines(report):
         console.print(line, markup=False)
     layers = report.get("layers", [])
@@ -63,10 +73,11 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         console.print(worst)
     drops = summary.get("drops", [])
     if drops:
-        console.print(f"[bold red]sudden drops[/] (PSNR falls > {report['settings'].get('drop_db')} dB below its inputs):")
+        console.print(f"[bold red]sudden drops[/] (SQNR falls > {report['settings'].get('drop_db')} dB below its inputs'):")
         for name in drops:
             x = by_name[name]
-            console.print(f"  #{x['index']} {name} ({x['op_type']}): {_db(x['psnr_db'])}, -{x['drop_db']:.1f} dB")
+            console.print(f"  #{x['index']} {name} ({x['op_type']}): PSNR {_db(x['psnr_db'])}, "
+                          f"SQNR {_db(x.get('sqnr_db'))} (-{x['drop_db']:.1f} dB)")
     elif layers:
         console.print("no sudden drops")
     _render_sensitive(report, console)
@@ -86,10 +97,11 @@ def _render_sensitive(report: dict[str, Any], console: Console) -> None:
     if not ranked:
         return
     table = Table(title="sensitive layers (score: dB the layer adds itself)", header_style="bold")
-    for col in ("layer", "op", "score", "why"):
-        table.add_column(col, justify="right" if col == "score" else "left")
+    for col in ("layer", "op", "PSNR", "SQNR", "score", "why"):
+        table.add_column(col, justify="left" if col in ("layer", "op", "why") else "right")
     for x in ranked[: max(report.get("settings", {}).get("worst", 5), 1)]:
-        table.add_row(x["name"], x["op_type"] or "", f"{x['score']:.1f}", "; ".join(x["reasons"]))
+        table.add_row(x["name"], x["op_type"] or "", _db(x.get("psnr_db")), _db(x.get("sqnr_db")), f"{x['score']:.1f}",
+                      "; ".join(x["reasons"]))
     console.print(table)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from qbench.protocols.messages import to_dict
 
 from .. import __version__
-from ..compare import metrics
+from ..compare import metrics, verdicts
 from ..session import RunState
 from .profile import profile_section
 from . import delegation, json_text
@@ -78,7 +78,9 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
     outputs = []
     for out, st in zip(m.outputs, stats[len(m.layers):]):
         fig = metrics.exact_figures(st) if out.pair.exact else {"kind": "float", **metrics.figures(st)}
-        outputs.append({"name": out.name, **fig})
+        entry = {"name": out.name, **fig, **verdicts.structure_figures(st.structure)}
+        entry["verdict"], entry["reasons"] = verdicts.judge(entry)
+        outputs.append(entry)
     report["layers"] = layers
     report["outputs"] = outputs
     report["unmatched"] = [vars(u) for u in m.unmatched]
@@ -94,6 +96,8 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
     report["summary"] = {
         "output_psnr_db": min(psnrs) if psnrs else None,
         "outputs_exact": bool(float_outs) and all(o.get("exact") for o in float_outs),
+        "verdict": verdicts.worst(o["verdict"] for o in outputs),
+        "top1_agreement": min((a for a in map(verdicts.agreement, outputs) if a is not None), default=None),
         "speedup": report.get("latency", {}).get("speedup"),
         "memory_ratio": report.get("memory", {}).get("ratio"),
         "worst_layers": [x["name"] for x in ranked[: state.settings.worst]],

@@ -203,8 +203,10 @@ def _outputs_table(outputs: Sequence[Mapping[str, Any]]) -> str:
         else:
             verdict = "exact" if o.get("exact") else ""
         rows.append((o.get("name"), o.get("kind", "float"), num_cell(o.get("psnr_db")), num_cell(o.get("sqnr_db")),
-                     num_cell(o.get("mse"), 4), num_cell(o.get("max_abs_error"), 4), verdict))
-    return table(("output", "kind", "PSNR dB", "SQNR dB", "MSE", "max abs error", "exact"), rows)
+                     num_cell(o.get("mse"), 4), num_cell(o.get("max_abs_error"), 4), verdict,
+                     o.get("verdict") or "", "; ".join(o.get("reasons") or [])))
+    return table(("output", "kind", "PSNR dB", "SQNR dB", "MSE", "max abs error", "exact", "verdict", "why"), rows,
+                 wrap=True)
 
 
 def _latency_table(latency: Mapping[str, Any]) -> str:
