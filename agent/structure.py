@@ -4,7 +4,7 @@ A model output can score a fine PSNR and still be useless: the class scores of a
 share one int8 scale with its boxes round to 0; a CTC recognizer's int8 argmax can be blank
 everywhere. The host judges that from the numbers reduced here (it never gets the tensors):
 
-- per slice, along every axis of 2..``slice_max`` entries: count, Σ(f − q)², Σf², max|f|,
+- per slice, along every axis of 2..``slice_max`` entries but the class axis: count, Σ(f − q)², Σf², max|f|,
   min/max of f and of q
 - along ``class_axis``: at how many positions the int8 argmax equals the float argmax (top-1), and
   at how many the float argmax is among the int8 model's ``top_k`` largest (top-k)
@@ -55,7 +55,8 @@ class StructureAccumulator:
                 self._classes(f64, q64, axis)
 
     def _slices(self, f: np.ndarray, q: np.ndarray) -> None:
-        axes = [a for a in range(f.ndim) if 2 <= f.shape[a] <= self.req.slice_max]
+        classes = None if self.req.class_axis is None or not f.ndim else self.req.class_axis % f.ndim
+        axes = [a for a in range(f.ndim) if 2 <= f.shape[a] <= self.req.slice_max and a != classes]
         if not self.s.slices:
             self.s.slices = [_empty_slices(a, f.shape[a]) for a in axes]
         for acc in self.s.slices:

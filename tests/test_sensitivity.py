@@ -57,15 +57,20 @@ def test_a_layer_no_worse_than_its_inputs_scores_nothing():
     assert rank_sensitive(layers) == []
 
 
-def test_own_error_buried_under_the_inputs_noise_does_not_score():
+def test_a_fall_through_an_op_with_no_error_of_its_own_scores_nothing():
+    """A squashing op (no weights, no clipping, local SQNR far above its inputs') is not where error is made."""
     layers = [
         _layer("noisy", sqnr_db=6.0, local_sqnr_db=30.0),
         _layer("pool", op_type="GlobalAveragePool", parents=["noisy"], sqnr_db=4.0, local_sqnr_db=19.0,
                crest_db=3.0, drop_db=2.0),
+        _layer("conv", op_type="Conv", parents=["noisy"], sqnr_db=4.0, local_sqnr_db=19.0, crest_db=3.0,
+               drop_db=2.0),
     ]
     ranked = {x["name"]: x for x in rank_sensitive(layers)}
-    assert ranked["pool"]["score"] == pytest.approx(2.0)  # the drop only: local 19 dB is above the input's 6 dB
-    assert _reasons(ranked["pool"]) == ["drop"]
+    assert ranked["pool"]["score"] == 0
+    assert _reasons(ranked["pool"]) == ["squashed", "error from upstream"]
+    assert ranked["conv"]["score"] == pytest.approx(2.0)  # its weights are its own: the drop counts
+    assert _reasons(ranked["conv"]) == ["drop"]  # its local 19 dB is buried under the input's 6 dB
 
 
 def test_weights_argument_gives_the_worst_channel_per_layer():

@@ -4,7 +4,9 @@ Every figure here is scale-free: SQNR, not PSNR, since PSNR is normalised by the
 an op that caps the peak (Clip/ReLU6, Sigmoid, HardSwish after a wide conv) lowers PSNR by 10-27 dB
 while the error stays the same. The score of a layer, in dB, is the error it adds by itself:
 
-    score = 0 when drop_db < VISIBLE_DB (its SQNR is no worse than its inputs': nothing it adds shows)
+    score = 0 when drop_db < VISIBLE_DB (its SQNR is no worse than its inputs': nothing it adds shows),
+            or when it has no error source of its own (metrics.adds_own_error: no weights, no clipping,
+            local SQNR ≥ inputs' SQNR + 10 dB: a squashing op that compresses signal more than error)
     else    max(0, drop_db)
           + max(0, LOCAL_SQNR_DB − local_sqnr_db), when its own error is not buried: local_sqnr_db is
             below its inputs' SQNR (or it has no noisy input)
@@ -20,8 +22,9 @@ term the lowest channel PSNR of the weights the layer consumes, dead channels le
 
 Reasons, each with its threshold:
 
-- ``sudden drop``: ``drop`` flag set (drop_db above the run's ``--drop-db``); ``drop`` when drop_db
-  is at least VISIBLE_DB but not above that threshold
+- ``sudden drop``: ``drop`` flag set (drop_db above the run's ``--drop-db``, an own error source);
+  ``drop`` when drop_db is at least VISIBLE_DB but not above that threshold; ``squashed`` when drop_db
+  is at least VISIBLE_DB and the layer has no error source of its own (score 0)
 - ``clipping``: clipped_fraction > CLIP_FRACTION
 - ``wide range``: the int8 range (quant_max − quant_min) > WIDE_RANGE × the values seen (float_max − float_min)
 - ``bad step``: rmse_over_step > STEP_RATIO (rounding alone gives 1/√12 ≈ 0.29), unless the error
@@ -30,8 +33,7 @@ Reasons, each with its threshold:
   (peak ≥ 10× RMS): a min/max scale spends the int8 levels on a few outliers, most values lie
   within a few steps of zero; the reason names the remedies for that tensor
 - ``local error``: the same with crest_db < CREST_DB
-- ``error from upstream``: sqnr_db < UPSTREAM_SQNR_DB, its SQNR less than VISIBLE_DB below its
-  noisy inputs' and no own error term (score 0)
+- ``error from upstream``: sqnr_db < UPSTREAM_SQNR_DB, a noisy input, and a score of 0
 - ``weight error``: worst live weight channel PSNR < WEIGHT_DB
 - op hints: Softmax; squeeze-and-excite = a Sigmoid/HardSigmoid gate with fewer elements than the
   Mul it feeds (a pooled branch broadcast over the main path), and that Mul. A SiLU's Sigmoid
@@ -46,7 +48,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .metrics import noisy_sqnr
+from .metrics import adds_own_error, inputs_sqnr
 from .weights import worst_psnr_db
 
 LOCAL_SQNR_DB = 35.0
@@ -103,8 +105,7 @@ class _Graph:
                 self.consumers.setdefault(p, []).append(layer)
 
     def inputs_sqnr(self, layer: dict) -> float | None:
-        values = [s for s in (noisy_sqnr(self.by_name.get(p)) for p in layer.get("parents", [])) if s is not None]
-        return min(values) if values else None
+        return inputs_sqnr(layer, self.by_name)
 
     def is_se_gate(self, layer: dict) -> bool:
         """A Sigmoid/HardSigmoid whose values a Mul broadcasts over a larger tensor (a pooled branch)."""
@@ -118,38 +119,47 @@ def _assess(layer: dict[str, Any], weight_db: float | None, graph: _Graph) -> tu
     """(score, reasons, whether the error came from upstream) of one layer."""
     reasons: list[str] = []
     drop_db, sqnr = layer.get("drop_db"), layer.get("sqnr_db")
-    visible = drop_db is None or drop_db >= VISIBLE_DB
-    score = max(0.0, drop_db or 0.0) if visible else 0.0
+    inputs = graph.inputs_sqnr(layer)
+    scores = (drop_db is None or drop_db >= VISIBLE_DB) and adds_own_error(layer, inputs)
+    score = max(0.0, drop_db or 0.0) if scores else 0.0
     if layer.get("drop"):
         reasons.append(f"sudden drop: SQNR {drop_db:.1f} dB below its inputs'")
     elif drop_db is not None and drop_db >= VISIBLE_DB:
-        reasons.append(f"drop: SQNR {drop_db:.1f} dB below its inputs'")
+        reasons.append(f"drop: SQNR {drop_db:.1f} dB below its inputs'" if scores else
+                       f"squashed: SQNR {drop_db:.1f} dB below its inputs', but it adds no error of its own "
+                       f"(local SQNR {_db(layer.get('local_sqnr_db'))}): the op compresses the signal more than "
+                       "the error it inherits")
     clipped = layer.get("clipped_fraction")
     if clipped is not None and clipped > CLIP_FRACTION:
         reasons.append(f"clipping: {clipped:.1%} of values outside the int8 range")
     ratio = _range_ratio(layer)
     if ratio is not None and ratio > WIDE_RANGE:
         reasons.append(f"wide range: int8 range {ratio:.1f}x the values seen")
-    own = _own_error(layer, graph.inputs_sqnr(layer))
-    upstream = sqnr is not None and sqnr < UPSTREAM_SQNR_DB and own is None and not visible
+    own = _own_error(layer, inputs)
+    if own is not None and scores:
+        score += own[0]
+    if weight_db is not None and weight_db < WEIGHT_DB and scores:
+        score += WEIGHT_DB - weight_db
+    upstream = sqnr is not None and sqnr < UPSTREAM_SQNR_DB and score == 0 and inputs is not None
     step = layer.get("rmse_over_step")
     if step is not None and step > STEP_RATIO and not upstream:  # else the excess error is inherited
         reasons.append(f"bad step: RMSE {step:.2f} steps (rounding alone: 0.29)")
     if own is not None:
-        score += own[0] if visible else 0.0
         reasons.append(own[1])
     if upstream:
-        local = layer.get("local_sqnr_db")
-        reasons.append(f"error from upstream: SQNR {sqnr:.1f} dB cumulative"
-                       + (f", local SQNR {local:.1f} dB" if local is not None else ""))
+        reasons.append(f"error from upstream: SQNR {sqnr:.1f} dB cumulative, local SQNR "
+                       f"{_db(layer.get('local_sqnr_db'))}")
     if weight_db is not None and weight_db < WEIGHT_DB:
-        score += WEIGHT_DB - weight_db if visible else 0.0
         reasons.append(f"weight error: worst channel {weight_db:.1f} dB")
     hint = _hint(layer, graph)
     if hint and score > 0:
         score += HINT_DB
         reasons.append(hint)
     return score, reasons, upstream
+
+
+def _db(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} dB"
 
 
 def _own_error(layer: dict[str, Any], inputs_sqnr: float | None) -> tuple[float, str] | None:

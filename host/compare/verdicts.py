@@ -139,7 +139,7 @@ def _slice_axis(slices: list[SliceStats]) -> dict[str, Any] | None:
     n = len(best.count)
     sqnrs = [_round(sqnr_db(f, e)) for f, e in zip(best.sum_sq_float, best.sum_sq_err)]
     groups = [_group(best, idx) for idx in _split(best.max_abs_float)] if best_spread >= SPREAD else []
-    return {"axis": best.axis, "count": n, "peak": [_round(p) for p in best.max_abs_float],
+    return {"axis": best.axis, "count": n, "peak": [_sig(p) for p in best.max_abs_float],
             "sqnr_db": sqnrs, "groups": [g for g in groups if len(groups) > 1]}
 
 
@@ -161,7 +161,7 @@ def _split(peaks: list[float]) -> list[list[int]]:
 def _group(sl: SliceStats, idx: list[int]) -> dict[str, Any]:
     varies = [sl.float_max[i] > sl.float_min[i] for i in idx]
     constant = [sl.int8_max[i] == sl.int8_min[i] for i in idx]
-    return {"slices": idx, "peak": _round(max(sl.max_abs_float[i] for i in idx)),
+    return {"slices": idx, "peak": _sig(max(sl.max_abs_float[i] for i in idx)),
             "sqnr_db": _round(sqnr_db(sum(sl.sum_sq_float[i] for i in idx), sum(sl.sum_sq_err[i] for i in idx))),
             "destroyed": any(varies) and all(constant)}
 
@@ -180,6 +180,11 @@ def _span(idx: list[int]) -> str:
 
 def _db(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} dB"
+
+
+def _sig(value: float) -> float:
+    """Four significant digits (peaks span many decades)."""
+    return float(f"{value:.4g}")
 
 
 def _round(value: float | None) -> float | None:
