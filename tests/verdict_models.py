@@ -23,6 +23,7 @@ from models import IR_VERSION, PathLike
 CLASSES = 3000
 STEPS = 16
 BOXES = 4
+SIZE = 32  # image side: few bright pixels in many dark ones
 
 
 def _save(nodes, inits, inputs, outputs, path: PathLike, opset: int = 14) -> Path:
@@ -55,15 +56,15 @@ def build_capped_activations(path: PathLike, seed: int = 0) -> Path:
 
 
 def build_image_detector(path: PathLike, seed: int = 0) -> Path:
-    """x [1,1,16,16] (0..255) -> stem conv (channel 2 dead) -> relu -> boxes (relu·k) ‖ scores (sigmoid) -> det [1,6,64]."""
+    """x [1,1,32,32] (0..255) -> stem conv (channel 2 dead) -> relu -> pool -> boxes ‖ scores (sigmoid) -> det [1,6,256]."""
     rng = np.random.default_rng(seed)
-    stem = rng.normal(scale=0.1, size=(4, 1, 3, 3))
+    stem = np.abs(rng.normal(scale=0.1, size=(4, 1, 3, 3)))  # positive: the relu keeps every value
     stem[2] *= 1e-9  # a dead channel: training left it at ~0
     inits = {
         "stem_w": _f32(stem), "stem_b": _f32(np.zeros(4)),
         "box_w": _f32(np.abs(rng.normal(scale=4.0, size=(BOXES, 4, 1, 1)))), "box_b": _f32(np.full(BOXES, 5.0)),
         "score_w": _f32(rng.normal(scale=0.05, size=(2, 4, 1, 1))), "score_b": _f32(np.zeros(2)),
-        "shape": np.array([1, BOXES + 2, 64], dtype=np.int64),
+        "shape": np.array([1, BOXES + 2, (SIZE // 2) ** 2], dtype=np.int64),
     }
     nodes = [
         helper.make_node("Conv", ["x", "stem_w", "stem_b"], ["stem"], name="stem", pads=[1, 1, 1, 1]),
@@ -75,16 +76,16 @@ def build_image_detector(path: PathLike, seed: int = 0) -> Path:
         helper.make_node("Concat", ["boxes", "scores"], ["head"], name="head", axis=1),
         helper.make_node("Reshape", ["head", "shape"], ["det"], name="det"),
     ]
-    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
-                 [helper.make_tensor_value_info("det", TensorProto.FLOAT, [1, BOXES + 2, 64])], path)
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, SIZE, SIZE])],
+                 [helper.make_tensor_value_info("det", TensorProto.FLOAT, [1, BOXES + 2, (SIZE // 2) ** 2])], path)
 
 
 def dark_images(count: int, seed: int = 0) -> np.ndarray:
-    """``(count, 1, 1, 16, 16)`` integer images 0..255: dark (0..8) with four bright (255) pixels each."""
+    """``(count, 1, 1, 32, 32)`` integer images 0..255: dark (0 or 1) with one bright (255) pixel each."""
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 9, size=(count, 1, 1, 16, 16)).astype(np.float32)
+    x = rng.integers(0, 2, size=(count, 1, 1, SIZE, SIZE)).astype(np.float32)
     for i in range(count):
-        x[i, 0, 0].flat[rng.choice(256, 4, replace=False)] = 255.0
+        x[i, 0, 0].flat[rng.integers(SIZE * SIZE)] = 255.0
     x[0, 0, 0, 0, 0] = 0.0
     return x
 
