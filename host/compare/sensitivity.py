@@ -29,10 +29,10 @@ Reasons, each with its threshold:
 - ``wide range``: the int8 range (quant_max − quant_min) > WIDE_RANGE × the values seen (float_max − float_min)
 - ``bad step``: rmse_over_step > STEP_RATIO (rounding alone gives 1/√12 ≈ 0.29), unless the error
   is from upstream (rmse_over_step measures the cumulative error)
-- ``outlier-dominated range``: local SQNR below LOCAL_SQNR_DB, not buried, and crest_db ≥ CREST_DB
-  (peak ≥ 10× RMS): a min/max scale spends the int8 levels on a few outliers, most values lie
+- ``outlier-dominated range``: local SQNR below LOCAL_SQNR_DB, not buried, crest_db ≥ CREST_DB
+  (peak ≥ 10× RMS) and no clipping (else the range is too narrow, not too wide): a min/max scale spends the int8 levels on a few outliers, most values lie
   within a few steps of zero; the reason names the remedies for that tensor
-- ``local error``: the same with crest_db < CREST_DB
+- ``local error``: the same otherwise
 - ``error from upstream``: sqnr_db < UPSTREAM_SQNR_DB, a noisy input, and a score of 0
 - ``weight error``: worst live weight channel PSNR < WEIGHT_DB
 - op hints: Softmax; squeeze-and-excite = a Sigmoid/HardSigmoid gate with fewer elements than the
@@ -168,7 +168,7 @@ def _own_error(layer: dict[str, Any], inputs_sqnr: float | None) -> tuple[float,
     if local is None or local >= LOCAL_SQNR_DB or (inputs_sqnr is not None and local >= inputs_sqnr):
         return None
     crest = layer.get("crest_db")
-    if crest is not None and crest >= CREST_DB:
+    if crest is not None and crest >= CREST_DB and (layer.get("clipped_fraction") or 0.0) <= CLIP_FRACTION:
         return LOCAL_SQNR_DB - local, (
             f"outlier-dominated range: peak {10 ** (crest / 20):.0f}x the RMS, so its own int8 step leaves "
             f"local SQNR {local:.1f} dB; helps: {REMEDIES}")
