@@ -129,10 +129,13 @@ def inputs_sqnr(layer: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> fl
 
 
 def adds_own_error(layer: dict[str, Any], inputs: float | None) -> bool:
-    """Whether the layer has an error source of its own: weights (:data:`WEIGHTED_OPS`), clipping
-    (more than :data:`OWN_CLIPPED` of its values), or output rounding not buried under its inputs'
-    noise (local SQNR < inputs' SQNR + :data:`OWN_MARGIN_DB`; any local SQNR when it has no noisy input)."""
-    if layer.get("op_type") in WEIGHTED_OPS or (layer.get("clipped_fraction") or 0.0) > OWN_CLIPPED:
+    """Whether the layer has an error source of its own: weights (:data:`WEIGHTED_OPS`, or
+    ``weight_psnr_db`` set: a conv fused with its activation), clipping (more than
+    :data:`OWN_CLIPPED` of its values), or output rounding not buried under its inputs' noise
+    (local SQNR < inputs' SQNR + :data:`OWN_MARGIN_DB`; any local SQNR when it has no noisy input)."""
+    if layer.get("op_type") in WEIGHTED_OPS or layer.get("weight_psnr_db") is not None:
+        return True
+    if (layer.get("clipped_fraction") or 0.0) > OWN_CLIPPED:
         return True
     local = layer.get("local_sqnr_db")
     return local is not None and (inputs is None or local < inputs + OWN_MARGIN_DB)

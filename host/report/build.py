@@ -15,7 +15,7 @@ from ..compare import metrics, verdicts
 from ..session import RunState
 from .profile import profile_section
 from . import delegation, json_text
-from .diagnosis import add_diagnosis
+from .diagnosis import add_diagnosis, add_weights
 
 SCHEMA = "qbench.report/1"
 
@@ -74,6 +74,8 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         if st.hist_range is not None:
             entry["histogram"] = {"range": st.hist_range, "float": st.hist_float, "int8": st.hist_int8}
         layers.append(entry)
+    report["layers"] = layers
+    add_weights(report, state)  # before the drops: a layer's weights are an error source of its own
     metrics.flag_drops(layers, state.settings.drop_db)
     outputs = []
     for out, st in zip(m.outputs, stats[len(m.layers):]):
@@ -81,7 +83,6 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         entry = {"name": out.name, **fig, **verdicts.structure_figures(st.structure)}
         entry["verdict"], entry["reasons"] = verdicts.judge(entry)
         outputs.append(entry)
-    report["layers"] = layers
     report["outputs"] = outputs
     report["unmatched"] = [vars(u) for u in m.unmatched]
     budget_mb = cap.budget_bytes / 2**20 if cap.budget_bytes else state.settings.memory_budget_mb
