@@ -73,7 +73,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         console.print(worst)
     drops = summary.get("drops", [])
     if drops:
-        console.print(f"[bold red]sudden drops[/] (SQNR falls > {report['settings'].get('drop_db')} dB below its inputs'):")
+        threshold = report["settings"].get("drop_db")
+        console.print(f"[bold red]sudden drops[/] (SQNR falls > {threshold} dB below its inputs'):")
         for name in drops:
             x = by_name[name]
             console.print(f"  #{x['index']} {name} ({x['op_type']}): PSNR {_db(x['psnr_db'])}, "

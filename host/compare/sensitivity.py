@@ -30,8 +30,9 @@ Reasons, each with its threshold:
 - ``bad step``: rmse_over_step > STEP_RATIO (rounding alone gives 1/√12 ≈ 0.29), unless the error
   is from upstream (rmse_over_step measures the cumulative error)
 - ``outlier-dominated range``: local SQNR below LOCAL_SQNR_DB, not buried, crest_db ≥ CREST_DB
-  (peak ≥ 10× RMS) and no clipping (else the range is too narrow, not too wide): a min/max scale spends the int8 levels on a few outliers, most values lie
-  within a few steps of zero; the reason names the remedies for that tensor
+  (peak ≥ 10× RMS) and no clipping (else the range is too narrow, not too wide): a min/max scale
+  spends the int8 levels on a few outliers, most values lie within a few steps of zero; the reason
+  names the remedies for that tensor
 - ``local error``: the same otherwise
 - ``error from upstream``: sqnr_db < UPSTREAM_SQNR_DB, a noisy input, and a score of 0
 - ``weight error``: worst live weight channel PSNR < WEIGHT_DB
@@ -64,8 +65,7 @@ HINT_DB = 3.0
 _SOFTMAX = {"Softmax", "LogSoftmax", "SOFTMAX", "LOG_SOFTMAX"}
 _GATES = {"Sigmoid", "HardSigmoid", "LOGISTIC", "HARD_SIGMOID"}
 _MUL = {"Mul", "MUL"}
-REMEDIES = ("percentile or entropy calibration of this tensor, int16 activations, "
-            "or per-channel activation scales where the runtime has them")
+REMEDIES = "percentile or entropy calibration, int16 activations, per-channel activation scales if the runtime has them"
 
 
 def rank_sensitive(layers: list[dict], weights: list[dict] | None = None, limit: int | None = None) -> list[dict]:
@@ -170,8 +170,8 @@ def _own_error(layer: dict[str, Any], inputs_sqnr: float | None) -> tuple[float,
     crest = layer.get("crest_db")
     if crest is not None and crest >= CREST_DB and (layer.get("clipped_fraction") or 0.0) <= CLIP_FRACTION:
         return LOCAL_SQNR_DB - local, (
-            f"outlier-dominated range: peak {10 ** (crest / 20):.0f}x the RMS, so its own int8 step leaves "
-            f"local SQNR {local:.1f} dB; helps: {REMEDIES}")
+            f"outlier-dominated range: peak {10 ** (crest / 20):.0f}x the RMS leaves local SQNR {local:.1f} dB; "
+            f"for this tensor try {REMEDIES}")
     return LOCAL_SQNR_DB - local, f"local error: its own quantization leaves local SQNR {local:.1f} dB"
 
 

@@ -191,7 +191,8 @@ def weight_entry(w: QuantizedWeight) -> dict[str, Any]:
         peaks = np.moveaxis(magnitude, w.channel_axis, 0).reshape(n, -1).max(axis=1)
         mses = np.moveaxis(err, w.channel_axis, 0).reshape(n, -1).mean(axis=1)
         live = peaks >= DEAD_FRACTION * float(np.median(peaks))
-        channels = [_round(psnr_db(p, m)) if alive else None for p, m, alive in zip(peaks.tolist(), mses.tolist(), live)]
+        channels = [_round(psnr_db(p, m)) if alive else None
+                    for p, m, alive in zip(peaks.tolist(), mses.tolist(), live)]
         dead = np.flatnonzero(~live).tolist()
     defined = [(v, i) for i, v in enumerate(channels) if v is not None]
     return {
