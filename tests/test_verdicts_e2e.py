@@ -96,6 +96,8 @@ def test_boxes_and_scores_under_one_scale_are_broken(detector):
     err = ((f - q) ** 2).sum(axis=(0, 2))
     assert out["slices"]["sqnr_db"][0] == pytest.approx(10 * np.log10((f[:, 0] ** 2).sum() / err[0]), abs=1e-3)
     assert proc.returncode == 3 and "broken" in proc.stdout and "1 broken output(s): det" in proc.stdout + proc.stderr
+    html = (tmp / "out" / "report.html").read_text(encoding="utf-8")
+    assert "output verdict" in html and "destroyed" in html and "cumulative SQNR" in html
 
 
 def test_softmax_over_thousands_of_classes_read_by_argmax(tmp_path, agent_cache):

@@ -147,6 +147,10 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
               _mark(checks, "fail_over_memory")),
         _card("sudden drops", str(len(drops)), _mark(checks, "fail_on_drop")),
     ]
+    if summary.get("verdict"):
+        cards.append(_card("output verdict", summary["verdict"], _mark(checks, "fail_on_broken")))
+    if summary.get("top1_agreement") is not None:
+        cards.append(_card("top-1 agreement", fmt(summary["top1_agreement"], 3), _mark(checks, "fail_under_top1")))
     parts = [f'<div class="cards">{"".join(cards)}</div>', _gates_block(checks), _notes(report)]
     providers = ", ".join(device.get("providers_used") or device.get("providers") or []) or "-"
     delegate = (((report.get("settings") or {}).get("runner") or {}).get("delegate"))
