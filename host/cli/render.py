@@ -21,6 +21,17 @@ def _db(value: float | None, exact: bool = False) -> str:
     return f"{value:.2f} dB"
 
 
+def _output_cell(out: dict[str, Any]) -> str:
+    """PSNR and SQNR (or the element match of an exact output), then the verdict."""
+    if out.get("kind") == "exact":
+        cell = "identical" if out.get("exact") else f"{out.get('mismatches')} of {out.get('elements')} differ"
+    else:
+        cell = f"PSNR {_db(out.get('psnr_db'), out.get('exact', False))}"
+        if out.get("sqnr_db") is not None:
+            cell += f" · SQNR {_db(out['sqnr_db'])}"
+    return cell + (f" · {_VERDICT_STYLE[out['verdict']]}" if out.get("verdict") in _VERDICT_STYLE else "")
+
+
 def render_report(report: dict[str, Any], console: Console) -> None:
     """Print the summary, the worst layers and the drops of a report."""
     dev = report.get("device", {})
@@ -44,15 +55,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
                       f"{mem.get('ratio') or 0:.2f}x")
         table.add_row("memory over runtime", f"{mem['float']['delta_mb']:.1f} MB", f"{mem['int8']['delta_mb']:.1f} MB", "")
     for out in report.get("outputs", []):
-        if out.get("kind") == "exact":
-            value = "identical" if out.get("exact") else f"{out.get('mismatches')} of {out.get('elements')} differ"
-        else:
-            value = _db(out.get("psnr_db"), out.get("exact", False))
-            if out.get("sqnr_db") is not None:
-                value += f" · SQNR {_db(out['sqnr_db'])}"
-        if out.get("verdict"):
-            value += f" · {_VERDICT_STYLE[out['verdict']]}"
-        table.add_row(f"output {out['name']}", "", "", f"PSNR {value}" if out.get("kind") != "exact" else value)
+        table.add_row(f"output {out['name']}", "", "", _output_cell(out))
     console.print(table)
     for out in report.get("outputs", []):
         for reason in out.get("reasons") or []:
