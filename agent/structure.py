@@ -41,24 +41,28 @@ class StructureAccumulator:
         if f.shape != q.shape or (self._shape is not None and f.shape != self._shape):
             self.s.error = f"shapes differ: float {list(f.shape)} vs int8 {list(q.shape)}"
             return
+        first = self._shape is None
         self._shape = f.shape
-        if self.pair.qparams is not None:
-            q = dequantize(q, self.pair.qparams)
         if self.req.indices:
-            self._ctc(f.astype(np.int64), q.astype(np.int64))
+            self._ctc(f.astype(np.int64), self._dequantized(q).astype(np.int64))
             return
-        f64, q64 = f.astype(np.float64), q.astype(np.float64)
+        classes = self.req.class_axis % f.ndim if self.req.class_axis is not None and f.ndim else None
+        if classes is not None and f.shape[classes] < 2:
+            classes = None
+        if first:
+            self.s.slices = [_empty_slices(a, f.shape[a]) for a in range(f.ndim)
+                             if 2 <= f.shape[a] <= self.req.slice_max and a != classes]
+        if not self.s.slices and classes is None:
+            return  # nothing to measure: a large output is not converted for nothing
+        f64, q64 = f.astype(np.float64), np.asarray(self._dequantized(q), dtype=np.float64)
         self._slices(f64, q64)
-        if self.req.class_axis is not None and f.ndim:
-            axis = self.req.class_axis % f.ndim
-            if f.shape[axis] >= 2:
-                self._classes(f64, q64, axis)
+        if classes is not None:
+            self._classes(f64, q64, classes)
+
+    def _dequantized(self, q: np.ndarray) -> np.ndarray:
+        return q if self.pair.qparams is None else dequantize(q, self.pair.qparams)
 
     def _slices(self, f: np.ndarray, q: np.ndarray) -> None:
-        classes = None if self.req.class_axis is None or not f.ndim else self.req.class_axis % f.ndim
-        axes = [a for a in range(f.ndim) if 2 <= f.shape[a] <= self.req.slice_max and a != classes]
-        if not self.s.slices:
-            self.s.slices = [_empty_slices(a, f.shape[a]) for a in axes]
         for acc in self.s.slices:
             n = f.shape[acc.axis]
             fa, qa = np.moveaxis(f, acc.axis, 0).reshape(n, -1), np.moveaxis(q, acc.axis, 0).reshape(n, -1)
