@@ -33,7 +33,7 @@ from qbench.protocols.messages import (
     to_dict,
 )
 
-from . import capture, heap, memory, tensor_spool, timing
+from . import capture, heap, memory, structure, tensor_spool, timing
 from .outputs import save_outputs
 from .runners import COMPILED, RUNTIMES, available_runtimes, import_runtime, litert_probe, runner_class, runner_for
 from .runners.base import ProfilingUnavailable, Runner
@@ -147,6 +147,7 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
     cls = runner_class(req.runner.runtime)
     phase = capture.Phases()
     accs = [capture.PairAccumulator(p, req.histogram_bins) for p in req.pairs]
+    structures = structure.accumulators(req.pairs)
     # The reference and each pass's float session load on a thread of their own (the runtimes release
     # the GIL while they build a session) while the int8 session loads: two builds at a time, not
     # three, as there are only so many cores, and each build holds its graph's transient memory
@@ -196,6 +197,7 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
                 pairs = [(f_out[req.pairs[i].float_name], q_out[req.pairs[i].int8_name]) for i in observed]
                 with phase("reduce"):
                     reducer.reduce([(accs[i], f, q) for i, (f, q) in zip(observed, pairs)])
+                    structure.update(structures, observed, pairs)
                 if spool is not None:
                     with phase("save"):
                         spool.put_sample(observed, s, pairs)
@@ -207,7 +209,9 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
         reducer.close()
         loader.shutdown()
     progress("capture", len(done), len(done))
-    return CaptureReply(stats=[a.stats() for a in accs], groups=done, fidelity_max_abs_diff=fidelity,
+    stats = [a.stats() for a in accs]
+    structure.finish(structures, stats)
+    return CaptureReply(stats=stats, groups=done, fidelity_max_abs_diff=fidelity,
                         peak_mb=memory.peak_rss_mb(), budget_bytes=req.budget_bytes, phases_s=phase.seconds)
 
 

@@ -39,13 +39,18 @@ class Gates:
         fail_under_psnr: Minimum output PSNR in dB (lowest float output).
         fail_under_speedup: Minimum float/int8 median latency ratio.
         fail_over_memory: Maximum int8 peak resident memory in MB.
-        fail_on_drop: Fail when any layer is flagged as a sudden PSNR drop.
+        fail_on_drop: Fail when any layer is flagged as a sudden drop.
+        fail_on_broken: Fail when any output's verdict is ``broken``.
+        fail_under_top1: Minimum top-1 agreement (0..1) of the outputs read by argmax (the lowest;
+            a CTC output counts with its sequence agreement).
     """
 
     fail_under_psnr: Optional[float] = None
     fail_under_speedup: Optional[float] = None
     fail_over_memory: Optional[float] = None
     fail_on_drop: bool = False
+    fail_on_broken: bool = False
+    fail_under_top1: Optional[float] = None
 
     @property
     def active(self) -> bool:
@@ -101,6 +106,10 @@ def evaluate(report: Mapping[str, Any], gates: Gates) -> list[GateCheck]:
         checks.append(_check_memory(report, gates.fail_over_memory))
     if gates.fail_on_drop:
         checks.append(_check_drops(report))
+    if gates.fail_on_broken:
+        checks.append(_check_broken(report))
+    if gates.fail_under_top1 is not None:
+        checks.append(_check_top1(report, gates.fail_under_top1))
     return checks
 
 
@@ -158,9 +167,30 @@ def _check_drops(report: Mapping[str, Any]) -> GateCheck:
     if drops is None:
         drops = [layer["name"] for layer in report.get("layers") or [] if layer.get("drop")]
     if not drops:
-        return GateCheck(gate, True, [], True, "no sudden PSNR drop")
+        return GateCheck(gate, True, [], True, "no sudden drop")
     shown = ", ".join(drops[:3]) + (f" and {len(drops) - 3} more" if len(drops) > 3 else "")
-    return GateCheck(gate, True, list(drops), False, f"{len(drops)} sudden PSNR drop(s): {shown}")
+    return GateCheck(gate, True, list(drops), False, f"{len(drops)} sudden drop(s): {shown}")
+
+
+def _check_broken(report: Mapping[str, Any]) -> GateCheck:
+    gate = "fail_on_broken"
+    outputs = report.get("outputs") or []
+    if not outputs or any(o.get("verdict") is None for o in outputs):
+        return GateCheck(gate, True, None, False, "output verdicts: not in the report")
+    broken = [o["name"] for o in outputs if o["verdict"] == "broken"]
+    if not broken:
+        return GateCheck(gate, True, [], True, "no broken output")
+    return GateCheck(gate, True, broken, False, f"{len(broken)} broken output(s): {', '.join(broken)}")
+
+
+def _check_top1(report: Mapping[str, Any], threshold: float) -> GateCheck:
+    gate = "fail_under_top1"
+    value = (report.get("summary") or {}).get("top1_agreement")
+    if value is None:
+        return GateCheck(gate, threshold, None, False, "top-1 agreement: no output is read by argmax")
+    passed = value >= threshold
+    verdict = ">=" if passed else "<"
+    return GateCheck(gate, threshold, value, passed, f"top-1 agreement {value:.3f} {verdict} {threshold:g}")
 
 
 def exit_code(checks: list[GateCheck]) -> int:

@@ -271,6 +271,59 @@ class CapturePair:
     qparams: QParams | None = None
     nbytes: int | None = None
     exact: bool = False
+    structure: StructureRequest | None = None  # 1.4: model outputs: per-slice and argmax figures
+
+
+@dataclass
+class StructureRequest:
+    """What to measure of an output's structure on the agent (1.4); see the spec for every figure.
+
+    ``slice_max``: per-slice sums along every axis of 2..slice_max entries. ``class_axis``: top-1 and
+    top-``top_k`` agreement of the argmax along this axis (None: not a class output). ``ctc_blank``:
+    also read the argmax as a CTC sequence (repeats collapsed, this index dropped) along the longest
+    other axis, when that axis has at least ``min_steps`` entries. ``indices``: the output already holds
+    class indices (an ArgMax): the CTC read takes them as they are, along the longest axis.
+    """
+
+    slice_max: int = 64
+    class_axis: int | None = None
+    top_k: int = 5
+    ctc_blank: int | None = None
+    min_steps: int = 8
+    indices: bool = False
+
+
+@dataclass
+class SliceStats:
+    """Sums per slice (index along ``axis`` of one sample's output), over all samples (1.4)."""
+
+    axis: int
+    count: list[int]
+    sum_sq_err: list[float]
+    sum_sq_float: list[float]
+    max_abs_float: list[float]
+    float_min: list[float]
+    float_max: list[float]
+    int8_min: list[float]
+    int8_max: list[float]
+
+
+@dataclass
+class StructureStats:
+    """The figures a :class:`StructureRequest` asked for (1.4). Counts, never tensors."""
+
+    slices: list[SliceStats] = field(default_factory=list)
+    positions: int = 0  # argmax positions compared along class_axis
+    top1_agree: int = 0  # positions where the int8 argmax is the float argmax
+    topk_agree: int = 0  # positions where the float argmax is among the int8 top_k
+    top_k: int = 0
+    sequences: int = 0  # CTC sequences read (one per sample and per index of the other axes)
+    sequences_equal: int = 0
+    float_nonempty: int = 0  # sequences where the float model reads at least one symbol
+    int8_nonempty: int = 0
+    edit_distance: int = 0  # Σ Levenshtein distance between the float and int8 symbol sequences
+    float_symbols: int = 0  # Σ length of the float symbol sequences
+    error: str | None = None
 
 
 @dataclass
@@ -314,6 +367,7 @@ class PairStats:
     hist_range: list[float] | None = None
     hist_float: list[int] | None = None
     hist_int8: list[int] | None = None
+    structure: StructureStats | None = None  # 1.4: pairs with a StructureRequest
 
 
 @dataclass

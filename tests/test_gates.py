@@ -78,3 +78,30 @@ def test_thresholds_round_trip_through_the_report():
     assert Gates.from_dict(given.to_dict()) == given
     assert Gates.from_dict({"fail_over_memory": 64, "unknown": 1}) == Gates(fail_over_memory=64)
     assert Gates.from_dict(None) == Gates()
+
+
+def _with_outputs(report: dict, *outputs: dict) -> dict:
+    return {**report, "outputs": list(outputs),
+            "summary": {**report["summary"],
+                        "top1_agreement": min((o.get("sequence_agreement", o.get("top1_agreement"))
+                                               for o in outputs if "top1_agreement" in o), default=None)}}
+
+
+def test_broken_output_gate(report):
+    ok = {"name": "scores", "kind": "float", "verdict": "ok", "reasons": []}
+    broken = {"name": "det", "kind": "float", "verdict": "broken", "reasons": ["slices 4-21 ... destroyed"]}
+    assert failures(_with_outputs(report, ok), Gates(fail_on_broken=True)) == []
+    [failed] = failures(_with_outputs(report, ok, broken), Gates(fail_on_broken=True))
+    assert failed.gate == "fail_on_broken" and failed.value == ["det"] and "det" in failed.message
+    [missing] = failures(_with_outputs(report, {"name": "old", "kind": "float"}), Gates(fail_on_broken=True))
+    assert missing.value is None  # a report without verdicts cannot pass
+
+
+def test_top1_gate_reads_sequence_agreement_for_ctc(report):
+    classifier = {"name": "probs", "top1_agreement": 0.95}
+    ctc = {"name": "text", "top1_agreement": 0.97, "sequence_agreement": 0.5}
+    assert failures(_with_outputs(report, classifier), Gates(fail_under_top1=0.9)) == []
+    [failed] = failures(_with_outputs(report, classifier, ctc), Gates(fail_under_top1=0.9))
+    assert failed.value == 0.5 and "0.500 < 0.9" in failed.message
+    [missing] = failures(_with_outputs(report, {"name": "boxes"}), Gates(fail_under_top1=0.9))
+    assert missing.value is None and "no output is read by argmax" in missing.message

@@ -74,17 +74,29 @@ def test_per_channel_dequantization_by_hand():
     np.testing.assert_allclose(dequantize(q, qp), expected)
 
 
-def test_drops_compare_against_the_weakest_parent():
+def test_drops_compare_sqnr_against_the_weakest_noisy_parent():
     layers = [
-        {"name": "a", "psnr_db": 40.0, "parents": []},
-        {"name": "b", "psnr_db": 30.0, "parents": ["a"]},
-        {"name": "c", "psnr_db": 29.0, "parents": ["a", "b"]},
-        {"name": "d", "psnr_db": None, "exact": True, "parents": ["c"]},
+        {"name": "a", "psnr_db": 50.0, "sqnr_db": 40.0, "parents": []},
+        {"name": "b", "op_type": "Conv", "psnr_db": 45.0, "sqnr_db": 30.0, "parents": ["a"]},
+        {"name": "c", "psnr_db": 20.0, "sqnr_db": 29.0, "parents": ["a", "b"]},  # PSNR -25 dB, SQNR -1 dB
+        {"name": "d", "psnr_db": None, "sqnr_db": None, "exact": True, "parents": ["c"]},
+        {"name": "image", "psnr_db": 130.0, "sqnr_db": 120.0, "parents": []},  # an exact 8-bit input
+        {"name": "stem", "psnr_db": 40.0, "sqnr_db": 18.0, "parents": ["image"]},
+        {"name": "e", "op_type": "Add", "psnr_db": 40.0, "sqnr_db": 10.0, "local_sqnr_db": 35.0,
+         "parents": ["image", "b"]},
+        # SQNR falls 8 dB through a Sigmoid that adds no error of its own (local SQNR 60 dB): no drop
+        {"name": "squash", "op_type": "Sigmoid", "psnr_db": 30.0, "sqnr_db": 22.0, "local_sqnr_db": 60.0,
+         "parents": ["b"]},
+        {"name": "clips", "op_type": "Sigmoid", "psnr_db": 30.0, "sqnr_db": 22.0, "local_sqnr_db": 60.0,
+         "clipped_fraction": 0.02, "parents": ["b"]},
     ]
     metrics.flag_drops(layers, threshold_db=6.0)
-    assert [x["drop"] for x in layers] == [False, True, False, False]
+    assert [x["drop"] for x in layers] == [False, True, False, False, False, False, True, False, True]
     assert layers[1]["drop_db"] == 10.0 and layers[2]["drop_db"] == 1.0
     assert layers[0]["drop_db"] is None and layers[3]["drop_db"] is None
+    assert layers[5]["drop_db"] is None  # fed only by a noise-free input: judged by its own figures
+    assert layers[6]["drop_db"] == 20.0  # against its noisy parent only; local 35 < 30 + 10: its own rounding counts
+    assert layers[7]["drop_db"] == 8.0
 
 
 def test_per_channel_without_an_axis_uses_the_onnx_default_channel_axis():

@@ -129,7 +129,7 @@ def test_report_renders_every_chart_without_errors(tmp_path):
     assert seen["errors"] == []
     assert seen["divs"] == 4 and seen["plotted"] == 4, seen
     assert seen["svgs"] >= 4 and seen["traces"] >= 8
-    assert any("PSNR per layer" in title for title in seen["titles"])
+    assert any("PSNR and SQNR per layer" in title for title in seen["titles"])
     assert any("Latency" in title for title in seen["titles"])
     ops = _plot(seen, "by op type")
     op_types = {e["op_type"] for model in ("float", "int8") for e in report["profile"][model]}

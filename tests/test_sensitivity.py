@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qbench.host.compare.sensitivity import HINT_DB, LOCAL_DB, WEIGHT_DB, rank_sensitive
+from qbench.host.compare.sensitivity import HINT_DB, LOCAL_SQNR_DB, WEIGHT_DB, rank_sensitive
 
 
 def _layer(name: str, **figures) -> dict:
@@ -18,32 +18,63 @@ def _reasons(entry: dict) -> list[str]:
 
 def test_each_reason_and_the_score():
     layers = [
-        _layer("healthy", psnr_db=50.0, local_psnr_db=52.0, drop_db=-1.0, drop=False, clipped_fraction=0.0,
+        _layer("healthy", sqnr_db=40.0, local_sqnr_db=45.0, drop_db=-1.0, drop=False, clipped_fraction=0.0,
                rmse_over_step=0.3),
-        _layer("clipped", psnr_db=20.0, local_psnr_db=21.0, drop_db=25.0, drop=True, clipped_fraction=0.05,
-               rmse_over_step=40.0),
-        _layer("wide", psnr_db=45.0, local_psnr_db=35.0, drop_db=1.5, drop=False, quant_min=-10.0, quant_max=10.0,
-               float_min=-2.0, float_max=2.0),
-        _layer("inherits", psnr_db=22.0, local_psnr_db=55.0, drop_db=-0.5, drop=False, rmse_over_step=9.0),
-        _layer("weights", psnr_db=48.0, local_psnr_db=50.0, weight_psnr_db=50.0, weight_worst_channel_psnr_db=15.0),
+        _layer("clipped", sqnr_db=15.0, local_sqnr_db=16.0, crest_db=10.0, drop_db=25.0, drop=True,
+               clipped_fraction=0.05, rmse_over_step=40.0),
+        _layer("wide", sqnr_db=38.0, local_sqnr_db=30.0, crest_db=12.0, drop_db=1.5, drop=False,
+               quant_min=-10.0, quant_max=10.0, float_min=-2.0, float_max=2.0),
+        _layer("inherits", parents=["healthy"], sqnr_db=12.0, local_sqnr_db=40.0, drop_db=-0.5, drop=False,
+               rmse_over_step=9.0),
+        _layer("weights", sqnr_db=38.0, local_sqnr_db=42.0, drop_db=2.0, weight_psnr_db=50.0,
+               weight_worst_channel_psnr_db=15.0),
+        _layer("outliers", sqnr_db=25.0, local_sqnr_db=27.0, crest_db=26.0, drop_db=None),
     ]
     ranked = {x["name"]: x for x in rank_sensitive(layers)}
     assert "healthy" not in ranked
     assert _reasons(ranked["clipped"]) == ["sudden drop", "clipping", "bad step", "local error"]
-    assert ranked["clipped"]["score"] == pytest.approx(25.0 + LOCAL_DB - 21.0)
+    assert ranked["clipped"]["score"] == pytest.approx(25.0 + LOCAL_SQNR_DB - 16.0)
     assert _reasons(ranked["wide"]) == ["drop", "wide range", "local error"]
-    assert ranked["wide"]["score"] == pytest.approx(1.5 + LOCAL_DB - 35.0)
+    assert ranked["wide"]["score"] == pytest.approx(1.5 + LOCAL_SQNR_DB - 30.0)
     # its error arrived from upstream: listed with score 0, and its large RMSE/step is not blamed on it
     assert _reasons(ranked["inherits"]) == ["error from upstream"] and ranked["inherits"]["score"] == 0
-    assert _reasons(ranked["weights"]) == ["weight error"]
-    assert ranked["weights"]["score"] == pytest.approx(WEIGHT_DB - 15.0)
-    assert [x["name"] for x in rank_sensitive(layers)] == ["clipped", "weights", "wide", "inherits"]
+    assert _reasons(ranked["weights"]) == ["drop", "weight error"]
+    assert ranked["weights"]["score"] == pytest.approx(2.0 + WEIGHT_DB - 15.0)
+    # peak 20x the RMS: the reason names the range and the remedies
+    [reason] = ranked["outliers"]["reasons"]
+    assert reason.startswith("outlier-dominated range: peak 20x the RMS")
+    assert "percentile or entropy calibration" in reason and "int16" in reason and "per-channel" in reason
+    assert ranked["outliers"]["score"] == pytest.approx(LOCAL_SQNR_DB - 27.0)
+    assert [x["name"] for x in rank_sensitive(layers)] == ["clipped", "weights", "outliers", "wide", "inherits"]
     assert [x["name"] for x in rank_sensitive(layers, limit=2)] == ["clipped", "weights"]
-    assert set(ranked["clipped"]) == {"name", "op_type", "psnr_db", "score", "reasons"}
+    assert set(ranked["clipped"]) == {"name", "op_type", "psnr_db", "sqnr_db", "score", "reasons"}
+
+
+def test_a_layer_no_worse_than_its_inputs_scores_nothing():
+    """SQNR less than 1 dB below the inputs': whatever its own figures, it added nothing visible."""
+    layers = [_layer("capped", op_type="Clip", sqnr_db=30.0, local_sqnr_db=20.0, crest_db=25.0, drop_db=0.5,
+                     weight_worst_channel_psnr_db=10.0)]
+    assert rank_sensitive(layers) == []
+
+
+def test_a_fall_through_an_op_with_no_error_of_its_own_scores_nothing():
+    """A squashing op (no weights, no clipping, local SQNR far above its inputs') is not where error is made."""
+    layers = [
+        _layer("noisy", sqnr_db=6.0, local_sqnr_db=30.0),
+        _layer("pool", op_type="GlobalAveragePool", parents=["noisy"], sqnr_db=4.0, local_sqnr_db=19.0,
+               crest_db=3.0, drop_db=2.0),
+        _layer("conv", op_type="Conv", parents=["noisy"], sqnr_db=4.0, local_sqnr_db=19.0, crest_db=3.0,
+               drop_db=2.0),
+    ]
+    ranked = {x["name"]: x for x in rank_sensitive(layers)}
+    assert ranked["pool"]["score"] == 0
+    assert _reasons(ranked["pool"]) == ["squashed", "error from upstream"]
+    assert ranked["conv"]["score"] == pytest.approx(2.0)  # its weights are its own: the drop counts
+    assert _reasons(ranked["conv"]) == ["drop"]  # its local 19 dB is buried under the input's 6 dB
 
 
 def test_weights_argument_gives_the_worst_channel_per_layer():
-    layers = [_layer("a", psnr_db=45.0, local_psnr_db=50.0), _layer("b", psnr_db=45.0, local_psnr_db=50.0)]
+    layers = [_layer("a", sqnr_db=40.0, local_sqnr_db=45.0), _layer("b", sqnr_db=40.0, local_sqnr_db=45.0)]
     weights = [
         {"layer": "a", "psnr_db": 52.0, "channel_psnr_db": [50.0, None, 30.0]},
         {"layer": "a", "psnr_db": 50.0, "channel_psnr_db": [25.0]},
@@ -55,19 +86,33 @@ def test_weights_argument_gives_the_worst_channel_per_layer():
     assert rank_sensitive(layers, [{"layer": "b", "psnr_db": 30.0, "channel_psnr_db": []}])[0]["score"] == 10.0
 
 
-def test_op_hints_add_to_a_measured_score_only():
+def test_squeeze_and_excite_needs_a_pooled_gate():
+    """A Sigmoid that gates a larger tensor through a Mul is SE; SiLU's x * sigmoid(x) is not."""
     layers = [
-        _layer("gate", op_type="Sigmoid", psnr_db=40.0, local_psnr_db=45.0),
-        _layer("scale", op_type="Mul", parents=["features", "gate"], psnr_db=30.0, local_psnr_db=38.0),
-        _layer("probs", op_type="Softmax", psnr_db=30.0, local_psnr_db=36.0, drop_db=2.0),
-        _layer("features", op_type="Relu", psnr_db=45.0, local_psnr_db=50.0),
+        _layer("features", op_type="Relu", sqnr_db=40.0, elements=4096),
+        _layer("gate", op_type="Sigmoid", parents=["pooled"], sqnr_db=30.0, local_sqnr_db=30.0, elements=16),
+        _layer("scale", op_type="Mul", parents=["features", "gate"], sqnr_db=25.0, local_sqnr_db=28.0,
+               drop_db=5.0, elements=4096),
+        _layer("sig", op_type="Sigmoid", parents=["features"], sqnr_db=35.0, local_sqnr_db=30.0, drop_db=5.0,
+               elements=4096),
+        _layer("silu", op_type="Mul", parents=["features", "sig"], sqnr_db=30.0, local_sqnr_db=30.0, drop_db=5.0,
+               elements=4096),
+        _layer("probs", op_type="Softmax", sqnr_db=30.0, local_sqnr_db=31.0, drop_db=2.0),
     ]
     ranked = {x["name"]: x for x in rank_sensitive(layers)}
-    assert "gate" not in ranked  # a hint alone does not list a layer
-    assert ranked["scale"]["reasons"][-1].startswith("squeeze-and-excite")
-    assert ranked["scale"]["score"] == pytest.approx(LOCAL_DB - 38.0 + HINT_DB)
+    assert ranked["scale"]["reasons"][-1].startswith("squeeze-and-excite scaling")
+    assert ranked["scale"]["score"] == pytest.approx(5.0 + LOCAL_SQNR_DB - 28.0 + HINT_DB)
+    assert ranked["gate"]["reasons"][-1].startswith("squeeze-and-excite gate")
+    for silu in ("sig", "silu"):
+        assert not any("squeeze" in r for r in ranked[silu]["reasons"])
+        assert ranked[silu]["score"] == pytest.approx(5.0 + LOCAL_SQNR_DB - 30.0)
     assert ranked["probs"]["reasons"][-1].startswith("softmax")
-    assert ranked["probs"]["score"] == pytest.approx(2.0 + LOCAL_DB - 36.0 + HINT_DB)
+    assert ranked["probs"]["score"] == pytest.approx(2.0 + LOCAL_SQNR_DB - 31.0 + HINT_DB)
+
+
+def test_op_hints_add_to_a_measured_score_only():
+    layers = [_layer("gate", op_type="Softmax", sqnr_db=40.0, local_sqnr_db=45.0)]
+    assert rank_sensitive(layers) == []  # a hint alone does not list a layer
 
 
 def test_missing_figures_count_nothing():

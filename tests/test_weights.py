@@ -152,3 +152,26 @@ def test_non_finite_float_weight_is_listed_not_computed(tmp_path):
     entries, unmatched = weight_report(tmp_path / "broken.onnx", int8, "onnx", CONVNET_LAYERS)
     assert [e["name"] for e in entries] == ["w1_quantized", "w2_quantized"]
     assert unmatched == [{"name": "w3_quantized", "reason": "the float weight holds NaN or infinity"}]
+
+
+def test_dead_channels_do_not_score(tmp_path):
+    """A channel at 1e-9 of the others rounds to 0 under a per-tensor scale: harmless, so not the worst channel."""
+    from qbench.host.compare.sensitivity import rank_sensitive
+    from qbench.host.compare.weights import QuantizedWeight, weight_entry
+    from qbench.protocols.messages import QParams
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(scale=0.3, size=(4, 3, 3, 3)).astype(np.float32)
+    w[2] *= 1e-9
+    scale = float(np.abs(w).max()) / 127
+    q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    assert not q[2].any()  # quantized to 0
+    entry = weight_entry(QuantizedWeight("w", "Conv", w, q, QParams([scale], [0]), 0, ("conv",)))
+    psnr, channels = _expected(w, q, np.array([scale]), np.array([0]), 0)
+    assert channels[2] < 10  # against its own peak, a few dB
+    assert entry["dead_channels"] == [2] and entry["channel_psnr_db"][2] is None
+    live = [c for i, c in enumerate(channels) if i != 2]
+    assert entry["worst_channel"] == [0, 1, 3][int(np.argmin(live))]
+    assert entry["channel_psnr_db"][:2] == pytest.approx(channels[:2], abs=1e-3)
+    layer = {"name": "conv", "op_type": "Conv", "parents": [], "sqnr_db": 40.0, "local_sqnr_db": 45.0}
+    assert rank_sensitive([layer], [{**entry, "layer": "conv"}]) == []  # live channels are all above 40 dB

@@ -91,7 +91,7 @@ class RunOptions:
     save_tensors: Annotated[Optional[Path], typer.Option(
         "--save-tensors", help="stream every captured tensor into DIR (<layer>.float/.int8.npy + index.json)")] = None
     drop_db: Annotated[float, typer.Option(
-        "--drop-db", help="flag layers whose PSNR falls more than this below inputs")] = 6.0
+        "--drop-db", help="flag layers whose SQNR falls more than this (dB) below their inputs'")] = 6.0
     worst: Annotated[int, typer.Option("--worst", min=0, help="how many worst layers to print")] = 5
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="output directory (default: a new one in ./qbench-out)")] = None
@@ -106,7 +106,11 @@ class RunOptions:
         "--fail-under-speedup", help="gate: speedup below X")] = None
     fail_over_memory: Annotated[Optional[float], typer.Option(
         "--fail-over-memory", help="gate: int8 peak memory over MB")] = None
-    fail_on_drop: Annotated[bool, typer.Option("--fail-on-drop", help="gate: any sudden PSNR drop")] = False
+    fail_on_drop: Annotated[bool, typer.Option("--fail-on-drop", help="gate: any sudden drop (SQNR)")] = False
+    fail_on_broken: Annotated[bool, typer.Option("--fail-on-broken", help="gate: any output verdict broken")] = False
+    fail_under_top1: Annotated[Optional[float], typer.Option(
+        "--fail-under-top1", min=0.0, max=1.0,
+        help="gate: top-1 (CTC: sequence) agreement of argmax outputs below X (0..1)")] = None
     db: Annotated[Optional[Path], typer.Option(
         "--db", help="results database (default: in the user data dir)")] = None
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False
@@ -140,7 +144,8 @@ class RunOptions:
         return budget
 
     def gates(self) -> Gates:
-        return Gates(self.fail_under_psnr, self.fail_under_speedup, self.fail_over_memory, self.fail_on_drop)
+        return Gates(self.fail_under_psnr, self.fail_under_speedup, self.fail_over_memory, self.fail_on_drop,
+                     self.fail_on_broken, self.fail_under_top1)
 
     def settings(self, model: Path, out_dir: Path, device: str, runner: RunnerConfig, debug: bool) -> RunSettings:
         """The settings of one run of ``model`` on ``device`` with ``runner``."""

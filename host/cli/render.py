@@ -14,10 +14,26 @@ from ..report import coverage, delegation
 from ..session import UI
 
 
+_VERDICT_STYLE = {"ok": "[green]ok[/]", "degraded": "[yellow]degraded[/]", "broken": "[bold red]broken[/]"}
+
+
 def _db(value: float | None, exact: bool = False) -> str:
     if value is None:
         return "exact" if exact else "n/a"
     return f"{value:.2f} dB"
+
+
+def _output_cell(out: dict[str, Any]) -> str:
+    """PSNR and SQNR (or the element match of an exact output), then the verdict."""
+    if out.get("kind") == "exact":
+        cell = "identical" if out.get("exact") else f"{out.get('mismatches')} of {out.get('elements')} differ"
+    elif out.get("nonfinite"):
+        cell = f"non-finite ({nonfinite_text(out['nonfinite'])})"
+    else:
+        cell = f"PSNR {_db(out.get('psnr_db'), out.get('exact', False))}"
+        if out.get("sqnr_db") is not None:
+            cell += f" · SQNR {_db(out['sqnr_db'])}"
+    return cell + (f" · {_VERDICT_STYLE[out['verdict']]}" if out.get("verdict") in _VERDICT_STYLE else "")
 
 
 def render_report(report: dict[str, Any], console: Console) -> None:
@@ -43,14 +59,11 @@ def render_report(report: dict[str, Any], console: Console) -> None:
                       f"{mem.get('ratio') or 0:.2f}x")
         table.add_row("memory over runtime", f"{mem['float']['delta_mb']:.1f} MB", f"{mem['int8']['delta_mb']:.1f} MB", "")
     for out in report.get("outputs", []):
-        if out.get("kind") == "exact":
-            value = "identical" if out.get("exact") else f"{out.get('mismatches')} of {out.get('elements')} differ"
-        elif out.get("nonfinite"):
-            value = f"non-finite ({nonfinite_text(out['nonfinite'])})"
-        else:
-            value = _db(out.get("psnr_db"), out.get("exact", False))
-        table.add_row(f"output {out['name']}", "", "", f"PSNR {value}")
+        table.add_row(f"output {out['name']}", "", "", _output_cell(out))
     console.print(table)
+    for out in report.get("outputs", []):
+        for reason in out.get("reasons") or []:
+            console.print(f"  output {out['name']}: {reason}", markup=False)
     for line in [*delegation.summary_lines(report), coverage.coverage_line(report)]:
         if line:
             console.print(line, markup=False)
@@ -69,10 +82,12 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     _render_nonfinite(summary.get("nonfinite_layers") or [], by_name, console)
     drops = summary.get("drops", [])
     if drops:
-        console.print(f"[bold red]sudden drops[/] (PSNR falls > {report['settings'].get('drop_db')} dB below its inputs):")
+        threshold = report["settings"].get("drop_db")
+        console.print(f"[bold red]sudden drops[/] (SQNR falls > {threshold} dB below its inputs'):")
         for name in drops:
             x = by_name[name]
-            console.print(f"  #{x['index']} {name} ({x['op_type']}): {_db(x['psnr_db'])}, -{x['drop_db']:.1f} dB")
+            console.print(f"  #{x['index']} {name} ({x['op_type']}): PSNR {_db(x['psnr_db'])}, "
+                          f"SQNR {_db(x.get('sqnr_db'))} (-{x['drop_db']:.1f} dB)")
     elif layers:
         console.print("no sudden drops")
     _render_sensitive(report, console)
@@ -101,10 +116,11 @@ def _render_sensitive(report: dict[str, Any], console: Console) -> None:
     if not ranked:
         return
     table = Table(title="sensitive layers (score: dB the layer adds itself)", header_style="bold")
-    for col in ("layer", "op", "score", "why"):
-        table.add_column(col, justify="right" if col == "score" else "left")
+    for col in ("layer", "op", "PSNR", "SQNR", "score", "why"):
+        table.add_column(col, justify="left" if col in ("layer", "op", "why") else "right")
     for x in ranked[: max(report.get("settings", {}).get("worst", 5), 1)]:
-        table.add_row(x["name"], x["op_type"] or "", f"{x['score']:.1f}", "; ".join(x["reasons"]))
+        table.add_row(x["name"], x["op_type"] or "", _db(x.get("psnr_db")), _db(x.get("sqnr_db")), f"{x['score']:.1f}",
+                      "; ".join(x["reasons"]))
     console.print(table)
 
 

@@ -35,6 +35,7 @@ from qbench.protocols.messages import CapturePair, QParams
 
 from ..errors import UserError
 from ..models import bodies, body_nodes
+from . import output_structure
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -217,7 +218,8 @@ def match(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> Matching
     link_parents(layers, _onnx_inputs(f))
     outputs = [
         Layer(name, "Output", "output",
-              CapturePair(name, name, nbytes=_sum(f.nbytes(name), q.nbytes(name)), exact=f.is_float(name) is False))
+              CapturePair(name, name, nbytes=_sum(f.nbytes(name), q.nbytes(name)), exact=f.is_float(name) is False,
+                          structure=output_structure.request(output_structure.onnx_producers(f, name))))
         for name in f.outputs
     ]
     return Matching(layers, outputs, unmatched, control_flow(float_model, int8_model))

@@ -7,6 +7,10 @@ All sums run over every element of every sample (pooled), never over per-sample 
 - SQNR = 10·log10(Σf² / Σ(f − q)²)
 - local PSNR: as PSNR, with q replaced by f quantized with the int8 model's own
   scale and zero point (the error this layer's quantization adds by itself)
+- local SQNR: as SQNR, with that same local error: 10·log10(Σf² / Σ(f − dq(q(f)))²); unlike local
+  PSNR it does not depend on the peak, so it shows a range set by a few outliers
+- crest factor (``crest_db``) = 20·log10(peak / RMS), RMS = √(Σf²/N): how far the peak (which
+  sets a min/max int8 scale) lies above the typical value; PSNR − SQNR = crest_db exactly
 
 where f is the float model's tensor and q the int8 model's tensor, dequantized.
 MSE = 0 gives ``psnr_db = None`` with ``exact = True`` (JSON has no infinity). A float
@@ -65,8 +69,11 @@ def figures(s: PairStats, step: float | None = None) -> dict[str, Any]:
         "exact": s.sum_sq_err == 0.0,
         "elements": s.count,
     }
+    if s.sum_sq_float > 0.0 and s.max_abs_float > 0.0:
+        out["crest_db"] = _round(20.0 * math.log10(s.max_abs_float / math.sqrt(s.sum_sq_float / s.count)))
     if s.local_sum_sq_err is not None:
         out["local_psnr_db"] = _round(psnr_db(s.max_abs_float, s.local_sum_sq_err / s.count))
+        out["local_sqnr_db"] = _round(sqnr_db(s.sum_sq_float, s.local_sum_sq_err))
         out["clipped_fraction"] = (s.clipped or 0) / s.count
     if step:
         out["rmse_over_step"] = math.sqrt(mse) / step
@@ -105,22 +112,69 @@ def exact_figures(s: PairStats) -> dict[str, Any]:
             "psnr_db": None, **({"error": s.error} if s.error else {})}
 
 
+#: a tensor at or above this SQNR is treated as noise-free (an input the int8 model represents
+#: exactly, such as a 0..255 image; int8 rounding of a full-range signal gives about 50 dB)
+EXACT_SQNR_DB = 90.0
+#: a layer's own rounding counts as a source of error when its local SQNR is less than this far above
+#: its inputs' SQNR (own noise power at least a tenth of the inherited one: it adds 0.4 dB or more)
+OWN_MARGIN_DB = 10.0
+#: ... or when more than this fraction of its values are clipped
+OWN_CLIPPED = 0.01
+#: ops that compute with quantized weights: their weight rounding is a source of error of their own
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "CONV_2D",
+                "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "CONV_3D", "BATCH_MATMUL"}
+
+
 def flag_drops(layers: list[dict[str, Any]], threshold_db: float) -> None:
     """Set ``drop_db`` and ``drop`` on each layer, in place.
 
-    drop_db = min(PSNR of the layer's parents) − PSNR of the layer, where parents are
-    the nearest compared tensors upstream. A layer is a sudden drop when drop_db is
-    above ``threshold_db``. Undefined (None) when the layer or every parent has no
-    PSNR (exact or undefined), or when it has no parents.
+    drop_db = min(SQNR of the layer's noisy parents) − SQNR of the layer, where parents are the
+    nearest compared tensors upstream and a noisy parent is one with an error (not ``exact``) and an
+    SQNR below :data:`EXACT_SQNR_DB`. SQNR, not PSNR: PSNR is normalised by the tensor's peak, so an
+    op that caps the peak (Clip/ReLU6, Sigmoid, HardSwish after a wide conv) lowers it by 10-27 dB
+    with no more error; SQNR divides error energy by signal energy, both of the same tensor.
+    Undefined (None) when the layer has no SQNR (exact, or no signal) or no noisy parent: a layer fed
+    only by exact inputs is judged by its own figures (local SQNR).
+
+    A layer is a sudden drop when drop_db is above ``threshold_db`` and it has an error source of
+    its own (:func:`adds_own_error`): a squashing op (Sigmoid, a Clip of a wide range) compresses
+    the signal more than the error it inherits, so SQNR can fall through it by several dB although it
+    adds nothing (its local SQNR is far above its inputs').
     """
     by_name = {layer["name"]: layer for layer in layers}
     for layer in layers:
-        parent_psnrs = [by_name[p]["psnr_db"] for p in layer.get("parents", []) if by_name.get(p, {}).get("psnr_db") is not None]
-        if layer.get("psnr_db") is None or not parent_psnrs:
+        inputs = inputs_sqnr(layer, by_name)
+        if layer.get("sqnr_db") is None or inputs is None:
             layer["drop_db"], layer["drop"] = None, False
             continue
-        layer["drop_db"] = round(min(parent_psnrs) - layer["psnr_db"], 4)
-        layer["drop"] = layer["drop_db"] > threshold_db
+        layer["drop_db"] = round(inputs - layer["sqnr_db"], 4)
+        layer["drop"] = layer["drop_db"] > threshold_db and adds_own_error(layer, inputs)
+
+
+def inputs_sqnr(layer: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> float | None:
+    """The lowest SQNR of the layer's noisy parents (:func:`noisy_sqnr`); None when it has none."""
+    values = [s for s in (noisy_sqnr(by_name.get(p)) for p in layer.get("parents", [])) if s is not None]
+    return min(values) if values else None
+
+
+def adds_own_error(layer: dict[str, Any], inputs: float | None) -> bool:
+    """Whether the layer has an error source of its own: weights (:data:`WEIGHTED_OPS`, or
+    ``weight_psnr_db`` set: a conv fused with its activation), clipping (more than
+    :data:`OWN_CLIPPED` of its values), or output rounding not buried under its inputs' noise
+    (local SQNR < inputs' SQNR + :data:`OWN_MARGIN_DB`; any local SQNR when it has no noisy input)."""
+    if layer.get("op_type") in WEIGHTED_OPS or layer.get("weight_psnr_db") is not None:
+        return True
+    if (layer.get("clipped_fraction") or 0.0) > OWN_CLIPPED:
+        return True
+    local = layer.get("local_sqnr_db")
+    return local is not None and (inputs is None or local < inputs + OWN_MARGIN_DB)
+
+
+def noisy_sqnr(parent: dict[str, Any] | None) -> float | None:
+    """A layer entry's SQNR when it carries quantization noise (not exact, below EXACT_SQNR_DB), else None."""
+    if parent is None or parent.get("exact") or parent.get("sqnr_db") is None:
+        return None
+    return parent["sqnr_db"] if parent["sqnr_db"] < EXACT_SQNR_DB else None
 
 
 def _round(value: float | None) -> float | None:

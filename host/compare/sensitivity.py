@@ -1,34 +1,47 @@
 """Sensitive-layer ranking: which layers to look at (or keep in higher precision) first, and why.
 
-The score of a layer, in dB, is the error it adds by itself:
+Every figure here is scale-free: SQNR, not PSNR, since PSNR is normalised by the tensor's peak, and
+an op that caps the peak (Clip/ReLU6, Sigmoid, HardSwish after a wide conv) lowers PSNR by 10-27 dB
+while the error stays the same. The score of a layer, in dB, is the error it adds by itself:
 
-    score = max(0, drop_db)
-          + max(0, LOCAL_DB  − local_psnr_db)
-          + max(0, WEIGHT_DB − worst weight channel PSNR)
+    score = 0 when drop_db < VISIBLE_DB (its SQNR is no worse than its inputs': nothing it adds shows),
+            or when it has no error source of its own (metrics.adds_own_error: no weights, no clipping,
+            local SQNR ≥ inputs' SQNR + 10 dB: a squashing op that compresses signal more than error)
+    else    max(0, drop_db)
+          + max(0, LOCAL_SQNR_DB − local_sqnr_db), when its own error is not buried: local_sqnr_db is
+            below its inputs' SQNR (or it has no noisy input)
+          + max(0, WEIGHT_DB − worst live weight channel PSNR)
           + HINT_DB if the op is a known culprit and the sum above is > 0
 
-A term whose figure is missing counts 0. ``drop_db`` is how far the layer's cumulative PSNR falls
-below its inputs' (metrics.flag_drops), ``local_psnr_db`` the float tensor against itself
-quantized with the int8 model's scale and zero point (this covers both rounding and clipping at
-this tensor), the weight term the lowest channel PSNR of the weights the layer consumes
+A term whose figure is missing counts 0. ``drop_db`` is how far the layer's SQNR falls below its
+noisy inputs' (metrics.flag_drops), ``local_sqnr_db`` the float tensor against itself quantized with
+the int8 model's scale and zero point (rounding and clipping at this tensor), relative to its
+signal; the inputs' SQNR is the lowest of its noisy parents' (metrics.noisy_sqnr); the weight
+term the lowest channel PSNR of the weights the layer consumes, dead channels left out
 (compare.weights). Error that only arrived from upstream adds nothing.
 
 Reasons, each with its threshold:
 
-- ``sudden drop``: ``drop`` flag set (drop_db above the run's ``--drop-db``); ``drop`` when
-  drop_db is above 0 but not above that threshold
+- ``sudden drop``: ``drop`` flag set (drop_db above the run's ``--drop-db``, an own error source);
+  ``drop`` when drop_db is at least VISIBLE_DB but not above that threshold; ``squashed`` when drop_db
+  is at least VISIBLE_DB and the layer has no error source of its own (score 0)
 - ``clipping``: clipped_fraction > CLIP_FRACTION
 - ``wide range``: the int8 range (quant_max − quant_min) > WIDE_RANGE × the values seen (float_max − float_min)
 - ``bad step``: rmse_over_step > STEP_RATIO (rounding alone gives 1/√12 ≈ 0.29), unless the error
   is from upstream (rmse_over_step measures the cumulative error)
-- ``local error``: local_psnr_db < LOCAL_DB
-- ``error from upstream``: psnr_db < UPSTREAM_DB while local_psnr_db ≥ LOCAL_DB and no sudden drop
-- ``weight error``: worst weight channel PSNR < WEIGHT_DB
-- op hints from the seed articles: Softmax; Sigmoid/HardSigmoid gates and the Mul that applies
-  them (squeeze-and-excite)
+- ``outlier-dominated range``: local SQNR below LOCAL_SQNR_DB, not buried, crest_db ≥ CREST_DB
+  (peak ≥ 10× RMS) and no clipping (else the range is too narrow, not too wide): a min/max scale
+  spends the int8 levels on a few outliers, most values lie within a few steps of zero; the reason
+  names the remedies for that tensor
+- ``local error``: the same otherwise
+- ``error from upstream``: sqnr_db < UPSTREAM_SQNR_DB, a noisy input, and a score of 0
+- ``weight error``: worst live weight channel PSNR < WEIGHT_DB
+- op hints: Softmax; squeeze-and-excite = a Sigmoid/HardSigmoid gate with fewer elements than the
+  Mul it feeds (a pooled branch broadcast over the main path), and that Mul. A SiLU's Sigmoid
+  (x·sigmoid(x), as many elements as x) is not one.
 
 A layer is listed when it has a score above 0 or an ``error from upstream`` reason; op hints alone
-do not list it. Order: score, highest first, then cumulative PSNR, lowest first.
+do not list it. Order: score, highest first, then SQNR, lowest first.
 """
 
 from __future__ import annotations
@@ -36,81 +49,130 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .metrics import adds_own_error, inputs_sqnr
 from .weights import worst_psnr_db
 
-LOCAL_DB = 40.0
+LOCAL_SQNR_DB = 35.0
 WEIGHT_DB = 40.0
-UPSTREAM_DB = 30.0
+UPSTREAM_SQNR_DB = 20.0
+VISIBLE_DB = 1.0
+CREST_DB = 20.0
 CLIP_FRACTION = 0.01
 WIDE_RANGE = 2.0
 STEP_RATIO = 1.0
 HINT_DB = 3.0
 
 _SOFTMAX = {"Softmax", "LogSoftmax", "SOFTMAX", "LOG_SOFTMAX"}
-_GATES = {"Sigmoid", "HardSigmoid", "LOGISTIC"}
+_GATES = {"Sigmoid", "HardSigmoid", "LOGISTIC", "HARD_SIGMOID"}
 _MUL = {"Mul", "MUL"}
+REMEDIES = "percentile or entropy calibration, int16 activations, per-channel activation scales if the runtime has them"
 
 
 def rank_sensitive(layers: list[dict], weights: list[dict] | None = None, limit: int | None = None) -> list[dict]:
     """Layers ranked by sensitivity, worst first (the score and reasons are defined in the module doc).
 
     Args:
-        layers: report["layers"] entries (name, op_type, psnr_db, local_psnr_db, drop, drop_db,
-            clipped_fraction, rmse_over_step, float_min/max, quant_min/max, parents; any may be missing).
+        layers: report["layers"] entries (name, op_type, sqnr_db, local_sqnr_db, crest_db, drop,
+            drop_db, clipped_fraction, rmse_over_step, float_min/max, quant_min/max, elements,
+            parents; any may be missing).
         weights: report["weights"] entries; when None, the layers' own ``weight_worst_channel_psnr_db``
             (or ``weight_psnr_db``) is used.
         limit: keep at most this many.
 
     Returns:
-        ``[{"name", "op_type", "psnr_db", "score", "reasons": [str]}]``.
+        ``[{"name", "op_type", "psnr_db", "sqnr_db", "score", "reasons": [str]}]``.
     """
     weight_db = _weight_db_by_layer(layers, weights)
-    op_of = {x["name"]: x.get("op_type") for x in layers}
+    graph = _Graph(layers)
     ranked = []
     for layer in layers:
-        score, reasons, upstream = _assess(layer, weight_db.get(layer["name"]), op_of)
+        score, reasons, upstream = _assess(layer, weight_db.get(layer["name"]), graph)
         if score > 0 or upstream:
             ranked.append({"name": layer["name"], "op_type": layer.get("op_type"), "psnr_db": layer.get("psnr_db"),
-                           "score": round(score, 4), "reasons": reasons})
-    ranked.sort(key=lambda x: (-x["score"], math.inf if x["psnr_db"] is None else x["psnr_db"]))
+                           "sqnr_db": layer.get("sqnr_db"), "score": round(score, 4), "reasons": reasons})
+    ranked.sort(key=lambda x: (-x["score"], math.inf if x["sqnr_db"] is None else x["sqnr_db"]))
     return ranked if limit is None else ranked[:limit]
 
 
-def _assess(layer: dict[str, Any], weight_db: float | None, op_of: dict[str, str]) -> tuple[float, list[str], bool]:
+class _Graph:
+    """Parents and consumers of the report's layers."""
+
+    def __init__(self, layers: list[dict]):
+        self.by_name = {x["name"]: x for x in layers}
+        self.consumers: dict[str, list[dict]] = {}
+        for layer in layers:
+            for p in layer.get("parents", []):
+                self.consumers.setdefault(p, []).append(layer)
+
+    def inputs_sqnr(self, layer: dict) -> float | None:
+        return inputs_sqnr(layer, self.by_name)
+
+    def is_se_gate(self, layer: dict) -> bool:
+        """A Sigmoid/HardSigmoid whose values a Mul broadcasts over a larger tensor (a pooled branch)."""
+        if layer.get("op_type") not in _GATES or not layer.get("elements"):
+            return False
+        return any(c.get("op_type") in _MUL and (c.get("elements") or 0) > layer["elements"]
+                   for c in self.consumers.get(layer["name"], []))
+
+
+def _assess(layer: dict[str, Any], weight_db: float | None, graph: _Graph) -> tuple[float, list[str], bool]:
     """(score, reasons, whether the error came from upstream) of one layer."""
     reasons: list[str] = []
-    score = 0.0
-    drop_db, local, psnr = layer.get("drop_db"), layer.get("local_psnr_db"), layer.get("psnr_db")
-    if drop_db is not None and drop_db > 0:
-        score += drop_db
+    drop_db, sqnr = layer.get("drop_db"), layer.get("sqnr_db")
+    inputs = graph.inputs_sqnr(layer)
+    scores = (drop_db is None or drop_db >= VISIBLE_DB) and adds_own_error(layer, inputs)
+    score = max(0.0, drop_db or 0.0) if scores else 0.0
     if layer.get("drop"):
-        reasons.append(f"sudden drop: {drop_db:.1f} dB below its inputs")
-    elif drop_db is not None and drop_db > 0:
-        reasons.append(f"drop: {drop_db:.1f} dB below its inputs")
+        reasons.append(f"sudden drop: SQNR {drop_db:.1f} dB below its inputs'")
+    elif drop_db is not None and drop_db >= VISIBLE_DB:
+        reasons.append(f"drop: SQNR {drop_db:.1f} dB below its inputs'" if scores else
+                       f"squashed: SQNR {drop_db:.1f} dB below its inputs', but it adds no error of its own "
+                       f"(local SQNR {_db(layer.get('local_sqnr_db'))}): the op compresses the signal more than "
+                       "the error it inherits")
     clipped = layer.get("clipped_fraction")
     if clipped is not None and clipped > CLIP_FRACTION:
         reasons.append(f"clipping: {clipped:.1%} of values outside the int8 range")
     ratio = _range_ratio(layer)
     if ratio is not None and ratio > WIDE_RANGE:
         reasons.append(f"wide range: int8 range {ratio:.1f}x the values seen")
-    upstream = (psnr is not None and psnr < UPSTREAM_DB and local is not None and local >= LOCAL_DB
-                and not layer.get("drop"))
+    own = _own_error(layer, inputs)
+    if own is not None and scores:
+        score += own[0]
+    if weight_db is not None and weight_db < WEIGHT_DB and scores:
+        score += WEIGHT_DB - weight_db
+    upstream = sqnr is not None and sqnr < UPSTREAM_SQNR_DB and score == 0 and inputs is not None
     step = layer.get("rmse_over_step")
     if step is not None and step > STEP_RATIO and not upstream:  # else the excess error is inherited
         reasons.append(f"bad step: RMSE {step:.2f} steps (rounding alone: 0.29)")
-    if local is not None and local < LOCAL_DB:
-        score += LOCAL_DB - local
-        reasons.append(f"local error: its own quantization gives {local:.1f} dB")
+    if own is not None:
+        reasons.append(own[1])
     if upstream:
-        reasons.append(f"error from upstream: {psnr:.1f} dB cumulative, {local:.1f} dB local")
+        reasons.append(f"error from upstream: SQNR {sqnr:.1f} dB cumulative, local SQNR "
+                       f"{_db(layer.get('local_sqnr_db'))}")
     if weight_db is not None and weight_db < WEIGHT_DB:
-        score += WEIGHT_DB - weight_db
         reasons.append(f"weight error: worst channel {weight_db:.1f} dB")
-    hint = _hint(layer, op_of)
+    hint = _hint(layer, graph)
     if hint and score > 0:
         score += HINT_DB
         reasons.append(hint)
     return score, reasons, upstream
+
+
+def _db(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} dB"
+
+
+def _own_error(layer: dict[str, Any], inputs_sqnr: float | None) -> tuple[float, str] | None:
+    """(score term, reason) of a layer whose own int8 rounding is the larger noise, else None."""
+    local = layer.get("local_sqnr_db")
+    if local is None or local >= LOCAL_SQNR_DB or (inputs_sqnr is not None and local >= inputs_sqnr):
+        return None
+    crest = layer.get("crest_db")
+    if crest is not None and crest >= CREST_DB and (layer.get("clipped_fraction") or 0.0) <= CLIP_FRACTION:
+        return LOCAL_SQNR_DB - local, (
+            f"outlier-dominated range: peak {10 ** (crest / 20):.0f}x the RMS leaves local SQNR {local:.1f} dB; "
+            f"for this tensor try {REMEDIES}")
+    return LOCAL_SQNR_DB - local, f"local error: its own quantization leaves local SQNR {local:.1f} dB"
 
 
 def _range_ratio(layer: dict[str, Any]) -> float | None:
@@ -121,19 +183,19 @@ def _range_ratio(layer: dict[str, Any]) -> float | None:
     return (layer["quant_max"] - layer["quant_min"]) / seen if seen > 0 else None
 
 
-def _hint(layer: dict[str, Any], op_of: dict[str, str]) -> str | None:
+def _hint(layer: dict[str, Any], graph: _Graph) -> str | None:
     op = layer.get("op_type")
     if op in _SOFTMAX:
         return "softmax: amplifies rounding errors (seed: keep it in higher precision)"
-    if op in _GATES:
-        return "sigmoid gate: squeeze-and-excite blocks are typical culprits"
-    if op in _MUL and any(op_of.get(p) in _GATES for p in layer.get("parents", [])):
+    if graph.is_se_gate(layer):
+        return "squeeze-and-excite gate: a pooled sigmoid branch gating the main path, a typical culprit"
+    if op in _MUL and any(graph.is_se_gate(graph.by_name.get(p, {})) for p in layer.get("parents", [])):
         return "squeeze-and-excite scaling: typical culprit"
     return None
 
 
 def _weight_db_by_layer(layers: list[dict], weights: list[dict] | None) -> dict[str, float]:
-    """Per layer, the lowest weight channel PSNR (the tensor PSNR when there are no channels)."""
+    """Per layer, the lowest live weight channel PSNR (the tensor PSNR when there are no channels)."""
     out: dict[str, float] = {}
     if weights is None:
         for layer in layers:

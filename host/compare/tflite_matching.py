@@ -29,6 +29,7 @@ import numpy as np
 from qbench.protocols.messages import CapturePair, QParams
 
 from ..errors import UserError
+from . import output_structure
 from .matching import Layer, Matching, Unmatched, link_parents
 
 _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
@@ -189,6 +190,7 @@ def match_tflite(float_model: Union[str, Path], int8_model: Union[str, Path]) ->
         if pair is None:
             unmatched.append(Unmatched(f.tensors[fi].name, "OUTPUT", reason))
         else:
+            pair.structure = output_structure.request(output_structure.tflite_producers(f, fi))
             outputs.append(Layer(f.tensors[fi].name, "OUTPUT", "output", pair))
     return Matching(layers, outputs, unmatched)
 

@@ -8,6 +8,10 @@ point ``z`` (per tensor, or per channel along ``axis``) and its float counterpar
 - PSNR = 10·log10(peak² / MSE), MSE = mean((w − ŵ)²), peak = max|w|, over the whole tensor
 - channel PSNR: the same over one output channel (peak = that channel's max|w|); the channel axis is
   the quantization axis for per-channel weights, else the consuming op's output-channel axis
+- dead channels: max|w| below DEAD_FRACTION (1e-6) of the median channel's max|w|. Training left
+  them at ~0; int8 rounds them to 0, which costs the layer nothing, but against their own tiny peak
+  that is a PSNR of a few dB. Their channel PSNR is null and they are listed in ``dead_channels``,
+  so they never become the worst channel
 - histogram: 64 equal bins over the weight's quantization range ``[(lo − z)·s, (hi − z)·s]``
   (``lo``/``hi`` the integer type's limits; per channel, the lowest and highest over channels),
   with a count below and above the range in front and at the end; ``float`` bins ``w``,
@@ -35,6 +39,7 @@ from .matching import _Graph, load_model
 from .metrics import psnr_db
 
 BINS = 64
+DEAD_FRACTION = 1e-6
 _INTEGER_TYPES = ("int8", "uint8", "int16", "uint16")
 #: QOperator ops: (integer operand slot, scale slot, zero point slot, slot of the float op's operand)
 _QOPERATOR = {
@@ -180,11 +185,15 @@ def weight_entry(w: QuantizedWeight) -> dict[str, Any]:
     magnitude = np.abs(f)
     overall = psnr_db(float(magnitude.max(initial=0.0)), float(err.mean()) if err.size else 0.0)
     channels: list[float | None] = []
+    dead: list[int] = []
     if w.channel_axis is not None and f.ndim:
         n = f.shape[w.channel_axis]
         peaks = np.moveaxis(magnitude, w.channel_axis, 0).reshape(n, -1).max(axis=1)
         mses = np.moveaxis(err, w.channel_axis, 0).reshape(n, -1).mean(axis=1)
-        channels = [_round(psnr_db(p, m)) for p, m in zip(peaks.tolist(), mses.tolist())]
+        live = peaks >= DEAD_FRACTION * float(np.median(peaks))
+        channels = [_round(psnr_db(p, m)) if alive else None
+                    for p, m, alive in zip(peaks.tolist(), mses.tolist(), live)]
+        dead = np.flatnonzero(~live).tolist()
     defined = [(v, i) for i, v in enumerate(channels) if v is not None]
     return {
         "name": w.name,
@@ -197,6 +206,7 @@ def weight_entry(w: QuantizedWeight) -> dict[str, Any]:
         "psnr_db": _round(overall),
         "channel_psnr_db": channels,
         "worst_channel": min(defined)[1] if defined else None,
+        "dead_channels": dead,
         "histogram": histogram(w.values, d, w.qparams),
     }
 

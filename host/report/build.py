@@ -11,12 +11,12 @@ from typing import Any
 from qbench.protocols.messages import to_dict
 
 from .. import __version__
-from ..compare import metrics
+from ..compare import metrics, verdicts
 from ..session import RunState
 from .coverage import coverage_section
 from .profile import profile_section
 from . import delegation, json_text
-from .diagnosis import add_diagnosis
+from .diagnosis import add_diagnosis, add_weights
 
 SCHEMA = "qbench.report/1"
 
@@ -80,12 +80,15 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         if st.hist_range is not None:
             entry["histogram"] = {"range": st.hist_range, "float": st.hist_float, "int8": st.hist_int8}
         layers.append(entry)
+    report["layers"] = layers
+    add_weights(report, state)  # before the drops: a layer's weights are an error source of its own
     metrics.flag_drops(layers, state.settings.drop_db)
     outputs = []
     for out, st in zip(m.outputs, stats[len(m.layers):]):
         fig = metrics.exact_figures(st) if out.pair.exact else {"kind": "float", **metrics.figures(st)}
-        outputs.append({"name": out.name, **fig})
-    report["layers"] = layers
+        entry = {"name": out.name, **fig, **verdicts.structure_figures(st.structure)}
+        entry["verdict"], entry["reasons"] = verdicts.judge(entry)
+        outputs.append(entry)
     report["outputs"] = outputs
     report["unmatched"] = [u.to_dict() for u in m.unmatched]
     budget_mb = cap.budget_bytes / 2**20 if cap.budget_bytes else state.settings.memory_budget_mb
@@ -101,6 +104,8 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         # the lowest output PSNR: undefined when an output holds NaN or infinity
         "output_psnr_db": min(psnrs) if psnrs and not any(o.get("nonfinite") for o in float_outs) else None,
         "outputs_exact": bool(float_outs) and all(o.get("exact") for o in float_outs),
+        "verdict": verdicts.worst(o["verdict"] for o in outputs),
+        "top1_agreement": min((a for a in map(verdicts.agreement, outputs) if a is not None), default=None),
         "speedup": report.get("latency", {}).get("speedup"),
         "memory_ratio": report.get("memory", {}).get("ratio"),
         "worst_layers": [x["name"] for x in ranked[: state.settings.worst]],

@@ -10,7 +10,21 @@ from . import prefetch
 
 
 def add_diagnosis(report: dict[str, Any], state: RunState) -> None:
-    """Adds ``weights`` (and ``weight_psnr_db`` on the layers), ``sensitive_layers`` and ``equalization``."""
+    """Adds ``weights`` (unless :func:`add_weights` did), ``sensitive_layers`` and ``equalization``."""
+    layers = report.get("layers", [])
+    if "weights" not in report and "weights_error" not in report:
+        add_weights(report, state)
+    if layers:
+        report["sensitive_layers"] = sensitivity.rank_sensitive(layers, report.get("weights"))
+    if state.equalization is not None:
+        report["equalization"] = state.equalization
+
+
+def add_weights(report: dict[str, Any], state: RunState) -> None:
+    """Adds ``weights`` and ``weight_psnr_db`` / ``weight_worst_channel_psnr_db`` on the layers that consume them.
+
+    Called before drops are flagged: a layer with weights of its own has an error source of its own.
+    """
     layers = report.get("layers", [])
     if state.float_info is not None and state.int8_info is not None:
         try:
@@ -26,7 +40,3 @@ def add_diagnosis(report: dict[str, Any], state: RunState) -> None:
             report["weights"] = found
             if unmatched:
                 report["weights_unmatched"] = unmatched
-    if layers:
-        report["sensitive_layers"] = sensitivity.rank_sensitive(layers, report.get("weights"))
-    if state.equalization is not None:
-        report["equalization"] = state.equalization

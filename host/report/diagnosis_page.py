@@ -28,12 +28,14 @@ def section(report: Mapping[str, Any]) -> str:
 def _sensitive(ranked: Optional[Sequence[Mapping[str, Any]]]) -> str:
     if not ranked:
         return note("No sensitive layers: no layer adds error of its own (see the Diagnosis section of the README).")
-    rows = [(x["name"], x.get("op_type") or "", num_cell(x.get("psnr_db")), num_cell(x.get("score")),
-             "; ".join(x.get("reasons") or [])) for x in ranked[:MAX_ROWS]]
-    caption = (f'<p class="muted">{len(ranked)} layers, worst first; score (dB) = drop below the inputs + '
-               "shortfall of local PSNR and of the worst weight channel under 40 dB (+3 for softmax and "
-               "squeeze-and-excite gates).</p>")
-    return caption + table(("layer", "op", "cumulative PSNR dB", "score", "why"), rows, sortable=True, wrap=True)
+    rows = [(x["name"], x.get("op_type") or "", num_cell(x.get("psnr_db")), num_cell(x.get("sqnr_db")),
+             num_cell(x.get("score")), "; ".join(x.get("reasons") or [])) for x in ranked[:MAX_ROWS]]
+    caption = (f'<p class="muted">{len(ranked)} layers, worst first; score (dB) = SQNR drop below the inputs\' + '
+               "shortfall of local SQNR under 35 dB (where its own rounding is the larger noise) and of the worst "
+               "live weight channel under 40 dB (+3 for softmax and squeeze-and-excite gates); 0 when the layer's "
+               "SQNR is less than 1 dB below its inputs'.</p>")
+    return caption + table(("layer", "op", "cumulative PSNR dB", "cumulative SQNR dB", "score", "why"), rows,
+                           sortable=True, wrap=True)
 
 
 def _weights(weights: Optional[Sequence[Mapping[str, Any]]]) -> str:

@@ -38,9 +38,10 @@ RED_BELOW_DB, AMBER_BELOW_DB = 20.0, 30.0
 _TOP_DB = 1e9
 
 CSV_COLUMNS = (
-    "index", "name", "op_type", "psnr_db", "local_psnr_db", "sqnr_db", "mse", "rmse", "max_abs_error", "peak",
-    "float_min", "float_max", "quant_min", "quant_max", "clipped_fraction", "rmse_over_step", "exact", "drop",
-    "drop_db", "elements", "int8_name", "rule", "parents", "user_node", "user_op_type", "prepared_name", "nonfinite",
+    "index", "name", "op_type", "psnr_db", "local_psnr_db", "sqnr_db", "local_sqnr_db", "crest_db", "mse", "rmse",
+    "max_abs_error", "peak", "float_min", "float_max", "quant_min", "quant_max", "clipped_fraction", "rmse_over_step",
+    "exact", "drop", "drop_db", "elements", "int8_name", "rule", "parents", "user_node", "user_op_type", "prepared_name",
+    "nonfinite",
 )
 
 

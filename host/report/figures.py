@@ -19,7 +19,7 @@ MAX_OPS = 25
 
 
 def psnr_depth(layers: Sequence[Mapping[str, Any]]) -> Optional[go.Figure]:
-    """Cumulative and local PSNR against depth, sudden drops marked."""
+    """Cumulative and local PSNR and cumulative SQNR against depth, sudden drops (judged by SQNR) marked."""
     if not any(layer.get("psnr_db") is not None for layer in layers):
         return None
     x = [layer.get("index", i) for i, layer in enumerate(layers)]
@@ -33,18 +33,22 @@ def psnr_depth(layers: Sequence[Mapping[str, Any]]) -> Optional[go.Figure]:
         fig.add_trace(go.Scatter(x=x, y=[layer.get("local_psnr_db") for layer in layers], customdata=custom,
                                  mode="lines+markers", name="local PSNR", hovertemplate=hover,
                                  line=dict(color="#7f7f7f", dash="dot"), marker=dict(size=3)))
+    if any(layer.get("sqnr_db") is not None for layer in layers):
+        fig.add_trace(go.Scatter(x=x, y=[layer.get("sqnr_db") for layer in layers], customdata=custom,
+                                 mode="lines+markers", name="cumulative SQNR", hovertemplate=hover,
+                                 line=dict(color=INT8_COLOUR), marker=dict(size=3)))
     drops = [(xi, layer) for xi, layer in zip(x, layers) if layer.get("drop")]
     if drops:
         fig.add_trace(go.Scatter(
-            x=[xi for xi, _ in drops], y=[layer.get("psnr_db") for _, layer in drops],
+            x=[xi for xi, _ in drops], y=[layer.get("sqnr_db") for _, layer in drops],
             customdata=[[layer["name"], layer.get("op_type") or "?", layer.get("drop_db")] for _, layer in drops],
             mode="markers", name="sudden drop", marker=dict(symbol="x", size=12, color=DROP_COLOUR),
-            hovertemplate="%{customdata[0]}<br>%{customdata[1]} · layer %{x}<br>%{y:.2f} dB, "
-                          "dropped %{customdata[2]:.1f} dB<extra>sudden drop</extra>"))
+            hovertemplate="%{customdata[0]}<br>%{customdata[1]} · layer %{x}<br>SQNR %{y:.2f} dB, "
+                          "%{customdata[2]:.1f} dB below its inputs'<extra>sudden drop</extra>"))
     fig.add_hline(y=RED_BELOW_DB, line=dict(color=RED, dash="dash", width=1))
     fig.add_hline(y=AMBER_BELOW_DB, line=dict(color=AMBER, dash="dash", width=1))
-    fig.update_layout(title="PSNR per layer against depth", xaxis_title="layer (topological order)",
-                      yaxis_title="PSNR (dB)", hovermode="closest")
+    fig.update_layout(title="PSNR and SQNR per layer against depth", xaxis_title="layer (topological order)",
+                      yaxis_title="dB", hovermode="closest")
     return fig
 
 

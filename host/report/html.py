@@ -154,6 +154,10 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
               _mark(checks, "fail_over_memory")),
         _card("sudden drops", str(len(drops)), _mark(checks, "fail_on_drop")),
     ]
+    if summary.get("verdict"):
+        cards.append(_card("output verdict", summary["verdict"], _mark(checks, "fail_on_broken")))
+    if summary.get("top1_agreement") is not None:
+        cards.append(_card("top-1 agreement", fmt(summary["top1_agreement"], 3), _mark(checks, "fail_under_top1")))
     parts = [f'<div class="cards">{"".join(cards)}</div>', _gates_block(checks), _notes(report)]
     providers = ", ".join(device.get("providers_used") or device.get("providers") or []) or "-"
     delegate = (((report.get("settings") or {}).get("runner") or {}).get("delegate"))
@@ -212,8 +216,10 @@ def _outputs_table(outputs: Sequence[Mapping[str, Any]]) -> str:
         else:
             verdict = "exact" if o.get("exact") else ""
         rows.append((o.get("name"), o.get("kind", "float"), num_cell(o.get("psnr_db")), num_cell(o.get("sqnr_db")),
-                     num_cell(o.get("mse"), 4), num_cell(o.get("max_abs_error"), 4), verdict))
-    return table(("output", "kind", "PSNR dB", "SQNR dB", "MSE", "max abs error", "exact"), rows)
+                     num_cell(o.get("mse"), 4), num_cell(o.get("max_abs_error"), 4), verdict,
+                     o.get("verdict") or "", "; ".join(o.get("reasons") or [])))
+    return table(("output", "kind", "PSNR dB", "SQNR dB", "MSE", "max abs error", "exact", "verdict", "why"), rows,
+                 wrap=True)
 
 
 def _latency_table(latency: Mapping[str, Any]) -> str:

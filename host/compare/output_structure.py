@@ -1,0 +1,77 @@
+"""What the agent measures of each model output's structure (``StructureRequest``), read from the float graph.
+
+Every float output gets per-slice sums (along every axis of 2..64 entries). An output read by
+argmax gets class figures too:
+
+- its producer (through shape-only ops: Identity, Reshape, Flatten, Squeeze, Unsqueeze, Cast) is a
+  Softmax/LogSoftmax over the last axis, or a Gemm/MatMul/FullyConnected (logits): class axis =
+  the last axis (top-1/top-5 agreement), and a CTC reading (blank 0, the PaddleOCR and ddddocr
+  convention) along the longest other axis when it has at least 8 entries
+- its producer is an ArgMax (an integer output): the indices themselves are read as CTC sequences
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from qbench.protocols.messages import StructureRequest
+
+#: ops that only move or relabel values: the output's structure is its producer's
+PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast",
+                "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "DEQUANTIZE", "QUANTIZE"}
+SCORES = {"Softmax", "LogSoftmax", "SOFTMAX", "LOG_SOFTMAX"}
+LOGITS = {"Gemm", "MatMul", "FULLY_CONNECTED", "BATCH_MATMUL"}
+INDICES = {"ArgMax", "ARG_MAX"}
+CTC_BLANK = 0
+
+
+def request(producers: Sequence[tuple[str, bool]]) -> StructureRequest:
+    """The structure request of an output.
+
+    Args:
+        producers: the ops that make the output, nearest first, each ``(op type, whether it works on
+            the last axis)``; the second matters for Softmax/LogSoftmax/ArgMax only.
+    """
+    for op, on_last_axis in producers:
+        if op in PASS_THROUGH:
+            continue
+        if op in INDICES and on_last_axis:
+            return StructureRequest(ctc_blank=CTC_BLANK, indices=True)
+        if (op in SCORES and on_last_axis) or op in LOGITS:
+            return StructureRequest(class_axis=-1, ctc_blank=CTC_BLANK)
+        break
+    return StructureRequest()
+
+
+def onnx_producers(graph, name: str) -> list[tuple[str, bool]]:
+    """The producer chain of ``name`` in a matching ``_Graph`` (nearest first, up to the first real op)."""
+    chain = []
+    node = graph.producer.get(name)
+    while node is not None:
+        chain.append((node.op_type, _onnx_on_last_axis(graph, node)))
+        if node.op_type not in PASS_THROUGH or not node.input:
+            break
+        node = graph.producer.get(node.input[0])
+    return chain
+
+
+def _onnx_on_last_axis(graph, node) -> bool:
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if node.op_type != "ArgMax" else 0)
+    if axis == -1:
+        return True
+    tensor = node.input[0] if node.input else ""
+    dims = graph.types.get(tensor, (0, None))[1]
+    return dims is not None and axis == len(dims) - 1
+
+
+def tflite_producers(graph, tensor: int) -> list[tuple[str, bool]]:
+    """The producer chain of tensor index ``tensor`` in a ``TFLiteGraph`` (TFLite's SOFTMAX is over the last axis)."""
+    chain = []
+    k = graph.producer.get(tensor)
+    while k is not None:
+        op = graph.ops[k]
+        chain.append((op.type, op.type in SCORES))
+        if op.type not in PASS_THROUGH or not op.inputs:
+            break
+        k = graph.producer.get(op.inputs[0])
+    return chain

@@ -1,0 +1,91 @@
+"""Scale-free drops, the ranking and output verdicts on real published models (benchmarks/published.py,
+fetched by `make models`), min/max int8 by qbench; figures checked with plain onnxruntime + numpy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from cli import load_report, qbench
+from qbench.agent.structure import ctc_symbols, levenshtein
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import published as P  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _published_run(name: str, tmp: Path, cache: Path, *extra: str):
+    m = P.model(name)
+    if not Path(m.path).is_file():
+        pytest.skip(f"{name} is not fetched (make models)")
+    data = {}
+    for split, count in (("calib", 4), ("eval", 2)):
+        data[split] = {k: v[:, None] for k, v in P.samples(m, count, split=split).items()}
+        np.savez(tmp / f"{split}.npz", **data[split])
+    proc = qbench("run", str(m.path), "--input-shape", m.input_shape, "--data", "eval.npz", "--calibration",
+                  "calib.npz", "--accuracy-only", "--histogram-bins", "0", "--out", "out", *extra,
+                  cwd=tmp, cache=cache, timeout=900)
+    return m, data["eval"], proc, load_report(tmp / "out")
+
+
+def _run_ort(path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    n = len(next(iter(feeds.values())))
+    runs = [session.run(None, {k: v[i] for k, v in feeds.items()}) for i in range(n)]
+    return [np.concatenate([r[j] for r in runs]).astype(np.float64) for j in range(len(runs[0]))]
+
+
+def test_yolov8_whose_class_scores_are_destroyed_is_broken(tmp_path, agent_cache):
+    m, x, proc, report = _published_run("yolov8n-nudenet", tmp_path, agent_cache, "--fail-on-broken")
+    [out] = report["outputs"]
+    assert out["psnr_db"] > 35 and out["verdict"] == "broken"  # a fine PSNR, no class score left
+    scores, boxes = out["slices"]["groups"]
+    assert scores["slices"] == list(range(4, 22)) and scores["destroyed"] and boxes["slices"] == [0, 1, 2, 3]
+    [f] = _run_ort(report["models"]["float"]["path"], x)
+    [q] = _run_ort(tmp_path / "out" / "model.int8.onnx", x)
+    assert np.ptp(q[:, 4:]) == 0 and np.ptp(f[:, 4:]) > 0.1  # every int8 score is one value
+    assert proc.returncode == 3
+
+
+def test_ppocr_rec_ctc_reading_matches_onnxruntime(tmp_path, agent_cache):
+    m, x, proc, report = _published_run("ppocr-v4-rec", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    [out] = report["outputs"]
+    [f] = _run_ort(report["models"]["float"]["path"], x)
+    [q] = _run_ort(tmp_path / "out" / "model.int8.onnx", x)
+    reads = [(ctc_symbols(a, 0), ctc_symbols(b, 0)) for a, b in zip(f.argmax(-1), q.argmax(-1))]
+    assert out["sequences"] == len(reads)
+    assert out["sequence_agreement"] == pytest.approx(np.mean([a == b for a, b in reads]))
+    assert out["float_reads"] == sum(bool(a) for a, _ in reads)
+    symbols = sum(len(a) for a, _ in reads)
+    if symbols:
+        assert out["cer"] == pytest.approx(sum(levenshtein(a, b) for a, b in reads) / symbols, abs=1e-4)
+    assert out["top1_agreement"] == pytest.approx(np.mean(f.argmax(-1) == q.argmax(-1)))
+    assert out["verdict"] in ("ok", "degraded", "broken") and isinstance(out["reasons"], list)
+
+
+def test_ppocr_det_drops_and_ranking_point_where_sqnr_falls(tmp_path, agent_cache):
+    """640x640, min/max int8: no sudden drop (and none of the top 5) where SQNR falls < 1 dB below every input's."""
+    _, _, proc, report = _published_run("ppocr-v4-det", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    layers = {x["name"]: x for x in report["layers"]}
+
+    def falls_little(layer):
+        parents = [layers[p]["sqnr_db"] for p in layer["parents"] if layers.get(p, {}).get("sqnr_db") is not None]
+        return layer.get("sqnr_db") is not None and all(p - layer["sqnr_db"] < 1 for p in parents)
+
+    drops = [x for x in report["layers"] if x["drop"]]
+    assert drops and not [x["name"] for x in drops if falls_little(x)]
+    top5 = [layers[x["name"]] for x in report["sensitive_layers"][:5]]
+    assert not [x["name"] for x in top5 if falls_little(x)]
+    # the damage is done early: SQNR falls from the input's ~43 dB to < 10 dB within the first 20 layers
+    order = report["layers"]
+    assert order[0]["sqnr_db"] > 35 and min(x["sqnr_db"] for x in order[:20] if x.get("sqnr_db") is not None) < 10
+    assert top5[0]["index"] < 20 and sum(x["index"] < 60 for x in top5) >= 4

@@ -1,0 +1,125 @@
+"""The agent's output-structure reduction (agent/structure.py) against plain numpy, and the host's verdicts on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qbench.agent import structure
+from qbench.host.compare import verdicts
+from qbench.protocols.messages import CapturePair, PairStats, QParams, StructureRequest, from_dict, to_dict
+
+
+def _reduce(request: StructureRequest, samples, qparams: QParams | None = None):
+    """The StructureStats of (float, int8) samples, after a round trip through the wire form."""
+    pair = CapturePair("o", "o", qparams=qparams, structure=request)
+    accs = structure.accumulators([pair])
+    for f, q in samples:
+        structure.update(accs, [0], [(f, q)])
+    stats = [PairStats()]
+    structure.finish(accs, stats)
+    return from_dict(PairStats, to_dict(stats[0])).structure
+
+
+def _detector(rng, scores_max: float = 0.45):
+    """[1,22,2100]: rows 0-3 boxes up to 316, rows 4-21 scores, as YOLOv8 concatenates them."""
+    return np.concatenate([rng.uniform(0, 316, (1, 4, 2100)), rng.uniform(0, scores_max, (1, 18, 2100))],
+                          axis=1).astype(np.float32)
+
+
+def test_slice_sums_match_numpy():
+    rng = np.random.default_rng(0)
+    scale = 316 / 127
+    qp = QParams([scale], [0])
+    samples = [(f, np.clip(np.round(f / scale), -128, 127).astype(np.int8)) for f in (_detector(rng), _detector(rng))]
+    st = _reduce(StructureRequest(), samples, qp)
+    [sl] = st.slices  # only axis 1 has 2..64 entries
+    assert sl.axis == 1 and len(sl.count) == 22
+    f = np.concatenate([s[0] for s in samples]).astype(np.float64)
+    q = np.concatenate([s[1] for s in samples]).astype(np.float64) * np.float64(scale)
+    np.testing.assert_allclose(sl.sum_sq_float, (f ** 2).sum(axis=(0, 2)), rtol=1e-9)
+    np.testing.assert_allclose(sl.sum_sq_err, ((f - q) ** 2).sum(axis=(0, 2)), rtol=1e-9)
+    np.testing.assert_allclose(sl.int8_max, q.max(axis=(0, 2)))
+    assert sl.count == [2 * 2100] * 22
+
+
+def test_boxes_and_scores_under_one_scale_are_broken_whatever_the_psnr():
+    """Scores 0..0.45 under a step of 2.5 all round to 0: the slice group is destroyed."""
+    rng = np.random.default_rng(1)
+    scale = 316 / 127
+    f = _detector(rng)
+    st = _reduce(StructureRequest(), [(f, np.clip(np.round(f / scale), -128, 127).astype(np.int8))], QParams([scale], [0]))
+    figures = verdicts.structure_figures(st)
+    small, large = figures["slices"]["groups"]
+    assert small["slices"] == list(range(4, 22)) and small["destroyed"] and small["sqnr_db"] == 0.0
+    assert large["slices"] == [0, 1, 2, 3] and not large["destroyed"] and large["sqnr_db"] > 30
+    verdict, reasons = verdicts.judge({"kind": "float", "psnr_db": 45.0, "sqnr_db": 40.0, **figures})
+    assert verdict == "broken" and reasons[0].startswith("slices 4-21 along axis 1")
+    # the same output with its own scale for the scores: one step of 1/255, nothing destroyed
+    q = f.copy()
+    q[:, 4:] = np.round(f[:, 4:] * 255) / 255
+    q[:, :4] = np.round(f[:, :4] / scale) * scale
+    ok = verdicts.structure_figures(_reduce(StructureRequest(), [(f, q)]))
+    assert verdicts.judge({"kind": "float", "sqnr_db": 40.0, **ok}) == ("ok", [])
+
+
+def test_a_rarely_seen_class_alone_does_not_break_the_scores():
+    rng = np.random.default_rng(2)
+    f = _detector(rng, scores_max=1.0)
+    f[:, 7] *= 1e-3  # a class that never fires: its row rounds to 0 even under a 1/255 step
+    q = np.concatenate([np.round(f[:, :4] / 2.5) * 2.5, np.round(f[:, 4:] * 255) / 255], axis=1)
+    figures = verdicts.structure_figures(_reduce(StructureRequest(), [(f, q)]))
+    assert verdicts.judge({"kind": "float", "sqnr_db": 40.0, **figures})[0] == "ok"
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_argmax_agreement_over_thousands_of_classes_matches_numpy():
+    rng = np.random.default_rng(3)
+    f = _softmax(rng.normal(scale=3.0, size=(1, 40, 6625)))
+    q = np.clip(np.round(f * 255), 0, 255).astype(np.uint8)  # ties where probabilities are small
+    st = _reduce(StructureRequest(class_axis=-1, top_k=5), [(f, q)], QParams([1 / 255], [0], dtype="uint8"))
+    d = q.astype(np.float64) / 255
+    top_f, top_q = f.argmax(-1), d.argmax(-1)
+    assert st.positions == 40 and st.top1_agree == int((top_f == top_q).sum())
+    top5 = np.argsort(-d, axis=-1, kind="stable")[..., :5]
+    # the int8 top-5 is ambiguous among ties: the agent's count lies between the strict and tied readings
+    strict = int((top5 == top_f[..., None]).any(-1).sum())
+    tied = int((d[0, np.arange(40), top_f[0]] >= np.sort(d, axis=-1)[..., -5]).sum())
+    assert strict <= st.topk_agree <= tied
+
+
+def test_ctc_reading_collapses_repeats_and_blanks():
+    assert structure.ctc_symbols(np.array([0, 3, 3, 0, 3, 5, 5, 0]), blank=0) == [3, 3, 5]
+    assert structure.levenshtein([1, 2, 3], [1, 3]) == 1 and structure.levenshtein([], [4, 4]) == 2
+    steps = np.array([0, 7, 7, 0, 9, 0, 0, 11, 11, 0])
+    logits = np.full((1, steps.size, 20), -5.0)
+    logits[0, np.arange(steps.size), steps] = 5.0
+    f = _softmax(logits)
+    blind = np.zeros_like(f)
+    blind[..., 0] = 1.0  # every step blank: reads nothing
+    st = _reduce(StructureRequest(class_axis=-1, ctc_blank=0), [(f, f), (f, blind)])
+    assert (st.sequences, st.sequences_equal, st.float_nonempty, st.int8_nonempty) == (2, 1, 2, 1)
+    assert st.edit_distance == 3 and st.float_symbols == 6
+    figures = verdicts.structure_figures(st)
+    assert figures["cer"] == 0.5 and figures["sequence_agreement"] == 0.5
+    never = verdicts.structure_figures(_reduce(StructureRequest(class_axis=-1, ctc_blank=0), [(f, blind)]))
+    verdict, reasons = verdicts.judge({"kind": "float", "sqnr_db": 30.0, **never})
+    assert verdict == "broken" and reasons == ["int8 reads no text: the float model reads text in 1 of 1 sequences"]
+
+
+def test_index_outputs_are_read_as_sequences():
+    f = np.array([[0, 4, 4, 0, 2, 2, 2, 0, 6]], np.int64)
+    q = np.array([[0, 4, 0, 0, 2, 0, 2, 0, 0]], np.int64)
+    st = _reduce(StructureRequest(ctc_blank=0, indices=True), [(f, q)])
+    assert (st.sequences, st.sequences_equal, st.edit_distance, st.float_symbols) == (1, 0, 1, 3)  # 4 2 6 vs 4 2 2
+
+
+@pytest.mark.parametrize("top1, verdict", [(0.95, "ok"), (0.8, "degraded"), (0.3, "broken")])
+def test_top1_thresholds(top1, verdict):
+    out = {"kind": "float", "sqnr_db": 30.0, "top1_agreement": top1, "topk_agreement": 1.0, "top_k": 5,
+           "positions": 100}
+    assert verdicts.judge(out)[0] == verdict
