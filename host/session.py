@@ -120,6 +120,9 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     stopping.wait_stopped()  # a previous run's agent, still exiting, must not overlap this run's measurements
+    # the agent loads no delegate library it was not started with: the run's own (CLI or devices.yaml)
+    for runner in (settings.runner, session_tflite.capture_runner(settings)):
+        transport.allow_delegate(runner.delegate_path)
     agent = _AgentStart(transport, settings.timeout_s, [session_tflite.runtime_hint(settings.model)])
     try:
         float_path, int8_path = _prepare_models(state, ui)
