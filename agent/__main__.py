@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qbench agent: cannot start: {exc}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    if config.exit_on_stdin_eof:
+        # the host that started it ends it (stdin EOF): a Ctrl-C meant for the host, which a terminal sends
+        # to the agent too, must not kill it before the host has stopped its job and kept the results
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     print(f"QBENCH_AGENT_READY {agent.endpoint}", flush=True)
     try:
         agent.serve()

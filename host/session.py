@@ -127,6 +127,8 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     try:
         float_path, int8_path = _prepare_models(state, ui)
         inputs = _samples(state, ui)
+    except KeyboardInterrupt:
+        return _interrupted(state, agent)
     except BaseException:
         agent.abandon()
         raise
@@ -139,6 +141,20 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
         tail = transport.stderr_tail(10)
         if tail:
             state.error["agent_stderr"] = tail
+    except KeyboardInterrupt:
+        return _interrupted(state, agent)
+    return state
+
+
+#: ``state.error["code"]`` of a run the user interrupted (Ctrl-C); its report's status is ``interrupted``
+INTERRUPTED = "interrupted"
+
+
+def _interrupted(state: RunState, agent: "_AgentStart") -> RunState:
+    """Ctrl-C: stop the agent (and its workers) and keep what was measured, as for a failed stage."""
+    stage = state.stage
+    agent.abandon()  # waits for a start still under way, so that no agent comes up after the run
+    state.error = {"stage": stage, "code": INTERRUPTED, "message": f"interrupted during {stage}"}
     return state
 
 
@@ -255,7 +271,7 @@ class _AgentStart:
         return self._client, self._hello, self._error
 
     def abandon(self) -> None:
-        """Preparation failed: stop the agent that was started for nothing."""
+        """Preparation failed or the run was interrupted: stop the agent (safe after the run stopped it)."""
         client, _, _ = self.result()
         if client is not None:
             client.close()
