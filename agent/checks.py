@@ -61,9 +61,6 @@ def check_runner(runner: RunnerConfig) -> None:
         raise _bad(f"runner.graph_optimization must be one of {GRAPH_OPTIMIZATIONS}, not {runner.graph_optimization!r}")
     if runner.accelerator not in ACCELERATORS:
         raise _bad(f"runner.accelerator must be one of {ACCELERATORS}, not {runner.accelerator!r}")
-    if not all(isinstance(p, str) for p in runner.providers) or not all(
-            isinstance(o, dict) for o in runner.provider_options):
-        raise _bad("runner.providers must be strings, runner.provider_options objects")
 
 
 def check_delegate(runner: RunnerConfig, allowed: Sequence[str], cache_root: Path) -> None:

@@ -107,7 +107,7 @@ def peek(frame: Any) -> tuple[str, str]:
 
 def _header(view: memoryview) -> dict:
     try:
-        header = json.loads(bytes(view))
+        header = json.loads(bytes(view), parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header is not JSON: {str(exc)[:200]}", origin="codec") from exc
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
@@ -115,6 +115,11 @@ def _header(view: memoryview) -> dict:
     if _depth(header) > MAX_DEPTH:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header nested deeper than {MAX_DEPTH}", origin="codec")
     return header
+
+
+def _not_json(constant: str) -> None:
+    # Python's json reads NaN and Infinity, which JSON has not: a NaN timeout would be no deadline at all
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _depth(value: Any) -> int:
