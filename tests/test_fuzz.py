@@ -3,23 +3,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
+import signal
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import protocol_fuzz
 from models import build_convnet
 from raw_agent import dealer
 from qbench.host.quantize.onnx import quantize_onnx
-from qbench.host.transport.client import AgentClient
+from qbench.host.transport.client import AgentClient, AgentError
 from qbench.host.transport.local import LocalTransport
 from qbench.protocols import codec
-from qbench.protocols.messages import ErrorCode
-
-import numpy as np
+from qbench.protocols.messages import BenchmarkRequest, ErrorCode, TimingConfig
 
 DOCUMENTED = {c.value for c in ErrorCode} - {ErrorCode.INTERNAL.value}
 BATCH = 100
@@ -73,7 +74,6 @@ def _fuzz(fuzzed_agent, count: int, seed: int) -> Counter:
 def test_two_thousand_mutated_messages_get_documented_codes(fuzzed_agent):
     rss_before = _rss_mb(fuzzed_agent[1]._proc.pid)
     codes = _fuzz(fuzzed_agent, 2000, seed=1)
-    print(dict(codes))
     assert sum(codes.values()) == 2000 and codes["bad_message"] > 500 and codes["ok"] > 0, codes
     assert _rss_mb(fuzzed_agent[1]._proc.pid) < rss_before + 100  # nothing held from message to message
 
@@ -82,3 +82,72 @@ def test_two_thousand_mutated_messages_get_documented_codes(fuzzed_agent):
 def test_ten_thousand_mutated_messages_get_documented_codes(fuzzed_agent):
     codes = _fuzz(fuzzed_agent, 10_000, seed=2)
     assert sum(codes.values()) == 10_000, codes
+
+
+def _worker_of(agent_pid: int, timeout_s: float = 60.0) -> int:
+    """The pid of the worker running now: a child of one of the agent's zygotes."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for zygote in psutil.Process(agent_pid).children():
+            workers = [c for c in zygote.children() if c.status() != psutil.STATUS_ZOMBIE]
+            if workers:
+                return workers[0].pid
+        time.sleep(0.05)
+    raise AssertionError("no worker started")
+
+
+def test_worker_faults_in_a_row_are_typed_and_survived(tmp_path):
+    """Each kind of worker death, three rounds: out of memory, SIGKILL, SIGSEGV, timeout, a corrupt model."""
+    from test_agent import _big_activation_model
+
+    transport = LocalTransport(cache_dir=str(tmp_path / "cache"), memory_limit_mb=400)
+    client = AgentClient(transport.start(), timeout_s=120)
+    try:
+        client.hello(["onnxruntime"])
+        good = client.ensure_model(build_convnet(tmp_path / "m.onnx"), "onnx")
+        big = client.ensure_model(_big_activation_model(tmp_path / "big.onnx"), "onnx")
+        (tmp_path / "bad.onnx").write_bytes(b"\x08\x07" + b"\xff" * 64)
+        corrupt = client.ensure_model(tmp_path / "bad.onnx", "onnx")
+        x = {"x": np.zeros((1, 1, 3, 16, 16), np.float32)}
+        quick = TimingConfig(warmup=0, runs=1, min_seconds=0)
+        endless = TimingConfig(warmup=0, runs=10**8, max_runs=10**8, min_seconds=600, max_seconds=600)
+        client.benchmark(BenchmarkRequest(model=good, timing=quick), x)  # the baseline job is done
+
+        def killed(sig: int) -> AgentError:
+            outcome: list = []
+            job = threading.Thread(target=lambda: outcome.append(_error(
+                lambda: client.benchmark(BenchmarkRequest(model=good, timing=endless), x))))
+            job.start()
+            os.kill(_worker_of(transport._proc.pid), sig)
+            job.join(120)
+            return outcome[0]
+
+        faults = {
+            "out_of_memory": lambda: _error(lambda: client.benchmark(
+                BenchmarkRequest(model=big), {"x": np.zeros((1, 1, 3, 1024, 1024), np.float32)})),
+            "worker_crashed SIGKILL": lambda: killed(signal.SIGKILL),
+            "worker_crashed SIGSEGV": lambda: killed(signal.SIGSEGV),
+            "worker_timeout": lambda: _error(lambda: client.benchmark(
+                BenchmarkRequest(model=good, timing=endless, timeout_s=1.0), x)),
+            "model_invalid": lambda: _error(lambda: client.benchmark(BenchmarkRequest(model=corrupt), x)),
+        }
+        for _ in range(3):
+            for expected, fault in faults.items():
+                code, _, signame = expected.partition(" ")
+                error = fault()
+                assert error is not None and error.info.code == code, (expected, error)
+                assert signame in error.info.message
+                assert client.benchmark(BenchmarkRequest(model=good, timing=quick), x).latency.runs == 1
+    finally:
+        client.close()
+        transport.stop()
+
+
+def _error(call) -> AgentError | None:
+    try:
+        call()
+    except AgentError as exc:
+        return exc
+    return None
