@@ -71,6 +71,9 @@ def serve_curve(ctx, socket, agent_secret: bytes, host_public: bytes):
     import zmq
     from zmq.auth.thread import ThreadAuthenticator
 
+    if not zmq.has("curve"):
+        raise RuntimeError(f"this pyzmq's libzmq {zmq.zmq_version()} has no CURVE (built without libsodium): "
+                           "install pyzmq from PyPI, whose wheels have it")
     authenticator = ThreadAuthenticator(ctx)
     authenticator.start()
     authenticator.configure_curve_callback("*", _OneClient(host_public))

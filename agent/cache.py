@@ -49,7 +49,9 @@ class ModelCache:
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_model_bytes = max_model_bytes
-        self.max_bytes = max_bytes if max_bytes is not None else int(shutil.disk_usage(self.root).total * DEFAULT_DISK_SHARE)
+        if max_bytes is None:
+            max_bytes = int(shutil.disk_usage(self.root).total * DEFAULT_DISK_SHARE)
+        self.max_bytes = max_bytes
         self._parts: dict[Path, Path] = {}  # final path -> this agent's partial file for it
         self.expire_parts()
 
@@ -70,7 +72,8 @@ class ModelCache:
         try:
             os.utime(path)
         except FileNotFoundError:
-            raise ProtocolError(ErrorCode.MODEL_MISSING, f"model {ref.sha256[:12]} is not in the agent's cache") from None
+            raise ProtocolError(ErrorCode.MODEL_MISSING,
+                                f"model {ref.sha256[:12]} is not in the agent's cache") from None
         return path
 
     def write_chunk(self, ref: ModelRef, total_bytes: int, offset: int, chunk: memoryview) -> tuple[int, bool]:
@@ -110,7 +113,8 @@ class ModelCache:
         digest = _sha256_file(part)
         if digest != ref.sha256:
             self._drop(final)
-            raise ProtocolError(ErrorCode.MODEL_CORRUPT, f"uploaded model hashes to {digest[:12]}, not {ref.sha256[:12]}")
+            raise ProtocolError(ErrorCode.MODEL_CORRUPT,
+                                f"uploaded model hashes to {digest[:12]}, not {ref.sha256[:12]}")
         os.replace(part, final)  # atomic: another agent sees no model or the whole one
         del self._parts[final]
         self.evict(keep=final)

@@ -418,7 +418,8 @@ def _exit_error(returncode: int | None, oom_before: int | None, tail: str) -> Pr
         oom_after = oom_kills()
         oom = oom_before is None or oom_after is None or oom_after > oom_before
         if returncode == -signal.SIGKILL and oom:
-            return ProtocolError(ErrorCode.OUT_OF_MEMORY, f"worker killed by the kernel (out of memory)\n{tail}".rstrip())
+            return ProtocolError(ErrorCode.OUT_OF_MEMORY,
+                                 f"worker killed by the kernel (out of memory)\n{tail}".rstrip())
         return ProtocolError(ErrorCode.WORKER_CRASHED, f"worker killed by signal {name}\n{tail}".rstrip())
     return ProtocolError(ErrorCode.WORKER_CRASHED, f"worker exited with status {returncode}\n{tail}".rstrip())
 

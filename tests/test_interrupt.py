@@ -68,7 +68,8 @@ def _wait_for(condition, what: str, timeout_s: float = 240.0) -> None:
 def test_ctrl_c_in_a_stage_keeps_a_partial_report(tmp_path, stage, group):
     model = build_convnet(tmp_path / "net.onnx")
     if stage == "quantize":
-        np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(size=(20000, 1, 3, 16, 16)).astype(np.float32))
+        calibration = np.random.default_rng(0).normal(size=(20000, 1, 3, 16, 16)).astype(np.float32)
+        np.savez(tmp_path / "calib.npz", x=calibration)
     out, db = tmp_path / "out", tmp_path / "results.sqlite"
     env = {**os.environ, "HOME": str(tmp_path)}
     # a terminal's Ctrl-C goes to the whole foreground process group: the agent gets SIGINT too
