@@ -80,8 +80,12 @@ def test_two_thousand_mutated_messages_get_documented_codes(fuzzed_agent):
 
 @pytest.mark.slow
 def test_ten_thousand_mutated_messages_get_documented_codes(fuzzed_agent):
+    rss_before = _rss_mb(fuzzed_agent[1]._proc.pid)
     codes = _fuzz(fuzzed_agent, 10_000, seed=2)
+    rss_after = _rss_mb(fuzzed_agent[1]._proc.pid)
+    print(f"10,000 fuzzed messages: {dict(codes)}; agent RSS {rss_before:.1f} -> {rss_after:.1f} MB")
     assert sum(codes.values()) == 10_000, codes
+    assert rss_after < rss_before + 100
 
 
 def _worker_of(agent_pid: int, timeout_s: float = 60.0) -> int:
