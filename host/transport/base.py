@@ -1,7 +1,8 @@
 """How the host reaches an agent: start it somewhere, hand back a ZeroMQ endpoint, stop it.
 
 Every transport starts the same agent command (``python -m qbench.agent`` or the
-deployed bundle) bound to loopback, and reads its one ready line from stdout::
+deployed bundle) bound to loopback, writes the run's fresh CURVE keys as the first line of its
+stdin (:class:`RunKeys`, ``protocols/auth.py``), and reads its one ready line from stdout::
 
     QBENCH_AGENT_READY tcp://127.0.0.1:PORT
 """
