@@ -83,7 +83,9 @@ class ModelCache:
             (bytes received so far, whether the model is complete).
         """
         final = self.path(ref)
-        if not 0 <= total_bytes <= self.max_model_bytes:
+        if total_bytes < 0:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"total_bytes must be at least 0, not {total_bytes}")
+        if total_bytes > self.max_model_bytes:
             raise ProtocolError(
                 ErrorCode.TOO_LARGE, f"model of {total_bytes} bytes is over the agent's cap of {self.max_model_bytes}"
             )
