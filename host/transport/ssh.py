@@ -188,9 +188,9 @@ class SSHTransport(AgentTransport):
             )
         except Exception as exc:  # noqa: BLE001 - mapped to one line below, the rest re-raised
             # paramiko ends a missing banner in a vague "No existing session": its transport says more
-            banner = getattr(client.get_transport(), "remote_version", None) != ""
+            got_banner = getattr(client.get_transport(), "remote_version", None) != ""
             client.close()
-            error = self._connect_error(exc, banner)
+            error = self._connect_error(exc, got_banner)
             if error is None:
                 raise
             raise error from exc
@@ -200,7 +200,7 @@ class SSHTransport(AgentTransport):
         self._client = client
         return client
 
-    def _connect_error(self, exc: Exception, banner: bool = True) -> Optional[UserError]:
+    def _connect_error(self, exc: Exception, got_banner: bool = True) -> Optional[UserError]:
         where, target = self._where(), self.target
         if isinstance(exc, _UnknownHostKey):
             return UserError(
@@ -231,7 +231,7 @@ class SSHTransport(AgentTransport):
             return UserError(f"{where}: unreachable: {exc}")
         if isinstance(exc, OSError):
             return UserError(f"{where}: unreachable: {exc.strerror or exc}")
-        if isinstance(exc, paramiko.SSHException) and (not banner or "banner" in str(exc).lower()):
+        if isinstance(exc, paramiko.SSHException) and (not got_banner or "banner" in str(exc).lower()):
             return UserError(f"{where}: no SSH banner from {target.hostname}:{target.port} within "
                              f"{self.device.connect_timeout:g} s (is it an SSH server?)")
         if isinstance(exc, paramiko.SSHException):
