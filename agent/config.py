@@ -31,6 +31,11 @@ class AgentConfig:
     worker_cmd: list[str] = field(default_factory=lambda: [sys.executable])
     exit_on_stdin_eof: bool = False
     warm: list[str] = field(default_factory=list)  # runtimes whose zygotes start with the agent
+    keys: tuple[bytes, bytes] | None = None  # CURVE: (agent secret key, host public key), Z85; None: no auth
+    delegate_paths: list[str] = field(default_factory=list)  # the only external delegate libraries jobs may load
+    max_message_bytes: int = 1024 * 1024 * 1024  # all frames of one request
+    max_frames: int = 256  # tensor frames of one request
+    cache_max_bytes: int | None = None  # None: a tenth of the cache's file system
 
 
 def start_zygotes(config: AgentConfig) -> Zygotes:

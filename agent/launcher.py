@@ -38,6 +38,19 @@ def job_runtime(job: dict) -> str:
     return runner.get("runtime", "")
 
 
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed since boot (memory cgroups' kills
+    included); None where ``/proc/vmstat`` does not say (before Linux 4.13)."""
+    try:
+        with open("/proc/vmstat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 class ZygoteGone(Exception):
     """The zygote exited (EOF on its socket)."""
 
@@ -193,6 +206,9 @@ class Zygotes:
                                 f"no worker started within {timeout_s:.0f} s (runtime {runtime!r})") from None
         except BaseException:
             os.close(read_fd)
+            # between a fork request and its reply: a pid or status may still come, and the next job
+            # would read it as its own, so this zygote is not asked again
+            self.stop(runtime)
             raise
         finally:
             os.close(write_fd)  # the worker holds the write end: its exit is EOF on ours

@@ -57,9 +57,11 @@ from qbench.protocols.messages import (
 from qbench.protocols.version import PROTOCOL_VERSION, compatible
 
 from . import AGENT_VERSION, tensor_spool
+from .auth import check_bind, serve_curve
 from .cache import ModelCache
+from .checks import check_delegate, check_inputs, check_runner, check_timeout, check_timing
 from .config import AgentConfig, start_zygotes
-from .launcher import Worker, Zygotes, job_runtime
+from .launcher import Worker, Zygotes, job_runtime, oom_kills
 from .memory import auto_capture_budget, total_memory_bytes
 from .outputs import load_outputs
 from .runners import COMPILED, RUNTIMES, check_accelerator, probed_with
@@ -74,7 +76,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig, zygotes: Zygotes | None = None):
         self.config = config
-        self.cache = ModelCache(config.cache_dir, config.max_model_bytes)
+        self.cache = ModelCache(config.cache_dir, config.max_model_bytes, config.cache_max_bytes)
         self.jobs_dir = self.cache.root / "jobs"
         self.stopping = threading.Event()
         self._runtimes: dict[str, RuntimeInfo] = {}
@@ -85,6 +87,9 @@ class Agent:
         self.socket = self._ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes + codec.MAX_HEADER_BYTES)
         self.socket.setsockopt(zmq.LINGER, 1000)
+        check_bind(config.bind, config.keys is not None)
+        # CURVE before the bind: a client without the host's key never gets a message through
+        self._authenticator = serve_curve(self._ctx, self.socket, *config.keys) if config.keys else None
         self.endpoint = self._bind(config.bind)
         self._handlers: dict[str, Callable[[Message], tuple[Any, list[np.ndarray], list[str]]]] = {
             MsgType.HELLO.value: self._hello,
@@ -113,12 +118,33 @@ class Agent:
         while not self.stopping.is_set():
             if not poller.poll(200):
                 continue
-            frames = self.socket.recv_multipart(copy=False)
-            self._identity = frames[0].bytes
-            self._handle(frames[1:])
+            self._identity = self.socket.recv()
+            frames, refused = self._receive()
+            self._handle(frames, refused)
         self.zygotes.close()
         self.socket.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._ctx.term()
+
+    def _receive(self) -> tuple[list, ProtocolError | None]:
+        """The frames of one message, read one by one: past ``max_frames`` or ``max_message_bytes`` the
+        rest are read and dropped at once (only the header is kept, for the error reply)."""
+        frames: list = []
+        total, refused = 0, None
+        cap_frames, cap_bytes = self.config.max_frames + 1, self.config.max_message_bytes
+        while self.socket.getsockopt(zmq.RCVMORE):
+            frame = self.socket.recv(copy=False)
+            total += len(frame)
+            if refused is None and len(frames) >= cap_frames:
+                refused = ProtocolError(ErrorCode.TOO_LARGE, f"more than {self.config.max_frames} tensor frames")
+            elif refused is None and total > cap_bytes:
+                refused = ProtocolError(ErrorCode.TOO_LARGE, f"message over {cap_bytes} bytes")
+            if refused is None or not frames:
+                frames.append(frame)
+        if refused is not None:
+            del frames[1:]
+        return frames, refused
 
     def _watch_stdin(self) -> None:
         # Over SSH the agent's stdin is the channel: EOF means the host is gone.
@@ -127,9 +153,12 @@ class Agent:
         log.info("stdin closed: stopping")
         self.stopping.set()
 
-    def _handle(self, frames: list) -> None:
+    def _handle(self, frames: list, refused: ProtocolError | None = None) -> None:
         msg_type, msg_id = "unknown_request", ""
         try:
+            if refused is not None:
+                msg_type, msg_id = codec.peek(frames[0])
+                raise refused
             msg = codec.decode(frames, self.config.max_frame_bytes)
             msg_type, msg_id = msg.type, msg.id
             if not compatible(msg.version):
@@ -187,7 +216,8 @@ class Agent:
             cpu_count=len(self.config.cpus) or os.cpu_count() or 1,
             total_memory_bytes=(self.config.memory_limit_mb or 0) * 1024 * 1024 or total_memory_bytes(),
             runtimes=runtimes,
-            limits=Limits(self.config.max_frame_bytes, self.config.max_model_bytes, self.config.chunk_bytes),
+            limits=Limits(self.config.max_frame_bytes, self.config.max_model_bytes, self.config.chunk_bytes,
+                          self.config.max_message_bytes, self.config.max_frames),
             emulation={k: v for k, v in (("threads", self.config.threads), ("cpus", self.config.cpus),
                                          ("memory_limit_mb", self.config.memory_limit_mb)) if v},
         )
@@ -228,7 +258,8 @@ class Agent:
 
     def _benchmark(self, msg: Message):
         req = from_dict(BenchmarkRequest, msg.content)
-        self._apply_defaults(req.runner)
+        check_timing(req.timing, req.profile_runs)
+        self._check_job(req.runner, req.timeout_s, msg)
         job = {
             "kind": "benchmark",
             "request": to_dict(req),
@@ -243,7 +274,7 @@ class Agent:
 
     def _capture(self, msg: Message):
         req = from_dict(CaptureRequest, msg.content)
-        self._apply_defaults(req.runner)
+        self._check_job(req.runner, req.timeout_s, msg)
         if req.budget_bytes <= 0:
             req.budget_bytes = auto_capture_budget(self.config.memory_limit_mb)
         job = {
@@ -257,6 +288,14 @@ class Agent:
     def _shutdown(self, msg: Message):
         self.stopping.set()
         return ShutdownReply(), [], []
+
+    def _check_job(self, runner: RunnerConfig, timeout_s: float, msg: Message) -> None:
+        """What every job request must satisfy before a worker starts (agent/checks.py), then the runner's defaults."""
+        check_timeout(timeout_s)
+        check_runner(runner)
+        check_delegate(runner, self.config.delegate_paths, self.cache.root)
+        check_inputs(msg.tensors, msg.names)
+        self._apply_defaults(runner)
 
     def _apply_defaults(self, runner: RunnerConfig) -> None:
         if runner.threads is None and self.config.threads:
@@ -308,6 +347,7 @@ class Agent:
 
     def _wait_worker(self, jobdir: Path, timeout_s: float, progress: bool, runtime: str) -> dict:
         stderr_path = jobdir / "stderr.txt"
+        oom_before = oom_kills()
         with open(stderr_path, "wb") as stderr:
             proc = self.zygotes.start(runtime, jobdir, stderr.fileno(), timeout_s)
             try:
@@ -317,8 +357,7 @@ class Agent:
         result_path = jobdir / "result.json"
         if not result_path.exists():
             tail = "\n".join(deque(stderr_path.read_text(errors="replace").splitlines(), maxlen=15))
-            code = ErrorCode.OUT_OF_MEMORY if proc.returncode == -signal.SIGKILL else ErrorCode.WORKER_CRASHED
-            raise ProtocolError(code, f"worker exited with status {proc.returncode}\n{tail}".rstrip())
+            raise _exit_error(proc.returncode, oom_before, tail)
         result = json.loads(result_path.read_text())
         if "error" in result:
             err = from_dict(ErrorInfo, result["error"])
@@ -369,6 +408,20 @@ class Agent:
             proc.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
             raise ProtocolError(ErrorCode.WORKER_TIMEOUT, f"worker did not finish within {timeout_s:.0f} s") from None
+
+
+def _exit_error(returncode: int | None, oom_before: int | None, tail: str) -> ProtocolError:
+    """Why a worker ended without a result. A SIGKILL is out of memory only if the kernel's OOM killer
+    acted meanwhile (where the kernel does not say, it is taken to be); any other signal is a crash."""
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        oom_after = oom_kills()
+        oom = oom_before is None or oom_after is None or oom_after > oom_before
+        if returncode == -signal.SIGKILL and oom:
+            return ProtocolError(ErrorCode.OUT_OF_MEMORY,
+                                 f"worker killed by the kernel (out of memory)\n{tail}".rstrip())
+        return ProtocolError(ErrorCode.WORKER_CRASHED, f"worker killed by signal {name}\n{tail}".rstrip())
+    return ProtocolError(ErrorCode.WORKER_CRASHED, f"worker exited with status {returncode}\n{tail}".rstrip())
 
 
 def _reply_type(request_type: str) -> str:

@@ -124,6 +124,9 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     stopping.wait_stopped()  # a previous run's agent, still exiting, must not overlap this run's measurements
+    # the agent loads no delegate library it was not started with: the run's own (CLI or devices.yaml)
+    for runner in (settings.runner, session_tflite.capture_runner(settings)):
+        transport.allow_delegate(runner.delegate_path)
     agent = _AgentStart(transport, settings.timeout_s, [session_tflite.runtime_hint(settings.model)])
     try:
         float_path, int8_path = _prepare_models(state, ui)
@@ -136,6 +139,8 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
         raise
     try:
         inputs = _samples(state, ui)
+    except KeyboardInterrupt:
+        return _interrupted(state, agent)
     except BaseException:
         agent.abandon()
         raise
@@ -148,6 +153,20 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
         tail = transport.stderr_tail(10)
         if tail:
             state.error["agent_stderr"] = tail
+    except KeyboardInterrupt:
+        return _interrupted(state, agent)
+    return state
+
+
+#: ``state.error["code"]`` of a run the user interrupted (Ctrl-C); its report's status is ``interrupted``
+INTERRUPTED = "interrupted"
+
+
+def _interrupted(state: RunState, agent: "_AgentStart") -> RunState:
+    """Ctrl-C: stop the agent (and its workers) and keep what was measured, as for a failed stage."""
+    stage = state.stage
+    agent.abandon()  # waits for a start still under way, so that no agent comes up after the run
+    state.error = {"stage": stage, "code": INTERRUPTED, "message": f"interrupted during {stage}"}
     return state
 
 
@@ -287,7 +306,7 @@ class _AgentStart:
         return self._client, self._hello, self._error
 
     def abandon(self) -> None:
-        """Preparation failed: stop the agent that was started for nothing."""
+        """Preparation failed or the run was interrupted: stop the agent (safe after the run stopped it)."""
         client, _, _ = self.result()
         if client is not None:
             client.close()

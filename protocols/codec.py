@@ -13,6 +13,7 @@ hands numpy buffers to ZeroMQ without copying; decoding wraps received frames wi
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,6 +27,10 @@ WIRE_DTYPES = frozenset(
      "float16", "float32", "float64"]
 )
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+#: how deeply a header's objects and lists may nest (a real one: 5)
+MAX_DEPTH = 32
+#: dims of a tensor (numpy's own limit is 64)
+MAX_DIMS = 32
 
 
 def encode(msg: Message) -> list[Any]:
@@ -69,12 +74,7 @@ def decode(frames: Sequence[Any], max_frame_bytes: int) -> Message:
             raise ProtocolError(
                 ErrorCode.TOO_LARGE, f"frame of {len(view)} bytes over the cap of {max_frame_bytes}", origin="codec"
             )
-    try:
-        header = json.loads(bytes(views[0]))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header is not JSON: {exc}", origin="codec") from exc
-    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "header must be an object with a type", origin="codec")
+    header = _header(views[0])
     content = header.get("content") or {}
     descs = header.get("buffers") or []
     if not isinstance(content, dict) or not isinstance(descs, list):
@@ -95,6 +95,47 @@ def decode(frames: Sequence[Any], max_frame_bytes: int) -> Message:
     )
 
 
+def peek(frame: Any) -> tuple[str, str]:
+    """(type, id) of a message from its header frame alone, for the error reply to a message refused
+    before it is decoded; ("unknown_request", "") when the header does not say."""
+    try:
+        header = _header(_buffer(frame))
+    except ProtocolError:
+        return "unknown_request", ""
+    return header["type"], str(header.get("id", ""))
+
+
+def _header(view: memoryview) -> dict:
+    try:
+        header = json.loads(bytes(view), parse_constant=_not_json)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header is not JSON: {str(exc)[:200]}", origin="codec") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "header must be an object with a type", origin="codec")
+    if _depth(header) > MAX_DEPTH:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header nested deeper than {MAX_DEPTH}", origin="codec")
+    return header
+
+
+def _not_json(constant: str) -> None:
+    # Python's json reads NaN and Infinity, which JSON has not: a NaN timeout would be no deadline at all
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value``'s lists and objects nest (iteratively: a deep one must not exhaust the stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        todo.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return deepest
+
+
 def _buffer(frame: Any) -> memoryview:
     return memoryview(getattr(frame, "buffer", frame)).cast("B")
 
@@ -102,14 +143,17 @@ def _buffer(frame: Any) -> memoryview:
 def _tensor(desc: TensorDesc, view: memoryview) -> np.ndarray:
     if desc.dtype not in WIRE_DTYPES:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"dtype {desc.dtype!r} not allowed", origin="codec")
-    if any((not isinstance(d, int)) or d < 0 for d in desc.shape):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad shape {desc.shape}", origin="codec")
+    if len(desc.shape) > MAX_DIMS or any(type(d) is not int or not 0 <= d < 2**31 for d in desc.shape):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad shape {str(desc.shape)[:200]}", origin="codec")
     dtype = np.dtype(desc.dtype).newbyteorder("<")
-    expected = int(np.prod(desc.shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(desc.shape) * dtype.itemsize  # Python ints: no int64 overflow
     if expected != len(view):
         raise ProtocolError(
             ErrorCode.BAD_MESSAGE,
             f"tensor {desc.name!r}: {len(view)} bytes for shape {desc.shape} {desc.dtype}",
             origin="codec",
         )
-    return np.frombuffer(view, dtype=dtype).reshape(desc.shape)
+    try:
+        return np.frombuffer(view, dtype=dtype).reshape(desc.shape)
+    except ValueError as exc:  # dims numpy cannot hold even for an empty tensor
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad shape {str(desc.shape)[:200]}: {exc}", origin="codec") from exc

@@ -109,6 +109,8 @@ class Limits:
     max_frame_bytes: int
     max_model_bytes: int
     chunk_bytes: int
+    max_message_bytes: int = 0  # 1.4: all frames of one request together; 0: not said (before 1.4)
+    max_frames: int = 0  # 1.4: tensor frames of one request; 0: not said
 
 
 @dataclass

@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from models import build_convnet
+from raw_agent import raw
 from qbench.host.transport.client import AgentClient, AgentError
 from qbench.host.transport.local import LocalTransport
 from qbench.protocols import codec
@@ -27,17 +28,6 @@ def agent(tmp_path):
     transport.stop()
 
 
-def _raw(endpoint: str, frames: list) -> Message:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    sock.send_multipart(frames)
-    assert sock.poll(20000), "agent did not answer"
-    reply = codec.decode(sock.recv_multipart(), 1 << 30)
-    sock.close()
-    return reply
-
-
 def test_hello_describes_the_agent(agent):
     client, _, _ = agent
     info = client.info
@@ -48,14 +38,14 @@ def test_hello_describes_the_agent(agent):
 def test_version_mismatch_is_a_typed_error(agent):
     client, _, _ = agent
     frames = codec.encode(Message(type="hello_request", id="1", content={"protocol_version": "99.0"}, version="99.0"))
-    reply = _raw(client.endpoint, frames)
+    reply = raw(client.endpoint, frames)
     assert reply.status == "error" and reply.content["code"] == "version_mismatch"
 
 
 def test_malformed_and_unknown_messages_get_typed_errors_and_the_agent_stays_up(agent):
     client, _, _ = agent
-    assert _raw(client.endpoint, [b"{not json"]).content["code"] == "bad_message"
-    assert _raw(client.endpoint, codec.encode(Message(type="exec_request", id="2"))).content["code"] == "unknown_type"
+    assert raw(client.endpoint, [b"{not json"]).content["code"] == "bad_message"
+    assert raw(client.endpoint, codec.encode(Message(type="exec_request", id="2"))).content["code"] == "unknown_type"
     assert client.hello().agent_version  # still serving
 
 
@@ -89,7 +79,7 @@ def test_upload_is_content_addressed_and_verified(agent):
 def test_model_over_the_cap_is_rejected(tmp_path):
     transport = LocalTransport(cache_dir=str(tmp_path / "cache"))
     transport.command = lambda runtimes=(): [sys.executable, "-m", "qbench.agent", "--cache-dir", str(tmp_path / "cache"),
-                                 "--max-model-mb", "0", "--exit-on-stdin-eof"]
+                                 "--max-model-mb", "0", "--exit-on-stdin-eof", "--keys-stdin"]
     client = AgentClient(transport.start())
     try:
         client.hello()
@@ -162,7 +152,8 @@ def test_wrong_inputs_are_bad_input(agent):
 
 
 def test_agent_exits_when_its_stdin_closes(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "qbench.agent", "--cache-dir", str(tmp_path), "--exit-on-stdin-eof"],
+    proc = subprocess.Popen([sys.executable, "-m", "qbench.agent", "--cache-dir", str(tmp_path), "--exit-on-stdin-eof",
+                             "--no-auth"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().startswith("QBENCH_AGENT_READY tcp://127.0.0.1:")
     proc.stdin.close()

@@ -29,7 +29,7 @@ def test_bundle_runs_the_agent_until_stdin_closes(tmp_path):
     path = tmp_path / bundle.name
     path.write_bytes(bundle.data)
     cmd = [sys.executable, str(path), "--bind", "tcp://127.0.0.1:0", "--cache-dir", str(tmp_path / "cache"),
-           "--exit-on-stdin-eof"]
+           "--exit-on-stdin-eof", "--no-auth"]
     # Closing stdin right away: the agent still binds and reports ready, then exits on the EOF.
     done = subprocess.run(cmd, input="", capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr

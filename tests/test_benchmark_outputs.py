@@ -21,7 +21,7 @@ def _agent(tmp_path, *extra: str):
     transport = LocalTransport(cache_dir=str(tmp_path / "cache"))
     if extra:
         transport.command = lambda runtimes=(): [sys.executable, "-m", "qbench.agent", "--cache-dir", str(tmp_path / "cache"),
-                                     "--exit-on-stdin-eof", *extra]
+                                     "--exit-on-stdin-eof", "--keys-stdin", *extra]
     client = AgentClient(transport.start(), timeout_s=60)
     client.hello()
     return client, transport

@@ -1,7 +1,7 @@
 """The ``qbench`` command: one typer app, one module per command group.
 
 Exit codes: 0 ok, 1 error (bad input, device unreachable, a failed stage),
-2 usage, 3 ran fine but failed a gate (see ``qbench.host.gates``).
+2 usage, 3 ran fine but failed a gate (see ``qbench.host.gates``), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import sys
 import typer
 
 from ..errors import UserError
+
+#: the exit status of a command the user interrupted (Ctrl-C), as a shell reports SIGINT
+INTERRUPTED_EXIT = 130
 
 #: set by ``--debug`` anywhere on the command line: tracebacks and the runtimes' own logs are shown
 DEBUG = False
@@ -86,7 +89,7 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         print("qbench: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT)
     finally:
         # The process ends here: its objects need no collection on the way out (a run's models, report and
         # plotly's figures took the interpreter 0.1 s to collect one by one). Exit handlers still run.

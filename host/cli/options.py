@@ -241,6 +241,7 @@ def write_run(state: RunState, device: Device, gates: Gates, db: Optional[Path])
     text, compact = json_text.encode(report)  # report.json's and the database's copy: the numbers written once
     write_json(report, path, text)
     written = write_artifacts(report, out_dir)
-    run_id = None if state.error else ResultsStore(db).record(report, path, compact)
+    # a failed run is not history; an interrupted one is, marked so (its status), with what it measured
+    run_id = None if state.error and report["status"] != "interrupted" else ResultsStore(db).record(report, path, compact)
     checks = gates_mod.failures(report, gates) if gates.active and not state.error else []
     return RunOutputs(report, path, written, run_id, checks)

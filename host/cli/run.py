@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,9 @@ from ..inventory import load_inventory
 from ..session import run as run_session
 from ..transport.factory import transport_for
 from . import main
+from .main import INTERRUPTED_EXIT
 from .main import app
+from .paths import check_output_dir
 from .options import RunOptions, default_out_dir, runner_config, with_run_options, write_run
 from .render import RichUI, render_report
 
@@ -34,6 +37,9 @@ def run(
     err = Console(stderr=True)
     ui = RichUI(err, opts.quiet)
     out_dir = opts.out or default_out_dir(model)
+    check_output_dir(out_dir, "--out")
+    if opts.save_tensors is not None:
+        check_output_dir(opts.save_tensors, "--save-tensors")
     dev = load_inventory(opts.devices).get(device)
     transport = transport_for(dev, opts.accept_new_host)
     runner = runner_config(dev, opts.threads, provider, delegate, opts.delegate_path, opts.delegate_option,
@@ -46,6 +52,9 @@ def run(
     result = write_run(state, dev, opts.gates(), opts.db)
     report, path, written, run_id, checks = (result.report, result.path, result.written, result.run_id,
                                              result.gate_failures)
+    if report["status"] == "interrupted":
+        print(f"qbench: interrupted during {state.error['stage']} (partial report in {path})", file=sys.stderr)
+        raise typer.Exit(INTERRUPTED_EXIT)
     if opts.as_json:
         print(json.dumps({"report": str(path), "run_id": run_id, "status": report["status"],
                           **report.get("summary", {}), "gates_failed": [c.gate for c in checks],

@@ -14,6 +14,7 @@ from .. import __version__
 from ..compare import metrics, verdicts
 from ..session import RunState
 from .coverage import coverage_section
+from ..store.redact import redact_settings
 from .profile import profile_section
 from . import delegation, json_text
 from .diagnosis import add_diagnosis, add_weights
@@ -28,7 +29,7 @@ def build_report(state: RunState, argv: list[str] | None = None) -> dict[str, An
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "qbench_version": __version__,
-        "status": "failed" if state.error else "ok",
+        "status": _status(state),
         "device": _device(state),
         "models": {kind: _model(info) for kind, info in (("float", state.float_info), ("int8", state.int8_info))
                    if info is not None},
@@ -148,7 +149,14 @@ def _settings(state: RunState, argv: list[str] | None) -> dict[str, Any]:
     out["runner"] = to_dict(s.runner)
     out["timing"] = to_dict(s.timing)
     out["argv"] = list(argv if argv is not None else sys.argv)
-    return out
+    return redact_settings(out)  # a delegate's token or password is not written down
+
+
+def _status(state: RunState) -> str:
+    """ok, failed (a stage failed: ``error``) or interrupted (Ctrl-C)."""
+    if not state.error:
+        return "ok"
+    return "interrupted" if state.error.get("code") == "interrupted" else "failed"
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -23,6 +23,8 @@ import platformdirs
 
 from qbench.host.errors import UserError
 
+from .redact import redact_settings
+
 SCHEMA_VERSION = 1
 REPORT_SCHEMA_PREFIX = "qbench.report/1"
 BUSY_TIMEOUT_S = 60.0
@@ -180,6 +182,9 @@ class ResultsStore:
         schema = str(report.get("schema", ""))
         if not schema.startswith(REPORT_SCHEMA_PREFIX):
             raise UserError(f"not a qbench report (schema {schema!r}); expected {REPORT_SCHEMA_PREFIX}")
+        settings = report.get("settings")
+        if isinstance(settings, Mapping) and redact_settings(settings) != settings:  # a report qbench did not build
+            report, report_json = {**report, "settings": redact_settings(settings)}, None
         run = _run_columns(report, report_path, report_json)
         columns = ", ".join(run)
         marks = ", ".join("?" for _ in run)

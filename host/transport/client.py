@@ -39,6 +39,7 @@ from qbench.protocols.messages import (
 from qbench.protocols.version import PROTOCOL_VERSION, compatible
 
 from .. import __version__
+from .base import RunKeys
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -54,13 +55,20 @@ class AgentError(Exception):
 class AgentClient:
     """Talks to one agent. ``timeout_s`` bounds the silence between two messages."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 60.0):
+    def __init__(self, endpoint: str, timeout_s: float = 60.0, keys: RunKeys | None = None):
+        """``keys``: the run's CURVE keys; by default those of ``endpoint`` (an :class:`Endpoint` from a transport).
+        An agent started with keys lets no client without them in: its requests then go unanswered."""
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._ctx = zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(endpoint)
+        keys = keys if keys is not None else getattr(endpoint, "keys", None)
+        if keys is not None:
+            self._socket.curve_serverkey = keys.agent_public
+            self._socket.curve_publickey = keys.host_public
+            self._socket.curve_secretkey = keys.host_secret
+        self._socket.connect(str(endpoint))
         self.info: HelloReply | None = None
         self.uploaded_bytes = 0
 
@@ -110,11 +118,18 @@ class AgentClient:
             return reply
 
     def _check_sizes(self, msg: Message) -> None:
-        cap = self.info.limits.max_frame_bytes
+        limits = self.info.limits
         for name, tensor in zip(msg.names, msg.tensors):
-            if tensor.nbytes > cap:
+            if tensor.nbytes > limits.max_frame_bytes:
                 raise AgentError(ErrorInfo("too_large", f"input {name!r} is {tensor.nbytes} bytes, over the "
-                                                        f"agent's frame cap of {cap}", "host"))
+                                                        f"agent's frame cap of {limits.max_frame_bytes}", "host"))
+        total = sum(t.nbytes for t in msg.tensors)
+        if limits.max_message_bytes and total > limits.max_message_bytes:
+            raise AgentError(ErrorInfo("too_large", f"{msg.type} carries {total} bytes, over the agent's "
+                                                    f"message cap of {limits.max_message_bytes}", "host"))
+        if limits.max_frames and len(msg.tensors) > limits.max_frames:
+            raise AgentError(ErrorInfo("too_large", f"{msg.type} carries {len(msg.tensors)} tensors, over the "
+                                                    f"agent's cap of {limits.max_frames}", "host"))
 
     def hello(self, runtimes: Sequence[str] = ()) -> HelloReply:
         """Connect; ``runtimes``: those the coming jobs use, so the agent can get their workers ready."""
@@ -151,6 +166,8 @@ class AgentClient:
                 self.uploaded_bytes += part.size
                 if progress is not None:
                     progress("upload", reply.received_bytes, size)
+                if reply.complete:  # early too: another run's agent published the same model meanwhile
+                    break
         return ref
 
     def benchmark(self, req: BenchmarkRequest, inputs: dict[str, np.ndarray],

@@ -11,7 +11,7 @@ from collections import deque
 from pathlib import Path
 from typing import Sequence
 
-from .base import READY_PREFIX, AgentTransport, TransportError, agent_args
+from .base import READY_PREFIX, AgentTransport, Endpoint, RunKeys, TransportError, agent_args
 
 START_TIMEOUT_S = 60.0
 
@@ -39,22 +39,27 @@ class LocalTransport(AgentTransport):
 
     def command(self, runtimes: Sequence[str] = ()) -> list[str]:
         return [*self.python_cmd, "-m", "qbench.agent", "--worker-cmd", shlex.join(self.python_cmd),
-                *agent_args(self.cache_dir, self.threads, self.cpus, self.memory_limit_mb, runtimes)]
+                *agent_args(self.cache_dir, self.threads, self.cpus, self.memory_limit_mb, runtimes,
+                            self.delegate_paths)]
 
-    def start(self, runtimes: Sequence[str] = ()) -> str:
+    def start(self, runtimes: Sequence[str] = ()) -> Endpoint:
+        keys = RunKeys.fresh()
         try:
             self._proc = subprocess.Popen(
                 self.command(runtimes), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, env={**os.environ, **self.env},
             )
-        except OSError as exc:
-            raise TransportError(f"cannot start the local agent ({self.python_cmd[0]}): {exc}") from exc
+            self._proc.stdin.write(keys.stdin_line().decode())
+            self._proc.stdin.flush()
+        except OSError as exc:  # BrokenPipeError: it died before reading its keys (the stderr tail says why)
+            if self._proc is None:
+                raise TransportError(f"cannot start the local agent ({self.python_cmd[0]}): {exc}") from exc
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         line = _readline_with_timeout(self._proc, START_TIMEOUT_S)
         if not line.startswith(READY_PREFIX):
             self.stop()
             raise TransportError(f"the local agent did not start: {self.stderr_tail(1) or line.strip() or 'no output'}")
-        return line[len(READY_PREFIX):].strip()
+        return Endpoint(line[len(READY_PREFIX):].strip(), keys)
 
     def _drain_stderr(self) -> None:
         for line in self._proc.stderr:

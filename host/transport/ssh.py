@@ -29,7 +29,7 @@ import paramiko
 from qbench.host.errors import UserError
 from qbench.host.inventory import Device
 
-from .base import READY_PREFIX, AgentTransport, agent_args
+from .base import READY_PREFIX, AgentTransport, Endpoint, RunKeys, agent_args
 from .bundle import Bundle, current_bundle
 from .forward import Forwarder
 from .probe import VERSION_SNIPPET, ProbeReport, check_python_version, probe_argument, probe_source
@@ -187,8 +187,10 @@ class SSHTransport(AgentTransport):
                 channel_timeout=timeout,
             )
         except Exception as exc:  # noqa: BLE001 - mapped to one line below, the rest re-raised
+            # paramiko ends a missing banner in a vague "No existing session": its transport says more
+            got_banner = getattr(client.get_transport(), "remote_version", None) != ""
             client.close()
-            error = self._connect_error(exc)
+            error = self._connect_error(exc, got_banner)
             if error is None:
                 raise
             raise error from exc
@@ -198,7 +200,7 @@ class SSHTransport(AgentTransport):
         self._client = client
         return client
 
-    def _connect_error(self, exc: Exception) -> Optional[UserError]:
+    def _connect_error(self, exc: Exception, got_banner: bool = True) -> Optional[UserError]:
         where, target = self._where(), self.target
         if isinstance(exc, _UnknownHostKey):
             return UserError(
@@ -229,6 +231,9 @@ class SSHTransport(AgentTransport):
             return UserError(f"{where}: unreachable: {exc}")
         if isinstance(exc, OSError):
             return UserError(f"{where}: unreachable: {exc.strerror or exc}")
+        if isinstance(exc, paramiko.SSHException) and (not got_banner or "banner" in str(exc).lower()):
+            return UserError(f"{where}: no SSH banner from {target.hostname}:{target.port} within "
+                             f"{self.device.connect_timeout:g} s (is it an SSH server?)")
         if isinstance(exc, paramiko.SSHException):
             return UserError(f"{where}: SSH handshake failed: {exc}")
         return None
@@ -341,11 +346,11 @@ class SSHTransport(AgentTransport):
         assert self._deployed is not None and self._workdir is not None
         device = self.device
         args = [self._deployed.path, *agent_args(f"{self._workdir}/cache", device.threads, device.cpus,
-                                                 device.memory_limit_mb, runtimes)]
+                                                 device.memory_limit_mb, runtimes, self.delegate_paths)]
         inner = f"echo $$; exec {device.remote_python()} {' '.join(shlex.quote(a) for a in args)}"
         return f"sh -c {shlex.quote(inner)}"
 
-    def start(self, runtimes: Sequence[str] = ()) -> str:
+    def start(self, runtimes: Sequence[str] = ()) -> Endpoint:
         """Deploy if needed, start the agent, forward a local port to it; return the local endpoint."""
         if self._started:
             raise RuntimeError("SSHTransport.start() called twice")
@@ -356,6 +361,8 @@ class SSHTransport(AgentTransport):
             chan = self._transport().open_session(timeout=self.device.connect_timeout)
             chan.settimeout(0.5)
             chan.exec_command(self.agent_command(runtimes))
+            keys = RunKeys.fresh()
+            chan.sendall(keys.stdin_line())  # on its stdin: the device's other users cannot read it (argv they can)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise UserError(f"{self._where()}: cannot start the agent: {exc}") from exc
         self._chan = chan
@@ -363,7 +370,7 @@ class SSHTransport(AgentTransport):
         remote_port = self._await_ready(chan)
         self._readers.append(_start_thread(self._drain_stdout, "qbench-ssh-stdout"))
         self._forwarder = Forwarder(self._transport(), remote_port)
-        return f"tcp://127.0.0.1:{self._forwarder.local_port}"
+        return Endpoint(f"tcp://127.0.0.1:{self._forwarder.local_port}", keys)
 
     def _await_ready(self, chan: paramiko.Channel) -> int:
         deadline = time.monotonic() + self._ready_timeout
