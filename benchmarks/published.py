@@ -232,7 +232,9 @@ def model(name: str) -> Published:
 
 
 def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) -> dict[str, np.ndarray]:
-    """``count`` real-looking samples for ``m`` as qbench's ``--data`` dict: ``{input: (count, *shape[1:])}``.
+    """``count`` real-looking samples for ``m`` as one batch: ``{input: (count, *shape[1:])}``.
+
+    qbench's ``--data`` wants ``(N, *input_shape)``: see :func:`data`.
 
     ``split`` "calib" and "eval" draw from disjoint image sets (photos) or disjoint crops (pages),
     so a calibration never sees its evaluation data.
@@ -257,8 +259,14 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
     return {m.input_name: np.ascontiguousarray(batch)}
 
 
+def data(m: Published | str, count: int, split: str = "eval", seed: int = 0) -> dict[str, np.ndarray]:
+    """The samples as qbench's ``--data``/``--calibration`` arrays: ``{input: (count, *input_shape)}``."""
+    return {k: v[:, None] for k, v in samples(m, count, split, seed).items()}
+
+
 def write_npz(m: Published | str, count: int, out: Path, split: str = "eval", seed: int = 0) -> Path:
-    np.savez(out, **samples(m, count, split, seed))
+    """:func:`data` written as an .npz for ``--data`` / ``--calibration``."""
+    np.savez(out, **data(m, count, split, seed))
     return out
 
 
