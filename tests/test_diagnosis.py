@@ -42,9 +42,11 @@ def _local_psnr(report: dict, tensor: str, x: np.ndarray) -> float:
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     f = np.concatenate([session.run([tensor], {"x": s})[0] for s in x]).astype(np.float64)
-    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(report["models"]["int8"]["path"]).graph.initializer}
-    scale, zero = float(inits[f"{tensor}_scale"]), int(inits[f"{tensor}_zero_point"])
-    info = np.iinfo(inits[f"{tensor}_zero_point"].dtype)
+    int8 = onnx.load(report["models"]["int8"]["path"])
+    inits = {t.name: numpy_helper.to_array(t) for t in int8.graph.initializer}
+    (q,) = [n for n in int8.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor]
+    scale, zero = float(inits[q.input[1]]), int(inits[q.input[2]])  # int8 ranges are stored as uint8 (zp + 128)
+    info = np.iinfo(inits[q.input[2]].dtype)
     d = (np.clip(np.round(f / scale) + zero, info.min, info.max) - zero) * scale
     return float(10 * np.log10(np.abs(f).max() ** 2 / np.mean((f - d) ** 2)))
 

@@ -73,10 +73,11 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     if summary.get("worst_layers"):
         worst = Table(title="worst layers (cumulative PSNR)", header_style="bold")
         for col in ("#", "layer", "op", "PSNR", "local PSNR", "SQNR"):
-            worst.add_column(col, justify="right" if col in ("#", "PSNR", "local PSNR", "SQNR") else "left")
+            worst.add_column(col, justify="right" if col in ("#", "PSNR", "local PSNR", "SQNR") else "left",
+                             no_wrap=col == "layer")
         for name in summary["worst_layers"]:
             x = by_name[name]
-            worst.add_row(str(x["index"]), name, x["op_type"], _db(x.get("psnr_db"), x.get("exact")),
+            worst.add_row(str(x["index"]), short_name(name), x["op_type"], _db(x.get("psnr_db"), x.get("exact")),
                           _db(x.get("local_psnr_db")), _db(x.get("sqnr_db")))
         console.print(worst)
     _render_nonfinite(summary.get("nonfinite_layers") or [], by_name, console)
@@ -90,7 +91,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
                           f"SQNR {_db(x.get('sqnr_db'))} (-{x['drop_db']:.1f} dB)")
     elif layers:
         console.print("no sudden drops")
-    _render_sensitive(report, console)
+    _render_sensitive(report, by_name, console)
     _render_equalization(report.get("equalization"), console)
     if report.get("unmatched"):
         console.print(f"{len(report['unmatched'])} float tensors have no int8 counterpart (listed in report.json)")
@@ -99,6 +100,18 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         console.print(f"[bold red]failed during {err['stage']}[/]: {err['message']}")
         if err.get("agent_stderr"):
             console.print("[dim]agent stderr (last lines):[/]\n" + err["agent_stderr"], markup=False)
+
+
+#: layer names longer than this are cut in the middle: a TFLite name's ends tell layers apart
+NAME_WIDTH = 36
+
+
+def short_name(name: str, width: int = NAME_WIDTH) -> str:
+    """``name`` cut in the middle to ``width`` characters (``head…tail``); the index column tells cut names apart."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (width - 1 - head):]}"
 
 
 def _render_nonfinite(names: list[str], by_name: dict[str, Any], console: Console) -> None:
@@ -110,16 +123,17 @@ def _render_nonfinite(names: list[str], by_name: dict[str, Any], console: Consol
                   f"#{first['index']} {escape(names[0])} ({first['op_type']}): {nonfinite_text(first['nonfinite'])}")
 
 
-def _render_sensitive(report: dict[str, Any], console: Console) -> None:
+def _render_sensitive(report: dict[str, Any], by_name: dict[str, Any], console: Console) -> None:
     """The top of the sensitive-layer ranking, with its reasons (the full list is in report.json)."""
     ranked = [x for x in report.get("sensitive_layers", []) if x["score"] > 0]
     if not ranked:
         return
     table = Table(title="sensitive layers (score: dB the layer adds itself)", header_style="bold")
-    for col in ("layer", "op", "PSNR", "SQNR", "score", "why"):
-        table.add_column(col, justify="left" if col in ("layer", "op", "why") else "right")
+    for col in ("#", "layer", "op", "PSNR", "SQNR", "score", "why"):
+        table.add_column(col, justify="left" if col in ("layer", "op", "why") else "right", no_wrap=col == "layer")
     for x in ranked[: max(report.get("settings", {}).get("worst", 5), 1)]:
-        table.add_row(x["name"], x["op_type"] or "", _db(x.get("psnr_db")), _db(x.get("sqnr_db")), f"{x['score']:.1f}",
+        index = by_name.get(x["name"], {}).get("index")
+        table.add_row("" if index is None else str(index), short_name(x["name"]), x["op_type"] or "", _db(x.get("psnr_db")), _db(x.get("sqnr_db")), f"{x['score']:.1f}",
                       "; ".join(x["reasons"]))
     console.print(table)
 
