@@ -103,7 +103,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
 
 
 #: layer names longer than this are cut in the middle: a TFLite name's ends tell layers apart
-NAME_WIDTH = 36
+NAME_WIDTH = 30
 
 
 def short_name(name: str, width: int = NAME_WIDTH) -> str:
