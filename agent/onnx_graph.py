@@ -9,7 +9,7 @@ Wire layout read here (onnx.proto3): ``ModelProto.graph`` = field 7; ``GraphProt
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 
@@ -155,11 +155,18 @@ def locate(original: list[Node], optimized: list[Node], names: list[str], interf
 
     producer = {out: node for node in optimized for out in node.outputs}
     consumers = _consumers(original)
+    # An optimized tensor that stands for several original ones (ORT cancelled a user's Transpose against
+    # one of its own) has a layout that fits only one of them: it is not undone for any.
+    shared = Counter(list(slots.values()) + [n for n in own if n not in slots])
     found, fused = {}, {}
     for name in names:
         where = image(name)
         if where is not None:
             axes = layouts.get(where)
+            if where in interface:
+                axes = None  # the model's inputs and outputs keep their layout whatever ORT did inside
+            elif axes is not None and shared[where] > 1:
+                axes = _UNKNOWN
             if axes is _UNKNOWN:
                 node = producer.get(where)
                 fused[name] = f"held in another layout by {node.op_type} {node.name}" if node else "in another layout"

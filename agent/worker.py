@@ -178,8 +178,9 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
             with phase("load"):
                 float_job = loader.submit(
                     _loaded, cls(job["float_model_path"], req.runner, [req.pairs[i].float_name for i in group]))
-                int8_runner = _loaded(cls(job["int8_model_path"], req.runner,
-                                          [req.pairs[i].int8_name for i in group], deployed_graph=graph))
+                int8_runner = cls(job["int8_model_path"], req.runner, [req.pairs[i].int8_name for i in group])
+                int8_runner.deployed_graph = graph
+                _loaded(int8_runner)
             with phase("infer"):
                 first = int8_runner.infer(feeds[0])
             with phase("reference"):

@@ -72,21 +72,21 @@ class Runner(abc.ABC):
         config: providers/delegates, threads, optimization level.
         extra_outputs: intermediate tensors to expose as outputs (the capture pass).
             Exposing them can block fusions, so timing runs never pass any.
-        deployed_graph: the graph the runtime deployed for ``model_path``, as another runner wrote it
-            (:meth:`save_deployed_graph`): the extra outputs are then read from that graph, run as it
-            is, so that exposing them changes nothing the runtime computes.
+
+    :attr:`deployed_graph`, set before :meth:`load`, is the graph the runtime deployed for ``model_path``
+    as another runner wrote it (:meth:`save_deployed_graph`): the extra outputs are then read from
+    that graph, run as it is, so that exposing them changes nothing the runtime computes.
 
     After :meth:`load`, :attr:`unobservable` lists the extra outputs the runtime cannot expose
     (inside a delegate partition), and :attr:`fused` the ones the deployed graph no longer has, with
     why (``"fused into QLinearConv <node>"``); :meth:`infer` leaves both out.
     """
 
-    def __init__(self, model_path: str, config: RunnerConfig, extra_outputs: Sequence[str] = (),
-                 deployed_graph: str | None = None):
+    def __init__(self, model_path: str, config: RunnerConfig, extra_outputs: Sequence[str] = ()):
         self.model_path = model_path
         self.config = config
         self.extra_outputs = list(extra_outputs)
-        self.deployed_graph = deployed_graph
+        self.deployed_graph: str | None = None
         self.unobservable: list[str] = []
         self.fused: dict[str, str] = {}
         self._loaded = False

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..report import delegation
+from ..report import delegation, fidelity
 from ..session import UI
 
 
@@ -47,6 +48,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             value = _db(out.get("psnr_db"), out.get("exact", False))
         table.add_row(f"output {out['name']}", "", "", f"PSNR {value}")
     console.print(table)
+    for line in fidelity.capture_warnings(report):
+        console.print(f"[bold yellow]capture:[/] {escape(line)}")
     for line in delegation.summary_lines(report):
         console.print(line, markup=False)
     layers = report.get("layers", [])
