@@ -94,6 +94,24 @@ def test_graph_reader_finds_nodes_and_attributes_of_a_built_model(tmp_path):
     assert next(n for n in nodes if n.name == "dwconv").ints["pads"] == [2, 2, 2, 2]
 
 
+def test_locate_maps_renamed_channels_last_and_shared_tensors_of_the_deployed_graph(tmp_path):
+    int8 = fusion_models.build_affine_dwconv_int8(tmp_path / "int8.onnx")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "deployed.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    original, interface = onnx_graph.read_graph(int8.read_bytes())
+    deployed, _ = onnx_graph.read_graph((tmp_path / "deployed.onnx").read_bytes())
+    found, fused = onnx_graph.locate(original, deployed, ["x_q", "a_q", "conv_q", "r_q", "y", "b"], set(interface))
+    writer = {out: n for n in deployed for out in n.outputs}
+    assert writer[found["x_q"].tensor].name == "x_quant" and found["x_q"].to_original is None  # renamed output
+    assert writer[found["conv_q"].tensor].op_type == "QLinearConv"  # the QDQ unit's output, channels last
+    assert found["conv_q"].to_original == [0, 3, 1, 2]
+    assert found["y"].tensor == "y" and found["y"].to_original is None  # a model output keeps its layout
+    assert fused["b"].startswith("fused into QLinearConv ")  # the bias lives inside the kernel
+    assert fused["r_q"] == "held in another layout by QuantizeLinear relu_quant"
+
+
 # ---- a real published model through a real agent ------------------------------------------------------
 
 
