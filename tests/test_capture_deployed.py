@@ -172,3 +172,33 @@ def _check_layers_against_plain_ort(report: dict, float_model: Path, int8: Path,
         assert layer["psnr_db"] == pytest.approx(psnr, abs=0.01), layer["name"]
         checked += 1
     return checked
+
+
+# ---- fidelity is loud: terminal and report.html ---------------------------------------------------------
+
+
+def test_capture_departures_are_in_the_terminal_summary_and_at_the_top_of_report_html(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from qbench.host.cli.render import render_report
+    from qbench.host.report.html import write_html
+    from reportdata import make_report
+
+    clean = make_report(n_layers=6)
+    clean["capture"] = {"passes": 1, "passes_planned": 1, "fidelity_max_abs_diff": 0.0, "layers_graph_altered": 0,
+                        "layers_fused": 0, "source": "deployed graph", "source_note": None}
+    loud = {**clean, "capture": {**clean["capture"], "passes": 30, "fidelity_max_abs_diff": 0.28,
+                                 "layers_graph_altered": 7, "layers_fused": 2, "source": "model",
+                                 "source_note": "the runtime could not write the graph it deployed"}}
+    expected = ["capture fidelity 0.28", "7 layer(s) graph-altered", "2 layer(s) fused",
+                "30 capture passes where the memory budget planned 1", "could not write the graph it deployed"]
+    for report, shown in ((clean, False), (loud, True)):
+        text = StringIO()
+        render_report(report, Console(file=text, width=400))
+        page = write_html(report, tmp_path / "report.html").read_text()
+        top = page[: page.index('<div class="cards">')]  # above the summary cards
+        for phrase in expected:
+            assert (phrase in text.getvalue()) is shown, phrase
+            assert (phrase in top) is shown, phrase
