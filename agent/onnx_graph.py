@@ -1,10 +1,12 @@
-"""The nodes of a serialized ONNX model, read straight from its protobuf bytes (no ``onnx`` package).
+"""The user's int8 tensors in the graph ONNX Runtime deployed, found without the ``onnx`` package.
 
-The capture needs only what each node is called, what it computes and which tensors it reads and
-writes, to find the tensors of a user's int8 model in the graph ONNX Runtime optimized from it.
-Wire layout read here (onnx.proto3): ``ModelProto.graph`` = field 7; ``GraphProto.node`` = 1;
-``NodeProto.input`` = 1, ``output`` = 2, ``name`` = 3, ``op_type`` = 4, ``domain`` = 7. Everything else
-(initializers, attributes with their subgraphs) is skipped by its length, unread.
+:func:`read_graph` reads the nodes of a serialized ONNX model straight from its protobuf bytes; the
+capture needs only what each node is called, what it computes, which tensors it reads and writes,
+and a few integer attributes. :func:`locate` then finds each tensor of the user's model in the graph
+ORT optimized from it (``SessionOptions.optimized_model_filepath``), or says which kernel absorbed it.
+Wire layout read here (onnx.proto3): ``ModelProto.graph`` = field 7; ``GraphProto.node`` = 1,
+``input`` = 11, ``output`` = 12; ``NodeProto.input`` = 1, ``output`` = 2, ``name`` = 3, ``op_type`` = 4,
+``attribute`` = 5, ``domain`` = 7. Everything else (initializers, subgraphs) is skipped by its length.
 """
 
 from __future__ import annotations
