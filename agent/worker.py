@@ -148,37 +148,59 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
     phase = capture.Phases()
     accs = [capture.PairAccumulator(p, req.histogram_bins) for p in req.pairs]
     structures = structure.accumulators(req.pairs)
-    # The reference and each pass's float session load on a thread of their own (the runtimes release
-    # the GIL while they build a session) while the int8 session loads: two builds at a time, not
-    # three, as there are only so many cores, and each build holds its graph's transient memory
-    # (on the 640x640 detector: same wall time as three, 30 MB less peak).
+    # The deployed int8 session: its outputs are what every capture pass must reproduce, and, where the
+    # runtime can write it, the graph it optimized is what the capture exposes tensors of (reloaded as it
+    # is, so exposing them blocks no fusion). It and each pass's float session load on a thread of their
+    # own (the runtimes release the GIL while they build a session) while the int8 capture session
+    # loads: two builds at a time, not three, as there are only so many cores.
     loader = ThreadPoolExecutor(1, thread_name_prefix="load")
-    reference_job = loader.submit(_deployed_outputs, cls(job["int8_model_path"], req.runner), feeds[0])
+    deployed = cls(job["int8_model_path"], req.runner)
+    wants_graph = deployed.save_deployed_graph(str(jobdir / "int8.deployed.onnx"))
+    reference_job = loader.submit(_deployed_outputs, deployed, feeds[0])
     reducer = capture.Reducer(capture.reduce_threads(req.runner.threads))
     spool = tensor_spool.Spool(jobdir, req.pairs) if req.save_tensors else None
     done: list[list[int]] = []
     fidelity = 0.0
     pending = capture.plan_groups([p.nbytes for p in req.pairs], req.budget_bytes)
+    planned = len(pending)
+    graph: str | None = None
+    note: str | None = None
     try:
+        if wants_graph:
+            with phase("reference"):
+                reference = reference_job.result()
+            graph = deployed.deployed_graph
+        del deployed  # the deployed session's memory goes once its outputs are in (the loader drops it too)
+        if wants_graph and graph is None:
+            note = "the runtime could not write the graph it deployed"
         while pending:
             progress("capture", len(done), len(done) + len(pending))
             group = pending.pop(0)
             with phase("load"):
                 float_job = loader.submit(
                     _loaded, cls(job["float_model_path"], req.runner, [req.pairs[i].float_name for i in group]))
-                int8_runner = _loaded(cls(job["int8_model_path"], req.runner, [req.pairs[i].int8_name for i in group]))
+                int8_runner = cls(job["int8_model_path"], req.runner, [req.pairs[i].int8_name for i in group])
+                int8_runner.deployed_graph = graph
+                _loaded(int8_runner)
             with phase("infer"):
                 first = int8_runner.infer(feeds[0])
             with phase("reference"):
                 reference = reference_job.result()
             diff = _max_abs_diff(reference, first)
-            if diff > 0 and len(group) > 1:
-                # Exposing some tensor of this group changed how the runtime fuses the int8 graph:
-                # halve the group until every pass computes what the deployed model computes.
+            if diff > 0 and (graph is not None or len(group) > 1):
                 del int8_runner, first
                 float_job.result()
                 del float_job
-                pending[:0] = [group[: len(group) // 2], group[len(group) // 2:]]
+                if graph is not None:
+                    # Never seen: the reloaded deployed graph computed other outputs. Leave it for the
+                    # model itself, whose passes are checked (and halved) as below.
+                    note = f"the deployed graph, reloaded, gave outputs {diff:g} off the deployed session's"
+                    graph = None
+                    pending[:0] = [group]
+                else:
+                    # Exposing some tensor of this group changed how the runtime fuses the int8 graph:
+                    # halve the group until every pass computes what the deployed model computes.
+                    pending[:0] = [group[: len(group) // 2], group[len(group) // 2:]]
                 continue
             for i in group:
                 accs[i].s.graph_altered = diff > 0
@@ -194,7 +216,8 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
                         q_out, first = first, None  # sample 0 ran for the fidelity check: not held twice
                     else:
                         q_out = int8_runner.infer(feed)
-                pairs = [(f_out[req.pairs[i].float_name], q_out[req.pairs[i].int8_name]) for i in observed]
+                pairs = [(f_out[req.pairs[i].float_name], _as_written(q_out[req.pairs[i].int8_name], req.pairs[i]))
+                         for i in observed]
                 with phase("reduce"):
                     reducer.reduce([(accs[i], f, q) for i, (f, q) in zip(observed, pairs)])
                     structure.update(structures, observed, pairs)
@@ -212,7 +235,17 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
     stats = [a.stats() for a in accs]
     structure.finish(structures, stats)
     return CaptureReply(stats=stats, groups=done, fidelity_max_abs_diff=fidelity,
-                        peak_mb=memory.peak_rss_mb(), budget_bytes=req.budget_bytes, phases_s=phase.seconds)
+                        peak_mb=memory.peak_rss_mb(), budget_bytes=req.budget_bytes, phases_s=phase.seconds,
+                        passes_planned=planned, source="deployed graph" if graph is not None else "model",
+                        source_note=note)
+
+
+def _as_written(q: np.ndarray, pair) -> np.ndarray:
+    """An int8 tensor that the deployed graph holds as uint8: ORT's QDQ s8->u8 transform adds 128 to
+    the values and to the zero point, so flipping the top bit gives back the int8 model's codes."""
+    if q.dtype == np.uint8 and pair.qparams is not None and pair.qparams.dtype == "int8":
+        return (q ^ np.uint8(0x80)).view(np.int8)
+    return q
 
 
 def _deployed_outputs(runner: Runner, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -228,11 +261,14 @@ def _loaded(runner: Runner) -> Runner:
 
 def _observable(group: list[int], pairs: list, float_runner: Runner, int8_runner: Runner,
                 accs: list[capture.PairAccumulator]) -> list[int]:
-    """The pairs of ``group`` both runners expose; the others (inside a delegate partition) are marked."""
+    """The pairs of ``group`` both runners expose; the others (inside a delegate partition, or fused
+    away in the deployed graph) are marked."""
     kept = []
     for i in group:
         if pairs[i].float_name in float_runner.unobservable or pairs[i].int8_name in int8_runner.unobservable:
             accs[i].s.unobservable = True
+        elif pairs[i].int8_name in int8_runner.fused:
+            accs[i].s.fused = int8_runner.fused[pairs[i].int8_name]
         else:
             kept.append(i)
     return kept

@@ -301,15 +301,46 @@ def cached_pair(kind: str, blocks: int = 0, size: int = 640, samples: int = 2,
     return ModelPair(float_path, int8_path, data_path, len(model.graph.node))
 
 
+def published_pair(name: str, samples: int = 2, calibration: int = 8, cache_dir: Path = CACHE_DIR) -> ModelPair:
+    """A real published float model (benchmarks/published.py) and its int8 twin, quantized by qbench's own path
+    (``host/quantize``: prepare, then calibrate on ``calibration`` real-looking samples); the same pair goes to
+    both tools. The data are ``samples`` evaluation samples, disjoint from the calibration images."""
+    from qbench.host.quantize.onnx import quantize_onnx
+    from qbench.host.quantize.prepare import prepare_float
+
+    from . import published
+
+    m = published.model(name)
+    folder = cache_dir / f"published-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    int8_path, data_path = folder / "int8.onnx", folder / f"data{samples}.npz"
+    batch = lambda d: {k: v[:, None] for k, v in d.items()}  # (N, *input shape): the batch axis of 1 stays
+    if not int8_path.exists():
+        prepared = prepare_float(m.path, {m.input_shape.split(":")[0]: _dims(m.input_shape)}, folder)
+        tmp = folder / "int8.onnx.tmp"
+        quantize_onnx(prepared.path, tmp, batch(published.samples(m, calibration, split="calib")))
+        tmp.replace(int8_path)
+    if not data_path.exists():
+        np.savez(data_path, **batch(published.samples(m, samples, split="eval")))
+    nodes = len(onnx.load(m.path, load_external_data=False).graph.node)
+    return ModelPair(Path(m.path), int8_path, data_path, nodes)
+
+
+def _dims(input_shape: str) -> list[int]:
+    return [int(d) for d in input_shape.split(":")[1].split(",")]
+
+
 def _main() -> None:
     parser = argparse.ArgumentParser(description="Build and cache a benchmark float/int8 model pair.")
-    parser.add_argument("kind", choices=["detection", "deep", "tiny"])
+    parser.add_argument("kind", choices=["detection", "deep", "tiny", "published"])
+    parser.add_argument("--name", default="ppocr-v4-det", help="published model (kind published)")
     parser.add_argument("--blocks", type=int, default=50)
     parser.add_argument("--size", type=int, default=640)
     parser.add_argument("--samples", type=int, default=2)
     args = parser.parse_args()
-    pair = cached_pair(args.kind, args.blocks, args.size, args.samples)
-    print(json.dumps({k: str(v) for k, v in vars(pair).items()}))
+    pair = (published_pair(args.name, args.samples) if args.kind == "published"
+            else cached_pair(args.kind, args.blocks, args.size, args.samples))
+    print(json.dumps({k: v if isinstance(v, int) else str(v) for k, v in vars(pair).items()}))
 
 
 if __name__ == "__main__":

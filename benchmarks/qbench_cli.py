@@ -24,12 +24,12 @@ def run_command(float_path: Path, out: Path, int8_path: Path | None = None, data
                 threads: int | None = None, budget_mb: int | None = None, runs: int | None = None,
                 min_seconds: float | None = None, warmup: int | None = None,
                 profile_runs: int | None = None, accuracy_only: bool = False,
-                histogram_bins: int | None = None) -> list[str]:
+                histogram_bins: int | None = None, input_shape: str | None = None) -> list[str]:
     """``qbench run --device local ... --json --quiet`` with the given options, recorded in a scratch database."""
     cmd = [QBENCH, "run", "--device", "local", str(float_path), *(["--accuracy-only"] if accuracy_only else [])]
     options = {"--int8": int8_path, "--data": data, "--out": out, "--memory-budget": budget_mb,
                "--runs": runs, "--min-seconds": min_seconds, "--warmup": warmup, "--profile-runs": profile_runs,
-               "--threads": threads, "--histogram-bins": histogram_bins, "--db": Path(out).parent / "results.sqlite"}
+               "--threads": threads, "--histogram-bins": histogram_bins, "--input-shape": input_shape, "--db": Path(out).parent / "results.sqlite"}
     for flag, value in options.items():
         if value is not None:
             cmd += [flag, str(value)]

@@ -64,6 +64,12 @@ def _headline(result: dict) -> str:
                 f"{q['accuracy_only']['memory_ratio']:.2f}x; --memory-budget 256 {q['budget256']['time_ratio']:.2f}x, "
                 f"{q['budget256']['memory_ratio']:.2f}x; whole run {q['full']['time_ratio']:.2f}x, "
                 f"{q['full']['memory_ratio']:.2f}x")
+    if result["key"].startswith("published-"):
+        c, q, a = d["capture"], d["qbench"], d["anchor"]
+        return (f"{d['time_ratio']:.2f}x time ({q['wall_s']:.1f} s vs {a['wall_s']:.1f} s), {d['memory_ratio']:.2f}x "
+                f"peak memory ({q['peak_tree_rss_mb']:.0f} vs {a['peak_tree_rss_mb']:.0f} MB); {c['passes']} of "
+                f"{c['passes_planned']} planned pass(es), fidelity {c['fidelity_max_abs_diff']:g}, "
+                f"{c['layers_graph_altered']} graph-altered, {c['layers_fused']} fused")
     if result["key"] == "latency":
         return ", ".join(f"{s} {v['deviation_pct']:+.1f}%" for s, v in d["models"].items())
     if result["key"] == "startup":
@@ -151,6 +157,13 @@ def _details_md(r: dict) -> list[str]:
     if r.get("error"):
         return [f"Not measured: `{r['error']}`", ""]
     d = r.get("details") or {}
+    if r["key"].startswith("published-"):
+        q, a = d["qbench"], d["anchor"]
+        return [f"One run per side. qbench: host {q['host_peak_mb']:.0f} MB, agent and workers "
+                f"{q['agent_peak_mb']:.0f} MB (capture worker {q['capture_peak_mb']:.0f} MB), capture phases "
+                f"{', '.join(f'{k} {v:.2f} s' for k, v in (q['capture_phases_s'] or {}).items())}; {q['layers_compared']} layers compared. Anchor: {a['layers_matched']} layers "
+                f"matched, collect {a['collect_s']:.2f} s, compare {a['compare_s']:.2f} s. Other jobs' CPU during the "
+                f"runs: anchor {d['background_cpu_pct']['anchor']:.0f} %, qbench {d['background_cpu_pct']['qbench']:.0f} %.", ""]
     if r["key"] == "anchor":
         a = d["anchor"]
         lines = [

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import models, qbench_cli, report, suite
 
 HERE = Path(__file__).resolve().parent
-KEYS = ("throughput", "startup", "latency", "anchor", "depth")
+KEYS = ("throughput", "startup", "latency", "anchor", "published", "depth")
 
 
 def _build_models(keys: set[str], depths: tuple[int, ...]) -> dict:
@@ -52,6 +52,12 @@ def run(keys: set[str], ctx: suite.Context) -> list[suite.Result]:
     results = []
     for key in KEYS:
         if key not in keys:
+            continue
+        if key == "published":  # one result per real model, each against the anchor in the same run
+            for name in suite.PUBLISHED:
+                print(f"... published {name}", flush=True)
+                results.append(suite.guarded(f"published-{name}", name,
+                                             lambda name=name: suite.published_comparison(ctx, name)))
             continue
         if not have_qbench and key in ("startup", "latency", "depth"):
             results.append(suite.Result(key, key, "", error="qbench run not available yet"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -174,6 +175,51 @@ def _qbench_side(runs: list[tuple[TreeRun, dict, list[str]]], anchor_wall_s: flo
             "capture_phases_s": qbench_cli.dig(report, "capture", "phases_s"),
             "budget_mb": qbench_cli.dig(report, "capture", "budget_mb"),
             "model_bytes_uploaded": [qbench_cli.dig(r, "transfer", "model_bytes_uploaded") for _, r, _ in runs]}
+
+
+#: the real published models measured against the anchor (benchmarks/published.py), at the issue's sizes
+PUBLISHED = ("ppocr-v4-det", "ppocr-v4-rec")
+
+
+def published_comparison(ctx: Context, name: str) -> Result:
+    """qbench run --accuracy-only (default histograms, 2 samples) vs qdq_loss_debug on a real published pair,
+    with what the capture did: passes against the plan, fidelity, graph-altered and fused layers."""
+    from . import published
+
+    # Built in a process of its own: Linux keeps a process's peak RSS across exec, so every tool started
+    # from a parent that had quantized the 640x640 detector would report that parent's peak as its own.
+    made = subprocess.run([sys.executable, "-m", "benchmarks.models", "published", "--name", name], cwd=str(REPO),
+                          capture_output=True, text=True, check=True)
+    paths = json.loads(made.stdout.strip().splitlines()[-1])
+    pair = models.ModelPair(Path(paths["float_path"]), Path(paths["int8_path"]), Path(paths["data_path"]),
+                            int(paths["nodes"]))
+    shape = published.model(name).input_shape
+    res = Result(f"published-{name}", f"Per-layer analysis vs qdq_loss_debug, real {name} ({shape}, 2 samples)",
+                 "<= 0.35x time, <= 0.25x peak memory, 1 pass as planned, fidelity 0, no graph-altered layer",
+                 unit="x time")
+    acmd = _anchor_cmd(pair)
+    wait_for_quiet(ctx)
+    anchor = _checked(run_measured(acmd, cwd=str(REPO)), "anchor")
+    wait_for_quiet(ctx)
+    run, report, cmd = _qbench(ctx, pair, f"published-{name}", accuracy_only=True, input_shape=shape)
+    side = _qbench_side([(run, report, cmd)], anchor.wall_s, anchor.peak_tree_rss)
+    cap = report.get("capture") or {}
+    res.value = side["time_ratio"]
+    res.passed = (side["time_ratio"] <= 0.35 and side["memory_ratio"] <= 0.25 and cap.get("passes") == 1
+                  and cap.get("passes") == cap.get("passes_planned") and cap.get("fidelity_max_abs_diff") == 0
+                  and not cap.get("layers_graph_altered"))
+    res.details = {
+        "time_ratio": side["time_ratio"], "memory_ratio": side["memory_ratio"],
+        "anchor": {**_tree(anchor), "peak_tree_rss_mb": anchor.peak_tree_rss / MB,
+                   **json.loads(anchor.stdout.strip().splitlines()[-1])},
+        "qbench": side,
+        "capture": {k: cap.get(k) for k in ("passes", "passes_planned", "source", "source_note",
+                                            "fidelity_max_abs_diff", "layers_graph_altered", "layers_fused")},
+        "background_cpu_pct": {"anchor": anchor.background_cpu_pct, "qbench": run.background_cpu_pct},
+        "nodes": pair.nodes,
+    }
+    res.commands = [shell(acmd), shell(cmd, ctx.work)]
+    return res
 
 
 def anchor_alone(pair: models.ModelPair) -> Result:

@@ -366,6 +366,7 @@ class PairStats:
     float_inf: int = 0  # 1.4: infinite elements of the float model's tensor
     int8_nan: int = 0  # 1.4: NaN elements of the int8 model's tensor, dequantized
     int8_inf: int = 0  # 1.4: infinite elements of the int8 model's tensor, dequantized
+    fused: str | None = None  # the deployed graph no longer has it: "fused into QLinearConv <node>"; nothing compared
     hist_range: list[float] | None = None
     hist_float: list[int] | None = None
     hist_int8: list[int] | None = None
@@ -380,6 +381,9 @@ class CaptureReply:
     peak_mb: float | None = None  # the capture worker's VmHWM
     budget_bytes: int | None = None  # the budget the groups were made for
     phases_s: dict[str, float] = field(default_factory=dict)  # where the capture's wall time went
+    passes_planned: int | None = None  # passes the budget planned (len(groups) is the passes run)
+    source: str | None = None  # "deployed graph" | "model": where the int8 tensors were read (see the spec)
+    source_note: str | None = None  # why the capture left the deployed graph for the model, if it did
 
 
 @dataclass

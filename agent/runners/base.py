@@ -73,16 +73,31 @@ class Runner(abc.ABC):
         extra_outputs: intermediate tensors to expose as outputs (the capture pass).
             Exposing them can block fusions, so timing runs never pass any.
 
+    :attr:`deployed_graph`, set before :meth:`load`, is the graph the runtime deployed for ``model_path``
+    as another runner wrote it (:meth:`save_deployed_graph`): the extra outputs are then read from
+    that graph, run as it is, so that exposing them changes nothing the runtime computes.
+
     After :meth:`load`, :attr:`unobservable` lists the extra outputs the runtime cannot expose
-    (inside a delegate partition); :meth:`infer` leaves them out.
+    (inside a delegate partition), and :attr:`fused` the ones the deployed graph no longer has, with
+    why (``"fused into QLinearConv <node>"``); :meth:`infer` leaves both out.
     """
 
     def __init__(self, model_path: str, config: RunnerConfig, extra_outputs: Sequence[str] = ()):
         self.model_path = model_path
         self.config = config
         self.extra_outputs = list(extra_outputs)
+        self.deployed_graph: str | None = None
         self.unobservable: list[str] = []
+        self.fused: dict[str, str] = {}
         self._loaded = False
+
+    def save_deployed_graph(self, path: str) -> bool:
+        """Before :meth:`load`: have the runtime write the graph it deploys to ``path``.
+
+        Returns False when this runtime cannot; then :attr:`deployed_graph` stays None after loading.
+        Otherwise :attr:`deployed_graph` is ``path`` once the graph was written (None if writing failed).
+        """
+        return False
 
     def load(self) -> None:
         """Create the session/interpreter. Raises ProtocolError on a bad model or config."""

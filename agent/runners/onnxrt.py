@@ -4,6 +4,12 @@ Extra outputs for the capture pass are appended to the serialized model as proto
 fields, so the agent needs no ``onnx`` package: a repeated ``GraphProto.output``
 (field 12) inside a second ``ModelProto.graph`` (field 7) is merged into the first
 by every protobuf parser, and ONNX Runtime infers the types of name-only outputs.
+
+Appended to the user's model, outputs change which kernels ORT fuses. So the capture reads them
+from the graph ORT deployed instead: the deployed session writes its optimized graph
+(``SessionOptions.optimized_model_filepath``), and the capture session loads that graph with every
+optimization off, outputs appended, so it runs the very kernels the deployed session runs.
+:mod:`qbench.agent.onnx_graph` finds the user's tensors in it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 
 from qbench.protocols.messages import ErrorCode, ProtocolError, RuntimeInfo
 
+from .. import onnx_graph
 from . import ort_profile
 from .base import OpTime, Runner, TensorSpec
 
@@ -58,6 +65,13 @@ def _varint(value: int) -> bytes:
 class OnnxRuntimeRunner(Runner):
     """One InferenceSession; providers, provider options and threads from the RunnerConfig."""
 
+    _save_to: str | None = None
+    _located: dict[str, onnx_graph.Located] = {}
+
+    def save_deployed_graph(self, path: str) -> bool:
+        self._save_to = path
+        return True
+
     def _load_impl(self) -> None:
         import onnxruntime as ort
 
@@ -69,10 +83,18 @@ class OnnxRuntimeRunner(Runner):
             )
         options = self._options()
         model: str | bytes = self.model_path  # by path when unmodified: no copy of the bytes in memory
-        if self.extra_outputs:
+        if self._save_to:
+            options.optimized_model_filepath = self._save_to
+        exposed = self.extra_outputs
+        if self.extra_outputs and self.deployed_graph:
+            model, exposed = self._deployed_with_outputs()
+            # ORT already optimized this graph for this device: running it as it is runs the deployed kernels
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        elif self.extra_outputs:
             # A name that is already an output is accepted twice by ORT; appended outputs come last.
             with open(self.model_path, "rb") as fh:
-                model = append_outputs(fh.read(), self.extra_outputs)
+                model = append_outputs(fh.read(), exposed)
+        if self.extra_outputs:
             # A capture session, never timed. ORT's memory pattern (from the 2nd run on) puts the
             # exposed outputs in one planned block and then copies them out: twice the group in
             # memory. Without an arena, each run's memory goes back to the system, so a pass
@@ -83,14 +105,43 @@ class OnnxRuntimeRunner(Runner):
             options.enable_cpu_mem_arena = False
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(
-                model, options, providers=self.config.providers, provider_options=self.config.provider_options or None
-            )
+            self.session = self._session(model, options)
         except Exception as exc:  # ORT raises its own pybind exception types
-            raise _error(exc, ErrorCode.MODEL_INVALID, "onnxruntime could not load the model") from exc
+            if not self._save_to:
+                raise _error(exc, ErrorCode.MODEL_INVALID, "onnxruntime could not load the model") from exc
+            # Some execution providers compile nodes that cannot be written out: deploy without saving.
+            self._save_to = None
+            options.optimized_model_filepath = ""
+            try:
+                self.session = self._session(model, options)
+            except Exception as again:
+                raise _error(again, ErrorCode.MODEL_INVALID, "onnxruntime could not load the model") from again
         outputs = self.session.get_outputs()
-        self._own = outputs[: len(outputs) - len(self.extra_outputs)]
+        self._own = outputs[: len(outputs) - len(exposed)]
         self._fetch = [o.name for o in outputs]
+        if self._save_to:
+            self.deployed_graph = self._save_to if os.path.isfile(self._save_to) else None
+
+    def _session(self, model: str | bytes, options):
+        import onnxruntime as ort
+
+        return ort.InferenceSession(model, options, providers=self.config.providers,
+                                    provider_options=self.config.provider_options or None)
+
+    def _deployed_with_outputs(self) -> tuple[bytes, list[str]]:
+        """The deployed graph with the deployed tensors of :attr:`extra_outputs` appended; sets :attr:`fused`."""
+        with open(self.model_path, "rb") as fh:
+            original, interface = onnx_graph.read_graph(fh.read())
+        with open(self.deployed_graph, "rb") as fh:
+            deployed_bytes = fh.read()
+        deployed, _ = onnx_graph.read_graph(deployed_bytes)
+        found, self.fused = onnx_graph.locate(original, deployed, self.extra_outputs, set(interface))
+        for name in self.extra_outputs:  # neither written nor fused: not in the model at all
+            if name not in found and name not in self.fused:
+                self.fused[name] = "not in the deployed graph"
+        self._located = found
+        exposed = list(dict.fromkeys(loc.tensor for loc in found.values()))
+        return append_outputs(deployed_bytes, exposed), exposed
 
     def _options(self):
         """SessionOptions from the RunnerConfig, shared by the timed and the profiling session."""
@@ -118,7 +169,15 @@ class OnnxRuntimeRunner(Runner):
             values = self.session.run(self._fetch, dict(feeds))
         except Exception as exc:
             raise _error(exc, ErrorCode.BAD_INPUT, "onnxruntime run failed") from exc
-        return dict(zip(self._fetch, values))
+        out = dict(zip(self._fetch, values))
+        if not self._located:
+            return out
+        deployed = out
+        out = {o.name: deployed[o.name] for o in self._own}
+        for name, loc in self._located.items():  # the user's names, in the user's layout
+            value = deployed[loc.tensor]
+            out[name] = value if loc.to_original is None else np.ascontiguousarray(value.transpose(loc.to_original))
+        return out
 
     def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int) -> list[OpTime]:
         """A second session of the unmodified model with ORT's profiler on; its trace file is deleted."""

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..compare.metrics import nonfinite_text
-from ..report import coverage, delegation
+from ..report import coverage, delegation, fidelity
 from ..session import UI
 
 
@@ -64,6 +64,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     for out in report.get("outputs", []):
         for reason in out.get("reasons") or []:
             console.print(f"  output {out['name']}: {reason}", markup=False)
+    for line in fidelity.capture_warnings(report):
+        console.print(f"[bold yellow]capture:[/] {escape(line)}")
     for line in [*delegation.summary_lines(report), coverage.coverage_line(report)]:
         if line:
             console.print(line, markup=False)

@@ -70,8 +70,12 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         step = qp.scale[0] if qp is not None and len(qp.scale) == 1 else None
         entry = {"index": index, "name": layer.name, "op_type": layer.op_type, "rule": layer.rule,
                  "int8_name": layer.pair.int8_name, "parents": layer.parents, **layer.user_fields}
-        entry.update({"psnr_db": None, "status": delegation.UNOBSERVABLE} if st.unobservable
-                     else metrics.figures(st, step))
+        if st.unobservable or st.fused:
+            entry.update({"psnr_db": None, "status": delegation.UNOBSERVABLE if st.unobservable else st.fused})
+            if st.fused:
+                entry["fused"] = True
+        else:
+            entry.update(metrics.figures(st, step))
         if st.graph_altered:
             entry["graph_altered"] = True
         if qp is not None and len(qp.scale) == 1:
@@ -93,10 +97,13 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
     report["outputs"] = outputs
     report["unmatched"] = [u.to_dict() for u in m.unmatched]
     budget_mb = cap.budget_bytes / 2**20 if cap.budget_bytes else state.settings.memory_budget_mb
-    report["capture"] = {"groups": len(cap.groups), "budget_mb": budget_mb,
+    report["capture"] = {"groups": len(cap.groups), "passes": len(cap.groups), "passes_planned": cap.passes_planned,
+                         "source": cap.source, "source_note": cap.source_note, "budget_mb": budget_mb,
                          "budget_auto": state.settings.memory_budget_mb is None,
-                         "fidelity_max_abs_diff": cap.fidelity_max_abs_diff, "peak_mb": cap.peak_mb,
-                         "phases_s": cap.phases_s}
+                         "fidelity_max_abs_diff": cap.fidelity_max_abs_diff,
+                         "layers_graph_altered": sum(1 for x in layers if x.get("graph_altered")),
+                         "layers_fused": sum(1 for x in layers if _fused(x)),
+                         "peak_mb": cap.peak_mb, "phases_s": cap.phases_s}
     report["capture"].update(delegation.capture_fields(state))
     float_outs = [o for o in outputs if o.get("kind") == "float"]
     psnrs = [o["psnr_db"] for o in float_outs if o.get("psnr_db") is not None]
@@ -111,7 +118,7 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
         "memory_ratio": report.get("memory", {}).get("ratio"),
         "worst_layers": [x["name"] for x in ranked[: state.settings.worst]],
         "drops": [x["name"] for x in layers if x.get("drop")],
-        "layers_compared": sum(1 for x in layers if x.get("status") != delegation.UNOBSERVABLE),
+        "layers_compared": sum(1 for x in layers if x.get("status") != delegation.UNOBSERVABLE and not _fused(x)),
         "layers_unobservable": sum(1 for x in layers if x.get("status") == delegation.UNOBSERVABLE),
         "layers_unmatched": len(m.unmatched),
         "nonfinite_outputs": [o["name"] for o in outputs if o.get("nonfinite")],
@@ -119,6 +126,11 @@ def _comparison(report: dict[str, Any], state: RunState) -> None:
     }
     if m.control_flow is not None:
         report["summary"]["control_flow"] = m.control_flow.to_dict()
+
+
+def _fused(layer: dict[str, Any]) -> bool:
+    """A layer whose tensor the deployed graph no longer has (its ``status`` says which kernel took it)."""
+    return bool(layer.get("fused"))
 
 
 def _device(state: RunState) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from qbench.host import gates as gates_mod
 from qbench.host.compare.metrics import nonfinite_text
-from qbench.host.report import compare_page, diagnosis_page, figures, sections
+from qbench.host.report import compare_page, diagnosis_page, fidelity, figures, sections
 from qbench.host.report.exports import AMBER_BELOW_DB, RED_BELOW_DB
 from qbench.host.report.page import esc, figure_html, fmt, note, num_cell, page, table
 
@@ -38,6 +38,7 @@ def write_html(report: Mapping[str, Any], path: PathLike) -> Path:
     body = [
         f"<h1>qbench: {esc(model)}</h1>",
         f'<p class="muted">{esc(report.get("created"))} · qbench {esc(report.get("qbench_version"))}</p>',
+        _capture_warnings(report),
         _summary(report, checks),
         "<h2>PSNR per layer</h2>",
         _figure_or_note(figures.psnr_depth(layers), "No layer figures in this report.", height=480),
@@ -182,6 +183,15 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
     return "\n".join(parts)
 
 
+def _capture_warnings(report: Mapping[str, Any]) -> str:
+    """The capture's departures from the deployed graph, above everything they qualify."""
+    lines = fidelity.capture_warnings(report)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    return f'<div class="note warn" id="capture-fidelity"><b>Capture</b><ul>{items}</ul></div>'
+
+
 def _notes(report: Mapping[str, Any]) -> str:
     lines = list(report.get("notes") or [])
     error = report.get("error")
@@ -266,11 +276,21 @@ def _layer_table(layers: Sequence[Mapping[str, Any]]) -> str:
             num_cell(layer.get("float_min"), 3), num_cell(layer.get("float_max"), 3),
             num_cell(None if layer.get("clipped_fraction") is None else 100 * layer["clipped_fraction"], 2),
             (f"{fmt(layer.get('drop_db'), 1)} dB" if layer.get("drop") else "", layer.get("drop_db") or 0, "num"),
+            _layer_status(layer),
         ))
         classes.append(f"{_psnr_class(layer.get('psnr_db'), exact)}{' drop' if layer.get('drop') else ''}")
     hint = '<p class="muted">Click a column title to sort.</p>'
     return hint + table(("#", "name", "op", "PSNR dB", "local dB", "SQNR dB", "MSE", "max abs err", "float min",
-                         "float max", "clipped %", "drop"), rows, sortable=True, row_classes=classes, wrap=True)
+                         "float max", "clipped %", "drop", "status"), rows, sortable=True, row_classes=classes,
+                        wrap=True)
+
+
+def _layer_status(layer: Mapping[str, Any]) -> str:
+    """Why a layer has no figures (fused, unobservable), or that they come from an altered graph."""
+    status = layer.get("status") or ""
+    if layer.get("graph_altered"):
+        status = (status + "; " if status else "") + "graph altered"
+    return status
 
 
 def _unmatched(unmatched: Sequence[Mapping[str, Any]]) -> str:

@@ -36,6 +36,7 @@ table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; }
 tr.psnr-red td.psnr { background: #ffcdd2; } tr.psnr-amber td.psnr { background: #ffe0b2; }
 tr.psnr-green td.psnr { background: #e8f5e9; } tr.drop td:first-child { border-left: 3px solid #c62828; }
 .note { background: #f6f6f6; border-left: 3px solid #bbb; padding: .5rem .8rem; }
+.note.warn { background: #fff8e1; border-left-color: #f9a825; }
 """
 
 # Sorts a table by the clicked column; cells carry their sort key in data-v.

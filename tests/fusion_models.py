@@ -1,0 +1,96 @@
+"""A QDQ int8 model whose fusion changes when one of its int8 tensors is made a graph output.
+
+Built with onnx.helper after the pattern in PP-OCRv4's recognizer (a LearnableAffineBlock's bias
+before a depthwise conv): ``x -> Q -> DQ -> Add(DQ(constant)) -> Q -> DQ -> depthwise Conv -> Q -> DQ``.
+At ORT_ENABLE_ALL, ORT (1.32) folds the Add's requantization into its integer kernels; with the Add's
+QuantizeLinear output exposed, it cannot, and the model output moves by a step (about 0.02).
+The float twin is the same graph without Q/DQ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from models import IR_VERSION
+
+C, H, W = 64, 12, 80
+INPUT_SHAPE = [1, C, H, W]
+
+
+def _tensors(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    w_scale = (rng.uniform(0.01, 0.03, C)).astype(np.float32)
+    return {
+        "w_q": rng.integers(-30, 30, (C, 1, 5, 5)).astype(np.int8), "w_scale": w_scale,
+        "w_zp": np.zeros(C, np.int8),
+        "b_q": rng.integers(-2000, 2000, C).astype(np.int32), "b_scale": (w_scale * 0.00973022).astype(np.float32),
+        "b_zp": np.zeros(C, np.int32),
+        "k_q": np.array([-128], np.int8), "k_scale": np.array(4.57989e-05, np.float32), "k_zp": np.array(127, np.int8),
+        "x_scale": np.array(0.00973022, np.float32), "x_zp": np.array(-108, np.int8),
+        "a_scale": np.array(0.00973022, np.float32), "a_zp": np.array(-107, np.int8),
+        "y_scale": np.array(0.02078227, np.float32), "y_zp": np.array(39, np.int8), "r_zp": np.array(-128, np.int8),
+    }
+
+
+def build_affine_dwconv_int8(path: Path) -> Path:
+    """The int8 QDQ model; tensor ``a_q`` (the Add's int8 output) is the one whose exposure alters the graph."""
+    t = _tensors()
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="x_quant"),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="x_dequant"),
+        helper.make_node("DequantizeLinear", ["k_q", "k_scale", "k_zp"], ["k"], name="k_dequant"),
+        helper.make_node("Add", ["x_dq", "k"], ["a"], name="affine_bias"),
+        helper.make_node("QuantizeLinear", ["a", "a_scale", "a_zp"], ["a_q"], name="a_quant"),
+        helper.make_node("DequantizeLinear", ["a_q", "a_scale", "a_zp"], ["a_dq"], name="a_dequant"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], name="w_dequant", axis=0),
+        helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zp"], ["b"], name="b_dequant", axis=0),
+        helper.make_node("Conv", ["a_dq", "w", "b"], ["conv"], name="dwconv", group=C, kernel_shape=[5, 5],
+                         pads=[2, 2, 2, 2]),
+        helper.make_node("QuantizeLinear", ["conv", "y_scale", "y_zp"], ["conv_q"], name="conv_quant"),
+        helper.make_node("DequantizeLinear", ["conv_q", "y_scale", "y_zp"], ["conv_dq"], name="conv_dequant"),
+        helper.make_node("Relu", ["conv_dq"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "y_scale", "r_zp"], ["r_q"], name="relu_quant"),
+        helper.make_node("DequantizeLinear", ["r_q", "y_scale", "r_zp"], ["r_dq"], name="relu_dequant"),
+        helper.make_node("Transpose", ["r_dq"], ["t"], name="to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("QuantizeLinear", ["t", "y_scale", "r_zp"], ["t_q"], name="t_quant"),
+        helper.make_node("DequantizeLinear", ["t_q", "y_scale", "r_zp"], ["y"], name="t_dequant"),
+    ]
+    return _save(nodes, t, path)
+
+
+def build_affine_dwconv_float(path: Path) -> Path:
+    """The float model the int8 one stands for: Add(constant) -> depthwise Conv, same names."""
+    t = _tensors()
+    k = (t["k_q"].astype(np.float32) - float(t["k_zp"])) * t["k_scale"]
+    w = t["w_q"].astype(np.float32) * t["w_scale"][:, None, None, None]
+    b = t["b_q"].astype(np.float32) * t["b_scale"]
+    nodes = [
+        helper.make_node("Add", ["x", "k"], ["a"], name="affine_bias"),
+        helper.make_node("Conv", ["a", "w", "b"], ["conv"], name="dwconv", group=C, kernel_shape=[5, 5],
+                         pads=[2, 2, 2, 2]),
+        helper.make_node("Relu", ["conv"], ["r"], name="relu"),
+        helper.make_node("Transpose", ["r"], ["y"], name="to_nhwc", perm=[0, 2, 3, 1]),
+    ]
+    return _save(nodes, {"k": k.astype(np.float32), "w": w.astype(np.float32), "b": b.astype(np.float32)}, path)
+
+
+def _save(nodes: list, tensors: dict[str, np.ndarray], path: Path) -> Path:
+    graph = helper.make_graph(
+        nodes, "affine_dwconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, INPUT_SHAPE)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, H, W, C])],
+        [numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
+
+
+def samples(count: int, seed: int = 0) -> np.ndarray:
+    """Inputs in the int8 input's range ([-0.2, 2.3] for scale 0.0097, zero point -108)."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-0.2, 2.3, (count, *INPUT_SHAPE)).astype(np.float32)

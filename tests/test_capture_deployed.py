@@ -1,0 +1,204 @@
+"""The capture reads the int8 tensors from the graph ORT deploys: one pass, outputs bit-identical.
+
+A built graph whose fusion changes when an int8 tensor is exposed (fusion_models.py), and PP-OCRv4's
+recognizer through a real agent, with layer PSNR checked against plain onnxruntime + numpy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+import fusion_models
+from cli import load_report, qbench
+from plain_ort import session as plain_session
+from qbench.agent import onnx_graph
+
+
+def _run(tmp_path: Path, agent_cache: Path, *args: str) -> dict:
+    out = tmp_path / "out"
+    done = qbench("run", *args, "--accuracy-only", "--out", str(out), "-q", "--db", str(tmp_path / "db.sqlite"),
+                  cwd=tmp_path, cache=agent_cache, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return load_report(out)
+
+
+def _outputs_moved_by_exposing(int8: Path, name: str, feed: dict) -> float:
+    deployed = plain_session(int8).run(None, feed)[0]
+    exposed = plain_session(int8, [name]).run(None, feed)[0]
+    return float(np.abs(deployed - exposed).max())
+
+
+def test_a_graph_whose_fusion_changes_when_exposed_is_captured_in_one_pass(tmp_path, agent_cache):
+    int8 = fusion_models.build_affine_dwconv_int8(tmp_path / "int8.onnx")
+    float_path = fusion_models.build_affine_dwconv_float(tmp_path / "float.onnx")
+    x = fusion_models.samples(2)
+    np.savez(tmp_path / "data.npz", x=x)
+    # the precondition: exposing the Add's int8 output as a graph output changes what ORT computes
+    assert _outputs_moved_by_exposing(int8, "a_q", {"x": x[0]}) > 0.01
+
+    report = _run(tmp_path, agent_cache, str(float_path), "--int8", str(int8), "--data", str(tmp_path / "data.npz"))
+    cap = report["capture"]
+    assert cap["passes"] == cap["passes_planned"] == 1
+    assert cap["fidelity_max_abs_diff"] == 0.0 and cap["layers_graph_altered"] == 0
+    assert cap["source"] == "deployed graph"
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert layers["a"]["int8_name"] == "a_q" and layers["a"]["psnr_db"] is not None
+    # ORT cancels the user's Transpose against its own NHWC one: the deployed graph has r_q only as the
+    # tensor that also stands for t_q, in NHWC; reported as such, never compared in a wrong layout
+    assert layers["r"].get("fused") and layers["r"]["psnr_db"] is None
+    assert layers["r"]["status"] == "held in another layout by QuantizeLinear relu_quant"
+    assert cap["layers_fused"] == 1
+    # the channels-last QLinearConv output is read back in the user's layout: same PSNR as plain ORT on it
+    assert layers["conv"]["psnr_db"] == pytest.approx(_plain_psnr(float_path, int8, "conv", "conv_q", x), abs=0.01)
+    assert report["outputs"][0]["psnr_db"] is not None
+
+
+def _plain_psnr(float_path: Path, int8: Path, float_name: str, int8_name: str, x: np.ndarray) -> float:
+    """PSNR of one layer from the deployed int8 graph as plain ORT writes it (optimized_model_filepath, reloaded
+    with optimizations off, the tensor exposed with onnx.helper), transposed back by its known NHWC layout."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(int8.with_suffix(".deployed.onnx"))
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    deployed = onnx.load(options.optimized_model_filepath)
+    conv = next(n for n in deployed.graph.node if n.op_type == "QLinearConv")
+    deployed.graph.output.append(helper.make_empty_tensor_value_info(conv.output[0]))
+    off = ort.SessionOptions()
+    off.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    q_sess = ort.InferenceSession(deployed.SerializeToString(), off, providers=["CPUExecutionProvider"])
+    f_sess = plain_session(float_path, [float_name])
+    scale, zero = 0.02078227, 39 + 128  # the QLinearConv writes uint8: ORT's s8->u8 transform added 128
+    err = peak = 0.0
+    for sample in x:
+        q = (q_sess.run([conv.output[0]], {"x": sample})[0].astype(np.float64) - zero) * scale
+        f = f_sess.run([float_name], {"x": sample})[0].astype(np.float64)
+        err += float(np.sum((f - q.transpose(0, 3, 1, 2)) ** 2))
+        peak = max(peak, float(np.max(np.abs(f))))
+    return 10 * np.log10(peak ** 2 / (err / (f.size * len(x))))
+
+
+def test_graph_reader_finds_nodes_and_attributes_of_a_built_model(tmp_path):
+    int8 = fusion_models.build_affine_dwconv_int8(tmp_path / "int8.onnx")
+    nodes, interface = onnx_graph.read_graph(int8.read_bytes())
+    model = onnx.load(str(int8))
+    assert [(n.name, n.op_type, n.inputs, n.outputs) for n in nodes] == [
+        (n.name, n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
+    assert interface == ["x", "y"]
+    assert next(n for n in nodes if n.name == "dwconv").ints["group"] == [fusion_models.C]
+    assert next(n for n in nodes if n.name == "dwconv").ints["pads"] == [2, 2, 2, 2]
+
+
+def test_locate_maps_renamed_channels_last_and_shared_tensors_of_the_deployed_graph(tmp_path):
+    int8 = fusion_models.build_affine_dwconv_int8(tmp_path / "int8.onnx")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "deployed.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    original, interface = onnx_graph.read_graph(int8.read_bytes())
+    deployed, _ = onnx_graph.read_graph((tmp_path / "deployed.onnx").read_bytes())
+    found, fused = onnx_graph.locate(original, deployed, ["x_q", "a_q", "conv_q", "r_q", "y", "b"], set(interface))
+    writer = {out: n for n in deployed for out in n.outputs}
+    assert writer[found["x_q"].tensor].name == "x_quant" and found["x_q"].to_original is None  # renamed output
+    assert writer[found["conv_q"].tensor].op_type == "QLinearConv"  # the QDQ unit's output, channels last
+    assert found["conv_q"].to_original == [0, 3, 1, 2]
+    assert found["y"].tensor == "y" and found["y"].to_original is None  # a model output keeps its layout
+    assert fused["b"].startswith("fused into QLinearConv ")  # the bias lives inside the kernel
+    assert fused["r_q"] == "held in another layout by QuantizeLinear relu_quant"
+
+
+# ---- a real published model through a real agent ------------------------------------------------------
+
+
+def _published(name: str):
+    published = pytest.importorskip("benchmarks.published")
+    m = published.model(name)
+    if not Path(m.path).is_file():
+        pytest.skip(f"{name} not fetched (make models)")
+    return published, m
+
+
+def test_ppocr_rec_capture_is_one_pass_with_fidelity_zero_and_plain_ort_psnr(tmp_path, agent_cache):
+    published, m = _published("ppocr-v4-rec")
+    data = {k: v[:, None] for k, v in published.samples(m, 2, split="eval").items()}
+    calib = {k: v[:, None] for k, v in published.samples(m, 2, split="calib").items()}
+    np.savez(tmp_path / "data.npz", **data)
+    np.savez(tmp_path / "calib.npz", **calib)
+    report = _run(tmp_path, agent_cache, str(m.path), "--input-shape", m.input_shape, "--data",
+                  str(tmp_path / "data.npz"), "--calibration", str(tmp_path / "calib.npz"))
+    cap = report["capture"]
+    assert cap["passes"] == cap["passes_planned"] == 1
+    assert cap["fidelity_max_abs_diff"] == 0.0 and cap["layers_graph_altered"] == 0
+    fused = [x for x in report["layers"] if x.get("fused")]
+    assert fused and all(x["status"].startswith("fused into ") for x in fused)
+
+    int8 = tmp_path / "out" / "model.int8.onnx"
+    float_model = tmp_path / "out" / "float.prepared.onnx"
+    checked = _check_layers_against_plain_ort(report, float_model, int8, data)
+    assert checked >= 3
+
+
+def _check_layers_against_plain_ort(report: dict, float_model: Path, int8: Path, data: dict) -> int:
+    """Layer PSNR from plain ORT on the int8 model itself, for layers whose exposure leaves its outputs as
+    deployed (so the exposed value is the deployed one): PSNR = 10 log10(max|f|^2 / MSE), pooled."""
+    model = onnx.load(str(int8))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    q_node = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    feeds = [{k: v[i] for k, v in data.items()} for i in range(2)]
+    candidates = [x for x in report["layers"] if x.get("psnr_db") is not None and x["op_type"] == "Conv"
+                  and x["int8_name"] in q_node][-6:]
+    checked = 0
+    for layer in candidates:
+        name = layer["int8_name"]
+        if _outputs_moved_by_exposing(int8, name, feeds[0]) != 0.0:
+            continue
+        node = q_node[name]
+        scale, zero = inits[node.input[1]].astype(np.float64), inits[node.input[2]].astype(np.float64)
+        q_sess = plain_session(int8, [name])
+        f_sess = plain_session(float_model, [layer["name"]])
+        err = peak = 0.0
+        for feed in feeds:
+            q = (q_sess.run([name], feed)[0].astype(np.float64) - zero) * scale
+            f = f_sess.run([layer["name"]], feed)[0].astype(np.float64)
+            err += float(np.sum((f - q) ** 2))
+            peak = max(peak, float(np.max(np.abs(f))))
+        count = q.size * len(feeds)
+        psnr = 10 * np.log10(peak ** 2 / (err / count))
+        assert layer["psnr_db"] == pytest.approx(psnr, abs=0.01), layer["name"]
+        checked += 1
+    return checked
+
+
+# ---- fidelity is loud: terminal and report.html ---------------------------------------------------------
+
+
+def test_capture_departures_are_in_the_terminal_summary_and_at_the_top_of_report_html(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from qbench.host.cli.render import render_report
+    from qbench.host.report.html import write_html
+    from reportdata import make_report
+
+    clean = make_report(n_layers=6)
+    clean["capture"] = {"passes": 1, "passes_planned": 1, "fidelity_max_abs_diff": 0.0, "layers_graph_altered": 0,
+                        "layers_fused": 0, "source": "deployed graph", "source_note": None}
+    loud = {**clean, "capture": {**clean["capture"], "passes": 30, "fidelity_max_abs_diff": 0.28,
+                                 "layers_graph_altered": 7, "layers_fused": 2, "source": "model",
+                                 "source_note": "the runtime could not write the graph it deployed"}}
+    expected = ["capture fidelity 0.28", "7 layer(s) graph-altered", "2 layer(s) fused",
+                "30 capture passes where the memory budget planned 1", "could not write the graph it deployed"]
+    for report, shown in ((clean, False), (loud, True)):
+        text = StringIO()
+        render_report(report, Console(file=text, width=400))
+        page = write_html(report, tmp_path / "report.html").read_text()
+        top = page[: page.index('<div class="cards">')]  # above the summary cards
+        for phrase in expected:
+            assert (phrase in text.getvalue()) is shown, phrase
+            assert (phrase in top) is shown, phrase
