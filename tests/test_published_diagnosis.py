@@ -16,7 +16,7 @@ from qbench.agent.structure import ctc_symbols, levenshtein
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import published as P  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the 640x640 detector alone takes ~2.5 min on 2 busy cores
 
 
 def _published_run(name: str, tmp: Path, cache: Path, *extra: str):
