@@ -332,23 +332,47 @@ def _pre_process(model, tmp: Path, debug: bool):
     return model, notes
 
 
-_CWD_LOCK = threading.Lock()
+_SAVE_LOCK = threading.Lock()
+
+
+class _SavesInto:
+    """The ``onnx`` module as symbolic shape inference sees it, but saving relative paths under ``folder``.
+
+    When ONNX Runtime's symbolic shape inference cannot infer every shape, it saves
+    ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` copy of the weights into the current
+    directory, and nothing in its API moves them. Changing the directory would move the host's
+    other threads too (an agent started meanwhile would run in a removed folder), so the module's
+    own ``onnx`` name is replaced for the call.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def __getattr__(self, name: str):
+        import onnx
+
+        return getattr(onnx, name)
+
+    def save_model(self, model, f, *args, **kwargs):
+        import onnx
+
+        if isinstance(f, (str, os.PathLike)) and not os.path.isabs(f):
+            f = os.path.join(self._folder, f)
+        return onnx.save_model(model, f, *args, **kwargs)
 
 
 @contextlib.contextmanager
-def _working_directory(folder: Path):
-    """Runs the block in ``folder``: ONNX Runtime's symbolic shape inference, when it cannot infer
-    every shape, saves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` file of all the weights
-    into the current directory, and nothing in its API moves them. The directory is the process's,
-    so one block at a time; ``src``/``dst`` are absolute, and the host's other threads open only
-    absolute paths meanwhile."""
-    with _CWD_LOCK:
-        previous = os.getcwd()
-        os.chdir(folder)
+def _shape_inference_saves_into(folder: Path):
+    """Within the block, symbolic shape inference's relative saves land in ``folder`` (see :class:`_SavesInto`)."""
+    from onnxruntime.tools import symbolic_shape_infer
+
+    with _SAVE_LOCK:
+        original = symbolic_shape_infer.onnx
+        symbolic_shape_infer.onnx = _SavesInto(folder)
         try:
             yield
         finally:
-            os.chdir(previous)
+            symbolic_shape_infer.onnx = original
 
 
 class ErrorWatcher(logging.Handler):
@@ -373,7 +397,7 @@ def _run_pre_process(src: Path, dst: Path, options: dict, debug: bool):
     watcher = ErrorWatcher()
     shape_inference.logger.addHandler(watcher)
     try:
-        with quiet_runtime(debug), _working_directory(src.parent):
+        with quiet_runtime(debug), _shape_inference_saves_into(src.parent):
             shape_inference.quant_pre_process(str(src), str(dst), auto_merge=True, **options)
     except ImportError as exc:
         return f"symbolic shape inference unavailable: {first_line(exc)}"
