@@ -19,6 +19,7 @@ from typing import Iterable, Mapping, Union
 from qbench.host.errors import UserError
 from qbench.host.models import InputSpec, default_opset, inspect_model, onnx_inputs
 from qbench.host.quantize.compat import check_loads, clamp_ir_version, first_line, load_error, name_nodes
+from qbench.host.quantize.fold import conv_transpose_as_conv
 from qbench.host.quantize.quiet import quiet_runtime
 
 #: Per-channel QuantizeLinear/DequantizeLinear (the ``axis`` attribute) arrived in opset 13.
@@ -160,8 +161,9 @@ def prepare_float(
     In order: fixes every input's shape (see :func:`resolve_input_shapes`), names unnamed nodes
     ``{op_type}_{index}``, upgrades opsets below 13 (per-channel Q/DQ needs 13), runs onnxruntime's
     ``quant_pre_process`` (symbolic shape inference, basic graph optimizations, ONNX shape
-    inference) falling back to less of it where it fails, and lowers the IR version to one the
-    installed onnxruntime loads.
+    inference) falling back to less of it where it fails, rewrites upsampling ConvTransposes as
+    1x1 Conv + DepthToSpace (:func:`~qbench.host.quantize.fold.conv_transpose_as_conv`), and lowers
+    the IR version to one the installed onnxruntime loads.
 
     Args:
         path: the float ONNX model.
@@ -206,6 +208,10 @@ def prepare_float(
     with tempfile.TemporaryDirectory(prefix="qbench-prepare-") as tmp:
         model, pre_notes = _pre_process(model, Path(tmp).resolve(), debug)
     notes.extend(pre_notes)
+    rewritten = conv_transpose_as_conv(model)
+    if rewritten:
+        notes.append(f"rewrote {rewritten} ConvTranspose (kernel = stride) as a 1x1 Conv + DepthToSpace, the same "
+                     "sums: ONNX Runtime's CPU provider has no int8 ConvTranspose kernel")
     renamed = name_nodes(model.graph)
     if renamed:
         notes.append(f"named {renamed} node(s) that onnxruntime's pre-processing left unnamed")
