@@ -40,6 +40,7 @@ test: $(STAMP) system-deps models
 
 bench: $(STAMP) models
 	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.int8_coverage
 
 clean:
 	rm -rf $(VENV) demo qbench-out

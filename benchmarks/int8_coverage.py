@@ -1,7 +1,7 @@
 """int8 coverage and int8-vs-float speed of qbench's own int8 models on real PP-LCNet/MobileNetV3-style models.
 
     .venv/bin/python -m benchmarks.int8_coverage                      # the four models, 3 rounds
-    .venv/bin/python -m benchmarks.int8_coverage --models ppocr-cls --rounds 2
+    .venv/bin/python -m benchmarks.int8_coverage --models ppocr-cls --rounds 2 --threads 1
 
 For each model: ``qbench run --device local`` quantizes it once (real calibration images, from
 benchmarks/published.py), then every round runs ``qbench run --int8 <that model>`` again, which
@@ -60,14 +60,14 @@ def _ort_s8s8(prepared: Path, out: Path, calib: dict[str, np.ndarray]) -> Path:
     return out
 
 
-def measure(name: str, rounds: int, work: Path) -> dict:
+def measure(name: str, rounds: int, work: Path, extra: tuple[str, ...] = ()) -> dict:
     m = published.model(name)
     folder = work / name
     folder.mkdir(parents=True)
     calib = _batch1(m, 16, "calib")
     np.savez(folder / "calib.npz", **calib)
     np.savez(folder / "eval.npz", **_batch1(m, 1, "eval"))
-    common = ["--device", "local", "--input-shape", m.input_shape, "--data", "eval.npz", *TIMING]
+    common = ["--device", "local", "--input-shape", m.input_shape, "--data", "eval.npz", *TIMING, *extra]
     first = _qbench("run", str(m.path), "--calibration", "calib.npz", "--out", "made", *common, cwd=folder)
     report = json.loads((folder / first["report"]).read_text())
     prepared, int8 = Path(report["models"]["float"]["path"]), Path(report["models"]["int8"]["path"])
@@ -79,7 +79,7 @@ def measure(name: str, rounds: int, work: Path) -> dict:
                                           cwd=folder))
         rows["ort_s8s8"].append(_qbench("run", str(prepared), "--int8", str(s8s8), "--out", f"s{index}", *common,
                                         cwd=folder))
-    result = {"model": name, "rounds": rounds}
+    result = {"model": name, "rounds": rounds, "options": list(extra)}
     for kind, runs in rows.items():
         result[kind] = {"int8_coverage": [r.get("int8_coverage") for r in runs],
                         "speedup": [r.get("speedup") for r in runs],
@@ -105,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="runtime threads on the agent (default: the device's)")
     parser.add_argument("--json", type=Path, default=HERE / "int8_coverage.json")
     args = parser.parse_args(argv)
+    extra = ("--threads", str(args.threads)) if args.threads else ()
     with tempfile.TemporaryDirectory(prefix="qbench-int8cov-") as tmp:
-        results = [measure(name, args.rounds, Path(tmp)) for name in args.models.split(",")]
+        results = [measure(name, args.rounds, Path(tmp), extra) for name in args.models.split(",")]
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return 0

@@ -9,6 +9,8 @@
   ``com.microsoft`` FusedMatMul, which ONNX Runtime runs but its symbolic shape inference cannot
   infer (it then writes ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` file into the current
   directory). Output ``y`` [1,5].
+* :func:`build_upsampling_head`: input ``x`` [1,4,16,16]; Conv/Relu, an upsampling ConvTranspose
+  (kernel 2, stride 2, bias: PaddleOCR's DB head), Relu/Conv to ``y`` [1,2,32,32].
 * :func:`build_nothing_to_quantize`: ``y = Exp(x)``, x [1,8]: ONNX Runtime's quantizer quantizes none of it.
 """
 
@@ -82,6 +84,20 @@ def build_shape_inference_gap(path) -> Path:
     return _save(nodes, {"w": _w(1, 4, 3, 3, 3), "m": _w(2, 256, 5)},
                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], path, {"": 13, "com.microsoft": 1})
+
+
+def build_upsampling_head(path) -> Path:
+    """Conv, then an upsampling ConvTranspose (kernel = stride = 2) as detection heads have them."""
+    make = helper.make_node
+    nodes = [make("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             make("Relu", ["c1"], ["r1"], name="relu1"),
+             make("ConvTranspose", ["r1", "wt", "bt"], ["up"], name="up", kernel_shape=[2, 2], strides=[2, 2]),
+             make("Relu", ["up"], ["r2"], name="relu2"),
+             make("Conv", ["r2", "w2", "b2"], ["y"], name="conv2")]
+    inits = {"w1": _w(1, 8, 4, 3, 3), "b1": _w(2, 8, scale=0.1), "wt": _w(3, 8, 6, 2, 2), "bt": _w(4, 6, scale=0.1),
+             "w2": _w(5, 2, 6, 1, 1), "b2": _w(6, 2, scale=0.1)}
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 32, 32])], path, {"": 13})
 
 
 def build_nothing_to_quantize(path) -> Path:

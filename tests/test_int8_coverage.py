@@ -17,7 +17,8 @@ import pytest
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from cli import load_report, qbench
-from coverage_models import PADDLE_MACS, build_nothing_to_quantize, build_paddle_style, build_shape_inference_gap
+from coverage_models import (PADDLE_MACS, build_nothing_to_quantize, build_paddle_style, build_shape_inference_gap,
+                             build_upsampling_head)
 from qbench.host.quantize.kernels import int8_kernels
 from qbench.host.quantize.onnx import quantize_onnx
 from qbench.host.quantize.prepare import prepare_float
@@ -67,6 +68,23 @@ def test_every_conv_and_matmul_runs_as_an_int8_kernel(paddle):
     analysis = int8_kernels(int8)
     assert analysis["fraction"] == 1.0 and analysis["macs_total"] == sum(PADDLE_MACS.values())
     assert {n["name"]: n["macs"] for n in analysis["nodes"]} == PADDLE_MACS
+
+
+def test_upsampling_conv_transpose_runs_as_an_int8_conv(tmp_path):
+    """ONNX Runtime's CPU provider has no int8 ConvTranspose: preparation rewrites kernel = stride ones as
+    1x1 Conv + DepthToSpace, with the same outputs."""
+    original = build_upsampling_head(tmp_path / "head.onnx")
+    prepared = prepare_float(original, {}, tmp_path)
+    assert any("rewrote 1 ConvTranspose" in note for note in prepared.notes)
+    x = np.random.default_rng(4).standard_normal((3, 1, 4, 16, 16)).astype(np.float32)
+    a = ort.InferenceSession(str(original), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(prepared.path), providers=["CPUExecutionProvider"])
+    for sample in x:
+        np.testing.assert_allclose(a.run(None, {"x": sample})[0], b.run(None, {"x": sample})[0], rtol=1e-5, atol=1e-6)
+    int8 = quantize_onnx(prepared.path, tmp_path / "head.int8.onnx", {"x": x})
+    ops = _kernel_ops(int8, tmp_path)
+    assert ops["QLinearConv"] == 3 and not {"ConvTranspose", *FLOAT_OPS} & set(ops), ops
+    assert int8_kernels(int8)["fraction"] == 1.0
 
 
 class _Reader(CalibrationDataReader):
@@ -152,8 +170,9 @@ def test_quantizer_failure_leaves_its_report_and_models(tmp_path, agent_cache):
     kept = {Path(p).name for p in report["error"]["files"]}
     assert {"float.prepared.onnx", "model.int8.onnx"} <= kept
     assert all((out / name).is_file() for name in kept)
-    assert f"quantize failed: float.prepared.onnx: nothing was quantized (partial report in {out / 'report.json'}; kept " \
-        in " ".join(proc.stderr.split())
+    last = " ".join(proc.stderr.split())
+    assert f"quantize failed: float.prepared.onnx: nothing was quantized (partial report in {out / 'report.json'}; " \
+        f"kept {out / 'float.prepared.onnx'}, {out / 'model.int8.onnx'})" in last
     assert "Traceback" not in proc.stderr
 
 

@@ -39,8 +39,7 @@ def unsigned_activations(model) -> int:
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    new_zero_points: dict[str, str] = {}  # int8 zero point name -> its uint8 twin's name
-    rewritten = 0
+    pairs = []  # (QuantizeLinear, its DequantizeLinear readers) to rewrite
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")]:
         if q.input[0] in initializers or len(q.input) < 3 or q.output[0] in outputs:
             continue
@@ -52,19 +51,22 @@ def unsigned_activations(model) -> int:
             continue  # the quantized tensor goes elsewhere too (a graph output): leave it be
         if any(_zero_point(initializers, d) != _zero_point(initializers, q) for d in dqs):
             continue
-        if q.input[2] not in new_zero_points:
-            value = numpy_helper.to_array(zero_point).astype(np.int16) + 128
-            twin = numpy_helper.from_array(value.astype(np.uint8), f"{q.input[2]}_uint8")
-            graph.initializer.append(twin)
-            initializers[twin.name] = twin
-            new_zero_points[q.input[2]] = twin.name
-        twin_name = new_zero_points[q.input[2]]
-        q.input[2] = twin_name
-        for dq in dqs:
-            dq.input[2] = twin_name
-        rewritten += 1
-    _drop_unused(graph, set(new_zero_points))
-    return rewritten
+        pairs.append((q, dqs))
+    rewritten_nodes = {id(node) for q, dqs in pairs for node in (q, *dqs)}
+    unsigned: dict[str, str] = {}  # int8 zero point name -> the name of its uint8 value
+    for q, dqs in pairs:
+        name = q.input[2]
+        if name not in unsigned:
+            value = (numpy_helper.to_array(initializers[name]).astype(np.int16) + 128).astype(np.uint8)
+            if all(id(node) in rewritten_nodes for node in readers[name]):  # the usual case: in place, same name
+                initializers[name].CopyFrom(numpy_helper.from_array(value, name))
+                unsigned[name] = name
+            else:  # another node still reads the int8 zero point: a uint8 twin beside it
+                graph.initializer.append(numpy_helper.from_array(value, f"{name}_uint8"))
+                unsigned[name] = f"{name}_uint8"
+        for node in (q, *dqs):
+            node.input[2] = unsigned[name]
+    return len(pairs)
 
 
 def _size(tensor) -> int:
@@ -76,10 +78,3 @@ def _zero_point(initializers, node):
 
     tensor = initializers.get(node.input[2])
     return None if tensor is None else int(numpy_helper.to_array(tensor).reshape(-1)[0])
-
-
-def _drop_unused(graph, names: set[str]) -> None:
-    used = {name for node in graph.node for name in node.input}
-    keep = [t for t in graph.initializer if t.name not in names or t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)

@@ -19,6 +19,7 @@ from typing import Iterable, Mapping, Union
 from qbench.host.errors import UserError
 from qbench.host.models import InputSpec, default_opset, inspect_model, onnx_inputs
 from qbench.host.quantize.compat import check_loads, clamp_ir_version, first_line, load_error, name_nodes
+from qbench.host.quantize.fold import conv_transpose_as_conv, fuse_hardswish
 from qbench.host.quantize.quiet import quiet_runtime
 
 #: Per-channel QuantizeLinear/DequantizeLinear (the ``axis`` attribute) arrived in opset 13.
@@ -160,8 +161,9 @@ def prepare_float(
     In order: fixes every input's shape (see :func:`resolve_input_shapes`), names unnamed nodes
     ``{op_type}_{index}``, upgrades opsets below 13 (per-channel Q/DQ needs 13), runs onnxruntime's
     ``quant_pre_process`` (symbolic shape inference, basic graph optimizations, ONNX shape
-    inference) falling back to less of it where it fails, and lowers the IR version to one the
-    installed onnxruntime loads.
+    inference) falling back to less of it where it fails, rewrites upsampling ConvTransposes as
+    1x1 Conv + DepthToSpace and Paddle's HardSwish as ``x * HardSigmoid(x)`` (see
+    :mod:`~qbench.host.quantize.fold`), and lowers the IR version to one the installed onnxruntime loads.
 
     Args:
         path: the float ONNX model.
@@ -206,6 +208,14 @@ def prepare_float(
     with tempfile.TemporaryDirectory(prefix="qbench-prepare-") as tmp:
         model, pre_notes = _pre_process(model, Path(tmp).resolve(), debug)
     notes.extend(pre_notes)
+    rewritten = conv_transpose_as_conv(model)
+    if rewritten:
+        notes.append(f"rewrote {rewritten} ConvTranspose (kernel = stride) as a 1x1 Conv + DepthToSpace, the same "
+                     "sums: ONNX Runtime's CPU provider has no int8 ConvTranspose kernel")
+    rewritten = fuse_hardswish(model)
+    if rewritten:
+        notes.append(f"rewrote {rewritten} x*Clip(x+3,0,6)/6 as x*HardSigmoid(x), as ONNX Runtime runs HardSwish: "
+                     "2 ops instead of 4, each of which the int8 model would wrap in QuantizeLinear/DequantizeLinear")
     renamed = name_nodes(model.graph)
     if renamed:
         notes.append(f"named {renamed} node(s) that onnxruntime's pre-processing left unnamed")
@@ -332,23 +342,47 @@ def _pre_process(model, tmp: Path, debug: bool):
     return model, notes
 
 
-_CWD_LOCK = threading.Lock()
+_SAVE_LOCK = threading.Lock()
+
+
+class _SavesInto:
+    """The ``onnx`` module as symbolic shape inference sees it, but saving relative paths under ``folder``.
+
+    When ONNX Runtime's symbolic shape inference cannot infer every shape, it saves
+    ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` copy of the weights into the current
+    directory, and nothing in its API moves them. Changing the directory would move the host's
+    other threads too (an agent started meanwhile would run in a removed folder), so the module's
+    own ``onnx`` name is replaced for the call.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def __getattr__(self, name: str):
+        import onnx
+
+        return getattr(onnx, name)
+
+    def save_model(self, model, f, *args, **kwargs):
+        import onnx
+
+        if isinstance(f, (str, os.PathLike)) and not os.path.isabs(f):
+            f = os.path.join(self._folder, f)
+        return onnx.save_model(model, f, *args, **kwargs)
 
 
 @contextlib.contextmanager
-def _working_directory(folder: Path):
-    """Runs the block in ``folder``: ONNX Runtime's symbolic shape inference, when it cannot infer
-    every shape, saves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` file of all the weights
-    into the current directory, and nothing in its API moves them. The directory is the process's,
-    so one block at a time; ``src``/``dst`` are absolute, and the host's other threads open only
-    absolute paths meanwhile."""
-    with _CWD_LOCK:
-        previous = os.getcwd()
-        os.chdir(folder)
+def _shape_inference_saves_into(folder: Path):
+    """Within the block, symbolic shape inference's relative saves land in ``folder`` (see :class:`_SavesInto`)."""
+    from onnxruntime.tools import symbolic_shape_infer
+
+    with _SAVE_LOCK:
+        original = symbolic_shape_infer.onnx
+        symbolic_shape_infer.onnx = _SavesInto(folder)
         try:
             yield
         finally:
-            os.chdir(previous)
+            symbolic_shape_infer.onnx = original
 
 
 class ErrorWatcher(logging.Handler):
@@ -373,7 +407,7 @@ def _run_pre_process(src: Path, dst: Path, options: dict, debug: bool):
     watcher = ErrorWatcher()
     shape_inference.logger.addHandler(watcher)
     try:
-        with quiet_runtime(debug), _working_directory(src.parent):
+        with quiet_runtime(debug), _shape_inference_saves_into(src.parent):
             shape_inference.quant_pre_process(str(src), str(dst), auto_merge=True, **options)
     except ImportError as exc:
         return f"symbolic shape inference unavailable: {first_line(exc)}"
