@@ -95,6 +95,13 @@ def test_run_reports_only_user_names(hardswish, agent_cache):
     assert rows["act/HardSigmoid"]["prepared_name"] == INLINED and rows["hs"]["user_op_type"] == "HardSwish"
     html = (tmp / "out" / "report.html").read_text()
     assert "act/HardSigmoid" in html
+    # Model Explorer opens the prepared file: its overlay keys the prepared node computing the tensor
+    import json
+
+    prepared = onnx.load(report["models"]["float"]["path"])
+    [node] = [n.name for n in prepared.graph.node if INLINED in n.output]
+    overlay = json.loads((tmp / "out" / "report.modelexplorer.json").read_text())["results"]
+    assert overlay[node]["value"] == pytest.approx(inner["psnr_db"], abs=1e-3)
 
 
 def test_user_int8_model_keeps_its_names(hardswish, tmp_path, agent_cache):
