@@ -118,9 +118,10 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     (a failed prepare or quantize stage keeps the model files it made in ``out_dir``: ``error["files"]``).
 
     Raises:
-        UserError: bad evaluation data, found before anything was measured.
+        UserError: a model that is not a float model, or bad evaluation data, found before anything was measured.
     """
     ui = ui or UI()
+    require_float(inspect_model(settings.model))  # a refusal, before anything is made or started
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     stopping.wait_stopped()  # a previous run's agent, still exiting, must not overlap this run's measurements
@@ -134,6 +135,8 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
         agent.abandon()
         state.error = {"stage": state.stage, "code": "error", "message": str(exc), "files": _kept_files(settings)}
         return state
+    except KeyboardInterrupt:
+        return _interrupted(state, agent)
     except BaseException:
         agent.abandon()
         raise
@@ -193,7 +196,6 @@ def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
     state.stage = "prepare"
     ui.stage("prepare")
     original = inspect_model(s.model)
-    require_float(original)
     int8 = inspect_model(s.int8) if s.int8 is not None else None
     s.runner.runtime = session_tflite.runtime_for(s, original, int8)
     if s.equalize and (int8 is not None or original.format != "onnx"):

@@ -73,7 +73,7 @@ def test_outlier_dominated_stem_is_named_with_its_remedies(detector):
     entry = next(x for x in report["sensitive_layers"] if x["name"] == stem["name"])
     reason = next(r for r in entry["reasons"] if r.startswith("outlier-dominated range"))
     assert "percentile or entropy calibration" in reason and "int16 activations" in reason
-    assert "outlier-dominated range" in proc.stdout
+    assert "outlier-dominated" in proc.stdout  # the terminal's "why" column may wrap before "range"
 
 
 def test_dead_weight_channel_is_left_out(detector):
