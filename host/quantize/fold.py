@@ -54,6 +54,7 @@ def conv_transpose_as_conv(model) -> int:
     if replaced:
         del graph.node[:]
         graph.node.extend(rebuilt)
+        _drop_unused_initializers(model)
     return replaced
 
 
@@ -132,7 +133,34 @@ def fuse_hardswish(model) -> int:
         rebuilt = [n for node in graph.node if id(node) not in removed for n in replacements.get(id(node), [node])]
         del graph.node[:]
         graph.node.extend(rebuilt)
+        _drop_unused_initializers(model)
     return len(replacements)
+
+
+def _drop_unused_initializers(model) -> None:
+    """Removes the main graph's initializers (and Constant nodes) that no node reads, subgraphs included."""
+    from onnx import AttributeProto
+
+    def reads(graph) -> set[str]:
+        names = set()
+        for node in graph.node:
+            names.update(node.input)
+            for attribute in node.attribute:
+                if attribute.type == AttributeProto.GRAPH:
+                    names |= reads(attribute.g)
+                elif attribute.type == AttributeProto.GRAPHS:
+                    for sub in attribute.graphs:
+                        names |= reads(sub)
+        return names
+
+    graph = model.graph
+    used = reads(graph) | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = [n for n in graph.node if n.op_type != "Constant" or any(o in used for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _constants(graph) -> dict[str, np.ndarray]:
