@@ -44,6 +44,17 @@ def read_graph(model: bytes) -> tuple[list[Node], list[str]]:
     return nodes, inputs
 
 
+def graph_io_names(model: bytes) -> tuple[list[str], list[str]]:
+    """The names of the main graph's inputs and of its outputs, apart."""
+    found: dict[int, list[str]] = {11: [], 12: []}
+    for number, graph in _fields(memoryview(model)):
+        if number == 7:
+            for n, raw in _fields(graph):
+                if n in found:
+                    found[n].extend(bytes(v).decode() for k, v in _fields(raw) if k == 1)
+    return found[11], found[12]
+
+
 def _node(raw: memoryview) -> Node:
     node = Node("", "")
     for number, value in _fields(raw):

@@ -213,7 +213,7 @@ def ensure_arm64(root: Optional[Path] = None, spec: Optional[BoardSpec] = None, 
     root = Path(root or default_root()).expanduser().absolute()
     spec = spec or BoardSpec(wheels=default_wheels())
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(root.with_name(root.name + ".lock")):
+    with build_lock(root.with_name(root.name + ".lock")):
         board = None if rebuild else _read_stamp(root, spec)
         if board is None:
             board = _build(root, spec, log)
@@ -232,7 +232,7 @@ def _read_stamp(root: Path, spec: BoardSpec) -> Optional[Board]:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def build_lock(path: Path) -> Iterator[None]:
     with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -266,7 +266,7 @@ def _build(root: Path, spec: BoardSpec, log: Log) -> Board:
         debs = _apt_download(Path(tmp), spec)
         log(f"unpacking them into {root}")
         for deb in debs:
-            _run(["dpkg-deb", "-x", str(deb), str(staging)], f"unpacking {deb.name}")
+            run_step(["dpkg-deb", "-x", str(deb), str(staging)], f"unpacking {deb.name}")
         log(f"installing aarch64 wheels: {' '.join(spec.wheels)}")
         _pip_install(staging / "site-packages", spec.wheels)
         _write_sysroot_files(staging, root, spec)
@@ -297,8 +297,8 @@ def _apt_download(work: Path, spec: BoardSpec) -> list[Path]:
            "-o", f"Dir::State::status={state / 'status'}", "-o", f"Dir::Cache={cache}",
            "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64",
            "-o", "Debug::NoLocking=1", "-o", f"APT::Sandbox::User={pwd.getpwuid(os.getuid()).pw_name}"]
-    _run([*apt, "update"], f"apt-get update for Debian {spec.suite} arm64")
-    _run([*apt, "download", *spec.packages], "apt-get download of the arm64 packages", cwd=debs)
+    run_step([*apt, "update"], f"apt-get update for Debian {spec.suite} arm64")
+    run_step([*apt, "download", *spec.packages], "apt-get download of the arm64 packages", cwd=debs)
     return sorted(debs.glob("*.deb"))
 
 
@@ -306,7 +306,7 @@ def _pip_install(target: Path, wheels: tuple[str, ...]) -> None:
     # pip does not widen --platform to older glibc levels: list every manylinux level that
     # Debian bookworm's glibc (2.36) can run.
     platforms = [arg for minor in range(17, 37) for arg in ("--platform", f"manylinux_2_{minor}_aarch64")]
-    _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+    run_step([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
           "--target", str(target), "--only-binary=:all:", "--no-deps", *platforms, "--platform",
           "manylinux2014_aarch64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
           *wheels], "pip install of the aarch64 wheels")
@@ -326,7 +326,15 @@ def _refresh(root: Path) -> None:
     """Point agent-src at this installation's agent and describe as many CPUs as the host has."""
     cpuinfo = "".join(_CPUINFO_ENTRY.format(n=n) for n in range(os.cpu_count() or 1))
     _replace_text(root / "proc" / "cpuinfo", cpuinfo)
-    package = root / "agent-src" / "qbench"
+    link_agent_sources(root / "agent-src")
+
+
+def link_agent_sources(folder: Path) -> None:
+    """Make ``folder/qbench/{agent,protocols}`` links to this installation's agent sources.
+
+    With ``folder`` on its ``sys.path``, another interpreter runs this host's agent, nothing installed.
+    """
+    package = folder / "qbench"
     package.mkdir(parents=True, exist_ok=True)
     for name in ("agent", "protocols"):
         # find_spec locates the package without importing it: the host never imports the agent.
@@ -355,7 +363,7 @@ def _replace_symlink(link: Path, target: Path) -> None:
 
 def _smoke_test(root: Path, spec: BoardSpec) -> Board:
     mods = {_dist(req): WHEELS.get(_dist(req), _dist(req).replace("-", "_")) for req in spec.wheels}
-    out = _run([str(root / "bin" / "python3"), "-c", _SMOKE, json.dumps(mods)],
+    out = run_step([str(root / "bin" / "python3"), "-c", _SMOKE, json.dumps(mods)],
                "the smoke test of the board's Python (imports under QEMU)", timeout=300)
     info = json.loads(out.strip().splitlines()[-1])
     if info["machine"] != "aarch64":
@@ -363,7 +371,7 @@ def _smoke_test(root: Path, spec: BoardSpec) -> Board:
     return Board(root, spec, info["python"], info["versions"])
 
 
-def _run(cmd: list[str], what: str, cwd: Optional[Path] = None, timeout: float = 900) -> str:
+def run_step(cmd: list[str], what: str, cwd: Optional[Path] = None, timeout: float = 900) -> str:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -23,6 +23,7 @@ ENV_FILE = "QBENCH_DEVICES"
 LOCAL = "local"
 
 _SSH_ONLY = {"host", "port", "user", "key", "password_env", "accept_unknown_host", "connect_timeout"}
+TAG_PREFIX = "tag:"  # `--device tag:arch=arm64`: any free matching labgrid place
 
 ProviderSpec = Union[str, dict[str, dict[str, Any]]]
 
@@ -57,13 +58,19 @@ class Device(BaseModel):
     cpus: Optional[list[int]] = None
     memory_limit_mb: Optional[int] = Field(None, ge=1)
     emulation: Optional[str] = None
+    # A board of a labgrid lab: this place's NetworkService gives host, user and port, and qbench
+    # locks the place for the run. `select` takes any free place whose tags match instead.
+    place: Optional[str] = None
+    select: dict[str, str] = Field(default_factory=dict)
+    coordinator: Optional[str] = None
 
     @model_validator(mode="before")
     @classmethod
     def _default_transport(cls, data: Any) -> Any:
         # A device with a host is reached over SSH unless it says otherwise; one without is local.
         if isinstance(data, dict) and "transport" not in data:
-            data = {**data, "transport": "ssh" if data.get("host") else "local"}
+            data = {**data, "transport": "ssh" if data.get("host") or data.get("place") or data.get("select")
+                    else "local"}
         return data
 
     @field_validator("key")
@@ -81,13 +88,21 @@ class Device(BaseModel):
 
     @model_validator(mode="after")
     def _fits_transport(self) -> "Device":
-        if self.transport == "ssh" and not self.host:
-            raise ValueError("key 'host': required for an ssh device (or set 'transport: local')")
+        if self.transport == "ssh" and not (self.host or self.place or self.select):
+            raise ValueError("key 'host': required for an ssh device (or set 'place:' of a labgrid lab, "
+                             "or 'transport: local')")
+        if self.place and self.select:
+            raise ValueError("key 'select': a device is one 'place:' or a 'select:' of tags, not both")
         if self.transport == "local":
             misplaced = sorted(_SSH_ONLY & self.model_fields_set)
             if misplaced:
                 raise ValueError(f"key {misplaced[0]!r}: only for ssh devices (set 'host')")
         return self
+
+    @property
+    def in_lab(self) -> bool:
+        """Whether this device is a labgrid place (named, or chosen by tags) rather than a fixed host."""
+        return bool(self.place or self.select)
 
     @property
     def provider_names(self) -> list[str]:
@@ -122,11 +137,28 @@ class Device(BaseModel):
         return value
 
 
+class LabSettings(BaseModel):
+    """devices.yaml's ``labgrid:`` section: where the coordinator is and how its places are used.
+
+    ``defaults`` are device settings (key, python, workdir, ...) for a place chosen by tags or
+    named by a device that does not set them; ``quarantine_after`` consecutive failed health checks
+    quarantine a place.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    coordinator: Optional[str] = None
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    quarantine_after: int = Field(3, ge=1)
+    health_check: bool = True
+
+
 class Inventory:
     """The devices of one file, plus the implicit ``local`` device."""
 
-    def __init__(self, devices: dict[str, Device], source: Optional[Path]):
+    def __init__(self, devices: dict[str, Device], source: Optional[Path], lab: Optional[LabSettings] = None):
         self.source = source
+        self.lab = lab or LabSettings()
         self.devices = dict(devices)
         self.devices.setdefault(LOCAL, Device(name=LOCAL, transport="local"))
 
@@ -134,12 +166,31 @@ class Inventory:
         return sorted(self.devices)
 
     def get(self, name: str) -> Device:
-        """The device called ``name``; a UserError listing the known names otherwise."""
+        """The device called ``name`` (or ``tag:k=v,...``: any matching labgrid place); a UserError otherwise."""
+        if name.startswith(TAG_PREFIX):
+            return self.tag_device(name)
         try:
             return self.devices[name]
         except KeyError:
             where = f"in {self.source}" if self.source else f"(no {DEFAULT_FILE} found; pass --devices FILE)"
             raise UserError(f"unknown device {name!r} {where}; known: {', '.join(self.names())}") from None
+
+
+    def tag_device(self, name: str) -> Device:
+        """A device for ``tag:key=value[,key=value...]``: any free labgrid place with those tags."""
+        select = {}
+        for pair in filter(None, name[len(TAG_PREFIX):].split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep or not key or not value:
+                raise UserError(f"--device {name}: expected tag:KEY=VALUE[,KEY=VALUE...], got {pair!r}")
+            select[key.strip()] = value.strip()
+        if not select:
+            raise UserError(f"--device {name}: name at least one tag, e.g. tag:arch=arm64")
+        try:
+            return Device(name=name, **{**self.lab.defaults, "select": select,
+                                        "coordinator": self.lab.coordinator})
+        except ValidationError as exc:
+            raise UserError(f"labgrid.defaults: {_describe(exc.errors()[0])}") from exc
 
 
 def resolve_path(path: Optional[os.PathLike | str]) -> tuple[Path, bool]:
@@ -171,15 +222,45 @@ def load_inventory(path: Optional[os.PathLike | str] = None) -> Inventory:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{file}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from exc
-    return Inventory(parse_devices(data, str(file)), file)
+    lab = parse_lab(data, str(file))
+    devices = parse_devices(data, str(file))
+    for name, device in devices.items():
+        if device.in_lab:
+            devices[name] = _with_lab_defaults(device, lab, str(file))
+    return Inventory(devices, file, lab)
+
+
+def parse_lab(data: Any, label: str) -> LabSettings:
+    """The ``labgrid:`` section of the parsed YAML document (defaults when absent)."""
+    section = data.get("labgrid") if isinstance(data, dict) else None
+    if section is None:
+        return LabSettings()
+    if not isinstance(section, dict):
+        raise UserError(f"{label}: 'labgrid' must be a mapping (coordinator: HOST:PORT, defaults: {{...}})")
+    try:
+        return LabSettings(**{str(k): v for k, v in section.items()})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error.get("loc", ()))
+        raise UserError(f"{label}: labgrid, key {key!r}: {error.get('msg')}") from exc
+
+
+def _with_lab_defaults(device: Device, lab: LabSettings, label: str) -> Device:
+    """``device`` with the coordinator and every ``labgrid.defaults`` setting it does not set itself."""
+    own = device.model_dump(exclude_unset=True)
+    merged = {**lab.defaults, **own, "coordinator": device.coordinator or lab.coordinator}
+    try:
+        return Device(**merged)
+    except ValidationError as exc:
+        raise UserError(f"{label}: device {device.name!r} with labgrid.defaults, {_describe(exc.errors()[0])}") from exc
 
 
 def parse_devices(data: Any, label: str) -> dict[str, Device]:
     """Validate the parsed YAML document ``data``; ``label`` prefixes error messages."""
     if data is None:
         return {}
-    if not isinstance(data, dict) or set(data) - {"devices"}:
-        raise UserError(f"{label}: expected a mapping with one key 'devices'")
+    if not isinstance(data, dict) or set(data) - {"devices", "labgrid"}:
+        raise UserError(f"{label}: expected a mapping with the keys 'devices' (and 'labgrid')")
     entries = data.get("devices") or {}
     if not isinstance(entries, dict):
         raise UserError(f"{label}: 'devices' must map device names to their settings")

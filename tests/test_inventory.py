@@ -106,7 +106,7 @@ def test_invalid_yaml_names_the_line(tmp_path):
 
 
 def test_top_level_must_be_the_devices_mapping(tmp_path):
-    with pytest.raises(UserError, match="expected a mapping with one key 'devices'"):
+    with pytest.raises(UserError, match=r"expected a mapping with the keys 'devices' \(and 'labgrid'\)"):
         load_inventory(_write(tmp_path, "pi4:\n  host: h\n"))
 
 

@@ -86,14 +86,21 @@ class OnnxRuntimeRunner(Runner):
         if self._save_to:
             options.optimized_model_filepath = self._save_to
         exposed = self.extra_outputs
+        self._fed: list[str] = []
         if self.extra_outputs and self.deployed_graph:
             model, exposed = self._deployed_with_outputs()
             # ORT already optimized this graph for this device: running it as it is runs the deployed kernels
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         elif self.extra_outputs:
-            # A name that is already an output is accepted twice by ORT; appended outputs come last.
+            # Appended outputs come last. A graph input or output is not appended (its value is
+            # the feed, or fetched anyway): the CPU provider accepts the duplicate name, OpenVINO's
+            # refuses the model ("Duplicate definition of name").
             with open(self.model_path, "rb") as fh:
-                model = append_outputs(fh.read(), exposed)
+                data = fh.read()
+            inputs, own = onnx_graph.graph_io_names(data)
+            self._fed = [name for name in self.extra_outputs if name in inputs]
+            exposed = [name for name in self.extra_outputs if name not in inputs and name not in own]
+            model = append_outputs(data, exposed)
         if self.extra_outputs:
             # A capture session, never timed. ORT's memory pattern (from the 2nd run on) puts the
             # exposed outputs in one planned block and then copies them out: twice the group in

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from .. import gates as gates_mod
 from ..compare import cross
+from ..compare.output_quant import int8_output_qparams
 from ..errors import UserError
 from ..gates import Gates
 from ..inventory import Device, load_inventory
@@ -59,8 +60,8 @@ def compare(
     # Every target gets the prepared pair as a given int8 model: nothing left to quantize or equalize.
     pair = dataclasses.replace(base, model=float_path, int8=int8_path, equalize=False, return_outputs=True,
                                user_model=base.model)
-    runs = _run(targets, pair, opts, err)
-    doc = _write(runs, prepared, opts.gates(), opts.db, out_dir)
+    runs = _run(targets, pair, opts, err, opts.lab(inventory))
+    doc = _write(runs, prepared, opts.gates(), opts.db, out_dir, int8_output_qparams(int8_path))
     path = out_dir / COMPARE_JSON
     if opts.as_json:
         print(json.dumps({"compare": str(path), "reference": doc["reference"], "table": doc["table"]}))
@@ -102,7 +103,7 @@ def plan_targets(devices: list[Device], model_format: str, delegates: list[str],
     return list(targets.values())
 
 
-def _run(targets: list[Target], pair: RunSettings, opts: RunOptions, err: Console) -> list[TargetRun]:
+def _run(targets: list[Target], pair: RunSettings, opts: RunOptions, err: Console, lab) -> list[TargetRun]:
     bars = progress_display(err, opts.quiet)
     uis = {t.label: CompareUI(err, opts.quiet, bars, t.label) for t in targets}
 
@@ -113,14 +114,15 @@ def _run(targets: list[Target], pair: RunSettings, opts: RunOptions, err: Consol
     if bars is not None:
         bars.start()
     try:
-        return run_targets(targets, settings_for, lambda t: transport_for(t.device, opts.accept_new_host),
+        return run_targets(targets, settings_for, lambda t: transport_for(t.device, opts.accept_new_host, lab),
                            lambda t: uis[t.label])
     finally:
         if bars is not None:
             bars.stop()
 
 
-def _write(runs: list[TargetRun], prepared: RunState, gates: Gates, db: Optional[Path], out_dir: Path) -> dict:
+def _write(runs: list[TargetRun], prepared: RunState, gates: Gates, db: Optional[Path], out_dir: Path,
+           int8_qparams: dict) -> dict:
     """Each target's report (and record), then compare.json and compare.html; returns the compare document.
 
     Each target's report also says how the pair was prepared (``prepared``: notes, equalization).
@@ -143,7 +145,7 @@ def _write(runs: list[TargetRun], prepared: RunState, gates: Gates, db: Optional
         entries.append(entry)
     reference = next(iter(outputs), None)
     rows = [row for label, out in outputs.items() if label != reference
-            for row in cross.rows(outputs[reference], label, out)]
+            for row in cross.rows(outputs[reference], label, out, int8_qparams)]
     doc = build_compare(entries, rows, reference, gates)
     write_json(doc, out_dir / COMPARE_JSON)
     write_compare_html(doc, out_dir / COMPARE_HTML)

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..emulate import BoardSpec, ensure_arm64, wheels_with
+from ..emulate_openvino import ensure_openvino
 from ..errors import UserError
 from ..inventory import resolve_path
 from ..inventory_edit import add_device
@@ -52,3 +53,29 @@ def arm64(
     err.print(f"arm64 board: {board.root}\n  Python {board.python_version} (aarch64), {versions}")
     err.print(f"{'updated' if replaced else 'added'} device {name!r} in {path}; "
               f"try: qbench run --device {name} MODEL.onnx  (timings are emulation timings)")
+
+
+@emulate_app.command("openvino")
+def openvino(
+    name: str = typer.Option("ov", "--name", help="the device's name in devices.yaml"),
+    devices: Optional[Path] = typer.Option(None, "--devices", envvar="QBENCH_DEVICES",
+                                           help="inventory file to add it to (default ./devices.yaml)"),
+    root: Optional[Path] = typer.Option(None, "--root", help="the environment's folder (default: in the user "
+                                        "cache, or $QBENCH_EMULATE_CACHE/openvino)"),
+    rebuild: bool = typer.Option(False, "--rebuild", help="create the environment again even if it is there"),
+) -> None:
+    """Create (once) a venv with onnxruntime-openvino and add it as a local device using OpenVINO.
+
+    onnxruntime-openvino installs the same `onnxruntime` module as the CPU build, so it lives in an
+    environment of its own; the device runs this host's agent with that environment's Python.
+    Compare it with the CPU provider: qbench compare MODEL.onnx --device local --device NAME.
+    """
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    env = ensure_openvino(root, rebuild=rebuild, log=err.print)
+    path, _ = resolve_path(devices)
+    replaced = add_device(path, name, env.device_entry())
+    versions = ", ".join(f"{dist} {version}" for dist, version in env.versions.items())
+    err.print(f"OpenVINO environment: {env.root}\n  Python {env.python_version}, {versions}; "
+              f"providers: {', '.join(env.providers)}")
+    err.print(f"{'updated' if replaced else 'added'} device {name!r} in {path}; "
+              f"try: qbench compare MODEL.onnx --device local --device {name}")

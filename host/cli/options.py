@@ -23,7 +23,7 @@ from qbench.protocols.messages import RunnerConfig, TimingConfig
 from .. import gates as gates_mod
 from ..errors import UserError
 from ..gates import GateCheck, Gates
-from ..inventory import Device
+from ..inventory import Device, Inventory
 from ..quantize.prepare import parse_input_shapes
 from ..report.artifacts import write_artifacts
 from ..report import json_text
@@ -100,6 +100,10 @@ class RunOptions:
         "--timeout", min=1.0, help="seconds of agent silence before giving up")] = 60.0
     accept_new_host: Annotated[bool, typer.Option(
         "--accept-new-host", help="trust an SSH host key not yet known")] = False
+    wait_timeout: Annotated[float, typer.Option(
+        "--wait-timeout", min=0.0, help="labgrid places: seconds to wait for a locked or busy board")] = 600.0
+    priority: Annotated[float, typer.Option(
+        "--priority", help="labgrid places: reservation priority of `--device tag:...` (higher goes first)")] = 0.0
     fail_under_psnr: Annotated[Optional[float], typer.Option(
         "--fail-under-psnr", help="gate: output PSNR below DB")] = None
     fail_under_speedup: Annotated[Optional[float], typer.Option(
@@ -115,6 +119,13 @@ class RunOptions:
         "--db", help="results database (default: in the user data dir)")] = None
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or notes")] = False
+
+    def lab(self, inventory: Inventory):
+        """How this run waits for labgrid places and checks their health."""
+        from ..lab.transport import LabOptions
+
+        return LabOptions(wait_timeout_s=self.wait_timeout, priority=self.priority,
+                          quarantine_after=inventory.lab.quarantine_after, health_check=inventory.lab.health_check)
 
     def validate(self) -> None:
         """Raises UserError for values typer cannot check by itself."""

@@ -40,8 +40,9 @@ def run(
     check_output_dir(out_dir, "--out")
     if opts.save_tensors is not None:
         check_output_dir(opts.save_tensors, "--save-tensors")
-    dev = load_inventory(opts.devices).get(device)
-    transport = transport_for(dev, opts.accept_new_host)
+    inventory = load_inventory(opts.devices)
+    dev = inventory.get(device)
+    transport = transport_for(dev, opts.accept_new_host, opts.lab(inventory))
     runner = runner_config(dev, opts.threads, provider, delegate, opts.delegate_path, opts.delegate_option,
                            opts.accelerator)
     settings = opts.settings(model, out_dir, device, runner, main.DEBUG)

@@ -40,7 +40,23 @@ def targets_table(doc: Mapping[str, Any]) -> str:
             reference_text(versus, "float") if versus is not None else "-",
             row.get("ran") or "-", ", ".join(row.get("worst_layers") or []) or "-", gates,
         ))
-    return table(HEADERS, rows, sortable=True)
+    return table(HEADERS, rows, sortable=True) + divergence_tables(doc)
+
+
+def divergence_tables(doc: Mapping[str, Any]) -> str:
+    """Per target, the layers whose int8-vs-float PSNR differs most from the reference's."""
+    parts = []
+    for row in compare_table(doc):
+        layers = row.get("layers_vs_reference") or []
+        if not layers:
+            continue
+        cells = [(layer["name"], layer.get("op_type") or "-", num_cell(layer.get("reference_psnr_db")),
+                  num_cell(layer.get("psnr_db")),
+                  num_cell(layer["delta_db"]) if layer["delta_db"] is not None else f"exact on {layer['exact_on']}")
+                 for layer in layers]
+        parts.append(f"<h3>{esc(row['target'])}: layers that differ most from {esc(doc.get('reference') or '')}</h3>"
+                     + table(("layer", "op", "reference PSNR dB", "PSNR dB", "\u0394 dB"), cells, sortable=True))
+    return "\n".join(parts)
 
 
 def cross_table(cross: Sequence[Mapping[str, Any]]) -> str:

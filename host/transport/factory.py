@@ -7,13 +7,18 @@ from qbench.host.inventory import Device
 from .base import AgentTransport
 
 
-def transport_for(device: Device, accept_new_host: bool = False) -> AgentTransport:
+def transport_for(device: Device, accept_new_host: bool = False, lab=None) -> AgentTransport:
     """A not-yet-started transport for ``device``.
 
     Args:
         device: from the inventory.
         accept_new_host: trust an unknown SSH host key (``--accept-new-host``).
+        lab: :class:`qbench.host.lab.transport.LabOptions` for a labgrid place (default ones if None).
     """
+    if device.in_lab:
+        from qbench.host.lab.transport import LabOptions, LabTransport
+
+        return LabTransport(device, lab or LabOptions(), accept_new_host=accept_new_host)
     if device.transport == "local":
         from .local import LocalTransport
 

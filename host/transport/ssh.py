@@ -31,6 +31,7 @@ from qbench.host.inventory import Device
 
 from .base import READY_PREFIX, AgentTransport, Endpoint, RunKeys, agent_args
 from .bundle import Bundle, current_bundle
+from .exec_copy import EXEC, SFTP, ExecCopyError, exec_copy
 from .forward import Forwarder
 from .probe import VERSION_SNIPPET, ProbeReport, check_python_version, probe_argument, probe_source
 
@@ -133,6 +134,7 @@ class SSHTransport(AgentTransport):
         self._readers: list[threading.Thread] = []
         self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
         self._started = False
+        self._copy_method = ""  # sftp | exec, known once tried
 
     # ---- connection -------------------------------------------------------------
 
@@ -314,13 +316,51 @@ class SSHTransport(AgentTransport):
         self._deployed = DeployResult(path=path, sha256=bundle.sha256, uploaded=uploaded)
         return self._deployed
 
+    def copy_method(self) -> str:
+        """How files reach this device: ``sftp``, or ``exec`` when the server has no SFTP subsystem."""
+        sftp = self._open_sftp()
+        if sftp is not None:
+            sftp.close()
+        return self._copy_method
+
+    def _open_sftp(self) -> Optional[paramiko.SFTPClient]:
+        """An SFTP client, or None (remembered) when the server refuses the SFTP subsystem."""
+        if self._copy_method == EXEC:
+            return None
+        client = self.connect()
+        try:
+            sftp = client.open_sftp()
+        except (paramiko.SSHException, EOFError) as exc:
+            self._transport()  # a lost connection is a UserError; a refused subsystem is not
+            log.info("%s: no SFTP subsystem (%s); copying over an exec channel", self._where(), exc)
+            self._copy_method = EXEC
+            # dropbear, whose failed subsystem is a shell that could not exec sftp-server, refuses
+            # some channels opened right after it on the same connection: start afresh.
+            client.close()
+            self._client = None
+            return None
+        except OSError as exc:
+            raise UserError(f"{self._where()}: cannot open SFTP to upload the agent: {exc}") from exc
+        self._copy_method = SFTP
+        return sftp
+
     def _upload(self, bundle: Bundle, workdir: str, path: str) -> None:
+        sftp = self._open_sftp()
+        if sftp is None:
+            self._upload_exec(bundle, workdir, path)
+        else:
+            self._upload_sftp(sftp, bundle, workdir, path)
+
+    def _upload_exec(self, bundle: Bundle, workdir: str, path: str) -> None:
+        try:
+            exec_copy(self.run_command, self.device.remote_python(), bundle.data, workdir, path)
+        except ExecCopyError as exc:
+            what = "disk full in" if exc.disk_full else "cannot upload the agent (over exec) to"
+            raise UserError(f"{self._where()}: {what} {workdir}: {exc}") from exc
+
+    def _upload_sftp(self, sftp: paramiko.SFTPClient, bundle: Bundle, workdir: str, path: str) -> None:
         # Written under a temporary name then renamed: a bundle with its final name is always whole.
         partial = f"{path}.{uuid.uuid4().hex[:8]}.part"
-        try:
-            sftp = self.connect().open_sftp()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise UserError(f"{self._where()}: cannot open SFTP to upload the agent: {exc}") from exc
         try:
             sftp.get_channel().settimeout(self._command_timeout)
             _sftp_makedirs(sftp, workdir)

@@ -8,7 +8,9 @@ root (we are root) with a key in a temporary authorized_keys file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import os
 import shutil
 import signal
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import psutil
 import pytest
@@ -26,6 +28,7 @@ from qbench.host.inventory import Device
 
 SSHD = Path("/usr/sbin/sshd")
 START_TIMEOUT_S = 10.0
+_NETNS_COUNT = itertools.count()
 
 
 @dataclasses.dataclass
@@ -50,7 +53,19 @@ class SshServer:
             children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [p for p in children if _name(p) == "sshd"]
+        return [p for p in children if _name(p) in ("sshd", "sshd-session", "dropbear")]
+
+    def stop(self) -> None:
+        """Stop the server and its sessions (idempotent)."""
+        for child in self.session_processes():
+            child.kill()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def _name(proc: psutil.Process) -> str:
@@ -73,11 +88,11 @@ def _make_netns() -> Optional[tuple[str, str]]:
     """(namespace, sshd address) for a fresh namespace, or None where namespaces are not allowed."""
     if os.environ.get("QBENCH_TEST_SSH_NETNS", "1") == "0" or os.geteuid() != 0 or not shutil.which("ip"):
         return None
-    pid = os.getpid()
-    name, veth = f"qbssh{pid}", f"qbh{pid}"
-    # Unique per test process, so that concurrent runs on one machine do not collide.
+    pid, n = os.getpid(), next(_NETNS_COUNT)
+    name, veth = f"qbssh{pid}n{n}", f"qbh{pid}n{n}"
+    # Unique per test process and server, so that concurrent runs on one machine do not collide.
     third, fourth = (pid >> 6) & 255, (pid & 63) * 4
-    host_ip, ns_ip = f"10.213.{third}.{fourth + 1}", f"10.213.{third}.{fourth + 2}"
+    host_ip, ns_ip = f"10.{213 + n}.{third}.{fourth + 1}", f"10.{213 + n}.{third}.{fourth + 2}"
     steps = [
         ["ip", "netns", "add", name],
         ["ip", "link", "add", veth, "type", "veth", "peer", "name", "qbdev0", "netns", name],
@@ -121,23 +136,10 @@ def _wait_for_banner(address: str, port: int, proc: subprocess.Popen, log: Path)
     raise RuntimeError(f"sshd did not answer on {address}:{port}: {log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory) -> SshServer:
-    if not SSHD.exists() or not shutil.which("ssh-keygen"):
-        pytest.skip("OpenSSH server not installed (/usr/sbin/sshd): apt-get install openssh-server")
-    if os.geteuid() != 0:
-        pytest.skip("the SSH tests log in as root with a temporary authorized_keys file: run them as root")
-    root = tmp_path_factory.mktemp("sshd")
-    host_key = _keygen(root / "ssh_host_ed25519_key")
-    user_key = _keygen(root / "user_key")
-    other_key = _keygen(root / "other_key")
-    (root / "authorized_keys").write_text(Path(f"{user_key}.pub").read_text())
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
-    netns = _make_netns()
-    address, port = (netns[1], 22) if netns else ("127.0.0.1", _free_port())
-    config = root / "sshd_config"
-    config.write_text(
-        f"""Port {port}
+def sshd_config(root: Path, address: str, port: int, host_key: Path, sftp: bool = True) -> str:
+    """An sshd_config for a test server; ``sftp=False`` leaves out the SFTP subsystem."""
+    subsystem = "Subsystem sftp internal-sftp\n" if sftp else ""
+    return f"""Port {port}
 ListenAddress {address}
 HostKey {host_key}
 PidFile {root}/sshd.pid
@@ -148,14 +150,35 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 AllowTcpForwarding yes
-Subsystem sftp internal-sftp
-MaxStartups 100
+{subsystem}MaxStartups 100
 LogLevel VERBOSE
 """
-    )
+
+
+def require_sshd() -> None:
+    if not SSHD.exists() or not shutil.which("ssh-keygen"):
+        pytest.skip("OpenSSH server not installed (/usr/sbin/sshd): apt-get install openssh-server")
+    if os.geteuid() != 0:
+        pytest.skip("the SSH tests log in as root with a temporary authorized_keys file: run them as root")
+
+
+@contextlib.contextmanager
+def running_sshd(root: Path, sftp: bool = True, netns: bool = True) -> Iterator[SshServer]:
+    """A real sshd with fresh keys under ``root``, in its own network namespace when allowed; stopped after."""
+    require_sshd()
+    root.mkdir(parents=True, exist_ok=True)
+    host_key = _keygen(root / "ssh_host_ed25519_key")
+    user_key = _keygen(root / "user_key")
+    other_key = _keygen(root / "other_key")
+    (root / "authorized_keys").write_text(Path(f"{user_key}.pub").read_text())
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
+    space = _make_netns() if netns else None
+    address, port = (space[1], 22) if space else ("127.0.0.1", _free_port())
+    config = root / "sshd_config"
+    config.write_text(sshd_config(root, address, port, host_key, sftp))
     cmd = [str(SSHD), "-D", "-e", "-f", str(config)]
-    if netns:
-        cmd = ["ip", "netns", "exec", netns[0], *cmd]
+    if space:
+        cmd = ["ip", "netns", "exec", space[0], *cmd]
     log = root / "sshd.log"
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -167,22 +190,22 @@ LogLevel VERBOSE
         user_key=user_key,
         other_key=other_key,
         proc=proc,
-        netns=netns[0] if netns else None,
+        netns=space[0] if space else None,
     )
     try:
         _wait_for_banner(address, port, proc, log)
         yield server
     finally:
-        for child in server.session_processes():
-            child.kill()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        if netns:
-            _delete_netns(netns[0])
+        server.stop()
+        if space:
+            _delete_netns(space[0])
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory) -> Iterator[SshServer]:
+    require_sshd()
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -216,3 +239,48 @@ def make_device(sshd, tmp_path):
 
     return make
 
+
+
+DROPBEAR = Path("/usr/sbin/dropbear")
+SFTP_SERVER = Path("/usr/lib/sftp-server")  # where dropbear looks for one
+
+
+@contextlib.contextmanager
+def running_dropbear(root: Path) -> Iterator[SshServer]:
+    """A real dropbear with no SFTP server, on 127.0.0.1 with fresh keys under ``root``; stopped after.
+
+    dropbear reads ``~root/.ssh/authorized_keys`` and has no option to look elsewhere, so it runs
+    in a mount namespace of its own where ``root/.ssh`` is bind-mounted over /root/.ssh: the
+    machine's own keys are never touched.
+    """
+    if not DROPBEAR.exists() or not shutil.which("dropbearkey") or not shutil.which("unshare"):
+        pytest.skip("dropbear not installed: apt-get install dropbear-bin")
+    if os.geteuid() != 0:
+        pytest.skip("the dropbear test logs in as root in a mount namespace of its own: run it as root")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (root / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    host_key = root / "dropbear_ed25519_host_key"
+    _run("dropbearkey", "-t", "ed25519", "-f", str(host_key))
+    public = subprocess.run(["dropbearkey", "-y", "-f", str(host_key)], capture_output=True, text=True,
+                            check=True, timeout=30).stdout
+    host_key_pub = next(" ".join(line.split()[:2]) for line in public.splitlines() if line.startswith("ssh-"))
+    user_key, other_key = _keygen(root / "user_key"), _keygen(root / "other_key")
+    (root / ".ssh" / "authorized_keys").write_text(Path(f"{user_key}.pub").read_text())
+    port = _free_port()
+    # Debian's dropbear runs OpenSSH's sftp-server when installed (openssh-server brings it):
+    # hidden in the namespace, as on a Buildroot or Yocto image without it.
+    hide_sftp = f"mount --bind /dev/null {SFTP_SERVER} && " if SFTP_SERVER.exists() else ""
+    Path("/root/.ssh").mkdir(mode=0o700, exist_ok=True)
+    inner = (f"{hide_sftp}mount --bind {root / '.ssh'} /root/.ssh && exec {DROPBEAR} -F -E -s -p 127.0.0.1:{port} "
+             f"-r {host_key} -P {root}/dropbear.pid")
+    log = root / "dropbear.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
+                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = SshServer(address="127.0.0.1", port=port, root=root, host_key_pub=host_key_pub,
+                       user_key=user_key, other_key=other_key, proc=proc, netns=None)
+    try:
+        _wait_for_banner(server.address, port, proc, log)
+        yield server
+    finally:
+        server.stop()

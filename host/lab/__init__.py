@@ -1,0 +1,1 @@
+"""Boards shared through a labgrid coordinator: places, leases, health and quarantine."""
