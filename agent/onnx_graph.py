@@ -168,9 +168,10 @@ def locate(original: list[Node], optimized: list[Node], names: list[str], interf
 
     producer = {out: node for node in optimized for out in node.outputs}
     consumers = _consumers(original)
-    # An optimized tensor that stands for several original ones (ORT cancelled a user's Transpose against
-    # one of its own) has a layout that fits only one of them: it is not undone for any.
+    # An optimized tensor that stands for several original ones has a layout that fits only one of them
+    # when ORT cancelled a user's Transpose against one of its own: it is then not undone for any.
     shared = Counter(list(slots.values()) + [n for n in own if n not in slots])
+    cancelled = any(n.op_type == "Transpose" and n.name not in twins for n in original)
     found, fused = {}, {}
     for name in names:
         where = image(name)
@@ -178,7 +179,7 @@ def locate(original: list[Node], optimized: list[Node], names: list[str], interf
             axes = layouts.get(where)
             if where in interface:
                 axes = None  # the model's inputs and outputs keep their layout whatever ORT did inside
-            elif axes is not None and shared[where] > 1:
+            elif axes is not None and cancelled and shared[where] > 1:
                 axes = _UNKNOWN
             if axes is _UNKNOWN:
                 node = producer.get(where)
@@ -267,10 +268,17 @@ def _twins(original: list[Node], optimized: list[Node]) -> dict[str, Node]:
 
 
 _UNKNOWN: list[int] = []  # a layout marker: permuted in a way not followed here
-#: ops that write their input's layout (element-wise, and quantize/dequantize)
+#: ops that write their input's layout: element-wise ones, quantize/dequantize, and the rank-keeping ones whose
+#: axes ORT's transpose optimizer rewrites when it pushes a Transpose through them (Softmax axis 1 -> 3)
 _LAYOUT_KEEPING = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
                    "LeakyRelu", "Tanh", "Abs", "Neg", "Exp", "Erf", "Cast", "Identity", "QuantizeLinear",
-                   "DequantizeLinear", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu"}
+                   "DequantizeLinear", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
+                   "Softmax", "LogSoftmax", "QLinearSoftmax", "Concat", "QLinearConcat", "Split", "Slice", "Pad",
+                   "Resize", "Max", "Min", "Sum", "Mean", "Where"}
+#: like them while they keep their reduced axes (``keepdims`` = 1, the default)
+_REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL2"}
+#: ORT's channels-last kernels without a ``channels_last`` attribute
+_NHWC = {"NhwcMaxPool"}
 
 
 def _layouts(optimized: list[Node], twins: dict[str, Node]) -> dict[str, list[int] | None]:
@@ -284,7 +292,7 @@ def _layouts(optimized: list[Node], twins: dict[str, Node]) -> dict[str, list[in
     layout: dict[str, list[int] | None] = {}
     for node in optimized:  # ORT saves its graphs in topological order
         seen = [layout[i] for i in node.inputs if layout.get(i) is not None]
-        if node.ints.get("channels_last") == [1]:
+        if node.ints.get("channels_last") == [1] or node.op_type in _NHWC:
             out = [0, 2, 3, 1]
         elif node.op_type == "Transpose" and id(node) in made_here and "perm" in node.ints:
             axes = seen[0] if seen else None
@@ -296,13 +304,19 @@ def _layouts(optimized: list[Node], twins: dict[str, Node]) -> dict[str, list[in
                 out = None if out == sorted(out) else out
         elif not seen:
             continue
-        elif node.op_type in _LAYOUT_KEEPING and all(s is seen[0] or s == seen[0] for s in seen):
+        elif _keeps_layout(node) and all(s is seen[0] or s == seen[0] for s in seen):
             out = seen[0]
         else:
             out = _UNKNOWN
         for name in node.outputs:
             layout[name] = out
     return layout
+
+
+def _keeps_layout(node: Node) -> bool:
+    if node.op_type in _REDUCE:
+        return node.ints.get("keepdims", [1]) != [0]
+    return node.op_type in _LAYOUT_KEEPING
 
 
 def _consumers(nodes: list[Node]) -> dict[str, list[Node]]:
