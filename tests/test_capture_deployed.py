@@ -135,7 +135,9 @@ def test_ppocr_rec_capture_is_one_pass_with_fidelity_zero_and_plain_ort_psnr(tmp
     assert cap["passes"] == cap["passes_planned"] == 1
     assert cap["fidelity_max_abs_diff"] == 0.0 and cap["layers_graph_altered"] == 0
     fused = [x for x in report["layers"] if x.get("fused")]
-    assert fused and all(x["status"].startswith("fused into ") for x in fused)
+    # every tensor the deployed graph does not hold as the user's is said to be so, with the kernel
+    assert any(x["status"].startswith("fused into ") for x in fused)
+    assert all(x["status"].startswith(("fused into ", "held in another layout by ")) for x in fused)
 
     int8 = tmp_path / "out" / "model.int8.onnx"
     float_model = tmp_path / "out" / "float.prepared.onnx"

@@ -177,6 +177,7 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:
             raise _error(exc, ErrorCode.BAD_INPUT, "onnxruntime run failed") from exc
         out = dict(zip(self._fetch, values))
+        out.update((name, np.asarray(feeds[name])) for name in self._fed)
         if not self._located:
             return out
         deployed = out
