@@ -41,7 +41,7 @@ def _qbench(*args: str, cwd: Path) -> dict:
 
 def _batch1(m, count: int, split: str) -> dict[str, np.ndarray]:
     """(N, 1, ...) arrays: one batch-1 model input per sample."""
-    return {k: v[:, None] for k, v in published.samples(m, count, split).items()}
+    return published.data(m, count, split)
 
 
 def _ort_s8s8(prepared: Path, out: Path, calib: dict[str, np.ndarray]) -> Path:

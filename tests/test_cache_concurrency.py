@@ -89,7 +89,7 @@ def test_three_agents_upload_one_published_pair_at_once_and_time_it(tmp_path):
     model = P.model("ppocr-v4-rec")
     path = Path(model.path)
     assert path.stat().st_size > 8 * MIB
-    x = {k: v[:, None] for k, v in P.samples(model, 1, split="eval").items()}  # (samples, *input shape)
+    x = P.data(model, 1, split="eval")  # (samples, *input shape)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     cache = tmp_path / "cache"
     agents = [LocalTransport(cache_dir=str(cache)) for _ in range(3)]

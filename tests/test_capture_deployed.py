@@ -125,8 +125,8 @@ def _published(name: str):
 
 def test_ppocr_rec_capture_is_one_pass_with_fidelity_zero_and_plain_ort_psnr(tmp_path, agent_cache):
     published, m = _published("ppocr-v4-rec")
-    data = {k: v[:, None] for k, v in published.samples(m, 2, split="eval").items()}
-    calib = {k: v[:, None] for k, v in published.samples(m, 2, split="calib").items()}
+    data = published.data(m, 2, split="eval")
+    calib = published.data(m, 2, split="calib")
     np.savez(tmp_path / "data.npz", **data)
     np.savez(tmp_path / "calib.npz", **calib)
     report = _run(tmp_path, agent_cache, str(m.path), "--input-shape", m.input_shape, "--data",

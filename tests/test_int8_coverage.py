@@ -193,7 +193,7 @@ def test_published_ppocr_classifier_runs_in_int8_kernels(tmp_path, agent_cache):
 
     m = published.model("ppocr-cls")
     for split, count in (("calib", 8), ("eval", 2)):  # (N, 1, C, H, W): one batch-1 input per sample
-        np.savez(tmp_path / f"{split}.npz", **{k: v[:, None] for k, v in published.samples(m, count, split).items()})
+        np.savez(tmp_path / f"{split}.npz", **published.data(m, count, split))
     out = tmp_path / "out"
     proc = qbench("run", str(m.path), "--input-shape", m.input_shape, "--calibration", "calib.npz",
                   "--data", "eval.npz", "--profile-runs", "3", "--out", str(out), *FAST, cwd=tmp_path,

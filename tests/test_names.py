@@ -129,7 +129,7 @@ def test_published_pplcnet_has_no_prepared_only_name(tmp_path, agent_cache):
     published, m = _published("pplcnet-orientation")
     for split, count in (("calib", 4), ("eval", 2)):
         data = published.samples(m, count, split=split)
-        np.savez(tmp_path / f"{split}.npz", **{k: v[:, None] for k, v in data.items()})  # (N, 1, C, H, W)
+        np.savez(tmp_path / f"{split}.npz", **{k: v[:, None] for k, v in data.items()})  # (N, 1, C, H, W): --data layout
     proc = qbench("run", "--device", "local", str(m.path), "--input-shape", m.input_shape, "--data", "eval.npz",
                   "--calibration", "calib.npz", "--out", "out", *FAST, cwd=tmp_path, cache=agent_cache)
     assert proc.returncode == 0, proc.stderr

@@ -25,7 +25,7 @@ def _published_run(name: str, tmp: Path, cache: Path, *extra: str):
         pytest.skip(f"{name} is not fetched (make models)")
     data = {}
     for split, count in (("calib", 4), ("eval", 2)):
-        data[split] = {k: v[:, None] for k, v in P.samples(m, count, split=split).items()}
+        data[split] = P.data(m, count, split=split)
         np.savez(tmp / f"{split}.npz", **data[split])
     proc = qbench("run", str(m.path), "--input-shape", m.input_shape, "--data", "eval.npz", "--calibration",
                   "calib.npz", "--accuracy-only", "--histogram-bins", "0", "--out", "out", *extra,

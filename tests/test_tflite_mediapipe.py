@@ -32,7 +32,7 @@ def _model(name: str) -> P.Published:
 
 def _data(m: P.Published, count: int, split: str) -> dict[str, np.ndarray]:
     """``count`` samples with the model's batch axis: ``(count, 1, h, w, 3)``."""
-    return {k: v[:, None] for k, v in P.samples(m, count, split=split).items()}
+    return P.data(m, count, split=split)
 
 
 def _interpreter(model: bytes, preserve: bool = False, resolver=PLAIN) -> tfl.Interpreter:
