@@ -35,7 +35,7 @@ def agent(ctx: typer.Context) -> None:
 COMMANDS: dict[str, tuple[str, ...]] = {
     "agent": (), "calibrate": ("calibrate",), "compare": ("compare",), "deploy": ("devices",),
     "devices": ("devices",), "emulate": ("emulate",), "fix": ("fix",), "history": ("results",),
-    "diff": ("results",), "view": ("results",), "run": ("run",),
+    "diff": ("results",), "view": ("results",), "run": ("run",), "sensitivity": ("sensitivity",),
 }
 
 
