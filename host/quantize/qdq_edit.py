@@ -155,12 +155,12 @@ class QdqGraph:
         model.CopyFrom(self.model)
         floats = set(float_tensors)
         edit = _Edit(model, self.float_model)
-        for name in floats:
+        for name in sorted(floats):  # sorted: the same edits write the same bytes
             edit.remove_pair(self.pairs[name], self._dropped.get(name))
-        for name in set(int16_tensors) - floats:
+        for name in sorted(set(int16_tensors) - floats):
             edit.to_int16(self.pairs[name])
         ops = {op.name: op for op in self.ops}
-        for name in float_weights:
+        for name in sorted(set(float_weights)):
             for dq in ops[name].weights:
                 edit.float_constant(dq)
         edit.finish()
