@@ -13,7 +13,8 @@ Remedies, each a real, measured trial on the device:
    * ``int16+float``: every block in int16, then the n most damaging in int16 (only-int16 MSE) in float.
 
    For each family the sweep's additive-noise prediction gives the smallest n expected to reach the
-   target; that n, its neighbours and the quartiles are measured in one batch, then the smallest n
+   target; that n, its neighbours, the middle and the end of the family are measured in one batch
+   (only the end, the family's ceiling, when no n is predicted to reach it), then the smallest n
    that meets the target is found by bisection over the measured figures.
 3. **Pareto table**: every measured configuration with its output PSNR, share of ops still in
    int8, and, for the points on the Pareto front (no other point has both a higher PSNR and a
@@ -105,7 +106,7 @@ class Repair:
     """
 
     def __init__(self, trials: Trials, target: Target, methods: tuple[str, ...] = DEFAULT_METHODS,
-                 blocks: int = 24, families: tuple[str, ...] = FAMILIES,
+                 blocks: int = 16, families: tuple[str, ...] = FAMILIES,
                  say: Callable[[str], None] = lambda _: None) -> None:
         unknown = [f for f in families if f not in FAMILIES]
         if unknown:
@@ -163,14 +164,17 @@ class Repair:
         points = [self._point(trials, "baseline", 0, {}, base_path, base, None)]
         if self.target.met_figures(base):
             return points, None
-        sens = sweep(trials, self.say)
+        int16 = any("int16" in f for f in self.families)
+        sens = sweep(trials, self.say, ("only_int8", "only_int16") if int16 else ("only_int8",))
         for family in self.families:
             order = _order(sens, family)
             configs = [_config(family, order, n, trials) for n in range(len(order) + 1)]
             predicted = [sens.predict(c) for c in configs]
-            first = next((n for n, p in enumerate(predicted) if p >= self.target.psnr_db), len(order))
             k = len(order)
-            wanted = sorted({n for n in (first - 1, first, first + 1, first + 2, k // 4, k // 2, 3 * k // 4, k)
+            first = next((n for n, p in enumerate(predicted) if p >= self.target.psnr_db), None)
+            # predicted to reach the target: around the crossing, and the curve's middle and end;
+            # predicted never to: only its end, the family's ceiling
+            wanted = sorted({n for n in ((first - 1, first, first + 1, k // 2, k) if first is not None else (k,))
                              if 1 <= n <= k})
             measured = dict(zip(wanted, self._measure(trials, family, wanted, configs, predicted)))
             # the smallest n that meets the target, by bisection between a failing and a passing n

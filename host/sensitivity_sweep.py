@@ -144,29 +144,39 @@ class Sensitivity:
         return {"baseline_psnr_db": _num(self.baseline.psnr_db), "blocks": self.rows}
 
 
-def sweep(trials: EditTrials, progress: Callable[[str], None] = lambda _: None) -> Sensitivity:
-    """Measures the baseline and, per block, only-int8, only-int16 and keep-float: 3 × blocks + 1 trials."""
+SWEEPS = ("only_int8", "only_int16", "keep_float")
+
+
+def sweep(trials: EditTrials, progress: Callable[[str], None] = lambda _: None,
+          figures: Sequence[str] = SWEEPS) -> Sensitivity:
+    """Measures the baseline and, per block, the ``figures`` of :data:`SWEEPS`: len(figures) × blocks + 1 trials.
+
+    A figure not measured is null in its rows (``fix`` needs no keep-float trials, nor int16 ones
+    when it does not search int16).
+    """
     blocks = trials.blocks
     everything_float = {b.index: "float" for b in blocks}
-    configs: list[Config] = [{}]
-    for b in blocks:
-        configs += [{**everything_float, b.index: "int8"}, {**everything_float, b.index: "int16"}, {b.index: "float"}]
+    make = {"only_int8": lambda b: {**everything_float, b.index: "int8"},
+            "only_int16": lambda b: {**everything_float, b.index: "int16"},
+            "keep_float": lambda b: {b.index: "float"}}
+    configs: list[Config] = [{}] + [make[f](b) for b in blocks for f in figures]
     progress(f"sensitivity: {len(configs)} trials over {len(blocks)} blocks")
     results = [f for _, f in trials.measure(configs)]
     baseline = results[0]
     result = Sensitivity(baseline, blocks, peaks=[o["peak"] for o in baseline.outputs], only={"int8": [], "int16": []})
     for b in blocks:
-        only8, only16, keep = results[1 + 3 * b.index: 4 + 3 * b.index]
-        result.only["int8"].append(_mses(only8))
-        result.only["int16"].append(_mses(only16))
+        got = dict(zip(figures, results[1 + len(figures) * b.index: 1 + len(figures) * (b.index + 1)]))
+        for precision in ("int8", "int16"):
+            f = got.get(f"only_{precision}")
+            result.only[precision].append(_mses(f) if f is not None else [math.inf] * len(result.peaks))
+        keep = got.get("keep_float")
         result.rows.append({
             "block": b.index, "label": b.label, "ops": len(b.ops), "first_op": b.ops[0], "last_op": b.ops[-1],
-            "only_int8_psnr_db": _num(only8.psnr_db), "only_int16_psnr_db": _num(only16.psnr_db),
-            "keep_float_psnr_db": _num(keep.psnr_db),
-            "gain_db": _num(None if keep.psnr_db is None or baseline.psnr_db is None
+            **{f"{name}_psnr_db": _num(got[name].psnr_db) if name in got else None for name in SWEEPS},
+            "gain_db": _num(None if keep is None or keep.psnr_db is None or baseline.psnr_db is None
                             else keep.psnr_db - baseline.psnr_db),
         })
-        errors = [f.error for f in (only8, only16, keep) if f.error]
+        errors = [f.error for f in got.values() if f.error]
         if errors:
             result.rows[-1]["errors"] = errors
     return result

@@ -31,7 +31,7 @@ def fix(
     target_psnr: float = typer.Option(..., "--target-psnr", help="output PSNR to reach, dB"),
     methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods",
                                 help="ONNX: calibration methods to try per model, comma-separated"),
-    blocks: int = typer.Option(24, "--blocks", min=1, help="ONNX: blocks of ops the search moves"),
+    blocks: int = typer.Option(16, "--blocks", min=1, help="ONNX: blocks of ops the search moves"),
     remedies: str = typer.Option(",".join(FAMILIES), "--remedies",
                                  help=f"ONNX: configuration families to search, comma-separated: {', '.join(FAMILIES)}"),
     max_steps: int = typer.Option(8, "--max-steps", min=1, help="TFLite: fallback steps to measure at most"),
