@@ -4,7 +4,11 @@ Remedies, each a real, measured trial on the device:
 
 1. **calibration method, per model**: the float model is calibrated with each of ``methods``
    (same calibration samples); the method whose int8 model has the best output PSNR is the base.
-2. **int16 activations / float, per block**: from the base's sensitivity sweep
+2. **calibration method, per tensor**: for the :data:`RANGE_BLOCKS` blocks with the largest
+   only-int8 error, each other method's ranges for that block's tensors alone (like
+   ``TensorQuantOverrides`` rmin/rmax, but by editing the pairs' scales); a block keeps the method
+   whose trial has the lowest output error, if lower than the base's (the ``ranges`` point).
+3. **int16 activations / float, per block**: from the base's sensitivity sweep
    (:mod:`qbench.host.sensitivity_sweep`), blocks are ordered by their measured loss, and three
    families of configurations are built as prefixes of that order:
 
@@ -16,10 +20,10 @@ Remedies, each a real, measured trial on the device:
    target; that n, its neighbours, the middle and the end of the family are measured in one batch
    (only the end, the family's ceiling, when no n is predicted to reach it), then the smallest n
    that meets the target is found by bisection over the measured figures.
-3. **Pareto table**: every measured configuration with its output PSNR, share of ops still in
+4. **Pareto table**: every measured configuration with its output PSNR, share of ops still in
    int8, and, for the points on the Pareto front (no other point has both a higher PSNR and a
-   higher int8 share), the int8 median latency on the device.
-4. **choice and verification**: of the points that meet the target, the one with the largest int8
+   higher int8 share), the int8 median latency on the device (at most :data:`PARETO_RUNS` runs).
+5. **choice and verification**: of the points that meet the target, the one with the largest int8
    share (then the lowest latency, then the highest PSNR); it is measured by a full ``run``
    (per-layer capture, timing, memory), whose report is published as ``report.json``.
 
@@ -29,10 +33,13 @@ measured by their outputs alone, all in one started agent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from qbench.protocols.messages import TimingConfig
 
 from .errors import UserError
 from .evaluator import Evaluator, Figures
@@ -41,6 +48,8 @@ from .sensitivity_sweep import Config, EditTrials, Sensitivity, make_blocks, swe
 from .trials import Trials, output_psnr
 
 FAMILIES = ("float", "int16", "int16+float")
+PARETO_RUNS = 10
+RANGE_BLOCKS = 4  # blocks, the most damaging first, that try the other methods' ranges
 DEFAULT_METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -113,6 +122,7 @@ class Repair:
             raise UserError(f"unknown remedy family {unknown[0]!r}; use {', '.join(FAMILIES)}")
         self.trials, self.target, self.methods = trials, target, tuple(methods)
         self.blocks, self.families, self.say = blocks, tuple(families), say
+        self.range_rows: list[dict[str, Any]] = []
 
     def run(self) -> RepairResult:
         trials = self.trials
@@ -128,7 +138,8 @@ class Repair:
                        trials.ui.progress) as evaluator:
             method_rows, method = self._pick_method(evaluator, models)
             graph = QdqGraph(models[method], prepared.path)
-            sweep_trials = EditTrials(graph, make_blocks(graph, self.blocks), evaluator, out / "trials")
+            others = {m: QdqGraph(p, prepared.path).ranges() for m, p in models.items() if m != method}
+            sweep_trials = EditTrials(graph, make_blocks(graph, self.blocks), evaluator, out / "trials", others)
             points, sensitivity = self._search(sweep_trials)
             self._pareto(points, evaluator)
             chosen = _choose(points, self.target)
@@ -139,9 +150,10 @@ class Repair:
         payload = {
             "target_psnr_db": self.target.psnr_db, "met": met, "method": method, "methods": method_rows,
             "blocks": [{"block": b.index, "ops": b.ops} for b in sweep_trials.blocks],
+            "ranges": self.range_rows,
             "chosen": chosen.row(), "pareto": [p.row() for p in points], "trials": total_trials,
             "stop": "target met" if met else _why_not(points, self.target),
-            "settings": {**trials.settings(method), "edits": _edits(chosen.config, sweep_trials)},
+            "settings": {**trials.settings(method), "edits": _edits(chosen.config, sweep_trials, models)},
         }
         if sensitivity is not None:
             trials.sections["sensitivity"] = sensitivity.to_dict()
@@ -166,6 +178,9 @@ class Repair:
             return points, None
         int16 = any("int16" in f for f in self.families)
         sens = sweep(trials, self.say, ("only_int8", "only_int16") if int16 else ("only_int8",))
+        if self._choose_ranges(trials, sens):
+            (path, figures), = trials.measure([{}])
+            points.append(self._point(trials, "ranges", 0, {}, path, figures, sens.predict({})))
         for family in self.families:
             order = _order(sens, family)
             configs = [_config(family, order, n, trials) for n in range(len(order) + 1)]
@@ -190,6 +205,30 @@ class Repair:
                 measured[mid] = self._measure(trials, family, [mid], configs, predicted)[0]
             points += [measured[n] for n in sorted(measured)]
         return points, sens
+
+    def _choose_ranges(self, trials: EditTrials, sens: Sensitivity) -> bool:
+        """Per-tensor calibration: for the :data:`RANGE_BLOCKS` most damaging blocks, each other method's
+        ranges for that block alone (every other block float); a block keeps the method with the lowest
+        output error, if lower than the base's. Returns whether any block changed method."""
+        if not trials.ranges:
+            return False
+        worst = _order(sens, "float")[:RANGE_BLOCKS]
+        everything_float = {b.index: "float" for b in trials.blocks}
+        tries = [(b, m) for b in worst for m in trials.ranges]
+        self.say(f"ranges: {len(tries)} trials, other methods' ranges for the {len(worst)} most damaging blocks")
+        results = trials.measure([{**everything_float, b: f"int8@{m}"} for b, m in tries])
+        best: dict[int, tuple[float, str | None, list[float], Figures]] = {
+            b: (_noise(sens, sens.only["int8"][b]), None, sens.only["int8"][b], None) for b in worst}
+        for (b, m), (_, figures) in zip(tries, results):
+            mses = [o["mse"] if o.get("mse") is not None else math.inf for o in figures.outputs]
+            if figures.error is None and _noise(sens, mses) < best[b][0]:
+                best[b] = (_noise(sens, mses), m, mses, figures)
+        for b, (_, method, mses, figures) in best.items():
+            if method is not None:
+                trials.block_method[b] = method
+                sens.only["int8"][b] = mses
+                self.range_rows.append({"block": b, "method": method, "only_int8_psnr_db": _json(figures.psnr_db)})
+        return bool(self.range_rows)
 
     def _measure(self, trials: EditTrials, family: str, ns: list[int], configs: list[Config],
                  predicted: list[float]) -> list[Point]:
@@ -217,15 +256,26 @@ class Repair:
             if p.pareto:
                 if p.model not in seen:
                     self.say(f"time: {p.family}, {p.moved} blocks moved")
-                    seen[p.model] = evaluator.latency_ms(p.model, self.trials.base.timing)
+                    seen[p.model] = evaluator.latency_ms(p.model, _pareto_timing(self.trials.base.timing))
                 p.latency_int8_ms = seen[p.model]
+
+
+def _pareto_timing(timing: TimingConfig) -> TimingConfig:
+    """The run's timing, cut to at most :data:`PARETO_RUNS` runs after at most 2 warm-ups: a table to
+    rank configurations by, not the final figure (the verifying run times the chosen one in full)."""
+    return dataclasses.replace(timing, warmup=min(timing.warmup, 2), runs=min(timing.runs, PARETO_RUNS),
+                               min_seconds=0.0, max_runs=min(timing.max_runs, PARETO_RUNS))
+
+
+def _noise(sens: Sensitivity, mses: list[float]) -> float:
+    """A block's error over every output, each output's MSE relative to its peak²."""
+    return sum(m / (p * p) if p else m for m, p in zip(mses, sens.peaks))
 
 
 def _order(sens: Sensitivity, family: str) -> list[int]:
     """Block indices in the order the family moves them."""
     def total(precision: str, b: int) -> float:
-        peaks = sens.peaks
-        return sum(m / (p * p) if p else m for m, p in zip(sens.only[precision][b], peaks))
+        return _noise(sens, sens.only[precision][b])
 
     blocks = range(len(sens.blocks))
     if family == "float":
@@ -262,13 +312,14 @@ def _why_not(points: list[Point], target: Target) -> str:
     return f"no configuration reached {target.psnr_db} dB (best {_fmt(best)} dB)"
 
 
-def _edits(config: dict[int, str], trials: EditTrials) -> dict[str, list[str]]:
+def _edits(config: dict[int, str], trials: EditTrials, models: dict[str, Path]) -> dict[str, Any]:
     """The QDQ edits of ``config`` by name: what reproduces the final model from the base's int8 model."""
-    floats = [b for b in trials.blocks if config.get(b.index) == "float"]
-    float_tensors = set().union(*(b.tensors for b in floats))
-    int16 = set().union(*(b.tensors for b in trials.blocks if config.get(b.index) == "int16")) - float_tensors
-    return {"float_tensors": sorted(float_tensors), "int16_tensors": sorted(int16),
-            "float_weights": [op for b in floats for op in b.ops]}
+    edits = trials.edits(config)
+    methods = {t: m for b in trials.blocks for m in [trials.state(config, b)[1]] if m for t in b.tensors
+               if t in edits["ranges"]}
+    return {"float_tensors": sorted(edits["float_tensors"]), "int16_tensors": sorted(edits["int16_tensors"]),
+            "float_weights": edits["float_weights"], "ranges": dict(sorted(methods.items())),
+            "range_models": {m: str(models[m]) for m in sorted(set(methods.values()))}}
 
 
 def _json(value: float | None) -> float | None:

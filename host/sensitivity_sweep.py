@@ -82,27 +82,48 @@ Config = Mapping[int, str]  # block index -> precision; blocks not named are int
 class EditTrials:
     """Writes configurations as models and measures them in batches on the device.
 
+    A block's state is a precision of :data:`PRECISIONS`, or ``int8@METHOD``: int8 with the ranges of
+    another calibration of the same model (``ranges[METHOD]``, from :meth:`QdqGraph.ranges`). Once
+    ``block_method`` names a method for a block, its int8 and int16 states use that method's ranges.
+
     Args:
         graph: the calibrated QDQ graph to edit.
         blocks: its blocks.
         evaluator: a started :class:`Evaluator`.
         work_dir: where trial models are written (one file per distinct configuration).
+        ranges: other calibrations' ranges, by method name.
     """
 
-    def __init__(self, graph: QdqGraph, blocks: list[Block], evaluator: Evaluator, work_dir: Path) -> None:
+    def __init__(self, graph: QdqGraph, blocks: list[Block], evaluator: Evaluator, work_dir: Path,
+                 ranges: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.graph, self.blocks, self.evaluator = graph, blocks, evaluator
         self.work_dir = Path(work_dir).resolve()
+        self.ranges = dict(ranges or {})
+        self.block_method: dict[int, str] = {}
         self._done: dict[tuple, tuple[Path, Figures]] = {}
 
+    def state(self, config: Config, block: Block) -> tuple[str, str | None]:
+        """(precision, method of its ranges or None for the graph's own) of ``block`` in ``config``."""
+        precision, _, method = config.get(block.index, "int8").partition("@")
+        return precision, (method or self.block_method.get(block.index)) if precision != "float" else None
+
     def key(self, config: Config) -> tuple:
-        return tuple(config.get(b.index, "int8") for b in self.blocks)
+        return tuple(self.state(config, b) for b in self.blocks)
+
+    def edits(self, config: Config) -> dict[str, Any]:
+        """The :meth:`QdqGraph.write` arguments of ``config``."""
+        states = {b.index: self.state(config, b) for b in self.blocks}
+        floats = [b for b in self.blocks if states[b.index][0] == "float"]
+        float_tensors = set().union(*(b.tensors for b in floats))
+        int16 = set().union(*(b.tensors for b in self.blocks if states[b.index][0] == "int16")) - float_tensors
+        ranges = {t: self.ranges[method][t] for b in self.blocks for method in [states[b.index][1]] if method
+                  for t in b.tensors if t in self.ranges[method]}
+        return {"float_tensors": float_tensors, "int16_tensors": int16,
+                "float_weights": [op for b in floats for op in b.ops], "ranges": ranges}
 
     def write(self, config: Config, path: Path) -> Path:
         """The model of ``config`` at ``path``."""
-        floats = [b for b in self.blocks if config.get(b.index) == "float"]
-        float_tensors = set().union(*(b.tensors for b in floats))
-        int16 = set().union(*(b.tensors for b in self.blocks if config.get(b.index) == "int16"))
-        return self.graph.write(path, float_tensors, int16 - float_tensors, [op for b in floats for op in b.ops])
+        return self.graph.write(path, **self.edits(config))
 
     def measure(self, configs: Sequence[Config]) -> list[tuple[Path, Figures]]:
         """Each configuration's model and figures; configurations measured before are not measured again."""

@@ -197,9 +197,13 @@ def test_fix_settings_reproduce_the_final_model(fixed):
                           method=settings["method"], activation_type=settings["activation_type"],
                           per_channel=settings["per_channel"])
     assert sha(again) == sha(base)
-    edited = QdqGraph(again, settings["float_path"]).write(out.parent / "again-fix.onnx", **settings["edits"])
+    edits = settings["edits"]
+    ranges = {t: QdqGraph(edits["range_models"][m], settings["float_path"]).ranges()[t]
+              for t, m in edits["ranges"].items()}
+    edited = QdqGraph(again, settings["float_path"]).write(out.parent / "again-fix.onnx", edits["float_tensors"],
+                                                           edits["int16_tensors"], edits["float_weights"], ranges)
     assert sha(edited) == sha(out / "model.int8.onnx")
-    assert settings["edits"]["float_tensors"] == ["logits"] and settings["edits"]["float_weights"] == ["logits"]
+    assert edits["float_tensors"] == ["logits"] and edits["float_weights"] == ["logits"]
 
 
 @pytest.mark.slow

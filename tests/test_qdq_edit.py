@@ -89,3 +89,20 @@ def test_an_int16_pair_runs_int16_and_improves_the_error(models):
     f = _run(float_path, x)[0].astype(np.float64)
     err8, err16 = (np.mean((_run(path, x)[0] - f) ** 2) for path in (only8, only16))
     assert 0 < err16 < err8 / 1000
+
+
+def test_another_calibrations_range_replaces_a_pairs_own(models, tmp_path):
+    tmp, float_path, int8, x = models
+    calib = {"x": np.random.default_rng(2).standard_normal((8, 1, 3, 8, 8)).astype(np.float32)}
+    other = QdqGraph(quantize_onnx(float_path, tmp_path / "percentile.onnx", calib, method="percentile"), float_path)
+    graph = QdqGraph(int8, float_path)
+    scale, zero_point = other.ranges()["relu1"]
+    assert scale != graph.ranges()["relu1"][0]
+    edited = graph.write(tmp_path / "relu1-percentile.onnx", ranges={"relu1": (scale, zero_point)})
+    assert QdqGraph(edited, float_path).ranges()["relu1"] == (scale, zero_point)
+    assert QdqGraph(edited, float_path).ranges()["x"] == graph.ranges()["x"]  # the other pairs keep theirs
+    (q_out,) = _run(edited, x, [n.output[0] for n in onnx.load(str(edited)).graph.node
+                                if n.op_type == "QuantizeLinear" and n.input[0] == "relu1"])
+    values = (np.unique(q_out).astype(np.float64) - int(zero_point)) * float(scale)  # on the new grid
+    assert values.max() <= (127 - int(zero_point)) * float(scale) + 1e-6
+    np.testing.assert_allclose(values / float(scale), np.round(values / float(scale)), atol=1e-6)

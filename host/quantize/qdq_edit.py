@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -137,14 +137,29 @@ class QdqGraph:
                 dropped[n.output[0]] = n
         return dropped
 
+    def ranges(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each pair's calibrated int8 (scale, zero point), by tensor: another method's ranges for :meth:`write`."""
+        from onnx import numpy_helper
+
+        found = {}
+        for tensor, pair in self.pairs.items():
+            q = self._nodes[pair.quantize]
+            if len(q.input) > 2 and q.input[2]:
+                found[tensor] = (numpy_helper.to_array(self._inits[q.input[1]]),
+                                 numpy_helper.to_array(self._inits[q.input[2]]))
+        return found
+
     def write(self, path: Path, float_tensors: Iterable[str] = (), int16_tensors: Iterable[str] = (),
-              float_weights: Iterable[str] = ()) -> Path:
+              float_weights: Iterable[str] = (),
+              ranges: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
         """Writes the QDQ model with these edits (see the module docstring) to ``path``.
 
         Args:
             float_tensors: activation tensors (float-graph names) whose pair is removed.
             int16_tensors: activation tensors whose pair becomes int16 (float ones win).
             float_weights: ops whose constant inputs go back to the float model's values.
+            ranges: tensor -> (scale, zero point) of another calibration (:meth:`ranges` of another
+                method's graph): the pair quantizes with that range instead (applied before int16).
 
         Raises:
             KeyError: a tensor without a pair, or an unknown op.
@@ -157,6 +172,8 @@ class QdqGraph:
         edit = _Edit(model, self.float_model)
         for name in sorted(floats):  # sorted: the same edits write the same bytes
             edit.remove_pair(self.pairs[name], self._dropped.get(name))
+        for name in sorted(set(ranges or {}) - floats):
+            edit.set_range(self.pairs[name], *ranges[name])
         for name in sorted(set(int16_tensors) - floats):
             edit.to_int16(self.pairs[name])
         ops = {op.name: op for op in self.ops}
@@ -223,6 +240,18 @@ class _Edit:
                 self.graph.initializer.append(self.float_inits[name])
                 self.inits[name] = self.float_inits[name]
         return copy
+
+    def set_range(self, pair: Pair, scale: np.ndarray, zero_point: np.ndarray) -> None:
+        from onnx import numpy_helper
+
+        q = self.nodes[pair.quantize]
+        base = q.input[0] + "_range"
+        self.graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32), base + "_scale"),
+                                       numpy_helper.from_array(np.asarray(zero_point), base + "_zero_point")])
+        self.inits[base + "_scale"] = self.graph.initializer[-2]
+        self.inits[base + "_zero_point"] = self.graph.initializer[-1]
+        for node in (q, *(self.nodes[d] for d in pair.dequantize)):
+            node.input[1], node.input[2:] = base + "_scale", [base + "_zero_point"]
 
     def to_int16(self, pair: Pair) -> None:
         from onnx import numpy_helper
