@@ -81,6 +81,7 @@ class Point:
     predicted_psnr_db: float | None = None
     latency_int8_ms: float | None = None
     pareto: bool = False
+    block_method: dict[int, str] = field(default_factory=dict)  # blocks whose ranges come from another method
 
     def row(self) -> dict[str, Any]:
         return {
@@ -153,7 +154,7 @@ class Repair:
             "ranges": self.range_rows,
             "chosen": chosen.row(), "pareto": [p.row() for p in points], "trials": total_trials,
             "stop": "target met" if met else _why_not(points, self.target),
-            "settings": {**trials.settings(method), "edits": _edits(chosen.config, sweep_trials, models)},
+            "settings": {**trials.settings(method), "edits": _edits(chosen, sweep_trials, models)},
         }
         if sensitivity is not None:
             trials.sections["sensitivity"] = sensitivity.to_dict()
@@ -243,7 +244,8 @@ class Repair:
         total = sum(len(b.ops) for b in trials.blocks)
         int8 = sum(len(b.ops) for b in trials.blocks if config.get(b.index, "int8") == "int8")
         return Point(family, n, config, path, figures, int8 / total if total else 1.0,
-                     None if predicted is None or not math.isfinite(predicted) else predicted)
+                     None if predicted is None or not math.isfinite(predicted) else predicted,
+                     block_method=dict(trials.block_method))
 
     def _pareto(self, points: list[Point], evaluator: Evaluator) -> None:
         """Marks the Pareto front of (output PSNR, int8 share) and times its points on the device."""
@@ -312,11 +314,10 @@ def _why_not(points: list[Point], target: Target) -> str:
     return f"no configuration reached {target.psnr_db} dB (best {_fmt(best)} dB)"
 
 
-def _edits(config: dict[int, str], trials: EditTrials, models: dict[str, Path]) -> dict[str, Any]:
-    """The QDQ edits of ``config`` by name: what reproduces the final model from the base's int8 model."""
-    edits = trials.edits(config)
-    methods = {t: m for b in trials.blocks for m in [trials.state(config, b)[1]] if m for t in b.tensors
-               if t in edits["ranges"]}
+def _edits(point: Point, trials: EditTrials, models: dict[str, Path]) -> dict[str, Any]:
+    """The QDQ edits of ``point`` by name: what reproduces its model from the base's int8 model."""
+    edits = trials.edits(point.config, point.block_method)
+    methods = edits["methods"]
     return {"float_tensors": sorted(edits["float_tensors"]), "int16_tensors": sorted(edits["int16_tensors"]),
             "float_weights": edits["float_weights"], "ranges": dict(sorted(methods.items())),
             "range_models": {m: str(models[m]) for m in sorted(set(methods.values()))}}

@@ -102,28 +102,35 @@ class EditTrials:
         self.block_method: dict[int, str] = {}
         self._done: dict[tuple, tuple[Path, Figures]] = {}
 
-    def state(self, config: Config, block: Block) -> tuple[str, str | None]:
-        """(precision, method of its ranges or None for the graph's own) of ``block`` in ``config``."""
+    def state(self, config: Config, block: Block, block_method: Mapping[int, str] | None = None
+              ) -> tuple[str, str | None]:
+        """(precision, method of its ranges or None for the graph's own) of ``block`` in ``config``;
+        ``block_method`` defaults to the current :attr:`block_method`."""
         precision, _, method = config.get(block.index, "int8").partition("@")
-        return precision, (method or self.block_method.get(block.index)) if precision != "float" else None
+        chosen = self.block_method if block_method is None else block_method
+        return precision, (method or chosen.get(block.index)) if precision != "float" else None
 
     def key(self, config: Config) -> tuple:
         return tuple(self.state(config, b) for b in self.blocks)
 
-    def edits(self, config: Config) -> dict[str, Any]:
-        """The :meth:`QdqGraph.write` arguments of ``config``."""
-        states = {b.index: self.state(config, b) for b in self.blocks}
+    def edits(self, config: Config, block_method: Mapping[int, str] | None = None) -> dict[str, Any]:
+        """The :meth:`QdqGraph.write` arguments of ``config`` (with ``block_method``, see :meth:`state`);
+        ``methods``: the other calibration whose ranges each tensor takes."""
+        states = {b.index: self.state(config, b, block_method) for b in self.blocks}
         floats = [b for b in self.blocks if states[b.index][0] == "float"]
         float_tensors = set().union(*(b.tensors for b in floats))
         int16 = set().union(*(b.tensors for b in self.blocks if states[b.index][0] == "int16")) - float_tensors
-        ranges = {t: self.ranges[method][t] for b in self.blocks for method in [states[b.index][1]] if method
-                  for t in b.tensors if t in self.ranges[method]}
+        methods = {t: method for b in self.blocks for method in [states[b.index][1]] if method
+                   for t in b.tensors if t in self.ranges[method]}
         return {"float_tensors": float_tensors, "int16_tensors": int16,
-                "float_weights": [op for b in floats for op in b.ops], "ranges": ranges}
+                "float_weights": [op for b in floats for op in b.ops],
+                "ranges": {t: self.ranges[m][t] for t, m in methods.items()}, "methods": methods}
 
     def write(self, config: Config, path: Path) -> Path:
         """The model of ``config`` at ``path``."""
-        return self.graph.write(path, **self.edits(config))
+        edits = self.edits(config)
+        del edits["methods"]
+        return self.graph.write(path, **edits)
 
     def measure(self, configs: Sequence[Config]) -> list[tuple[Path, Figures]]:
         """Each configuration's model and figures; configurations measured before are not measured again."""
