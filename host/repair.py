@@ -33,8 +33,10 @@ measured by their outputs alone, all in one started agent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -127,34 +129,37 @@ class Repair:
 
     def run(self) -> RepairResult:
         trials = self.trials
+        clock = _Phases()
         prepared = trials.prepare()
         out = trials.base.out_dir
         models = {}
-        for method in self.methods:
-            self.say(f"calibrate: {method}")
-            models[method] = trials.quantize(out / "methods" / method / trials.int8_name, trials.settings(method))
+        with clock("calibrate"):
+            for method in self.methods:
+                self.say(f"calibrate: {method}")
+                models[method] = trials.quantize(out / "methods" / method / trials.int8_name, trials.settings(method))
         inputs = trials.eval_samples()
-        transport = trials.transport()
-        with Evaluator(transport, prepared.path, inputs, trials.base.runner, trials.base.timeout_s,
-                       trials.ui.progress) as evaluator:
+        with clock("search"), Evaluator(trials.transport(), prepared.path, inputs, trials.base.runner,
+                                        trials.base.timeout_s, trials.ui.progress) as evaluator:
             method_rows, method = self._pick_method(evaluator, models)
             graph = QdqGraph(models[method], prepared.path)
             others = {m: QdqGraph(p, prepared.path).ranges() for m, p in models.items() if m != method}
             sweep_trials = EditTrials(graph, make_blocks(graph, self.blocks), evaluator, out / "trials", others)
             points, sensitivity = self._search(sweep_trials)
-            self._pareto(points, evaluator)
+            with clock("pareto timing"):
+                self._pareto(points, evaluator)
             chosen = _choose(points, self.target)
-        total_trials = evaluator.trials
         self.say(f"verify: full run of the chosen configuration ({chosen.family}, {chosen.moved} blocks moved)")
-        report = trials.measure("verify", chosen.model, out / "verify", method)
+        with clock("verify"):
+            report = trials.measure("verify", chosen.model, out / "verify", method)
         met = self.target.met_report(report)
         payload = {
             "target_psnr_db": self.target.psnr_db, "met": met, "method": method, "methods": method_rows,
             "blocks": [{"block": b.index, "ops": b.ops} for b in sweep_trials.blocks],
             "ranges": self.range_rows,
-            "chosen": chosen.row(), "pareto": [p.row() for p in points], "trials": total_trials,
+            "chosen": chosen.row(), "pareto": [p.row() for p in points], "trials": evaluator.trials,
             "stop": "target met" if met else _why_not(points, self.target),
             "settings": {**trials.settings(method), "edits": _edits(chosen, sweep_trials, models)},
+            "phases_s": clock.seconds,
         }
         if sensitivity is not None:
             trials.sections["sensitivity"] = sensitivity.to_dict()
@@ -260,6 +265,21 @@ class Repair:
                     self.say(f"time: {p.family}, {p.moved} blocks moved")
                     seen[p.model] = evaluator.latency_ms(p.model, _pareto_timing(self.trials.base.timing))
                 p.latency_int8_ms = seen[p.model]
+
+
+class _Phases:
+    """Wall seconds by phase (``with clock("name"):``); a phase inside another counts in both."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 def _pareto_timing(timing: TimingConfig) -> TimingConfig:
