@@ -21,8 +21,9 @@ Remedies, each a real, measured trial on the device:
    (only the end, the family's ceiling, when no n is predicted to reach it), then the smallest n
    that meets the target is found by bisection over the measured figures.
 4. **Pareto table**: every measured configuration with its output PSNR, share of ops still in
-   int8, and, for the points on the Pareto front (no other point has both a higher PSNR and a
-   higher int8 share), the int8 median latency on the device (at most :data:`PARETO_RUNS` runs).
+   int8, and, for the baseline and the points on the Pareto front (no other point has both a higher
+   PSNR and a higher int8 share) that meet the target, the int8 median latency on the device (at most
+   :data:`PARETO_RUNS` runs).
 5. **choice and verification**: of the points that meet the target, the one with the largest int8
    share (then the lowest latency, then the highest PSNR); it is measured by a full ``run``
    (per-layer capture, timing, memory), whose report is published as ``report.json``.
@@ -253,14 +254,15 @@ class Repair:
                      block_method=dict(trials.block_method))
 
     def _pareto(self, points: list[Point], evaluator: Evaluator) -> None:
-        """Marks the Pareto front of (output PSNR, int8 share) and times its points on the device."""
+        """Marks the Pareto front of (output PSNR, int8 share) and times, on the device, the baseline and
+        the front's points that meet the target (the candidates of the choice)."""
         value = [(-math.inf if p.figures.psnr_db is None else p.figures.psnr_db) for p in points]
         seen: dict[Path, float] = {}
         for k, p in enumerate(points):
             p.pareto = not any((value[j] >= value[k] and q.int8_share >= p.int8_share)
                                and (value[j] > value[k] or q.int8_share > p.int8_share)
                                for j, q in enumerate(points))
-            if p.pareto:
+            if p.pareto and (p.family == "baseline" or self.target.met_figures(p.figures)):
                 if p.model not in seen:
                     self.say(f"time: {p.family}, {p.moved} blocks moved")
                     seen[p.model] = evaluator.latency_ms(p.model, _pareto_timing(self.trials.base.timing))
