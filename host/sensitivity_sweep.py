@@ -225,8 +225,9 @@ def bisect(trials: EditTrials, ops_graph: QdqGraph, target_db: float, from_end: 
     float so that the output PSNR reaches ``target_db``; one trial per step (about log2(ops) steps).
 
     Returns:
-        ``{"direction", "ops_total", "ops_float", "first_ops", "psnr_db", "steps": [{"ops_float", "psnr_db"}]}``;
-        ``ops_float`` is None when even all ops in float miss the target.
+        ``{"direction", "ops_total", "ops_float", "first_ops", "psnr_db", "steps": [{"ops_float", "psnr_db"}]}``.
+        Every op in float is the float model (exact), so some count always reaches the target; the search
+        assumes, as Polygraphy's does, that more ops in float never make the output worse.
     """
     ops = [op for op in ops_graph.ops if op.reads or op.writes or op.weights]
     order = list(reversed(ops)) if from_end else ops
