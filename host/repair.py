@@ -7,7 +7,9 @@ Remedies, each a real, measured trial on the device:
 2. **calibration method, per tensor**: for the :data:`RANGE_BLOCKS` blocks with the largest
    only-int8 error, each other method's ranges for that block's tensors alone (like
    ``TensorQuantOverrides`` rmin/rmax, but by editing the pairs' scales); a block keeps the method
-   whose trial has the lowest output error, if lower than the base's (the ``ranges`` point).
+   whose trial has the lowest output error, if lower than the base's (the ``ranges`` point). Those
+   ranges were chosen block by block, so the best configuration found is measured once more on the
+   base's own ranges, and the better of the two is kept.
 3. **int16 activations / float, per block**: from the base's sensitivity sweep
    (:mod:`qbench.host.sensitivity_sweep`), blocks are ordered by their measured loss, and three
    families of configurations are built as prefixes of that order:
@@ -91,6 +93,7 @@ class Point:
             "family": self.family, "blocks_moved": self.moved,
             "float_blocks": sorted(k for k, v in self.config.items() if v == "float"),
             "int16_blocks": sorted(k for k, v in self.config.items() if v == "int16"),
+            "range_blocks": sorted(self.block_method),
             "output_psnr_db": _json(self.figures.psnr_db), "output_sqnr_db": _json(self.figures.sqnr_db),
             "exact": self.figures.psnr_db == math.inf, "predicted_psnr_db": _json(self.predicted_psnr_db),
             "int8_share": round(self.int8_share, 4), "latency_int8_ms": self.latency_int8_ms,
@@ -146,6 +149,7 @@ class Repair:
             others = {m: QdqGraph(p, prepared.path).ranges() for m, p in models.items() if m != method}
             sweep_trials = EditTrials(graph, make_blocks(graph, self.blocks), evaluator, out / "trials", others)
             points, sensitivity = self._search(sweep_trials)
+            points += self._without_ranges(sweep_trials, _choose(points, self.target))
             with clock("pareto timing"):
                 self._pareto(points, evaluator)
             chosen = _choose(points, self.target)
@@ -237,6 +241,19 @@ class Repair:
                 self.range_rows.append({"block": b, "method": method, "only_int8_psnr_db": _json(figures.psnr_db)})
         return bool(self.range_rows)
 
+    def _without_ranges(self, trials: EditTrials, best: Point) -> list[Point]:
+        """The best point once more with every block on the base's own ranges: the other methods' ranges
+        were chosen block by block, alone, and are kept only where the whole configuration measures better."""
+        if not best.block_method:
+            return []
+        chosen, trials.block_method = trials.block_method, {}
+        try:
+            (path, figures), = trials.measure([best.config])
+            return [self._point(trials, best.family, best.moved, dict(best.config), path, figures,
+                                best.predicted_psnr_db)]
+        finally:
+            trials.block_method = chosen
+
     def _measure(self, trials: EditTrials, family: str, ns: list[int], configs: list[Config],
                  predicted: list[float]) -> list[Point]:
         self.say(f"search {family}: {len(ns)} configuration(s), blocks moved {', '.join(map(str, ns))}")
@@ -325,7 +342,8 @@ def _choose(points: list[Point], target: Target) -> Point:
 
     meeting = [p for p in points if target.met_figures(p.figures)]
     if meeting:
-        return max(meeting, key=lambda p: (p.int8_share, p.pareto, -(p.latency_int8_ms or math.inf), psnr(p)))
+        return max(meeting, key=lambda p: (p.int8_share, p.pareto, -(p.latency_int8_ms or math.inf), psnr(p),
+                                           not p.block_method))
     return max(points, key=lambda p: (psnr(p), p.int8_share))
 
 
