@@ -140,7 +140,8 @@ class Repair:
         with clock("calibrate"):
             for method in self.methods:
                 self.say(f"calibrate: {method}")
-                models[method] = trials.quantize(out / "methods" / method / trials.int8_name, trials.settings(method))
+                models[method] = trials.quantize(out / "methods" / method / trials.int8_name,
+                                                 trials.settings(method)).resolve()
         inputs = trials.eval_samples()
         with clock("search"), Evaluator(trials.transport(), prepared.path, inputs, trials.base.runner,
                                         trials.base.timeout_s, trials.ui.progress) as evaluator:
