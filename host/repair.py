@@ -53,7 +53,7 @@ from .sensitivity_sweep import Config, EditTrials, Sensitivity, make_blocks, swe
 from .trials import Trials, output_psnr
 
 FAMILIES = ("float", "int16", "int16+float")
-PARETO_RUNS = 5
+PARETO_RUNS = 10
 RANGE_BLOCKS = 4  # blocks, the most damaging first, that try the other methods' ranges
 DEFAULT_METHODS = ("minmax", "percentile", "entropy")
 
@@ -303,9 +303,9 @@ class _Phases:
 
 
 def _pareto_timing(timing: TimingConfig) -> TimingConfig:
-    """The run's timing, cut to at most :data:`PARETO_RUNS` runs after at most 1 warm-up: a table to
+    """The run's timing, cut to at most :data:`PARETO_RUNS` runs after at most 3 warm-ups: a table to
     rank configurations by, not the final figure (the verifying run times the chosen one in full)."""
-    return dataclasses.replace(timing, warmup=min(timing.warmup, 1), runs=min(timing.runs, PARETO_RUNS),
+    return dataclasses.replace(timing, warmup=min(timing.warmup, 3), runs=min(timing.runs, PARETO_RUNS),
                                min_seconds=0.0, max_runs=min(timing.max_runs, PARETO_RUNS))
 
 
