@@ -37,6 +37,7 @@ from qbench.protocols.messages import (
     BenchmarkRequest,
     CaptureRequest,
     ErrorCode,
+    EvaluateRequest,
     ErrorInfo,
     HelloReply,
     HelloRequest,
@@ -97,6 +98,7 @@ class Agent:
             MsgType.MODEL_UPLOAD.value: self._model_upload,
             MsgType.BENCHMARK.value: self._benchmark,
             MsgType.CAPTURE.value: self._capture,
+            MsgType.EVALUATE.value: self._evaluate,
             MsgType.SHUTDOWN.value: self._shutdown,
         }
         self._identity = b""
@@ -282,6 +284,17 @@ class Agent:
             "request": to_dict(req),
             "float_model_path": str(self.cache.require(req.float_model)),
             "int8_model_path": str(self.cache.require(req.int8_model)),
+        }
+        return self._run_job(job, msg.tensors, msg.names, req.timeout_s), [], []
+
+    def _evaluate(self, msg: Message):
+        req = from_dict(EvaluateRequest, msg.content)
+        self._apply_defaults(req.runner)
+        job = {
+            "kind": "evaluate",
+            "request": to_dict(req),
+            "reference_path": str(self.cache.require(req.reference)),
+            "model_paths": [str(self.cache.require(ref)) for ref in req.models],
         }
         return self._run_job(job, msg.tensors, msg.names, req.timeout_s), [], []
 

@@ -33,7 +33,7 @@ from qbench.protocols.messages import (
     to_dict,
 )
 
-from . import capture, heap, memory, structure, tensor_spool, timing
+from . import capture, evaluate, heap, memory, structure, tensor_spool, timing
 from .outputs import save_outputs
 from .runners import COMPILED, RUNTIMES, available_runtimes, import_runtime, litert_probe, runner_class, runner_for
 from .runners.base import ProfilingUnavailable, Runner
@@ -289,6 +289,7 @@ JOBS: dict[str, Callable[[dict, Path], Any]] = {
     "baseline": run_baseline,
     "benchmark": run_benchmark,
     "capture": run_capture,
+    "evaluate": lambda job, jobdir: evaluate.run_evaluate(job, sample_feeds(*load_inputs(job, jobdir)), progress),
 }
 
 if __name__ == "__main__":

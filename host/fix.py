@@ -1,4 +1,7 @@
-"""``qbench fix``: mixed precision found greedily and verified on the device.
+"""``qbench fix`` for TFLite: mixed precision found greedily and verified on the device.
+
+(ONNX models get the remedy search of :mod:`qbench.host.repair`, which edits one calibrated QDQ
+graph; this loop re-quantizes per step, which ai-edge-quantizer models need. It works for ONNX too.)
 
 A *layer* is a compared float tensor of the report (its name is the tensor's name), produced by
 one op of the prepared float graph. Moving a layer to higher precision covers the layer's tensor

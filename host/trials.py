@@ -104,6 +104,13 @@ class Trials:
         self.prepared = prepared
         return prepared
 
+    def eval_samples(self) -> dict[str, np.ndarray]:
+        """The samples every trial's ``run`` evaluates on: ``--data``, else its seeded random samples."""
+        s = self.base
+        if s.data is not None:
+            return data_mod.load_samples(s.data, self.prepared.inputs)
+        return data_mod.random_samples(self.prepared.inputs, s.samples, s.seed)
+
     def settings(self, method: str, float_ops: Sequence[str] = (), int16: Sequence[str] = ()) -> dict[str, Any]:
         """The JSON settings that reproduce one quantization of the prepared float model: the
         quantizer's (see :meth:`Quantizer.settings <qbench.host.quantizers.Quantizer.settings>`)

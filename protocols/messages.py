@@ -28,6 +28,7 @@ class MsgType(str, enum.Enum):
     MODEL_UPLOAD = "model_upload"
     BENCHMARK = "benchmark"
     CAPTURE = "capture"
+    EVALUATE = "evaluate"
     SHUTDOWN = "shutdown"
 
 
@@ -384,6 +385,48 @@ class CaptureReply:
     passes_planned: int | None = None  # passes the budget planned (len(groups) is the passes run)
     source: str | None = None  # "deployed graph" | "model": where the int8 tensors were read (see the spec)
     source_note: str | None = None  # why the capture left the deployed graph for the model, if it did
+
+
+@dataclass
+class EvaluateRequest:
+    """Run a reference model and several candidates on the same inputs in one worker; compare outputs there.
+
+    Tensors: the inputs, as in :class:`BenchmarkRequest`. No timing, no per-layer capture.
+    """
+
+    reference: ModelRef
+    models: list[ModelRef]
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    timeout_s: float = 1800.0
+
+
+@dataclass
+class OutputError:
+    """One output of one candidate against the reference's, pooled over samples (see the spec)."""
+
+    name: str
+    count: int = 0
+    mse: float | None = None
+    peak: float = 0.0
+    sum_sq_float: float = 0.0
+    max_abs_err: float = 0.0
+    psnr_db: float | None = None
+    sqnr_db: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class ModelEvaluation:
+    outputs: list[OutputError] = field(default_factory=list)
+    error: str | None = None  # the candidate could not be loaded or run: no outputs
+    seconds: float = 0.0  # wall time of this candidate: load and every sample
+
+
+@dataclass
+class EvaluateReply:
+    results: list[ModelEvaluation]  # one per ``models``, in request order
+    reference_seconds: float = 0.0
+    peak_mb: float | None = None
 
 
 @dataclass

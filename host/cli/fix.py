@@ -1,4 +1,9 @@
-"""``qbench fix``: keep the most sensitive layers in higher precision until the output PSNR target holds."""
+"""``qbench fix``: repair an int8 model until its output PSNR target holds, every figure measured on the device.
+
+ONNX: the remedy search of :mod:`qbench.host.repair` (calibration method, int16 activations and float
+per block, ordered by measured sensitivity, ending in a Pareto table). TFLite: the greedy fallback of
+:mod:`qbench.host.fix`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import gates
+from ..errors import UserError
 from ..fix import PRECISIONS, Fixer
+from ..repair import DEFAULT_METHODS, FAMILIES, Repair, Target
 from .main import app
 from .options import RunOptions, with_run_options
 from .tuning import finish, fmt, fmt_psnr, start_trials
@@ -22,34 +29,81 @@ def fix(
     model: Path = typer.Argument(..., help="float model (.onnx or .tflite)"),
     device: str = typer.Option("local", "--device", "-d", help="device name from devices.yaml; `local` needs none"),
     target_psnr: float = typer.Option(..., "--target-psnr", help="output PSNR to reach, dB"),
-    max_steps: int = typer.Option(8, "--max-steps", min=1, help="fallback steps to measure at most"),
+    methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods",
+                                help="ONNX: calibration methods to try per model, comma-separated"),
+    blocks: int = typer.Option(16, "--blocks", min=1, help="ONNX: blocks of ops the search moves"),
+    remedies: str = typer.Option(",".join(FAMILIES), "--remedies",
+                                 help=f"ONNX: configuration families to search, comma-separated: {', '.join(FAMILIES)}"),
+    max_steps: int = typer.Option(8, "--max-steps", min=1, help="TFLite: fallback steps to measure at most"),
     max_latency_ratio: Optional[float] = typer.Option(
-        None, "--max-latency-ratio", min=0.0, help="stop when int8 latency exceeds this times the baseline's"),
-    precision: str = typer.Option("float", "--precision", help=" | ".join(PRECISIONS)),
-    layers_per_step: int = typer.Option(1, "--layers-per-step", min=1, help="layers moved per fallback step"),
+        None, "--max-latency-ratio", min=0.0, help="TFLite: stop when int8 latency exceeds this times the baseline's"),
+    precision: str = typer.Option("float", "--precision", help="TFLite: " + " | ".join(PRECISIONS)),
+    layers_per_step: int = typer.Option(1, "--layers-per-step", min=1, help="TFLite: layers moved per fallback step"),
     *,
     opts: RunOptions,
 ) -> None:
-    """Quantize MODEL, then move its most sensitive layers to float or int16, measuring every step on DEVICE."""
+    """Quantize MODEL, then search for the smallest change that meets --target-psnr, measuring on DEVICE."""
     trials, ui = start_trials("fix", model, device, opts)
-    fixer = Fixer(trials, target_psnr, precision=precision, method=opts.calibration_method, max_steps=max_steps,
-                  max_latency_ratio=max_latency_ratio, layers_per_step=layers_per_step)
+    console = Console(stderr=True)
     try:
-        result = fixer.run()
+        if trials.quantizer.format == "onnx":
+            search = Repair(trials, Target(target_psnr), _names(methods, "--methods", trials.quantizer.methods),
+                            blocks, _names(remedies, "--remedies", FAMILIES),
+                            say=lambda line: None if opts.quiet else console.print(f"[dim]{line}[/]"))
+            result = search.run()
+        else:
+            result = Fixer(trials, target_psnr, precision=precision, method=opts.calibration_method,
+                           max_steps=max_steps, max_latency_ratio=max_latency_ratio,
+                           layers_per_step=layers_per_step).run()
     finally:
         ui.close()
     section = result.report["fix"]
+    onnx = "pareto" in section
     if not opts.as_json:
-        render_steps(section, Console())
-        kept = section["kept_float"] or section["kept_int16"]
-        verdict = "[green]met[/]" if result.met else f"[red]not met[/] ({section['stop']})"
-        Console(stderr=True).print(f"target {target_psnr} dB {verdict}; in {precision}: {', '.join(kept) or 'none'}")
-    passed = finish(result.report, result.report_path, opts, {
-        "met": result.met, "output_psnr_db": result.report.get("summary", {}).get("output_psnr_db"),
-        "kept_float": section["kept_float"], "kept_int16": section["kept_int16"], "steps": len(section["steps"]),
-    })
+        if onnx:
+            render_pareto(section, Console())
+            verdict = "[green]met[/]" if result.met else f"[red]not met[/] ({section['stop']})"
+            chosen = section["chosen"]
+            console.print(f"target {target_psnr} dB {verdict}; {section['method']} calibration, {chosen['family']}: "
+                          f"float blocks {chosen['float_blocks'] or 'none'}, int16 blocks {chosen['int16_blocks'] or 'none'}, "
+                          f"{100 * chosen['int8_share']:.0f}% of ops in int8; {section['trials']} trials on the device")
+        else:
+            render_steps(section, Console())
+            kept = section["kept_float"] or section["kept_int16"]
+            verdict = "[green]met[/]" if result.met else f"[red]not met[/] ({section['stop']})"
+            console.print(f"target {target_psnr} dB {verdict}; in {precision}: {', '.join(kept) or 'none'}")
+    summary: dict[str, Any] = {"met": result.met, "output_psnr_db": result.report.get("summary", {}).get("output_psnr_db")}
+    if onnx:
+        summary.update(method=section["method"], chosen=section["chosen"], trials=section["trials"])
+    else:
+        summary.update(kept_float=section["kept_float"], kept_int16=section["kept_int16"], steps=len(section["steps"]))
+    passed = finish(result.report, result.report_path, opts, summary)
     if not (result.met and passed):
         raise typer.Exit(gates.GATE_FAILED)
+
+
+def _names(given: str, option: str, offered: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in given.split(",") if n.strip())
+    bad = [n for n in names if n not in offered]
+    if not names or bad or len(set(names)) != len(names):
+        raise UserError(f"{option}: give distinct names among {', '.join(offered)}, not {given!r}")
+    return names
+
+
+def render_pareto(section: dict[str, Any], console: Console) -> None:
+    """One row per measured configuration; the Pareto front timed and starred, the chosen one marked."""
+    table = Table(title=f"fix: target {section['target_psnr_db']} dB, {section['method']} calibration "
+                        f"(measured on the device)", header_style="bold")
+    for column in ("family", "blocks moved", "out PSNR dB", "predicted dB", "int8 share", "int8 ms", "pareto"):
+        table.add_column(column, justify="left" if column == "family" else "right")
+    chosen = section["chosen"]["model"]
+    for row in section["pareto"]:
+        psnr = "exact" if row["exact"] else fmt(row["output_psnr_db"])
+        mark = " [bold green]<- chosen[/]" if row["model"] == chosen else ""
+        table.add_row(row["family"], str(row["blocks_moved"]), psnr, fmt(row["predicted_psnr_db"]),
+                      f"{100 * row['int8_share']:.0f}%", fmt(row["latency_int8_ms"], digits=3),
+                      ("*" if row["pareto"] else "") + mark)
+    console.print(table)
 
 
 def render_steps(section: dict[str, Any], console: Console) -> None:

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "agent": (), "calibrate": ("calibrate",), "compare": ("compare",), "deploy": ("devices",),
     "devices": ("devices",), "emulate": ("emulate",), "fix": ("fix",), "history": ("results",),
     "diff": ("results",), "view": ("results",), "run": ("run",), "lab": ("lab",),
+    "sensitivity": ("sensitivity",),
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from qbench.host import gates as gates_mod
 from qbench.host.compare.metrics import nonfinite_text
-from qbench.host.report import compare_page, diagnosis_page, fidelity, figures, sections
+from qbench.host.report import compare_page, diagnosis_page, fidelity, figures, sections, sensitivity_page
 from qbench.host.report.exports import AMBER_BELOW_DB, RED_BELOW_DB
 from qbench.host.report.page import esc, figure_html, fmt, note, num_cell, page, table
 
@@ -52,6 +52,7 @@ def write_html(report: Mapping[str, Any], path: PathLike) -> Path:
         sections.value_histograms(report),
         "<h2>Diagnosis</h2>",
         diagnosis_page.section(report),
+        sensitivity_page.section(report),
         "<h2>Layers</h2>",
         _layer_table(layers),
         _unmatched(report.get("unmatched") or []),

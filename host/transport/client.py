@@ -26,6 +26,8 @@ from qbench.protocols.messages import (
     CaptureReply,
     CaptureRequest,
     ErrorInfo,
+    EvaluateReply,
+    EvaluateRequest,
     HelloReply,
     HelloRequest,
     Message,
@@ -183,6 +185,11 @@ class AgentClient:
     def capture(self, req: CaptureRequest, inputs: dict[str, np.ndarray], progress: ProgressFn | None = None,
                 on_tensor: Callable[[Message], None] | None = None) -> CaptureReply:
         return from_dict(CaptureReply, self.request(MsgType.CAPTURE, req, inputs, progress, on_tensor))
+
+    def evaluate(self, req: EvaluateRequest, inputs: dict[str, np.ndarray],
+                 progress: ProgressFn | None = None) -> EvaluateReply:
+        """Output error of each of ``req.models`` against ``req.reference`` on ``inputs``, in one agent worker."""
+        return from_dict(EvaluateReply, self.request(MsgType.EVALUATE, req, inputs, progress))
 
     def shutdown(self) -> None:
         self.request(MsgType.SHUTDOWN, {})
