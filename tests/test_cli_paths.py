@@ -28,3 +28,15 @@ def test_a_bad_output_folder_is_one_line_before_anything_runs(tmp_path, option, 
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"qbench: error: {option} {path}: {expected}"), proc.stderr
     assert not (tmp_path / ".qbench").exists()  # no agent was started: nothing ran
+
+
+@pytest.mark.parametrize("command", [["compare"], ["calibrate"], ["fix", "--target-psnr", "30"], ["sensitivity"]])
+def test_every_command_checks_its_output_folder_first(tmp_path, command):
+    model = build_convnet(tmp_path / "net.onnx")
+    (tmp_path / "afile").write_text("not a folder")
+    proc = qbench(*command, str(model), "--out", str(tmp_path / "afile"), "--db", str(tmp_path / "db.sqlite"),
+                  cwd=tmp_path, cache=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines == [f"qbench: error: --out {tmp_path / 'afile'}: is an existing file, not a folder"], proc.stderr
+    assert not (tmp_path / ".qbench").exists()

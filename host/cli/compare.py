@@ -25,7 +25,7 @@ from ..targets import Target, TargetRun, run_targets
 from ..transport.factory import transport_for
 from . import main
 from .main import app
-from .options import RunOptions, default_out_dir, runner_config, with_run_options, write_run
+from .options import RunOptions, checked_out_dir, runner_config, with_run_options, write_run
 from .render import RichUI
 from .render_compare import CompareUI, progress_display, render_compare
 
@@ -49,7 +49,7 @@ def compare(
     inventory = load_inventory(opts.devices)
     devices = [inventory.get(name) for name in device or ["local"]]
     targets = plan_targets(devices, inspect_model(model).format, delegate, provider, opts)
-    out_dir = opts.out or default_out_dir(model, "compare")
+    out_dir = checked_out_dir(opts, model, "compare")
     err = Console(stderr=True)
     base = opts.settings(model, out_dir, targets[0].device.name, dataclasses.replace(targets[0].runner), main.DEBUG)
     ui = RichUI(err, opts.quiet)

@@ -32,6 +32,7 @@ from ..session import RunSettings, RunState
 from ..quantize.tflite import METHODS as TFLITE_METHODS
 from ..session_tflite import ACCELERATORS, delegate_fields
 from ..store.db import ResultsStore
+from .paths import check_output_dir
 
 METHODS = ("minmax", "entropy", "percentile", "distribution")
 #: every format's methods; each format checks its own when it quantizes
@@ -229,6 +230,19 @@ def default_out_dir(model: Path, suffix: str = "") -> Path:
         n += 1
         out = base.with_name(f"{base.name}-{n}")
     return out
+
+
+def checked_out_dir(opts: "RunOptions", model: Path, suffix: str = "") -> Path:
+    """``--out`` (or its default) and ``--save-tensors``, each checked to be a folder qbench can write in.
+
+    Raises:
+        UserError: naming the option, the path and what is wrong, before anything runs.
+    """
+    out_dir = opts.out or default_out_dir(model, suffix)
+    check_output_dir(out_dir, "--out")
+    if opts.save_tensors is not None:
+        check_output_dir(opts.save_tensors, "--save-tensors")
+    return out_dir
 
 
 @dataclass

@@ -18,8 +18,7 @@ from ..transport.factory import transport_for
 from . import main
 from .main import INTERRUPTED_EXIT
 from .main import app
-from .paths import check_output_dir
-from .options import RunOptions, default_out_dir, runner_config, with_run_options, write_run
+from .options import RunOptions, checked_out_dir, runner_config, with_run_options, write_run
 from .render import RichUI, render_report
 
 
@@ -36,10 +35,7 @@ def run(
     opts.validate()
     err = Console(stderr=True)
     ui = RichUI(err, opts.quiet)
-    out_dir = opts.out or default_out_dir(model)
-    check_output_dir(out_dir, "--out")
-    if opts.save_tensors is not None:
-        check_output_dir(opts.save_tensors, "--save-tensors")
+    out_dir = checked_out_dir(opts, model)
     inventory = load_inventory(opts.devices)
     dev = inventory.get(device)
     transport = transport_for(dev, opts.accept_new_host, opts.lab(inventory))
