@@ -207,7 +207,8 @@ def test_new_names_never_clash_with_the_users():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, renamed", [("ppocr-v6-rec", 28), ("ppocr-v4-det", 0)])
+# ppocr-v4-det: the tensors of its ConvTranspose upsampling rewritten as Conv + DepthToSpace (int8 coverage)
+@pytest.mark.parametrize("name, renamed", [("ppocr-v6-rec", 28), ("ppocr-v4-det", 26)])
 def test_published_prepared_copies_map_every_tensor_to_the_users_model(tmp_path, name, renamed):
     _, m = _published(name)
     shape = {m.input_name: [int(d) for d in m.input_shape.rpartition(":")[2].split(",")]}
