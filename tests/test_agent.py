@@ -15,7 +15,7 @@ from raw_agent import raw
 from qbench.host.transport.client import AgentClient, AgentError
 from qbench.host.transport.local import LocalTransport
 from qbench.protocols import codec
-from qbench.protocols.messages import BenchmarkRequest, Message, ModelRef, MsgType, TimingConfig
+from qbench.protocols.messages import BenchmarkRequest, Message, MsgType, TimingConfig
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from qbench.host.transport.base import RunKeys
 from qbench.host.transport.client import AgentClient, AgentError
 from qbench.host.transport.local import LocalTransport
 from qbench.protocols import codec
-from qbench.protocols.messages import BenchmarkRequest, Message, ModelRef, RunnerConfig, TimingConfig
+from qbench.protocols.messages import BenchmarkRequest, Message, RunnerConfig, TimingConfig
 
 QUICK = TimingConfig(warmup=0, runs=1, min_seconds=0)
 
