@@ -20,7 +20,7 @@ from ai_edge_litert import schema_py_generated as fb
 
 from cli import load_report, qbench
 from fix_checks import (
-    DATA, FAST, check_moved_one_layer, check_steps_are_real, check_stops_at_the_step_budget, run_fix, sha,
+    FAST, check_moved_one_layer, check_steps_are_real, check_stops_at_the_step_budget, run_fix, sha,
 )
 from qbench.host.quantize.tflite import quantize_tflite, quantize_with_recipe
 
