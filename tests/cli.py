@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 QBENCH = [sys.executable, "-c", "from qbench.host.cli.main import main; main()"]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a qbench the test interrupts: Ctrl-C as a terminal delivers it.
+
+    A suite started in the background by a non-interactive shell inherits SIGINT ignored, and an
+    ignored signal stays ignored across exec: Python then installs no KeyboardInterrupt handler.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def qbench(*args: str, cwd: Path, cache: Path | None = None, timeout: float = 300,
