@@ -201,7 +201,7 @@ def test_failed_targets_keep_the_others_results(work, two_devices, agent_cache):
                   "--data", "eval.npz", "--out", "partial", "--db", "results.db", *FAST, cwd=work, cache=agent_cache)
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("qbench: error:")]
-    assert len(errors) == 1 and "3 of 4 targets failed" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and "3 of 4 targets failed" in errors[0] and "Traceback" not in proc.stderr, (proc.stdout[-2000:], proc.stderr)
     partial = json.loads((work / "partial" / "compare.json").read_text())
     status = {row["target"]: (row["status"], row["error"]) for row in partial["table"]}
     assert status["one:CPU"] == ("ok", None)
