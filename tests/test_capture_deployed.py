@@ -18,6 +18,7 @@ import fusion_models
 from cli import load_report, qbench
 from plain_ort import session as plain_session
 from qbench.agent import onnx_graph
+from published_models import fetched
 
 
 def _run(tmp_path: Path, agent_cache: Path, *args: str) -> dict:
@@ -115,16 +116,9 @@ def test_locate_maps_renamed_channels_last_and_shared_tensors_of_the_deployed_gr
 # ---- a real published model through a real agent ------------------------------------------------------
 
 
-def _published(name: str):
-    published = pytest.importorskip("benchmarks.published")
-    m = published.model(name)
-    if not Path(m.path).is_file():
-        pytest.skip(f"{name} not fetched (make models)")
-    return published, m
-
 
 def test_ppocr_rec_capture_is_one_pass_with_fidelity_zero_and_plain_ort_psnr(tmp_path, agent_cache):
-    published, m = _published("ppocr-v4-rec")
+    published, m = fetched("ppocr-v4-rec")
     data = published.data(m, 2, split="eval")
     calib = published.data(m, 2, split="calib")
     np.savez(tmp_path / "data.npz", **data)

