@@ -247,7 +247,7 @@ def _kept_files(settings: RunSettings) -> list[str]:
 def _analyze_kernels(state: RunState, int8_path: Path) -> None:
     """Which convolutions and matmuls the host's ONNX Runtime runs as int8 kernels (report's int8_coverage)."""
     try:
-        state.int8_kernels = int8_kernels(int8_path, debug=state.settings.debug)
+        state.int8_kernels = int8_kernels(int8_path)
     except Exception as exc:  # noqa: BLE001 - the figure is a diagnostic: a model ORT refuses fails later, clearly
         log.debug("int8 kernel analysis failed", exc_info=True)
         state.notes.append(f"int8 coverage not analyzed on the host: {str(exc).splitlines()[0] if str(exc) else exc}")

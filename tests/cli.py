@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-QBENCH = [sys.executable, "-c", "from qbench.host.cli.main import main; main()"]
-
-
-def default_sigint() -> None:
-    """``preexec_fn`` for a qbench the test interrupts: Ctrl-C as a terminal delivers it.
-
-    A suite started in the background by a non-interactive shell inherits SIGINT ignored, and an
-    ignored signal stays ignored across exec: Python then installs no KeyboardInterrupt handler.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Ctrl-C as a terminal delivers it: a suite started in the background by a non-interactive shell
+# inherits SIGINT ignored, an ignored signal stays ignored across exec, and Python then installs no
+# KeyboardInterrupt handler. Set in the child after exec, not in a preexec_fn: forking a test process
+# whose gRPC threads (the lab tests' labgrid client) run and then calling Python in the child crashed it.
+QBENCH = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "from qbench.host.cli.main import main; main()"]
 
 
 def qbench(*args: str, cwd: Path, cache: Path | None = None, timeout: float = 300,

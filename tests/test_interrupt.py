@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import QBENCH, default_sigint
+from cli import QBENCH
 from models import build_convnet
 
 #: each stage is made long enough to be caught in it: many calibration samples, long timing, many capture samples
@@ -75,7 +75,7 @@ def test_ctrl_c_in_a_stage_keeps_a_partial_report(tmp_path, stage, group):
     # a terminal's Ctrl-C goes to the whole foreground process group: the agent gets SIGINT too
     proc = subprocess.Popen([*QBENCH, "run", str(model), "--out", str(out), "--db", str(db), "--quiet",
                              *STAGES[stage]], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: _reached(stage, tmp_path, out) or proc.poll() is not None, stage)
         assert proc.poll() is None, proc.communicate()

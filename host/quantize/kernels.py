@@ -16,7 +16,6 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from qbench.host.quantize.quiet import quiet_runtime
 
 #: the ops of a QDQ model that ONNX Runtime may run as int8 kernels
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -32,7 +31,7 @@ _CONV_LIKE = ("Conv", "QLinearConv", "ConvInteger")
 _8BIT = {2: "uint8", 3: "int8"}  # TensorProto element types
 
 
-def int8_kernels(int8_path: Union[str, Path], *, debug: bool = False) -> dict[str, Any]:
+def int8_kernels(int8_path: Union[str, Path]) -> dict[str, Any]:
     """The int8 kernel coverage of a QDQ model as the host's ONNX Runtime optimizes it (CPU provider).
 
     Returns:
@@ -46,7 +45,7 @@ def int8_kernels(int8_path: Union[str, Path], *, debug: bool = False) -> dict[st
 
     model = onnx.load(str(int8_path))
     shapes = _shapes(model)
-    kernels = _optimized_kernels(Path(int8_path), debug)
+    kernels = _optimized_kernels(Path(int8_path))
     consumers: dict[str, list] = {}
     producers = {out: node for node in model.graph.node for out in node.output}
     for node in model.graph.node:
@@ -69,7 +68,7 @@ def int8_kernels(int8_path: Union[str, Path], *, debug: bool = False) -> dict[st
             "runtime": f"onnxruntime {onnxruntime.__version__} (host, CPUExecutionProvider)"}
 
 
-def _optimized_kernels(path: Path, debug: bool) -> dict[str, str]:
+def _optimized_kernels(path: Path) -> dict[str, str]:
     """Output tensor name, and node name, -> op type of the node, in the graph ONNX Runtime optimizes.
 
     Extended optimizations (the QDQ fusions) without the layout ones, which rename nodes. A fused
@@ -83,9 +82,8 @@ def _optimized_kernels(path: Path, debug: bool) -> dict[str, str]:
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3
-        with quiet_runtime(debug):
-            onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        options.log_severity_level = 3  # errors only; no process-wide redirection: this runs in a target's thread
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(options.optimized_model_filepath)
     kernels = {f"node:{node.name}": node.op_type for node in optimized.graph.node if node.name}
     kernels.update({out: node.op_type for node in optimized.graph.node for out in node.output})

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cli import QBENCH, default_sigint
+from cli import QBENCH
 from conftest import running_dropbear, running_sshd
 from lab_helpers import running_lab
 from models import build_convnet, write_convnet_samples
@@ -80,7 +80,7 @@ def _start(lab, device: str, out: str, *extra: str) -> subprocess.Popen:
     args = ["run", "convnet.onnx", "--int8", "convnet.int8.onnx", "--device", device, "--data", "eval.npz",
             "--out", out, "--db", "results.db", *FAST, *extra]
     return subprocess.Popen([*QBENCH, *args], cwd=lab.work, env=_env(lab), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _run(lab, device: str, out: str, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from cli import default_sigint
+from cli import QBENCH
 from models import build_convnet
 from ssh_helpers import agent_pids, wait_until
 
@@ -26,11 +26,10 @@ def test_ctrl_c_while_timing_on_an_ssh_device(ssh_home, make_device, tmp_path):
     env = {**os.environ, "HOME": str(ssh_home)}
     env.pop("SSH_AUTH_SOCK", None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from qbench.host.cli.main import main; main()", "run", str(model), "--device",
+        [*QBENCH, "run", str(model), "--device",
          device.name, "--devices", str(tmp_path / "devices.yaml"), "--out", str(out), "--db",
          str(tmp_path / "db.sqlite"), "--quiet", "--min-seconds", "600", "--runs", "100000000"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=default_sigint)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,)
 
     def timing() -> bool:
         for job in (workdir / "cache" / "jobs").glob("*/job.json"):
