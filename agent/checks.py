@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from qbench.protocols.messages import ErrorCode, ProtocolError, RunnerConfig, TimingConfig
+from qbench.protocols.messages import ErrorCode, LiteRTRunnerConfig, OrtRunnerConfig, ProtocolError, RunnerConfig, TimingConfig
 
 #: a job's timeout may not exceed a week (a bigger one is a mistake, and an infinite one no deadline)
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
@@ -57,9 +57,9 @@ def check_runner(runner: RunnerConfig) -> None:
     """Thread counts and enumerations of a runner (its runtime and accelerator are checked against the probe)."""
     if runner.threads is not None:
         _count("runner.threads", runner.threads, 1, MAX_THREADS)
-    if runner.graph_optimization not in GRAPH_OPTIMIZATIONS:
+    if isinstance(runner, OrtRunnerConfig) and runner.graph_optimization not in GRAPH_OPTIMIZATIONS:
         raise _bad(f"runner.graph_optimization must be one of {GRAPH_OPTIMIZATIONS}, not {runner.graph_optimization!r}")
-    if runner.accelerator not in ACCELERATORS:
+    if isinstance(runner, LiteRTRunnerConfig) and runner.accelerator not in ACCELERATORS:
         raise _bad(f"runner.accelerator must be one of {ACCELERATORS}, not {runner.accelerator!r}")
 
 
@@ -69,7 +69,7 @@ def check_delegate(runner: RunnerConfig, allowed: Sequence[str], cache_root: Pat
     Loading a library runs its code: a path from a request (an uploaded "model" in the cache above
     all) would let whoever sends requests run anything as the agent's user.
     """
-    if runner.delegate_path is None:
+    if not isinstance(runner, LiteRTRunnerConfig) or runner.delegate_path is None:
         return
     path = os.path.realpath(runner.delegate_path)
     if path in {os.path.realpath(p) for p in allowed} and not path.startswith(os.path.realpath(cache_root) + os.sep):

@@ -65,7 +65,7 @@ from .config import AgentConfig, start_zygotes
 from .launcher import Worker, Zygotes, job_runtime, oom_kills
 from .memory import auto_capture_budget, total_memory_bytes
 from .outputs import load_outputs
-from .runners import COMPILED, RUNTIMES, check_accelerator, probed_with
+from .runners import COMPILED, RUNTIMES, check_accelerator, probed_with, runtime_of
 
 log = logging.getLogger("qbench.agent")
 
@@ -313,7 +313,7 @@ class Agent:
     def _apply_defaults(self, runner: RunnerConfig) -> None:
         if runner.threads is None and self.config.threads:
             runner.threads = self.config.threads
-        runtimes = self.runtimes([runner.runtime, *([COMPILED] if runner.accelerator else [])])
+        runtimes = self.runtimes(list(dict.fromkeys([runner.runtime, runtime_of(runner)])))
         if runner.runtime not in runtimes:
             raise ProtocolError(
                 ErrorCode.RUNTIME_MISSING,

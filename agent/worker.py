@@ -35,7 +35,8 @@ from qbench.protocols.messages import (
 
 from . import capture, evaluate, heap, memory, structure, tensor_spool, timing
 from .outputs import save_outputs
-from .runners import COMPILED, RUNTIMES, available_runtimes, import_runtime, litert_probe, runner_class, runner_for
+from .runners import (COMPILED, RUNTIMES, available_runtimes, import_runtime, litert_probe, runner_class, runner_for,
+                      runtime_of)
 from .runners.base import ProfilingUnavailable, Runner
 
 
@@ -93,7 +94,7 @@ def run_probe(job: dict, jobdir: Path) -> dict:
 
 
 def run_baseline(job: dict, jobdir: Path) -> dict:
-    import_runtime(from_dict(RunnerConfig, job["runner"]))
+    import_runtime(runtime_of(from_dict(RunnerConfig, job["runner"])))
     return {"peak_mb": memory.peak_rss_mb()}
 
 

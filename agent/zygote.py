@@ -43,7 +43,6 @@ import sys
 import traceback
 from typing import NoReturn
 
-from qbench.protocols.messages import RunnerConfig
 
 from . import resident
 from .runners import import_runtime
@@ -100,7 +99,7 @@ def _preload(runtime: str) -> None:
 
     if runtime:
         try:
-            import_runtime(RunnerConfig(runtime=runtime))
+            import_runtime(runtime)
         except Exception:  # the worker imports it again and reports a typed error to the host
             traceback.print_exc()
 

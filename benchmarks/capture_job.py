@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from qbench.host.compare import matching
-from qbench.protocols.messages import CaptureRequest, ModelRef, RunnerConfig, to_dict
+from qbench.protocols.messages import CaptureRequest, ModelRef, OrtRunnerConfig, to_dict
 
 
 def write_job(jobdir: Path, float_path: Path, int8_path: Path, data: Path, budget_mb: float, threads: int,
@@ -33,7 +33,7 @@ def write_job(jobdir: Path, float_path: Path, int8_path: Path, data: Path, budge
     """The agent's job folder for a capture of ``float_path`` against ``int8_path``; returns the pair count."""
     pairs = matching.match(onnx.load(str(float_path)), onnx.load(str(int8_path))).pairs()
     req = CaptureRequest(float_model=ModelRef("-", "onnx"), int8_model=ModelRef("-", "onnx"), pairs=pairs,
-                         runner=RunnerConfig(threads=threads), budget_bytes=int(budget_mb * 2**20),
+                         runner=OrtRunnerConfig(threads=threads), budget_bytes=int(budget_mb * 2**20),
                          histogram_bins=histogram_bins)
     with np.load(data, allow_pickle=False) as npz:
         names = list(npz.files)

@@ -2,7 +2,7 @@
 
 Every method quantizes the same prepared float model with the same calibration samples; each
 candidate is then measured on the device like ``qbench run --int8`` (see :mod:`qbench.host.trials`).
-The methods are the model format's (:attr:`qbench.host.quantizers.Quantizer.methods`).
+The methods are the model format's (:attr:`qbench.host.formats.base.ModelFormat.methods`).
 The table compares them as the seed article's Table 1 does, with the figures defined in
 :func:`method_rows`; the winner is the candidate with the highest output PSNR (ties: the lower int8
 median latency).
@@ -57,14 +57,14 @@ def calibrate(trials: Trials, methods: Sequence[str]) -> tuple[Path, dict[str, A
     rows = method_rows(measured)
     rows.extend({"method": m, "error": e} for m, e in failed.items())
     for row in rows:
-        row.update(trials.quantizer.describe(row["method"]))  # TFLite: the ai-edge-quantizer algorithm
+        row.update(trials.format.describe(row["method"]))  # TFLite: the ai-edge-quantizer algorithm
     winner = next(row["method"] for row in rows if row.get("winner"))
     payload = {
         "methods": rows,
         "winner": winner,
         "calibration_data": trials.calibration_source,
         "worse_db": WORSE_DB,
-        "note": trials.quantizer.note,
+        "note": trials.format.note,
     }
     return trials.publish(measured[winner], trials.base.out_dir / winner / trials.int8_name, "calibration", payload)
 

@@ -17,7 +17,7 @@ quantization or by amplifying the quantization error of its inputs (a softmax ov
   ``TensorQuantOverrides``, quant_type QInt16; TFLite: the ops producing them get ai-edge-quantizer's
   a16w8 config, and the quantizer requantizes where int8 and int16 tensors meet).
 
-The loop is the same for both formats; :mod:`qbench.host.quantizers` does the format's part.
+The loop is the same for both formats; :class:`~qbench.host.formats.base.ModelFormat` does the format's part.
 
 Steps (every one a real measurement on the device, see :mod:`qbench.host.trials`):
 
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
-from .quantizers import GraphIndex
+from .formats.base import GraphIndex
 from .trials import Trials, output_psnr, step_figures
 
 PRECISIONS = ("float", "int16")
@@ -111,9 +111,9 @@ class Fixer:
     def run(self) -> FixResult:
         """Runs baseline, fallback and revert steps; publishes the final model and report."""
         prepared = self.trials.prepare()
-        self._graph = self.trials.quantizer.index(prepared.path)
+        self._graph = self.trials.format.index(prepared.path)
         current = self._step("baseline", (), ())
-        self._quantized = self.trials.quantizer.quantized(current.report, current.model)
+        self._quantized = self.trials.format.quantized(current.report, current.model)
         stop = "target met"
         fallback_steps = 0
         while not self._met(current):
@@ -225,7 +225,7 @@ class Fixer:
         op = graph.producer.get(layer)
         tensors = {layer, *(graph.inputs.get(op, []) if op else [])}
         if self.precision == "int16":
-            return self.trials.quantizer.int16_targets(tensors & self._quantized, graph)
+            return self.trials.format.int16_targets(tensors & self._quantized, graph)
         return {n for t in tensors for n in (graph.producer.get(t), *graph.readers.get(t, [])) if n}
 
 

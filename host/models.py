@@ -184,13 +184,23 @@ def tflite_quantization(tensors: list[dict]) -> Optional[str]:
     return ", ".join(f"{n} {dtype} tensors" for dtype, n in counts.items()) + " with quantization scales"
 
 
-def _read(path: Path) -> bytes:
+def model_format(path: Union[str, Path]) -> str:
+    """"onnx" or "tflite", from the file's first bytes only (:func:`inspect_model` checks the rest).
+
+    Raises:
+        UserError: the file is missing, unreadable or empty.
+    """
+    return "tflite" if _read(Path(path), 8)[4:8] == _TFLITE_ID else "onnx"
+
+
+def _read(path: Path, size: int = -1) -> bytes:
     if not path.exists():
         raise UserError(f"{path}: no such file")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not a model file")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(size)
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if not data:

@@ -279,7 +279,7 @@ def measure(trials, blocks: int = 24, bisect_target: float | None = None, from_e
     Raises:
         UserError: not an ONNX model.
     """
-    if trials.quantizer.format != "onnx":
+    if trials.format.name != "onnx":
         raise UserError("`qbench sensitivity` edits ONNX Runtime QDQ graphs: give an .onnx model")
     prepared = trials.prepare()
     out = trials.base.out_dir

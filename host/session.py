@@ -9,108 +9,26 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnx
 
-from qbench.protocols.messages import (
-    BenchmarkReply,
-    BenchmarkRequest,
-    CaptureReply,
-    CaptureRequest,
-    HelloReply,
-    RunnerConfig,
-    TimingConfig,
-)
+from qbench.protocols.messages import BenchmarkRequest, CaptureRequest, HelloReply
 
 from . import data as data_mod
-from . import session_tflite, tensor_store
-from .compare import matching, names
-from .report import prefetch
+from . import tensor_store
 from .errors import UserError
-from .models import InputSpec, ModelInfo, inspect_model, require_float
-from .quantize.equalize import equalize_file
-from .quantize.kernels import int8_kernels
-from .quantize.onnx import quantize_onnx
-from .quantize.prepare import prepare_float, resolve_input_shapes
+from .formats import ModelFormat, RuntimeChoice, format_of, runtime_hint
+from .inventory import Device
+from .models import InputSpec, inspect_model, require_float
+from .quantize.prepare import resolve_input_shapes
+from .report import prefetch
+from .run_state import UI, RunSettings, RunState
 from .transport import stopping
 from .transport.base import AgentTransport, TransportError
 from .transport.client import AgentClient, AgentError
 
 log = logging.getLogger("qbench")
-
-
-@dataclass
-class RunSettings:
-    """Everything that decides a run; recorded in the report so it can be run again."""
-
-    model: Path
-    out_dir: Path
-    int8: Path | None = None
-    device: str = "local"
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    data: Path | None = None
-    calibration: Path | None = None
-    samples: int = 4
-    calibration_samples: int = 16
-    calibration_method: str = "minmax"
-    activation_type: str = "int8"
-    seed: int = 0
-    runner: RunnerConfig = field(default_factory=RunnerConfig)
-    timing: TimingConfig = field(default_factory=TimingConfig)
-    memory_budget_mb: float | None = None  # MB of tensors per capture pass; None: the agent's choice
-    histogram_bins: int = 64  # value histogram bins per per-tensor quantized layer; 0: none
-    save_tensors: Path | None = None  # stream every captured tensor into this folder (tensor_store)
-    drop_db: float = 6.0
-    worst: int = 5
-    timeout_s: float = 60.0
-    debug: bool = False
-    profile_runs: int = 10  # per-op kernel times over this many runs per model on the agent; 0: off
-    capture_delegate: str | None = None  # tflite: capture with this delegate instead of the timed one
-    return_outputs: bool = False  # keep the model outputs of the timed sessions (state.outputs)
-    time_float: bool = True  # False: a caller that already timed this float model skips it
-    accuracy_only: bool = False  # no timing, memory or profile runs: the per-layer capture only
-    equalize: bool = False  # cross-layer weight equalization of the float model before quantizing
-    per_channel: bool = True  # per-channel weight scales; False: one scale per weight tensor
-    user_model: Path | None = None  # the user's own file when ``model`` is qbench's prepared copy of it
-
-
-@dataclass
-class RunState:
-    """What a run has produced so far."""
-
-    settings: RunSettings
-    stage: str = "start"
-    notes: list[str] = field(default_factory=list)
-    float_info: ModelInfo | None = None
-    int8_info: ModelInfo | None = None
-    matching: matching.Matching | None = None
-    agent: dict[str, Any] | None = None
-    uploaded_bytes: int = 0
-    inputs: list[InputSpec] | None = None  # the float model's inputs with every dim fixed
-    benchmarks: dict[str, BenchmarkReply] = field(default_factory=dict)
-    # "float"/"int8" -> output name -> (samples, ...); only with settings.return_outputs
-    outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    capture: CaptureReply | None = None
-    error: dict[str, str] | None = None
-    equalization: dict[str, Any] | None = None  # quantize.equalize's report section, with --equalize
-    int8_kernels: dict[str, Any] | None = None  # ONNX: quantize.kernels.int8_kernels of the int8 model
-    prefetch: prefetch.Prefetch | None = None  # report work started at the capture stage
-
-
-class UI:
-    """What a run tells the user while it goes; the CLI renders it, tests ignore it."""
-
-    def stage(self, name: str) -> None: ...
-
-    def progress(self, stage: str, done: int, total: int) -> None: ...
-
-    def note(self, text: str) -> None: ...
-
-    def warn(self, text: str) -> None: ...
 
 
 def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) -> RunState:
@@ -121,16 +39,16 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
         UserError: a model that is not a float model, or bad evaluation data, found before anything was measured.
     """
     ui = ui or UI()
-    require_float(inspect_model(settings.model))  # a refusal, before anything is made or started
+    fmt = checked_format(settings)  # refusals, before anything is made or started
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     stopping.wait_stopped()  # a previous run's agent, still exiting, must not overlap this run's measurements
     # the agent loads no delegate library it was not started with: the run's own (CLI or devices.yaml)
-    for runner in (settings.runner, session_tflite.capture_runner(settings)):
-        transport.allow_delegate(runner.delegate_path)
-    agent = _AgentStart(transport, settings.timeout_s, [session_tflite.runtime_hint(settings.model)])
+    for library in fmt.delegate_libraries(settings):
+        transport.allow_delegate(library)
+    agent = _AgentStart(transport, settings.timeout_s, [runtime_hint(settings.model)])
     try:
-        float_path, int8_path = _prepare_models(state, ui)
+        float_path, int8_path = _prepare_models(state, fmt, ui)
     except UserError as exc:
         agent.abandon()
         state.error = {"stage": state.stage, "code": "error", "message": str(exc), "files": _kept_files(settings)}
@@ -148,7 +66,7 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
         agent.abandon()
         raise
     try:
-        _measure(state, transport, agent, float_path, int8_path, inputs, ui)
+        _measure(state, fmt, transport, agent, float_path, int8_path, inputs, ui)
     except (AgentError, TransportError, UserError) as exc:
         info = getattr(exc, "info", None)
         state.error = {"stage": state.stage, "code": getattr(info, "code", "error"), "message": str(
@@ -173,6 +91,25 @@ def _interrupted(state: RunState, agent: "_AgentStart") -> RunState:
     return state
 
 
+def checked_format(settings: RunSettings) -> ModelFormat:
+    """The format of the run's models, once every setting has been checked against it.
+
+    Raises:
+        UserError: not a float model, an int8 model of another format, or a setting that does not apply.
+    """
+    fmt = format_of(settings.model)
+    require_float(inspect_model(settings.model))
+    if settings.int8 is not None and format_of(settings.int8) is not fmt:
+        raise UserError(f"{Path(settings.model).name} is a {fmt.name} model but --int8 {Path(settings.int8).name} "
+                        f"is a {format_of(settings.int8).name} model: give both models in the same format")
+    if settings.equalize and settings.int8 is not None:
+        raise UserError("--equalize rescales the float model before qbench quantizes it: not with --int8")
+    if settings.runner is None:
+        settings.runner = fmt.runner(Device(name=settings.device), RuntimeChoice())
+    fmt.check(settings)
+    return fmt
+
+
 def prepare_pair(settings: RunSettings, ui: UI | None = None) -> tuple[RunState, Path, Path]:
     """The float and int8 models a run of ``settings`` would measure, made once (quantized unless ``int8``).
 
@@ -185,72 +122,24 @@ def prepare_pair(settings: RunSettings, ui: UI | None = None) -> tuple[RunState,
     Raises:
         UserError: bad input.
     """
+    fmt = checked_format(settings)
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    float_path, int8_path = _prepare_models(state, ui or UI())
+    float_path, int8_path = _prepare_models(state, fmt, ui or UI())
     return state, float_path, int8_path
 
 
-def _prepare_models(state: RunState, ui: UI) -> tuple[Path, Path]:
+def _prepare_models(state: RunState, fmt: ModelFormat, ui: UI) -> tuple[Path, Path]:
     s = state.settings
     state.stage = "prepare"
     ui.stage("prepare")
-    original = inspect_model(s.model)
     int8 = inspect_model(s.int8) if s.int8 is not None else None
-    s.runner.runtime = session_tflite.runtime_for(s, original, int8)
-    if s.equalize and (int8 is not None or original.format != "onnx"):
-        raise UserError("--equalize rescales an ONNX float model before qbench quantizes it: not with --int8 or TFLite")
-    if original.format == "tflite":
-        return session_tflite.prepare(state, ui, original, int8, lambda: _calibration(state, ui))
-    if int8 is not None:
-        # A user's own int8 model names its tensors after the float model as given: compare
-        # against that model, not a re-optimized copy whose names may differ.
-        state.float_info, state.int8_info = original, int8
-        float_path, int8_path = Path(s.model), Path(s.int8)
-    else:
-        prepared = prepare_float(s.model, s.input_shapes, s.out_dir, debug=s.debug)
-        for note in prepared.notes:
-            ui.note(note)
-        state.notes.extend(prepared.notes)
-        float_path = Path(prepared.path)
-        if s.equalize:  # the equalized model is the float reference: its inner tensors are rescaled
-            state.equalization = equalize_file(float_path, s.out_dir / "float.equalized.onnx")
-            float_path = s.out_dir / "float.equalized.onnx"
-            state.notes.append(f"cross-layer equalization rescaled {len(state.equalization['pairs'])} conv pair(s)")
-        state.float_info = inspect_model(float_path)
-        state.stage = "quantize"
-        ui.stage("quantize")
-        calibration = _calibration(state, ui)
-        int8_path = s.out_dir / "model.int8.onnx"
-        quantize_onnx(float_path, int8_path, calibration, method=s.calibration_method,
-                      activation_type=s.activation_type, per_channel=s.per_channel, debug=s.debug)
-        state.int8_info = inspect_model(int8_path)
-    _analyze_kernels(state, int8_path)
-    state.stage = "match"
-    # parsed once: the weight figures read the same two files (matching.load_model caches them)
-    state.matching = matching.match(matching.load_model(float_path), matching.load_model(int8_path))
-    user_model = s.user_model or (s.model if s.int8 is None else None)
-    if user_model is not None and Path(user_model).resolve() != float_path.resolve():
-        # tensors of the prepared copy are reported under the user's names
-        names.relabel(state.matching, onnx.load(str(user_model)), matching.load_model(float_path))
-    if state.matching.control_flow is not None:
-        ui.note(state.matching.control_flow.note())
-        state.notes.append(state.matching.control_flow.note())
-    return float_path, int8_path
+    return fmt.prepare(state, ui, int8, lambda: _calibration(state, ui))
 
 
 def _kept_files(settings: RunSettings) -> list[str]:
     """The model files a failed preparation left in ``out_dir`` (the prepared float model, the int8 model)."""
     return sorted(str(p) for p in Path(settings.out_dir).glob("*") if p.suffix in (".onnx", ".tflite", ".data"))
-
-
-def _analyze_kernels(state: RunState, int8_path: Path) -> None:
-    """Which convolutions and matmuls the host's ONNX Runtime runs as int8 kernels (report's int8_coverage)."""
-    try:
-        state.int8_kernels = int8_kernels(int8_path)
-    except Exception as exc:  # noqa: BLE001 - the figure is a diagnostic: a model ORT refuses fails later, clearly
-        log.debug("int8 kernel analysis failed", exc_info=True)
-        state.notes.append(f"int8 coverage not analyzed on the host: {str(exc).splitlines()[0] if str(exc) else exc}")
 
 
 def _static_inputs(state: RunState) -> list[InputSpec]:
@@ -315,8 +204,8 @@ class _AgentStart:
         self._transport.stop()
 
 
-def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, float_path: Path, int8_path: Path,
-             inputs: dict[str, np.ndarray], ui: UI) -> None:
+def _measure(state: RunState, fmt: ModelFormat, transport: AgentTransport, agent: _AgentStart, float_path: Path,
+             int8_path: Path, inputs: dict[str, np.ndarray], ui: UI) -> None:
     s = state.settings
     state.stage = "connect"
     ui.stage("connect")
@@ -326,7 +215,7 @@ def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, flo
             raise error
         state.agent = {"hello": hello, "label": transport.label}
         state.stage = "check delegate"
-        session_tflite.check_delegate(s.runner, hello.runtimes)
+        fmt.check_device(s.runner, hello.runtimes)
         state.stage = "upload"
         ui.stage("upload")
         # The paths are the inspected models' own files, so their digests are already known.
@@ -346,7 +235,7 @@ def _measure(state: RunState, transport: AgentTransport, agent: _AgentStart, flo
         state.stage = "capture"
         ui.stage("capture")
         req = CaptureRequest(float_model=float_ref, int8_model=int8_ref, pairs=state.matching.pairs(),
-                             runner=session_tflite.capture_runner(s),
+                             runner=fmt.capture_runner(s),
                              budget_bytes=int((s.memory_budget_mb or 0) * 1024 * 1024), histogram_bins=s.histogram_bins,
                              save_tensors=s.save_tensors is not None)
         # the host only waits from the agent's first progress on: not during timing, nor while sending

@@ -20,7 +20,7 @@ from qbench.protocols.messages import RunnerConfig
 from . import session
 from .errors import UserError
 from .inventory import Device
-from .session import UI, RunSettings, RunState
+from .run_state import UI, RunSettings, RunState
 from .transport.base import AgentTransport
 
 log = logging.getLogger("qbench")

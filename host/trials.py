@@ -21,12 +21,12 @@ from qbench.protocols.messages import BenchmarkReply
 
 from . import data as data_mod
 from .errors import UserError
-from .models import inspect_model, require_float
 from .quantize.prepare import Prepared
-from .quantizers import quantizer_for
+from .formats import format_of
 from .report.artifacts import write_artifacts
 from .report.build import build_report, write_json
-from .session import UI, RunSettings, run
+from .run_state import UI, RunSettings
+from . import session
 from .transport.base import AgentTransport
 
 REUSED_FLOAT_NOTE = "float latency and memory were measured in the first trial (same float model, same device)"
@@ -60,7 +60,7 @@ class TrialUI(UI):
 class Trials:
     """Prepares a float model once, then quantizes and measures int8 candidates of it.
 
-    Its ``quantizer`` (:mod:`qbench.host.quantizers`) does what differs between model formats.
+    Its ``format`` (:class:`~qbench.host.formats.base.ModelFormat`) does what differs between model formats.
 
     Args:
         base: the run settings every trial shares (``model`` is the user's float model,
@@ -73,8 +73,9 @@ class Trials:
 
     def __init__(self, base: RunSettings, transport: Callable[[], AgentTransport], ui: UI | None = None,
                  emulated: bool = False, sections: dict[str, Any] | None = None) -> None:
-        self.quantizer = quantizer_for(base.model)
-        self.int8_name = self.quantizer.int8_name
+        self.format = format_of(base.model)
+        session.checked_format(base)
+        self.int8_name = self.format.int8_name
         self.base = base
         self.transport = transport
         self.ui = TrialUI(ui or UI())
@@ -89,8 +90,7 @@ class Trials:
         """Prepares the float model into ``out_dir`` and loads (or draws) the calibration samples once."""
         s = self.base
         self.ui.stage("prepare")
-        require_float(inspect_model(s.model))
-        prepared = self.quantizer.prepare(s)
+        prepared = self.format.prepare_float(s)
         for note in prepared.notes:
             self.ui.note(note)
         if s.calibration is not None:
@@ -113,18 +113,18 @@ class Trials:
 
     def settings(self, method: str, float_ops: Sequence[str] = (), int16: Sequence[str] = ()) -> dict[str, Any]:
         """The JSON settings that reproduce one quantization of the prepared float model: the
-        quantizer's (see :meth:`Quantizer.settings <qbench.host.quantizers.Quantizer.settings>`)
+        format's (see :meth:`ModelFormat.trial_settings <qbench.host.formats.base.ModelFormat.trial_settings>`)
         after ``float_path`` and ``calibration`` (the samples' file, or how they were drawn)."""
         return {
             "float_path": str(Path(self.prepared.path).resolve()),
             "calibration": self.calibration_source,
-            **self.quantizer.settings(method, self.base, float_ops, int16),
+            **self.format.trial_settings(method, self.base, float_ops, int16),
         }
 
     def quantize(self, out_path: Path, settings: dict[str, Any]) -> Path:
         """Quantizes as :meth:`settings` made ``settings``, with these calibration samples, into ``out_path``."""
         self.ui.stage("quantize")
-        return self.quantizer.quantize(settings, Path(out_path), self.calibration, self.base.debug)
+        return self.format.quantize(settings, Path(out_path), self.calibration, self.base.debug)
 
     def measure(self, label: str, int8_path: Path, out_dir: Path, method: str) -> dict[str, Any]:
         """Runs the prepared float model and ``int8_path`` on the device; writes and returns the report.
@@ -146,7 +146,7 @@ class Trials:
         )
         self.ui.label = label
         try:
-            state = run(settings, self.transport(), self.ui)
+            state = session.run(settings, self.transport(), self.ui)
         finally:
             self.ui.label = ""
         if not state.error:

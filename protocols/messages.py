@@ -14,7 +14,7 @@ import functools
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 REQUEST = "_request"
 REPLY = "_reply"
@@ -165,21 +165,35 @@ class ModelUploadReply:
 
 
 @dataclass
-class RunnerConfig:
-    """How a worker builds its session. Fields a runtime does not know are ignored by it."""
+class OrtRunnerConfig:
+    """How a worker builds an ONNX Runtime session (``runtime`` ``onnxruntime``)."""
 
     runtime: str = "onnxruntime"
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
-    provider_options: list[dict[str, Any]] = field(default_factory=list)
+    provider_options: list[dict[str, Any]] = field(default_factory=list)  # one object per provider
     threads: int | None = None
-    graph_optimization: str = "all"  # onnxruntime: disable | basic | extended | all
-    # tflite: "xnnpack" (None = xnnpack) | "none" | an external delegate's name (library from delegate_path)
+    graph_optimization: str = "all"  # disable | basic | extended | all
+
+
+@dataclass
+class LiteRTRunnerConfig:
+    """How a worker builds a LiteRT interpreter or compiled model (``runtime`` ``tflite``)."""
+
+    runtime: str = "tflite"
+    threads: int | None = None
+    # "xnnpack" (None = xnnpack) | "none" | an external delegate's name (library from delegate_path)
     delegate: str | None = None
-    delegate_path: str | None = None  # tflite: external delegate library (.so)
-    delegate_options: dict[str, Any] = field(default_factory=dict)  # tflite: external delegate options
-    # tflite benchmarks: time on LiteRT's CompiledModel with this accelerator, "cpu" | "gpu" | "npu";
+    delegate_path: str | None = None  # external delegate library (.so)
+    delegate_options: dict[str, Any] = field(default_factory=dict)  # external delegate options
+    # benchmarks: time on LiteRT's CompiledModel with this accelerator, "cpu" | "gpu" | "npu";
     # None: the Interpreter (and its delegate). Capture always runs on the Interpreter.
     accelerator: str | None = None
+
+
+#: One config per runtime, told apart by ``runtime``: a field of another runtime is a bad message
+#: (2.0), so a request cannot carry an option that does not apply to the runtime that runs it.
+RunnerConfig = Union[OrtRunnerConfig, LiteRTRunnerConfig]
+RUNNER_CONFIGS: dict[str, type] = {"onnxruntime": OrtRunnerConfig, "tflite": LiteRTRunnerConfig}
 
 
 @dataclass
@@ -198,7 +212,7 @@ class BenchmarkRequest:
     """Time one model. Tensors: one per model input, named, leading axis = samples."""
 
     model: ModelRef
-    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    runner: RunnerConfig = field(default_factory=OrtRunnerConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     timeout_s: float = 600.0
     profile_runs: int = 0  # > 0: per-op kernel times over this many runs of a separate profiling session
@@ -339,7 +353,7 @@ class CaptureRequest:
     float_model: ModelRef
     int8_model: ModelRef
     pairs: list[CapturePair]
-    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    runner: RunnerConfig = field(default_factory=OrtRunnerConfig)
     budget_bytes: int = 0  # 0: the agent picks it from its available memory (CaptureReply.budget_bytes)
     timeout_s: float = 1800.0
     histogram_bins: int = 0  # > 0: histograms of per-tensor quantized pairs (see PairStats.hist_*)
@@ -396,7 +410,7 @@ class EvaluateRequest:
 
     reference: ModelRef
     models: list[ModelRef]
-    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    runner: RunnerConfig = field(default_factory=OrtRunnerConfig)
     timeout_s: float = 1800.0
 
 
@@ -464,7 +478,7 @@ def from_dict(cls: type[T], data: Any) -> T:
     try:
         return _convert(cls, data)
     except (TypeError, ValueError, KeyError) as exc:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {cls.__name__}: {exc}") from exc
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {getattr(cls, '__name__', 'runner')}: {exc}") from exc
 
 
 @functools.cache
@@ -488,6 +502,8 @@ def _convert(tp: Any, data: Any) -> Any:
         if data is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if set(inner) == set(RUNNER_CONFIGS.values()):
+            return _runner_config(data)
         return _convert(inner[0], data)
     if origin is list:
         if not isinstance(data, list):
@@ -506,3 +522,16 @@ def _convert(tp: Any, data: Any) -> Any:
     if tp in (int, float, str, bool) and not isinstance(data, tp):
         raise TypeError(f"expected {tp.__name__}, got {type(data).__name__}")
     return data
+
+
+def _runner_config(data: Any) -> Any:
+    """The runtime's own config (the only union on the wire), refusing the fields of any other."""
+    if not isinstance(data, dict):
+        raise TypeError("runner must be an object")
+    cls = RUNNER_CONFIGS.get(data.get("runtime"))
+    if cls is None:
+        raise ValueError(f"runner.runtime must be one of {', '.join(RUNNER_CONFIGS)}, not {data.get('runtime')!r}")
+    foreign = sorted(set(data) - {name for name, _ in _field_types(cls)})
+    if foreign:
+        raise ValueError(f"runner field(s) {', '.join(foreign)} do not apply to runtime {data['runtime']}")
+    return _convert(cls, data)

@@ -17,25 +17,51 @@ AGENT_THIRD_PARTY = {"numpy", "zmq", "onnxruntime", "ai_edge_litert", "tflite_ru
 PACKAGE = {"protocols": "qbench.protocols", "agent": "qbench.agent", "host": "qbench.host"}
 
 
-def _imports(path: Path, package: str) -> set[str]:
-    """Absolute module names imported by ``path`` (relative imports resolved)."""
-    tree = ast.parse(path.read_text())
+def _module_name(path: Path, package: str) -> str:
     parts = [package, *path.relative_to(ROOT / package.split(".")[1]).with_suffix("").parts]
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    else:
-        parts = parts[:-1]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, package: str, top_level_only: bool = False) -> set[str]:
+    """Absolute module names imported by ``path`` (relative imports resolved; ``from . import x``
+    gives the module ``x``). ``top_level_only``: the imports that run when the module is imported,
+    not those inside functions or under ``if TYPE_CHECKING``."""
+    tree = ast.parse(path.read_text())
+    parts = [package, *path.relative_to(ROOT / package.split(".")[1]).with_suffix("").parts][:-1]
+    nodes = _top_level(tree.body) if top_level_only else ast.walk(tree)
     found = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = parts[: len(parts) - node.level + 1]
-                found.add(".".join(base + ([node.module] if node.module else [])))
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
             else:
                 found.add(node.module)
     return found
+
+
+def _top_level(body: list) -> list:
+    """The statements of a module body that run at import: into try/if blocks, not into functions,
+    classes' methods or ``if TYPE_CHECKING:``."""
+    out = []
+    for node in body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        out.append(node)
+        if isinstance(node, (ast.If, ast.Try)):
+            out.extend(_top_level(node.body + node.orelse + getattr(node, "finalbody", [])
+                                  + [s for h in getattr(node, "handlers", []) for s in h.body]))
+    return out
+
+
+def _host_graph(top_level_only: bool = True) -> dict[str, set[str]]:
+    """host module -> the host modules it imports (when imported, with ``top_level_only``)."""
+    modules = {_module_name(p, "qbench.host"): p for p in _sources("host")}
+    return {name: {m for m in _imports(path, "qbench.host", top_level_only) if m in modules and m != name}
+            for name, path in modules.items()}
 
 
 def _sources(folder: str):
@@ -65,4 +91,36 @@ def test_agent_needs_only_numpy_pyzmq_and_a_runtime():
 
 def test_the_import_checker_sees_relative_imports():
     found = _imports(ROOT / "host" / "session.py", "qbench.host")
-    assert "qbench.host.compare" in found and "qbench.protocols.messages" in found
+    assert {"qbench.host.formats", "qbench.host.data", "qbench.protocols.messages"} <= found
+
+
+def test_no_host_module_imports_back_into_the_session():
+    """What the session uses (formats, run state, report prefetch) never needs the session itself, not
+    even for type hints or inside a function."""
+    graph = _host_graph(top_level_only=False)
+    reached, todo = set(), list(graph["qbench.host.session"])
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph[module])
+    assert "qbench.host.session" not in reached
+
+
+def test_host_modules_import_each_other_without_a_circle():
+    graph = _host_graph()
+    state: dict[str, int] = {}  # 1: on the path being explored, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep] if dep in path else [module, dep]
+                raise AssertionError("import circle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

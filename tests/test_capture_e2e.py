@@ -22,7 +22,7 @@ from qbench.host.compare import matching
 from qbench.host.quantize.onnx import quantize_onnx
 from qbench.host.transport.client import AgentClient, AgentError
 from qbench.host.transport.local import LocalTransport
-from qbench.protocols.messages import CaptureRequest, RunnerConfig
+from qbench.protocols.messages import CaptureRequest, OrtRunnerConfig
 
 FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--quiet"]
 BINS = 16
@@ -131,7 +131,7 @@ def test_a_deep_model_fits_a_hard_memory_limit_only_within_the_budget(tmp_path):
 
         def capture(budget_mb: int):
             req = CaptureRequest(float_model=refs[0], int8_model=refs[1], pairs=pairs,
-                                 runner=RunnerConfig(threads=2), budget_bytes=budget_mb * 2**20, histogram_bins=8)
+                                 runner=OrtRunnerConfig(threads=2), budget_bytes=budget_mb * 2**20, histogram_bins=8)
             return client.capture(req, {"x": x})
 
         with pytest.raises(AgentError) as err:

@@ -19,7 +19,7 @@ from qbench.agent.runners.litert_compiled import CompiledModelRunner
 from qbench.agent.runners.litert_probe import available_accelerators
 from qbench.host.transport.client import AgentClient, AgentError
 from qbench.host.transport.local import LocalTransport
-from qbench.protocols.messages import BenchmarkRequest, ProtocolError, RunnerConfig, TimingConfig
+from qbench.protocols.messages import BenchmarkRequest, LiteRTRunnerConfig, ProtocolError, TimingConfig
 from test_run_tflite import FAST, _as_input, _eval, _interpreter, _one_error_line, _output_psnr
 from test_run_tflite import work  # noqa: F401  (the fixture: models and samples, made once for this module)
 
@@ -85,7 +85,7 @@ def test_agent_returns_the_compiled_models_outputs(work, accelerated, tmp_path):
     samples = M.calibration_samples(3, seed=9)
     transport = LocalTransport(cache_dir=str(tmp_path / "cache"))
     client = AgentClient(transport.start(), timeout_s=60)
-    runner = RunnerConfig(runtime="tflite", accelerator="cpu")
+    runner = LiteRTRunnerConfig(accelerator="cpu")
     try:
         hello = client.hello()
         replies = {}
@@ -95,7 +95,7 @@ def test_agent_returns_the_compiled_models_outputs(work, accelerated, tmp_path):
                                    timing=TimingConfig(warmup=0, runs=2, min_seconds=0.0))
             replies[role] = client.benchmark_outputs(req, {"input": samples})
         with pytest.raises(AgentError, match="'gpu' is not available on the agent; available: cpu"):
-            client.benchmark(BenchmarkRequest(model=ref, runner=RunnerConfig(runtime="tflite", accelerator="gpu")),
+            client.benchmark(BenchmarkRequest(model=ref, runner=LiteRTRunnerConfig(accelerator="gpu")),
                              {"input": samples})
     finally:
         client.close()
@@ -156,7 +156,7 @@ def test_a_type_tensorbuffer_cannot_carry_is_one_clear_error(tmp_path):
     g.op(fb.BuiltinOperator.ADD, [x, x], [y], fb.AddOptionsT())
     path = tmp_path / "int16.tflite"
     path.write_bytes(g.to_bytes([x], [y], signature=None))
-    runner = CompiledModelRunner(str(path), RunnerConfig(runtime="tflite", accelerator="cpu"))
+    runner = CompiledModelRunner(str(path), LiteRTRunnerConfig(accelerator="cpu"))
     with pytest.raises(ProtocolError, match="tensor 'x' is INT16, which LiteRT's TensorBuffer cannot carry") as err:
         runner.load()
     assert err.value.info.code == "model_invalid"
@@ -167,7 +167,7 @@ def test_an_accelerator_refusing_the_model_falls_back_to_the_cpu_and_says_so(wor
     _, paths = work
     if "npu" in available_accelerators():
         pytest.skip("this machine has a LiteRT NPU accelerator")
-    runner = CompiledModelRunner(str(paths["float"]), RunnerConfig(runtime="tflite", accelerator="npu"))
+    runner = CompiledModelRunner(str(paths["float"]), LiteRTRunnerConfig(accelerator="npu"))
     runner.load()
     coverage = runner.delegation()
     assert coverage["cpu_fallback"] is True and coverage["fully_accelerated"] is False

@@ -146,8 +146,28 @@ def test_litert_float_and_int8_on_x86_and_arm64(board, tmp_path):
     assert np.abs(q_arm["y"] - f_arm["y"]).max() < 0.05
 
 
+_RUN_ONNX_SAMPLES = """
+import sys, numpy as np, onnxruntime as ort
+model, inputs, out = sys.argv[1:4]
+sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+samples = np.load(inputs)["x"]
+np.savez(out, y=np.concatenate([sess.run(None, {"x": x})[0] for x in samples]))
+"""
+
+
+def _psnr(reference: np.ndarray, other: np.ndarray) -> float:
+    """The README's PSNR: peak = max|reference| and MSE pooled over every sample."""
+    return float(10 * np.log10(np.abs(reference).max() ** 2 / np.mean((other.astype(np.float64) - reference) ** 2)))
+
+
 def test_same_int8_model_per_layer_on_x86_and_emulated_arm64(board, agent_cache):
-    """`qbench run` on the local x86 agent, then the same float and int8 models on the board."""
+    """`qbench run` on the local x86 agent, then the same float and int8 models on the board.
+
+    Each device's figures are checked against plain ONNX Runtime on that device, not against the
+    other device's: int8 kernels really differ. On an x86 CPU with AVX2 and no VNNI, ORT's u8s8
+    kernels (VPMADDUBSW) saturate int16 pair sums, and a layer can lose 10 dB there that an ARM
+    board, or an x86 CPU with VNNI, does not lose.
+    """
     tmp = board["tmp"]
     model = build_convnet(tmp / "convnet.onnx")
     write_convnet_samples(tmp, 7)
@@ -155,7 +175,8 @@ def test_same_int8_model_per_layer_on_x86_and_emulated_arm64(board, agent_cache)
     x86 = qbench("run", "--device", "local", str(model), "--calibration", "calib.npz", "--out", "x86", *common,
                  cwd=tmp, cache=agent_cache)
     assert x86.returncode == 0, x86.stderr
-    arm = qbench("run", "--device", "pi4-emu", str(model), "--int8", "x86/model.int8.onnx", "--out", "arm64",
+    int8 = tmp / "x86" / "model.int8.onnx"
+    arm = qbench("run", "--device", "pi4-emu", str(model), "--int8", str(int8), "--out", "arm64",
                  *common, cwd=tmp, cache=agent_cache, timeout=600)
     assert arm.returncode == 0, arm.stderr
     rx86, rarm = load_report(tmp / "x86"), load_report(tmp / "arm64")
@@ -165,10 +186,14 @@ def test_same_int8_model_per_layer_on_x86_and_emulated_arm64(board, agent_cache)
     layers_x86 = {layer["name"]: layer for layer in rx86["layers"]}
     layers_arm = {layer["name"]: layer for layer in rarm["layers"]}
     assert layers_arm.keys() == layers_x86.keys() and len(layers_arm) >= 5
+    assert layers_arm["x"]["psnr_db"] == layers_x86["x"]["psnr_db"]  # the input: quantized alike everywhere
+    (f_x86, f_arm), (q_x86, q_arm) = (_run_both(board, _RUN_ONNX_SAMPLES, path, np.load(tmp / "eval.npz")["x"], tmp)
+                                      for path in (model, int8))
+    for report, floats, int8s in ((rx86, f_x86, q_x86), (rarm, f_arm, q_arm)):
+        measured = next(o for o in report["outputs"] if o["name"] == "probs")["psnr_db"]
+        assert measured == pytest.approx(_psnr(floats["y"], int8s["y"]), abs=0.01), report["device"]["arch"]
     rows = [f"{'layer':<10}{'x86 PSNR':>12}{'arm64 PSNR':>12}{'delta dB':>10}"]
     for name, lx in layers_x86.items():
         la = layers_arm[name]
         rows.append(f"{name:<10}{lx['psnr_db']:>12.4f}{la['psnr_db']:>12.4f}{la['psnr_db'] - lx['psnr_db']:>10.4f}")
-        # Both devices quantize the same way; a broken emulated runtime would be far off.
-        assert abs(la["psnr_db"] - lx["psnr_db"]) < 1.0, name
     print("\nper-layer PSNR (int8 vs float on each device):\n" + "\n".join(rows))

@@ -13,7 +13,7 @@ from plain_ort import session
 from qbench.host.evaluator import Evaluator
 from qbench.host.quantize.onnx import quantize_onnx
 from qbench.host.transport.local import LocalTransport
-from qbench.protocols.messages import RunnerConfig
+from qbench.protocols.messages import OrtRunnerConfig
 
 
 def _plain(path, x: np.ndarray) -> np.ndarray:
@@ -30,7 +30,7 @@ def test_evaluate_matches_plain_onnxruntime(tmp_path, agent_cache):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     transport = LocalTransport(cache_dir=str(agent_cache / "agent-cache"))
-    with Evaluator(transport, float_path, {"x": x}, RunnerConfig()) as evaluator:
+    with Evaluator(transport, float_path, {"x": x}, OrtRunnerConfig()) as evaluator:
         figures = evaluator.evaluate([*candidates, float_path, broken])
     f = _plain(float_path, x)
     for path, got in zip(candidates, figures):

@@ -14,7 +14,7 @@ import tflite_models as M
 
 from qbench.agent.runners import available_runtimes, runner_class
 from qbench.agent.runners.litert import LiteRTRunner, delegate_partitions, dequantize
-from qbench.protocols.messages import ErrorCode, ProtocolError, RunnerConfig
+from qbench.protocols.messages import ErrorCode, LiteRTRunnerConfig, ProtocolError
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def run(path: Path, delegate: str | None = None, extras=(), dequantize_extras: bool = False, **config):
-    runner = LiteRTRunner(str(path), RunnerConfig(runtime="tflite", delegate=delegate, **config), list(extras),
+    runner = LiteRTRunner(str(path), LiteRTRunnerConfig(delegate=delegate, **config), list(extras),
                           dequantize=dequantize_extras)
     runner.load()
     return runner

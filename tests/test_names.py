@@ -139,7 +139,7 @@ def test_published_pplcnet_has_no_prepared_only_name(tmp_path, agent_cache):
 def test_fix_moves_a_renamed_layer_by_its_prepared_tensor(hardswish, tmp_path, agent_cache):
     """`qbench fix` keeps the user's name in its steps and leaves the prepared tensor's ops in float."""
     from qbench.host.fix import Fixer
-    from qbench.host.session import RunSettings
+    from qbench.host.run_state import RunSettings
     from qbench.host.transport.local import LocalTransport
     from qbench.host.trials import Trials
     from qbench.protocols.messages import TimingConfig

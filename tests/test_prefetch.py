@@ -13,7 +13,7 @@ from qbench.host.models import inspect_model
 from qbench.host.quantize.onnx import quantize_onnx
 from qbench.host.report import prefetch
 from qbench.host.report.diagnosis import add_diagnosis
-from qbench.host.session import RunSettings, RunState
+from qbench.host.run_state import RunSettings, RunState
 
 LAYERS = ["x", "relu1", "relu2", "add", "conv3", "gap", "flat", "probs"]
 

@@ -22,7 +22,7 @@ from qbench.agent.runners.base import ProfilingUnavailable
 from qbench.host.quantize.onnx import quantize_onnx
 from qbench.host.transport.client import AgentClient
 from qbench.host.transport.local import LocalTransport
-from qbench.protocols.messages import BenchmarkRequest, RunnerConfig, TimingConfig
+from qbench.protocols.messages import BenchmarkRequest, LiteRTRunnerConfig, OrtRunnerConfig, TimingConfig
 
 RUNS = 12
 SHAPE = (1, 3, 48, 48)
@@ -90,7 +90,7 @@ def test_agent_profiles_every_kernel_of_the_optimized_graph(agent, models, kind)
     client, scratch = agent
     tmp, paths = models
     ref = client.ensure_model(paths[kind], "onnx")
-    req = BenchmarkRequest(model=ref, runner=RunnerConfig(threads=1), timing=TIMING, profile_runs=RUNS)
+    req = BenchmarkRequest(model=ref, runner=OrtRunnerConfig(threads=1), timing=TIMING, profile_runs=RUNS)
     reply = client.benchmark(req, _inputs())
     assert reply.profile_note is None and reply.profile
     # Calls per op type are the optimized graph's node counts times the runs: the first run is dropped.
@@ -127,7 +127,7 @@ def test_litert_says_why_it_has_no_profile(agent, models):
     client, _ = agent
     _, paths = models
     ref = client.ensure_model(paths["tflite"], "tflite")
-    req = BenchmarkRequest(model=ref, runner=RunnerConfig(runtime="tflite"), timing=TIMING, profile_runs=3)
+    req = BenchmarkRequest(model=ref, runner=LiteRTRunnerConfig(), timing=TIMING, profile_runs=3)
     reply = client.benchmark(req, {"input": tflite_models.calibration_samples(2)})
     assert reply.profile == [] and reply.profile_note == LITERT_NOTE
     assert reply.latency.runs >= TIMING.runs  # timing is unaffected

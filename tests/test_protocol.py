@@ -10,10 +10,10 @@ from qbench.protocols import codec
 from qbench.protocols.messages import (
     CaptureRequest,
     ErrorCode,
-    Message,
-    ProtocolError,
-    RunnerConfig,
     from_dict,
+    Message,
+    OrtRunnerConfig,
+    ProtocolError,
     to_dict,
 )
 from qbench.protocols.version import PROTOCOL_VERSION, compatible
@@ -83,7 +83,7 @@ def test_from_dict_ignores_unknown_fields_and_fills_defaults():
         "something_new": True,
     })
     assert req.pairs[0].qparams.scale == [0.5]
-    assert req.runner == RunnerConfig()
+    assert req.runner == OrtRunnerConfig()
     assert from_dict(CaptureRequest, to_dict(req)) == req
 
 
@@ -113,3 +113,21 @@ def test_spec_documents_every_message_and_error_code():
         assert f"`{kind.value}_request` / `{kind.value}_reply`" in spec
     for code in ErrorCode:
         assert f"`{code.value}`" in spec
+
+
+def test_runner_config_is_the_runtimes_own_and_refuses_another_runtimes_fields():
+    from qbench.protocols.messages import BenchmarkRequest, LiteRTRunnerConfig, OrtRunnerConfig, from_dict, to_dict
+
+    ref = {"sha256": "0" * 64, "format": "tflite"}
+    litert = from_dict(BenchmarkRequest, {"model": ref, "runner": {"runtime": "tflite", "delegate": "none"}})
+    assert litert.runner == LiteRTRunnerConfig(delegate="none")
+    ort = from_dict(BenchmarkRequest, to_dict(BenchmarkRequest(model=litert.model, runner=OrtRunnerConfig(threads=2))))
+    assert ort.runner == OrtRunnerConfig(threads=2)
+    for runner, foreign in (({"runtime": "onnxruntime", "delegate": "xnnpack"}, "delegate"),
+                            ({"runtime": "tflite", "providers": ["CPUExecutionProvider"]}, "providers"),
+                            ({"runtime": "tflite", "graph_optimization": "all"}, "graph_optimization")):
+        with pytest.raises(ProtocolError, match=f"{foreign} do not apply to runtime {runner['runtime']}") as err:
+            from_dict(BenchmarkRequest, {"model": ref, "runner": runner})
+        assert err.value.info.code == ErrorCode.BAD_MESSAGE.value
+    with pytest.raises(ProtocolError, match="runner.runtime must be one of"):
+        from_dict(BenchmarkRequest, {"model": ref, "runner": {"runtime": "tensorrt"}})

@@ -14,7 +14,7 @@ import pytest
 from cli import qbench
 from models import build_convnet
 from qbench.host import session
-from qbench.host.session import UI, RunSettings
+from qbench.host.run_state import UI, RunSettings
 from qbench.host.transport import stopping
 from qbench.host.transport.local import LocalTransport
 

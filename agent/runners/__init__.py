@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Callable
 
-from qbench.protocols.messages import ErrorCode, ProtocolError, RunnerConfig, RuntimeInfo
+from qbench.protocols.messages import ErrorCode, LiteRTRunnerConfig, ProtocolError, RunnerConfig, RuntimeInfo
 
 if TYPE_CHECKING:  # not at run time: the agent imports this module before numpy (agent/config.py)
     from .base import Runner
@@ -38,16 +38,17 @@ def runner_class(runtime: str) -> Callable[..., Runner]:
 
 def runner_for(config: RunnerConfig) -> Callable[..., Runner]:
     """The Runner class that times a model with ``config``: CompiledModel for a tflite accelerator."""
-    return runner_class(_runtime_of(config))
+    return runner_class(runtime_of(config))
 
 
-def _runtime_of(config: RunnerConfig) -> str:
-    return COMPILED if config.runtime == "tflite" and config.accelerator else config.runtime
+def runtime_of(config: RunnerConfig) -> str:
+    """The runtime that times a model with ``config``: LiteRT's CompiledModel for a tflite accelerator."""
+    return COMPILED if isinstance(config, LiteRTRunnerConfig) and config.accelerator else config.runtime
 
 
 def check_accelerator(config: RunnerConfig, runtimes: dict[str, RuntimeInfo]) -> None:
     """Refuses an accelerator the probe did not find: LiteRT would silently run on the CPU instead."""
-    if config.runtime != "tflite" or not config.accelerator:
+    if runtime_of(config) != COMPILED:
         return
     available = runtimes[COMPILED].providers if COMPILED in runtimes else []
     if config.accelerator.lower() not in available:
@@ -78,7 +79,7 @@ def available_runtimes(runtimes: list[str]) -> dict[str, RuntimeInfo]:
     return found
 
 
-def import_runtime(config: RunnerConfig) -> None:
+def import_runtime(runtime: str) -> None:
     """Import the runtime only (for the memory baseline worker)."""
-    runner_for(config)
-    _module(_runtime_of(config)).runtime_info()
+    runner_class(runtime)
+    _module(runtime).runtime_info()

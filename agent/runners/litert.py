@@ -1,10 +1,10 @@
 """LiteRT (TFLite) runner: ``ai-edge-litert``, or ``tflite_runtime`` on boards that only have that.
 
-Delegates (``RunnerConfig.delegate``):
+Delegates (``LiteRTRunnerConfig.delegate``):
 
 * ``"xnnpack"`` (default, also for ``None``): LiteRT's default CPU delegate.
 * ``"none"``: builtin kernels only (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
-* any other name: an external delegate library, ``RunnerConfig.delegate_path`` or, for the names in
+* any other name: an external delegate library, ``LiteRTRunnerConfig.delegate_path`` or, for the names in
   :data:`EXTERNAL_DELEGATES`, its usual soname; ``delegate_options`` are passed to it. XNNPACK is
   off then, so that what the external delegate does not take runs on the builtin kernels.
 
@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from qbench.protocols.messages import ErrorCode, ProtocolError, QParams, RunnerConfig, RuntimeInfo
+from qbench.protocols.messages import ErrorCode, ProtocolError, QParams, LiteRTRunnerConfig, RuntimeInfo
 
 from .. import capture
 from .base import OpTime, ProfilingUnavailable, Runner, TensorSpec
@@ -171,7 +171,7 @@ class LiteRTRunner(Runner):
     """
 
     def __init__(
-        self, model_path: str, config: RunnerConfig, extra_outputs: Sequence[str] = (), dequantize: bool = False
+        self, model_path: str, config: LiteRTRunnerConfig, extra_outputs: Sequence[str] = (), dequantize: bool = False
     ):
         super().__init__(model_path, config, extra_outputs)
         self.dequantize = dequantize

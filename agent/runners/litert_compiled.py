@@ -1,4 +1,4 @@
-"""LiteRT's CompiledModel API on a hardware accelerator (``RunnerConfig.accelerator``): timing only.
+"""LiteRT's CompiledModel API on a hardware accelerator (``LiteRTRunnerConfig.accelerator``): timing only.
 
 ``accelerator`` ``cpu`` compiles for LiteRT's CPU accelerator (XNNPACK; the ops it does not take run
 on LiteRT's builtin kernels). ``gpu`` and ``npu`` first compile for that accelerator alone, which
@@ -23,7 +23,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, HardwareAccelerator, Options
 
-from qbench.protocols.messages import ErrorCode, ProtocolError, RunnerConfig, RuntimeInfo
+from qbench.protocols.messages import ErrorCode, ProtocolError, LiteRTRunnerConfig, RuntimeInfo
 
 from .base import OpTime, ProfilingUnavailable, Runner, TensorSpec
 from .litert import FeedCache, check_flatbuffer, tensor_spec
@@ -43,7 +43,7 @@ def runtime_info() -> RuntimeInfo:
 class CompiledModelRunner(Runner):
     """One CompiledModel of the signature over subgraph 0, on ``config.accelerator``."""
 
-    def __init__(self, model_path: str, config: RunnerConfig, extra_outputs: Sequence[str] = ()):
+    def __init__(self, model_path: str, config: LiteRTRunnerConfig, extra_outputs: Sequence[str] = ()):
         super().__init__(model_path, config, extra_outputs)
         self.fully_accelerated = False
         self.fallback_reason: str | None = None

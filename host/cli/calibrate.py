@@ -36,7 +36,7 @@ def calibrate(
         raise UserError("`qbench calibrate` tries every method of --methods; --calibration-method does not apply")
     trials, ui = start_trials("calibrate", model, device, opts)
     try:
-        path, report = compare_methods(trials, _methods(methods, trials.quantizer.methods, trials.quantizer.format))
+        path, report = compare_methods(trials, _methods(methods, trials.format.methods, trials.format.name))
     finally:
         ui.close()
     table = report["calibration"]

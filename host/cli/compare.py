@@ -16,16 +16,16 @@ from ..compare.output_quant import int8_output_qparams
 from ..errors import UserError
 from ..gates import Gates
 from ..inventory import Device, load_inventory
-from ..models import inspect_model
 from ..report.build import write_json
 from ..report.compare import build_compare
 from ..report.html import write_compare_html
-from ..session import RunSettings, RunState, prepare_pair
+from ..run_state import RunSettings, RunState
+from ..session import prepare_pair
 from ..targets import Target, TargetRun, run_targets
 from ..transport.factory import transport_for
 from . import main
 from .main import app
-from .options import RunOptions, checked_out_dir, runner_config, with_run_options, write_run
+from .options import RunOptions, checked_out_dir, runner_for, with_run_options, write_run
 from .render import RichUI
 from .render_compare import CompareUI, progress_display, render_compare
 
@@ -48,7 +48,7 @@ def compare(
     opts.validate()
     inventory = load_inventory(opts.devices)
     devices = [inventory.get(name) for name in device or ["local"]]
-    targets = plan_targets(devices, inspect_model(model).format, delegate, provider, opts)
+    targets = plan_targets(devices, model, delegate, provider, opts)
     out_dir = checked_out_dir(opts, model, "compare")
     err = Console(stderr=True)
     base = opts.settings(model, out_dir, targets[0].device.name, dataclasses.replace(targets[0].runner), main.DEBUG)
@@ -77,7 +77,7 @@ def compare(
         raise typer.Exit(gates_mod.GATE_FAILED)
 
 
-def plan_targets(devices: list[Device], model_format: str, delegates: list[str], providers: list[str],
+def plan_targets(devices: list[Device], model: Path, delegates: list[str], providers: list[str],
                  opts: RunOptions) -> list[Target]:
     """Every device with every delegate (TFLite) or provider chain (ONNX); just the devices without either.
 
@@ -86,10 +86,6 @@ def plan_targets(devices: list[Device], model_format: str, delegates: list[str],
     Raises:
         UserError: a delegate for an ONNX model, a provider for a TFLite model, a target given twice.
     """
-    if delegates and model_format != "tflite":
-        raise UserError("--delegate is for TFLite models; for an ONNX model compare with --provider")
-    if providers and model_format != "onnx":
-        raise UserError("--provider is for ONNX models; for a TFLite model compare with --delegate")
     targets: dict[str, Target] = {}
     for dev in devices:
         for variant in delegates or providers or [None]:
@@ -97,8 +93,7 @@ def plan_targets(devices: list[Device], model_format: str, delegates: list[str],
             if label in targets:
                 raise UserError(f"target {label} is given twice")
             chain = [p.strip() for p in variant.split(",") if p.strip()] if providers and variant else None
-            runner = runner_config(dev, opts.threads, chain, variant if delegates else None,
-                                   opts.delegate_path, opts.delegate_option, opts.accelerator)
+            runner = runner_for(model, dev, opts, chain or (), variant if delegates else None)
             targets[label] = Target(label, dev, runner)
     return list(targets.values())
 

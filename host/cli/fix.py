@@ -46,8 +46,8 @@ def fix(
     trials, ui = start_trials("fix", model, device, opts)
     console = Console(stderr=True)
     try:
-        if trials.quantizer.format == "onnx":
-            search = Repair(trials, Target(target_psnr), _names(methods, "--methods", trials.quantizer.methods),
+        if trials.format.name == "onnx":
+            search = Repair(trials, Target(target_psnr), _names(methods, "--methods", trials.format.methods),
                             blocks, _names(remedies, "--remedies", FAMILIES),
                             say=lambda line: None if opts.quiet else console.print(f"[dim]{line}[/]"))
             result = search.run()

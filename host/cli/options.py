@@ -23,14 +23,14 @@ from qbench.protocols.messages import RunnerConfig, TimingConfig
 from .. import gates as gates_mod
 from ..errors import UserError
 from ..gates import GateCheck, Gates
+from ..formats import RuntimeChoice, format_of
 from ..inventory import Device, Inventory
 from ..quantize.prepare import parse_input_shapes
 from ..report.artifacts import write_artifacts
 from ..report import json_text
 from ..report.build import build_report, write_json
-from ..session import RunSettings, RunState
+from ..run_state import RunSettings, RunState
 from ..quantize.tflite import METHODS as TFLITE_METHODS
-from ..session_tflite import ACCELERATORS, delegate_fields
 from ..store.db import ResultsStore
 from .paths import check_output_dir
 
@@ -139,9 +139,6 @@ class RunOptions:
         if self.accuracy_only and (self.fail_under_speedup is not None or self.fail_over_memory is not None):
             raise UserError("--fail-under-speedup and --fail-over-memory need timing: not with --accuracy-only")
         self.memory_budget_mb()
-        if self.accelerator is not None and self.accelerator.lower() not in ACCELERATORS:
-            raise UserError(f"--accelerator must be {', '.join(ACCELERATORS[:-1])} or {ACCELERATORS[-1]}, "
-                            f"not {self.accelerator!r}")
 
     def memory_budget_mb(self) -> float | None:
         """``--memory-budget`` in MB; None for auto (the agent sizes it from its available memory)."""
@@ -197,28 +194,22 @@ def with_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def runner_config(device: Device, threads: Optional[int], providers: Optional[list[str]] = None,
-                  delegate: Optional[str] = None, delegate_path: Optional[str] = None,
-                  delegate_options: Sequence[str] = (), accelerator: Optional[str] = None) -> RunnerConfig:
-    """How the worker builds its session on ``device``: the command line's choices over the device's.
+def runner_for(model: Path, device: Device, opts: RunOptions, providers: Sequence[str] = (),
+               delegate: Optional[str] = None) -> RunnerConfig:
+    """How the worker builds its session for ``model`` on ``device``: the command line's choices over the
+    device's, in the config of the model's runtime.
 
     Args:
-        device: from the inventory; its providers, delegate and threads are the defaults.
-        threads: ``--threads``.
-        providers: ONNX: an ordered provider chain; a provider the device lists with options keeps them.
-        delegate, delegate_path, delegate_options: TFLite: ``--delegate``, ``--delegate-path``,
-            ``--delegate-option`` (see :func:`qbench.host.session_tflite.delegate_fields`).
-        accelerator: TFLite: ``--accelerator``, over the device's.
+        providers: ONNX: ``--provider``, an ordered chain.
+        delegate: TFLite: ``--delegate``.
 
     Raises:
-        UserError: a delegate option not of the form ``key=value``.
+        UserError: an option of the other format, or a malformed one.
     """
-    known = dict(zip(device.provider_names, device.provider_options))
-    chain = list(providers or device.provider_names)
-    return RunnerConfig(runtime=device.runtime, providers=chain, provider_options=[known.get(p, {}) for p in chain],
-                        threads=threads or device.threads,
-                        accelerator=(accelerator or device.accelerator or "").lower() or None,
-                        **delegate_fields(device, delegate, delegate_path, list(delegate_options)))
+    choice = RuntimeChoice(providers=tuple(providers), delegate=delegate, delegate_path=opts.delegate_path,
+                           delegate_options=tuple(opts.delegate_option), accelerator=opts.accelerator,
+                           threads=opts.threads)
+    return format_of(model).runner(device, choice)
 
 
 def default_out_dir(model: Path, suffix: str = "") -> Path:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..compare.metrics import nonfinite_text
 from ..report import coverage, delegation, fidelity
-from ..session import UI
+from ..run_state import UI
 
 
 _VERDICT_STYLE = {"ok": "[green]ok[/]", "degraded": "[yellow]degraded[/]", "broken": "[bold red]broken[/]"}

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ..report.compare import reference_text
-from ..session import UI
+from ..run_state import UI
 
 
 def _num(value: Any, digits: int) -> str:

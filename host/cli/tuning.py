@@ -17,7 +17,7 @@ from ..store.db import ResultsStore
 from ..transport.factory import transport_for
 from ..trials import Trials
 from . import main
-from .options import RunOptions, checked_out_dir, runner_config
+from .options import RunOptions, checked_out_dir, runner_for
 from .render import RichUI
 
 
@@ -34,8 +34,7 @@ def start_trials(command: str, model: Path, device: str, opts: RunOptions) -> tu
         raise UserError(f"`qbench {command}` quantizes MODEL itself; --int8 does not apply")
     dev = load_inventory(opts.devices).get(device)
     out_dir = checked_out_dir(opts, model, command)
-    runner = runner_config(dev, opts.threads, delegate_path=opts.delegate_path, delegate_options=opts.delegate_option,
-                           accelerator=opts.accelerator)
+    runner = runner_for(model, dev, opts)
     settings = opts.settings(model, out_dir, device, runner, main.DEBUG)
     settings = dataclasses.replace(settings, profile_runs=0)
     ui = RichUI(Console(stderr=True), opts.quiet)

@@ -12,7 +12,7 @@ from qbench.protocols.messages import to_dict
 
 from .. import __version__
 from ..compare import metrics, verdicts
-from ..session import RunState
+from ..run_state import RunState
 from .coverage import coverage_section
 from ..store.redact import redact_settings
 from .profile import profile_section
@@ -135,7 +135,7 @@ def _fused(layer: dict[str, Any]) -> bool:
 
 def _device(state: RunState) -> dict[str, Any]:
     s = state.settings
-    device: dict[str, Any] = {"name": s.device, "runtime": s.runner.runtime, "providers": s.runner.providers}
+    device: dict[str, Any] = {"name": s.device, "runtime": s.runner.runtime}
     if state.agent:
         hello = state.agent["hello"]
         rt = hello.runtimes.get(s.runner.runtime)

@@ -14,7 +14,7 @@ from collections import defaultdict
 from typing import Any, Optional
 
 from ..quantize.kernels import FLOAT_KERNELS, INT8_KERNELS
-from ..session import RunState
+from ..run_state import RunState
 
 #: below this share a note names the convolutions and matmuls left in float, and why
 LOW = 0.9

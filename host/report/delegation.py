@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..session import RunState
-from ..session_tflite import COMPILED_RUNTIME, capture_runner
+from qbench.protocols.messages import LiteRTRunnerConfig, OrtRunnerConfig
+
+from ..formats.tflite import COMPILED_RUNTIME, TFLiteFormat
+from ..run_state import RunState
 
 #: the status of a layer whose tensor a delegate partition computes without ever writing it
 UNOBSERVABLE = "inside delegate partition, not observable"
 
 
 def device_fields(state: RunState) -> dict[str, Any]:
-    """TFLite: ``delegate`` asked for the timed runs, or ``accelerator`` when LiteRT's CompiledModel timed
+    """``providers``: ONNX Runtime's chain as asked for. TFLite: ``delegate`` asked for the timed runs, or ``accelerator`` when LiteRT's CompiledModel timed
     them (also as ``providers``, which runs are compared by); ``available_accelerators`` the agent's
     probe found; ``coverage`` per model, as it ran.
 
@@ -22,7 +24,9 @@ def device_fields(state: RunState) -> dict[str, Any]:
     """
     runner = state.settings.runner
     fields: dict[str, Any] = {}
-    if runner.runtime == "tflite":
+    if isinstance(runner, OrtRunnerConfig):
+        fields["providers"] = runner.providers
+    if isinstance(runner, LiteRTRunnerConfig):
         if runner.accelerator:
             fields["accelerator"] = runner.accelerator
             fields["providers"] = [f"CompiledModel:{runner.accelerator}"]
@@ -43,9 +47,9 @@ def capture_fields(state: RunState) -> dict[str, Any]:
     ``without_timing_delegate`` when that is not how the models were timed (another delegate, or an
     accelerator: ``timed_accelerator``)."""
     runner = state.settings.runner
-    if runner.runtime != "tflite":
+    if not isinstance(runner, LiteRTRunnerConfig):
         return {}
-    timed, captured = _name(runner.delegate), _name(capture_runner(state.settings).delegate)
+    timed, captured = _name(runner.delegate), _name(TFLiteFormat().capture_runner(state.settings).delegate)
     fields: dict[str, Any] = {"api": "Interpreter", "delegate": captured,
                               "without_timing_delegate": bool(runner.accelerator) or captured != timed}
     if runner.accelerator:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..compare import sensitivity, weights
-from ..session import RunState
+from ..run_state import RunState
 from . import prefetch
 
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 from ..compare import weights
-
-if TYPE_CHECKING:  # session imports this module: a runtime import would be circular
-    from ..session import RunState
+from ..run_state import RunState
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,33 @@
+"""The model formats qbench knows, one :class:`~qbench.host.formats.base.ModelFormat` each, picked
+from a model file's bytes (:func:`~qbench.host.models.model_format`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from ..models import model_format
+from .base import ModelFormat, RuntimeChoice
+from .onnx import OnnxFormat
+from .tflite import TFLiteFormat
+
+FORMATS: dict[str, ModelFormat] = {f.name: f for f in (OnnxFormat(), TFLiteFormat())}
+#: agent runtime -> the format it runs
+BY_RUNTIME: dict[str, ModelFormat] = {f.runtime: f for f in FORMATS.values()}
+
+__all__ = ["FORMATS", "BY_RUNTIME", "ModelFormat", "RuntimeChoice", "format_of", "runtime_hint"]
+
+
+def format_of(model: Union[str, Path]) -> ModelFormat:
+    """The format of a model file, from its first bytes.
+
+    Raises:
+        UserError: the file is missing, unreadable or empty.
+    """
+    return FORMATS[model_format(model)]
+
+
+def runtime_hint(model: Union[str, Path]) -> str:
+    """The runtime a model will most likely run on, from its name alone: the agent starts before the
+    host has read the model."""
+    return FORMATS["tflite" if Path(model).suffix.lower() == ".tflite" else "onnx"].runtime

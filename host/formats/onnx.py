@@ -1,0 +1,180 @@
+"""ONNX models on ONNX Runtime: qbench's pre-processing, ONNX Runtime's static QDQ quantizer, the
+provider chain.
+
+The float model is prepared (static shapes, folded patterns, opset) into ``float.prepared.onnx``
+and quantized from there; a user's own int8 model is compared with the float model as given, whose
+tensor names it carries. Int16 trial targets are tensors (``TensorQuantOverrides``, quant_type
+named by its ``onnxruntime.quantization.QuantType`` member).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from qbench.protocols.messages import OrtRunnerConfig
+
+from ..compare import matching, names
+from ..errors import UserError
+from ..models import ModelInfo, inspect_model
+from ..quantize import onnx as onnx_quant
+from ..quantize.equalize import equalize_file
+from ..quantize.kernels import int8_kernels
+from ..quantize.prepare import Prepared, prepare_float
+from .base import GraphIndex, RuntimeChoice, given_choices, refuse
+
+if TYPE_CHECKING:
+    from ..inventory import Device
+    from ..run_state import UI, RunSettings, RunState
+
+log = logging.getLogger("qbench")
+
+#: RuntimeChoice fields that are LiteRT's
+_LITERT_CHOICES = ("delegate", "delegate_path", "delegate_options", "accelerator")
+
+
+class OnnxFormat:
+    name = "onnx"
+    runtime = "onnxruntime"
+    int8_name = "model.int8.onnx"
+    methods = onnx_quant.METHODS
+    note = None
+
+    def runner(self, device: Device, choice: RuntimeChoice) -> OrtRunnerConfig:
+        refuse(given_choices(choice, _LITERT_CHOICES), "ONNX", "ONNX Runtime runs with --provider")
+        known = dict(zip(device.provider_names, device.provider_options))
+        chain = list(choice.providers or device.provider_names)
+        return OrtRunnerConfig(providers=chain, provider_options=[known.get(p, {}) for p in chain],
+                               threads=choice.threads or device.threads)
+
+    def check(self, settings: RunSettings) -> None:
+        if not isinstance(settings.runner, OrtRunnerConfig):
+            raise UserError(f"an ONNX model runs on ONNX Runtime, not with a {settings.runner.runtime} runner")
+        refuse(["--capture-delegate"] if settings.capture_delegate is not None else [], "ONNX",
+               "ONNX Runtime captures with --provider")
+        if settings.calibration_method not in self.methods:
+            raise UserError(f"ONNX calibration method {settings.calibration_method!r} is not one of "
+                            f"{', '.join(self.methods)}")
+        if settings.activation_type not in onnx_quant.ACTIVATION_TYPES:
+            raise UserError(f"--activation-type for an ONNX model is {' or '.join(onnx_quant.ACTIVATION_TYPES)}, "
+                            f"not {settings.activation_type!r}")
+
+    def prepare(self, state: RunState, ui: UI, int8: ModelInfo | None,
+                calibration: Callable[[], dict[str, np.ndarray]]) -> tuple[Path, Path]:
+        s = state.settings
+        if int8 is not None:
+            # A user's own int8 model names its tensors after the float model as given: compare
+            # against that model, not a re-optimized copy whose names may differ.
+            state.float_info, state.int8_info = inspect_model(s.model), int8
+            float_path, int8_path = Path(s.model), Path(s.int8)
+        else:
+            float_path = self._prepared(state, ui)
+            state.float_info = inspect_model(float_path)
+            state.stage = "quantize"
+            ui.stage("quantize")
+            int8_path = s.out_dir / self.int8_name
+            onnx_quant.quantize_onnx(float_path, int8_path, calibration(), method=s.calibration_method,
+                                     activation_type=s.activation_type, per_channel=s.per_channel, debug=s.debug)
+            state.int8_info = inspect_model(int8_path)
+        _analyze_kernels(state, int8_path)
+        state.stage = "match"
+        # parsed once: the weight figures read the same two files (matching.load_model caches them)
+        state.matching = matching.match(matching.load_model(float_path), matching.load_model(int8_path))
+        user_model = s.user_model or (s.model if s.int8 is None else None)
+        if user_model is not None and Path(user_model).resolve() != float_path.resolve():
+            import onnx
+
+            # tensors of the prepared copy are reported under the user's names
+            names.relabel(state.matching, onnx.load(str(user_model)), matching.load_model(float_path))
+        if state.matching.control_flow is not None:
+            ui.note(state.matching.control_flow.note())
+            state.notes.append(state.matching.control_flow.note())
+        return float_path, int8_path
+
+    def _prepared(self, state: RunState, ui: UI) -> Path:
+        """The float model qbench quantizes: prepared, and equalized with ``--equalize``."""
+        s = state.settings
+        prepared = prepare_float(s.model, s.input_shapes, s.out_dir, debug=s.debug)
+        for note in prepared.notes:
+            ui.note(note)
+        state.notes.extend(prepared.notes)
+        if not s.equalize:
+            return Path(prepared.path)
+        # the equalized model is the float reference: its inner tensors are rescaled
+        equalized = s.out_dir / "float.equalized.onnx"
+        state.equalization = equalize_file(prepared.path, equalized)
+        state.notes.append(f"cross-layer equalization rescaled {len(state.equalization['pairs'])} conv pair(s)")
+        return equalized
+
+    def capture_runner(self, settings: RunSettings) -> OrtRunnerConfig:
+        return settings.runner
+
+    def delegate_libraries(self, settings: RunSettings) -> list[str]:
+        return []
+
+    def check_device(self, runner: OrtRunnerConfig, runtimes: dict[str, Any]) -> None:
+        """The agent checks the provider chain itself (``provider_missing`` names the available ones)."""
+
+    def prepare_float(self, settings: RunSettings) -> Prepared:
+        s = settings
+        return prepare_float(s.model, s.input_shapes, s.out_dir, debug=s.debug)
+
+    def index(self, float_path: Path) -> GraphIndex:
+        import onnx
+
+        graph = onnx.load(str(float_path)).graph
+        constants = {t.name for t in graph.initializer}
+        index = GraphIndex()
+        for node in graph.node:
+            index.add(node.name, [i for i in node.input if i and i not in constants], node.output)
+        return index
+
+    def trial_settings(self, method: str, base: RunSettings, float_ops: Sequence[str],
+                       int16: Sequence[str]) -> dict[str, Any]:
+        return {
+            "method": method,
+            "activation_type": base.activation_type,
+            "per_channel": base.per_channel,
+            "nodes_to_exclude": list(float_ops),
+            "tensor_overrides": {name: [{"quant_type": "QInt16"}] for name in int16},
+        }
+
+    def quantize(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
+                 debug: bool) -> Path:
+        return onnx_quant.quantize_onnx(
+            settings["float_path"], out_path, calibration, method=settings["method"],
+            activation_type=settings["activation_type"], per_channel=settings["per_channel"],
+            nodes_to_exclude=settings["nodes_to_exclude"],
+            tensor_overrides=_ort_overrides(settings["tensor_overrides"]), debug=debug,
+        )
+
+    def quantized(self, report: dict[str, Any], int8_path: Path) -> set[str]:
+        return {x["name"] for x in report.get("layers", []) if x.get("rule") == "qdq"}
+
+    def int16_targets(self, tensors: set[str], index: GraphIndex) -> set[str]:
+        return set(tensors)
+
+    def describe(self, method: str) -> dict[str, Any]:
+        return {}
+
+
+def _analyze_kernels(state: RunState, int8_path: Path) -> None:
+    """Which convolutions and matmuls the host's ONNX Runtime runs as int8 kernels (report's int8_coverage)."""
+    try:
+        state.int8_kernels = int8_kernels(int8_path)
+    except Exception as exc:  # noqa: BLE001 - the figure is a diagnostic: a model ORT refuses fails later, clearly
+        log.debug("int8 kernel analysis failed", exc_info=True)
+        state.notes.append(f"int8 coverage not analyzed on the host: {str(exc).splitlines()[0] if str(exc) else exc}")
+
+
+def _ort_overrides(overrides: Mapping[str, list[dict[str, str]]]) -> dict | None:
+    """JSON overrides (quant_type by name) as ONNX Runtime takes them (QuantType members)."""
+    if not overrides:
+        return None
+    from onnxruntime.quantization import QuantType
+
+    return {name: [{**o, "quant_type": QuantType[o["quant_type"]]} for o in spec]
+            for name, spec in overrides.items()}

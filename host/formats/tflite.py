@@ -1,0 +1,222 @@
+"""TFLite models on LiteRT: ai-edge-quantizer, delegates and accelerators.
+
+A float model without ``--int8`` is quantized with ai-edge-quantizer
+(:func:`~qbench.host.quantize.tflite.quantize_tflite`); the float model compared on the device is
+the one the user gave, even when the quantizer needed a repaired copy, except when that copy
+rewrote custom ops: LiteRT runs the user's model then only with XNNPACK, and the copy (checked
+against it) is compared, as ``model.float.tflite``. Trial ops are addressed by their first output
+tensor's name; int16 targets are ops (ai-edge-quantizer sets activation bits per op), the producers
+of the tensors to hold in int16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from qbench.protocols.messages import LiteRTRunnerConfig
+
+from ..compare.tflite_matching import match_tflite
+from ..errors import UserError
+from ..models import InputSpec, ModelInfo, inspect_model
+from ..quantize import tflite as tflite_quant
+from ..quantize import tflite_ranges
+from ..quantize.prepare import Prepared, resolve_input_shapes
+from .base import GraphIndex, RuntimeChoice, given_choices, refuse
+
+if TYPE_CHECKING:
+    from ..inventory import Device
+    from ..run_state import UI, RunSettings, RunState
+
+#: the float reference qbench writes when the user's float model needs a rewrite to run on plain LiteRT
+FLOAT_NAME = "model.float.tflite"
+#: --activation-type -> ai-edge-quantizer recipe
+RECIPES = {"int8": "static_wi8_ai8", "int16": "static_wi8_ai16"}
+#: delegates that need no library: capturing with one drops the timed delegate's library and options
+_BUILTIN_DELEGATES = ("xnnpack", "none")
+#: LiteRT CompiledModel accelerators (--accelerator); the agent's probe says which work on the device
+ACCELERATORS = ("cpu", "gpu", "npu")
+#: the agent runtime whose providers are the accelerators that work
+COMPILED_RUNTIME = "litert-compiled"
+
+
+class TFLiteFormat:
+    name = "tflite"
+    runtime = "tflite"
+    int8_name = "model.int8.tflite"
+    methods = tuple(tflite_quant.METHODS)
+    note = (f"activation ranges over the calibration samples: minmax = the extremes for tensors of at most "
+            f"{tflite_ranges.SMALL} elements per sample, the moving average for larger ones; extremes = the extremes "
+            "for all; moving-average = ai-edge-quantizer's own (a 0.95 moving average of each sample's min/max). "
+            "Weights: octav, mse, gptq = ai-edge-quantizer's OCTAV, MSE, GPTQ (mse and gptq on the ops with weights "
+            "it registers them for), min/max otherwise; " + tflite_quant.NO_HISTOGRAMS)
+
+    def runner(self, device: Device, choice: RuntimeChoice) -> LiteRTRunnerConfig:
+        refuse(given_choices(choice, ("providers",)), "TFLite", "LiteRT runs with --delegate or --accelerator")
+        accelerator = (choice.accelerator or device.accelerator or "").lower() or None
+        if accelerator is not None and accelerator not in ACCELERATORS:
+            raise UserError(f"--accelerator must be {', '.join(ACCELERATORS[:-1])} or {ACCELERATORS[-1]}, "
+                            f"not {choice.accelerator!r}")
+        return LiteRTRunnerConfig(threads=choice.threads or device.threads, accelerator=accelerator,
+                                  **_delegate_fields(device, choice))
+
+    def check(self, settings: RunSettings) -> None:
+        if not isinstance(settings.runner, LiteRTRunnerConfig):
+            raise UserError(f"a TFLite model runs on LiteRT, not with a {settings.runner.runtime} runner")
+        refuse([option for option, given in (("--equalize", settings.equalize),
+                                             ("--per-tensor", not settings.per_channel)) if given],
+               "TFLite", "ai-edge-quantizer quantizes weights per channel and does not equalize")
+        if settings.activation_type not in RECIPES:
+            raise UserError(f"--activation-type for a TFLite model is int8 or int16, not {settings.activation_type!r}")
+        tflite_quant.check_method(settings.calibration_method)
+
+    def prepare(self, state: RunState, ui: UI, int8: ModelInfo | None,
+                calibration: Callable[[], dict[str, np.ndarray]]) -> tuple[Path, Path]:
+        s = state.settings
+        float_info = state.float_info = inspect_model(s.model)
+        if int8 is None:
+            state.stage = "quantize"
+            ui.stage("quantize")
+            result = tflite_quant.quantize_tflite(float_info.path, s.out_dir / self.int8_name, calibration(),
+                                                  RECIPES[s.activation_type], debug=s.debug,
+                                                  method=s.calibration_method)
+            notes = [f"quantizer input: {note}" for note in result.notes]
+            if result.float_model is not None:
+                path, note = write_float_reference(s.out_dir, result.float_model)
+                float_info = state.float_info = inspect_model(path)
+                notes.append(note)
+            for note in notes:
+                ui.note(note)
+                state.notes.append(note)
+            int8 = inspect_model(result.path)
+        state.int8_info = int8
+        state.stage = "match"
+        state.matching = match_tflite(float_info.path, int8.path)
+        return Path(float_info.path), Path(int8.path)
+
+    def capture_runner(self, settings: RunSettings) -> LiteRTRunnerConfig:
+        """The timed runner, or the one ``--capture-delegate`` names.
+
+        Always on the Interpreter: LiteRT's CompiledModel (``accelerator``) exposes no intermediate tensor.
+        """
+        runner, delegate = dataclasses.replace(settings.runner, accelerator=None), settings.capture_delegate
+        if delegate is None:
+            return runner
+        if delegate.lower() in _BUILTIN_DELEGATES:
+            return dataclasses.replace(runner, delegate=delegate.lower(), delegate_path=None, delegate_options={})
+        return dataclasses.replace(runner, delegate=delegate)
+
+    def delegate_libraries(self, settings: RunSettings) -> list[str]:
+        paths = (settings.runner.delegate_path, self.capture_runner(settings).delegate_path)
+        return list(dict.fromkeys(p for p in paths if p))
+
+    def check_device(self, runner: LiteRTRunnerConfig, runtimes: dict[str, Any]) -> None:
+        """A named delegate or accelerator that is not on the device. A delegate given by library path
+        is left to the agent, which loads it (and names what is available if it cannot)."""
+        if runner.accelerator:
+            if COMPILED_RUNTIME not in runtimes:
+                raise UserError(f"LiteRT accelerator {runner.accelerator!r} is not available on the device: its "
+                                "LiteRT has no working CompiledModel API; available: none")
+            available = runtimes[COMPILED_RUNTIME].providers
+            if runner.accelerator.lower() not in available:
+                raise UserError(f"LiteRT accelerator {runner.accelerator!r} is not available on the device; "
+                                f"available: {', '.join(available)}")
+        if runner.delegate_path or self.runtime not in runtimes:
+            return
+        available = runtimes[self.runtime].providers
+        if (runner.delegate or "xnnpack").lower() not in available:
+            raise UserError(f"TFLite delegate {runner.delegate!r} is not available on the device; available: "
+                            f"{', '.join(available)} (or give its library with --delegate-path)")
+
+    def prepare_float(self, settings: RunSettings) -> Prepared:
+        s = settings
+        info = inspect_model(s.model)
+        shapes, notes = resolve_input_shapes(info.inputs, s.input_shapes, Path(s.model).name)
+        inputs = [InputSpec(name=i.name, dtype=i.dtype, shape=tuple(shapes[i.name])) for i in info.inputs]
+        prepared = tflite_quant.prepare_tflite(Path(s.model).read_bytes(), Path(s.model).name)
+        notes += [f"quantizer input: {note}" for note in prepared.notes]
+        path = Path(s.model)
+        if prepared.rewritten_from is not None:  # plain LiteRT runs only the rewritten float model
+            path, note = write_float_reference(s.out_dir, prepared.model)
+            notes.append(note)
+        return Prepared(path=path, notes=notes, input_shapes=shapes, inputs=inputs)
+
+    def index(self, float_path: Path) -> GraphIndex:
+        from ..compare.tflite_matching import parse_graph
+
+        prepared = tflite_quant.prepare_tflite(Path(float_path).read_bytes()).model
+        graph = parse_graph(prepared, Path(float_path).name)
+        index = GraphIndex()
+        for op in graph.ops:
+            if op.outputs:
+                index.add(graph.tensors[op.outputs[0]].name,
+                          [graph.tensors[i].name for i in op.inputs if not graph.tensors[i].constant],
+                          [graph.tensors[i].name for i in op.outputs])
+        return index
+
+    def trial_settings(self, method: str, base: RunSettings, float_ops: Sequence[str],
+                       int16: Sequence[str]) -> dict[str, Any]:
+        recipe = RECIPES[base.activation_type]
+        return {
+            "method": method,
+            "recipe": recipe,
+            "ranges": tflite_quant.METHODS[method][1],
+            "keep_float": list(float_ops),
+            "int16": list(int16),
+            "quantizer_recipe": tflite_quant.tflite_recipe(recipe, method, float_ops, int16),
+        }
+
+    def quantize(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
+                 debug: bool) -> Path:
+        return tflite_quant.quantize_with_recipe(
+            settings["float_path"], out_path, calibration, settings["quantizer_recipe"], debug,
+            settings.get("ranges", "moving-average")).path  # settings from before ranges were a choice
+
+    def quantized(self, report: dict[str, Any], int8_path: Path) -> set[str]:
+        from ..compare.tflite_matching import read_graph
+
+        return {t.name for t in read_graph(int8_path).tensors if not t.constant and t.qparams is not None
+                and not t.is_float}
+
+    def int16_targets(self, tensors: set[str], index: GraphIndex) -> set[str]:
+        return {index.producer[t] for t in tensors if t in index.producer}
+
+    def describe(self, method: str) -> dict[str, Any]:
+        algorithm, ranges = tflite_quant.METHODS[method]
+        return {"algorithm": algorithm, "activation_ranges": ranges}
+
+
+def write_float_reference(out_dir: Path, model: bytes) -> tuple[Path, str]:
+    """Writes the float model with its custom ops rewritten, the one compared when plain LiteRT
+    cannot run the user's; returns its path and the note that says so."""
+    path = Path(out_dir) / FLOAT_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model)
+    return path, (f"float reference: {FLOAT_NAME}, the model with its custom ops rewritten (same outputs under "
+                  "XNNPACK; plain LiteRT cannot run the given one)")
+
+
+def _delegate_fields(device: Device, choice: RuntimeChoice) -> dict[str, Any]:
+    """The delegate fields: the user's over the device's.
+
+    The device's ``delegate_path`` and ``delegate_options`` go with the device's delegate only: another
+    ``--delegate`` starts from none. ``--delegate-option key=value`` entries are added over the device's.
+
+    Raises:
+        UserError: an option not of the form ``key=value``.
+    """
+    parsed = {}
+    for item in choice.delegate_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--delegate-option {item!r}: expected key=value")
+        parsed[key.strip()] = value
+    same = choice.delegate is None or choice.delegate == device.delegate
+    return {
+        "delegate": choice.delegate or device.delegate,
+        "delegate_path": choice.delegate_path or (device.delegate_path if same else None),
+        "delegate_options": {**(device.delegate_options if same else {}), **parsed},
+    }

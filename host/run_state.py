@@ -1,0 +1,92 @@
+"""The state of one run and what it tells the user: shared by the session, the formats and the report.
+
+Kept apart from :mod:`qbench.host.session` so that the modules the session uses (the model
+formats, the report's prefetch) and the modules that read a finished run (the report, the CLI)
+import the state without importing the session back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qbench.protocols.messages import BenchmarkReply, CaptureReply, RunnerConfig, TimingConfig
+
+from .compare import matching
+from .models import InputSpec, ModelInfo
+
+if TYPE_CHECKING:
+    from .report.prefetch import Prefetch
+
+
+@dataclass
+class RunSettings:
+    """Everything that decides a run; recorded in the report so it can be run again."""
+
+    model: Path
+    out_dir: Path
+    int8: Path | None = None
+    device: str = "local"
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    data: Path | None = None
+    calibration: Path | None = None
+    samples: int = 4
+    calibration_samples: int = 16
+    calibration_method: str = "minmax"
+    activation_type: str = "int8"
+    seed: int = 0
+    runner: RunnerConfig | None = None  # None: the runtime's defaults (filled in when the run starts)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    memory_budget_mb: float | None = None  # MB of tensors per capture pass; None: the agent's choice
+    histogram_bins: int = 64  # value histogram bins per per-tensor quantized layer; 0: none
+    save_tensors: Path | None = None  # stream every captured tensor into this folder (tensor_store)
+    drop_db: float = 6.0
+    worst: int = 5
+    timeout_s: float = 60.0
+    debug: bool = False
+    profile_runs: int = 10  # per-op kernel times over this many runs per model on the agent; 0: off
+    capture_delegate: str | None = None  # tflite: capture with this delegate instead of the timed one
+    return_outputs: bool = False  # keep the model outputs of the timed sessions (state.outputs)
+    time_float: bool = True  # False: a caller that already timed this float model skips it
+    accuracy_only: bool = False  # no timing, memory or profile runs: the per-layer capture only
+    equalize: bool = False  # cross-layer weight equalization of the float model before quantizing
+    per_channel: bool = True  # per-channel weight scales; False: one scale per weight tensor
+    user_model: Path | None = None  # the user's own file when ``model`` is qbench's prepared copy of it
+
+
+@dataclass
+class RunState:
+    """What a run has produced so far."""
+
+    settings: RunSettings
+    stage: str = "start"
+    notes: list[str] = field(default_factory=list)
+    float_info: ModelInfo | None = None
+    int8_info: ModelInfo | None = None
+    matching: matching.Matching | None = None
+    agent: dict[str, Any] | None = None
+    uploaded_bytes: int = 0
+    inputs: list[InputSpec] | None = None  # the float model's inputs with every dim fixed
+    benchmarks: dict[str, BenchmarkReply] = field(default_factory=dict)
+    # "float"/"int8" -> output name -> (samples, ...); only with settings.return_outputs
+    outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    capture: CaptureReply | None = None
+    error: dict[str, str] | None = None
+    equalization: dict[str, Any] | None = None  # quantize.equalize's report section, with --equalize
+    int8_kernels: dict[str, Any] | None = None  # ONNX: quantize.kernels.int8_kernels of the int8 model
+    prefetch: Prefetch | None = None  # report work started at the capture stage
+
+
+class UI:
+    """What a run tells the user while it goes; the CLI renders it, tests ignore it."""
+
+    def stage(self, name: str) -> None: ...
+
+    def progress(self, stage: str, done: int, total: int) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def warn(self, text: str) -> None: ...
