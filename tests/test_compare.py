@@ -231,7 +231,7 @@ def test_a_gate_on_any_target_exits_3(work, two_devices, agent_cache):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--delegate", "xnnpack"], "--delegate is for TFLite models"),
+    (["--delegate", "xnnpack"], "--delegate does not apply to ONNX models"),
     (["--device", "local", "--device", "local"], "target local is given twice"),
     (["--device", "nowhere"], "unknown device 'nowhere'"),
 ])

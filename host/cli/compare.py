@@ -25,7 +25,7 @@ from ..targets import Target, TargetRun, run_targets
 from ..transport.factory import transport_for
 from . import main
 from .main import app
-from .options import RunOptions, checked_out_dir, runner_for, with_run_options, write_run
+from .options import RunOptions, runner_for, with_run_options, write_run
 from .render import RichUI
 from .render_compare import CompareUI, progress_display, render_compare
 
@@ -49,9 +49,9 @@ def compare(
     inventory = load_inventory(opts.devices)
     devices = [inventory.get(name) for name in device or ["local"]]
     targets = plan_targets(devices, model, delegate, provider, opts)
-    out_dir = checked_out_dir(opts, model, "compare")
     err = Console(stderr=True)
-    base = opts.settings(model, out_dir, targets[0].device.name, dataclasses.replace(targets[0].runner), main.DEBUG)
+    base = opts.settings(model, targets[0].device.name, dataclasses.replace(targets[0].runner), main.DEBUG, "compare")
+    out_dir = base.out_dir
     ui = RichUI(err, opts.quiet)
     try:
         prepared, float_path, int8_path = prepare_pair(base, ui)

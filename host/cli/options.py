@@ -30,6 +30,7 @@ from ..report.artifacts import write_artifacts
 from ..report import json_text
 from ..report.build import build_report, write_json
 from ..run_state import RunSettings, RunState
+from ..session import checked_format
 from ..quantize.tflite import METHODS as TFLITE_METHODS
 from ..store.db import ResultsStore
 from .paths import check_output_dir
@@ -156,9 +157,16 @@ class RunOptions:
         return Gates(self.fail_under_psnr, self.fail_under_speedup, self.fail_over_memory, self.fail_on_drop,
                      self.fail_on_broken, self.fail_under_top1)
 
-    def settings(self, model: Path, out_dir: Path, device: str, runner: RunnerConfig, debug: bool) -> RunSettings:
-        """The settings of one run of ``model`` on ``device`` with ``runner``."""
-        return RunSettings(
+    def settings(self, model: Path, device: str, runner: RunnerConfig, debug: bool, suffix: str = "") -> RunSettings:
+        """The settings of one run of ``model`` on ``device`` with ``runner``, checked against the model's
+        format before ``--out`` (or its default, a new folder named after the model and ``suffix``) and
+        ``--save-tensors`` are made.
+
+        Raises:
+            UserError: a setting that does not apply to the model, or an output folder qbench cannot write in.
+        """
+        out_dir = self.out or default_out_dir(model, suffix)
+        settings = RunSettings(
             model=model, out_dir=out_dir, int8=self.int8, device=device,
             input_shapes=parse_input_shapes(self.input_shape), data=self.data, calibration=self.calibration,
             samples=self.samples, calibration_method=self.calibration_method, activation_type=self.activation_type,
@@ -169,6 +177,11 @@ class RunOptions:
             histogram_bins=self.histogram_bins, save_tensors=self.save_tensors,
             worst=self.worst, timeout_s=self.timeout, debug=debug,
         )
+        checked_format(settings)
+        check_output_dir(out_dir, "--out")
+        if self.save_tensors is not None:
+            check_output_dir(self.save_tensors, "--save-tensors")
+        return settings
 
 
 def with_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -221,19 +234,6 @@ def default_out_dir(model: Path, suffix: str = "") -> Path:
         n += 1
         out = base.with_name(f"{base.name}-{n}")
     return out
-
-
-def checked_out_dir(opts: "RunOptions", model: Path, suffix: str = "") -> Path:
-    """``--out`` (or its default) and ``--save-tensors``, each checked to be a folder qbench can write in.
-
-    Raises:
-        UserError: naming the option, the path and what is wrong, before anything runs.
-    """
-    out_dir = opts.out or default_out_dir(model, suffix)
-    check_output_dir(out_dir, "--out")
-    if opts.save_tensors is not None:
-        check_output_dir(opts.save_tensors, "--save-tensors")
-    return out_dir
 
 
 @dataclass

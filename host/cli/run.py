@@ -18,7 +18,7 @@ from ..transport.factory import transport_for
 from . import main
 from .main import INTERRUPTED_EXIT
 from .main import app
-from .options import RunOptions, checked_out_dir, runner_for, with_run_options, write_run
+from .options import RunOptions, runner_for, with_run_options, write_run
 from .render import RichUI, render_report
 
 
@@ -35,12 +35,11 @@ def run(
     opts.validate()
     err = Console(stderr=True)
     ui = RichUI(err, opts.quiet)
-    out_dir = checked_out_dir(opts, model)
     inventory = load_inventory(opts.devices)
     dev = inventory.get(device)
     transport = transport_for(dev, opts.accept_new_host, opts.lab(inventory))
     runner = runner_for(model, dev, opts, provider, delegate)
-    settings = opts.settings(model, out_dir, device, runner, main.DEBUG)
+    settings = opts.settings(model, device, runner, main.DEBUG)
     try:
         state = run_session(settings, transport, ui)
     finally:

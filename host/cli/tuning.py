@@ -17,7 +17,7 @@ from ..store.db import ResultsStore
 from ..transport.factory import transport_for
 from ..trials import Trials
 from . import main
-from .options import RunOptions, checked_out_dir, runner_for
+from .options import RunOptions, runner_for
 from .render import RichUI
 
 
@@ -33,9 +33,8 @@ def start_trials(command: str, model: Path, device: str, opts: RunOptions) -> tu
     if opts.int8 is not None:
         raise UserError(f"`qbench {command}` quantizes MODEL itself; --int8 does not apply")
     dev = load_inventory(opts.devices).get(device)
-    out_dir = checked_out_dir(opts, model, command)
     runner = runner_for(model, dev, opts)
-    settings = opts.settings(model, out_dir, device, runner, main.DEBUG)
+    settings = opts.settings(model, device, runner, main.DEBUG, command)
     settings = dataclasses.replace(settings, profile_runs=0)
     ui = RichUI(Console(stderr=True), opts.quiet)
     trials = Trials(settings, lambda: transport_for(dev, opts.accept_new_host), ui, bool(dev.emulation),
