@@ -21,7 +21,7 @@ from ..report.build import write_json
 from ..report.compare import build_compare
 from ..report.html import write_compare_html
 from ..session import RunSettings, RunState, prepare_pair
-from ..targets import Target, TargetRun, run_targets
+from ..targets import Target, TargetRun, run_targets, target_label
 from ..transport.factory import transport_for
 from . import main
 from .main import app
@@ -93,7 +93,7 @@ def plan_targets(devices: list[Device], model_format: str, delegates: list[str],
     targets: dict[str, Target] = {}
     for dev in devices:
         for variant in delegates or providers or [None]:
-            label = dev.name if variant is None else f"{dev.name}:{variant.replace('ExecutionProvider', '')}"
+            label = dev.name if variant is None else target_label(dev.name, [variant])
             if label in targets:
                 raise UserError(f"target {label} is given twice")
             chain = [p.strip() for p in variant.split(",") if p.strip()] if providers and variant else None
