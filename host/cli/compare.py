@@ -25,7 +25,7 @@ from ..targets import Target, TargetRun, run_targets, target_label
 from ..transport.factory import transport_for
 from . import main
 from .main import app
-from .options import RunOptions, checked_out_dir, runner_config, with_run_options, write_run
+from .options import DEVICE, RunOptions, checked_out_dir, runner_config, with_run_options, write_run
 from .render import RichUI
 from .render_compare import CompareUI, progress_display, render_compare
 
@@ -37,12 +37,14 @@ COMPARE_JSON, COMPARE_HTML = "compare.json", "compare.html"
 def compare(
     opts: RunOptions,
     model: Path = typer.Argument(..., help="float model (.onnx or .tflite)"),
-    device: list[str] = typer.Option([], "--device", "-d",
+    device: list[str] = typer.Option([], "--device", "-d", rich_help_panel=DEVICE,
                                      help="a device from devices.yaml (repeat: one target each; default: local)"),
-    delegate: list[str] = typer.Option([], "--delegate", help="TFLite: xnnpack | none | an external delegate "
-                                                              "(repeat: one target each, on every device)"),
-    provider: list[str] = typer.Option([], "--provider", help="ONNX Runtime execution provider; A,B is one chain "
-                                                              "(repeat: one target each, on every device)"),
+    delegate: list[str] = typer.Option([], "--delegate", rich_help_panel=DEVICE,
+                                       help="TFLite: xnnpack | none | an external delegate "
+                                            "(repeat: one target each, on every device)"),
+    provider: list[str] = typer.Option([], "--provider", rich_help_panel=DEVICE,
+                                       help="ONNX Runtime execution provider; A,B is one chain "
+                                            "(repeat: one target each, on every device)"),
 ) -> None:
     """Run one float/int8 pair on every target (devices x delegates or providers) and compare them in one table."""
     opts.validate()
