@@ -17,6 +17,7 @@ from models import build_convnet
 from qbench.host import session
 from qbench.host.cli.bars import bar_label
 from qbench.host.cli.render import RichUI
+from qbench.host.cli.render_compare import CompareUI, progress_display
 from qbench.host.session import UI, RunSettings
 from qbench.protocols.messages import TimingConfig
 from qbench.host.transport.local import LocalTransport
@@ -84,18 +85,41 @@ def test_every_bar_knows_its_total_from_the_start_and_only_moves_forward(recorde
     assert len(state.capture.groups) > 1 and len(capture) > 2
 
 
+def _replay(calls: list[tuple], ui: UI, draw=lambda: None) -> None:
+    """The recorded calls into ``ui``; ``draw`` after each progress (a display draws itself only 10 times a second)."""
+    for call in calls:
+        if call[0] == "stage":
+            ui.stage(call[1])
+        else:
+            ui.progress(*call[2:])
+            draw()
+
+
+def _shown(out: io.StringIO) -> str:
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+
+
 def test_the_terminal_shows_no_unknown_count_and_no_repeated_label(recorded):
     _, ui = recorded
     out = io.StringIO()
     rich = RichUI(Console(file=out, force_terminal=True, width=120), quiet=False)
-    for call in ui.calls:
-        if call[0] == "stage":
-            rich.stage(call[1])
-        else:
-            rich.progress(*call[2:])
+    _replay(ui.calls, rich)  # each stage's bar is drawn as it was last when the next stage closes it
     rich.close()
-    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    shown = _shown(out)
     for stage in ("prepare", "quantize", "connect", "upload", "timing float", "capture"):
         assert stage in shown
     assert "/?" not in shown and "(upload)" not in shown and "upload: upload" not in shown
     assert "timing float: profile" in shown and " MB" in shown and " layers" in shown
+
+
+def test_compare_shows_each_target_as_run_does(recorded):
+    _, ui = recorded
+    out = io.StringIO()
+    display = progress_display(Console(file=out, force_terminal=True, width=120), quiet=False)
+    target = CompareUI(display.console, False, display, "pi:xnnpack")
+    display.start()
+    _replay(ui.calls, target, display.refresh)
+    display.stop()
+    shown = _shown(out)
+    assert "pi:xnnpack: timing int8: profile" in shown and "pi:xnnpack: capture " in shown
+    assert "/?" not in shown and "upload: upload" not in shown
