@@ -26,10 +26,15 @@ models: $(STAMP)
 
 # Debian packages the tests use: sshd for the SSH tests, dropbear for a board without SFTP, qemu
 # for the emulated arm64 board, chromium for the HTML report check, a C compiler for the test
-# delegate. Needs root; skipped when already present.
+# delegate. Needs root; installs only the packages not yet installed (--no-upgrade: those that are
+# stay as they are), and nothing when all are there or on a system without dpkg.
+SYSTEM_PACKAGES := openssh-server dropbear-bin util-linux qemu-user-static chromium iproute2 procps gcc libc6-dev
 system-deps:
-	@(command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]) && [ -x /usr/sbin/dropbear ] && command -v qemu-aarch64-static >/dev/null && command -v chromium >/dev/null && command -v cc >/dev/null \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server dropbear-bin util-linux qemu-user-static chromium iproute2 procps gcc libc6-dev)
+	@command -v dpkg-query >/dev/null || { echo "system-deps: no dpkg; install $(SYSTEM_PACKAGES) yourself"; exit 0; }; \
+	missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	[ -z "$$missing" ] || { echo "system-deps: installing" $$missing; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-upgrade $$missing; }
 
 # The OpenVINO device of the tests (`qbench emulate openvino`): onnxruntime-openvino installs the
 # same `onnxruntime` module as the CPU build, so it gets a venv of its own; created only when missing.

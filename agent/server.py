@@ -383,7 +383,7 @@ class Agent:
         """Forward the worker's progress lines (and saved tensors) until it exits; kill it at the deadline or on stop."""
         deadline = time.monotonic() + timeout_s
         last_sent = time.monotonic()
-        stage = {"stage": "start", "done": 0, "total": 0}
+        stage = {"stage": "", "done": 0, "total": 0}  # heartbeats before the worker's first line: no stage, no total
         selector = selectors.DefaultSelector()
         selector.register(proc.stdout, selectors.EVENT_READ)
         buffered = b""

@@ -131,10 +131,9 @@ def _op_profile(runner: Runner, feeds: list[dict[str, np.ndarray]], runs: int) -
         return [], None
     progress("profile", 0, runs)
     try:
-        times = runner.profile(feeds, runs)
+        times = runner.profile(feeds, runs, lambda i: progress("profile", i, runs))  # a line per run: few, and slow
     except ProfilingUnavailable as exc:
         return [], str(exc)
-    progress("profile", runs, runs)
     return [to_dict(t) for t in times], None
 
 
@@ -175,7 +174,8 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
         if wants_graph and graph is None:
             note = "the runtime could not write the graph it deployed"
         while pending:
-            progress("capture", len(done), len(done) + len(pending))
+            # counted in layers, not passes: a pass split in two (below) changes the passes, not the layers
+            progress("capture", sum(map(len, done)), len(req.pairs))
             group = pending.pop(0)
             with phase("load"):
                 float_job = loader.submit(
@@ -232,7 +232,7 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
     finally:
         reducer.close()
         loader.shutdown()
-    progress("capture", len(done), len(done))
+    progress("capture", len(req.pairs), len(req.pairs))
     stats = [a.stats() for a in accs]
     structure.finish(structures, stats)
     return CaptureReply(stats=stats, groups=done, fidelity_max_abs_diff=fidelity,

@@ -219,8 +219,9 @@ def _measure(state: RunState, fmt: ModelFormat, transport: AgentTransport, agent
         state.stage = "upload"
         ui.stage("upload")
         # The paths are the inspected models' own files, so their digests are already known.
-        float_ref = client.ensure_model(float_path, state.float_info.format, ui.progress, state.float_info.sha256)
-        int8_ref = client.ensure_model(int8_path, state.int8_info.format, ui.progress, state.int8_info.sha256)
+        float_ref, int8_ref = client.ensure_models([(float_path, state.float_info.format, state.float_info.sha256),
+                                                    (int8_path, state.int8_info.format, state.int8_info.sha256)],
+                                                   ui.progress)
         state.uploaded_bytes = client.uploaded_bytes
         timed = [("float", float_ref), ("int8", int8_ref)] if s.time_float else [("int8", int8_ref)]
         if s.accuracy_only:

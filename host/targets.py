@@ -13,7 +13,7 @@ import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from qbench.protocols.messages import RunnerConfig
 
@@ -24,6 +24,18 @@ from .run_state import UI, RunSettings, RunState
 from .transport.base import AgentTransport
 
 log = logging.getLogger("qbench")
+
+
+def runner_label(providers: Sequence[str]) -> str:
+    """How labels name a runner: ONNX Runtime's provider chain without ``ExecutionProvider``
+    (``Xnnpack,CPU``), TFLite's delegate (``xnnpack``, ``none``) or ``CompiledModel:<accelerator>``
+    (a report's ``device.providers``)."""
+    return ",".join(p.replace("ExecutionProvider", "") for p in providers)
+
+
+def target_label(device: str, providers: Sequence[str]) -> str:
+    """``device:runner``: what the report and history call where and how a run ran."""
+    return f"{device}:{runner_label(providers)}" if providers else device
 
 
 @dataclass

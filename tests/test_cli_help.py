@@ -87,3 +87,30 @@ def test_debug_is_listed_in_top_level_help(tmp_path):
     result = qbench("--help", cwd=tmp_path, env=WIDE)
     assert result.returncode == 0, result.stderr
     assert "--debug" in result.stdout and "--version" in result.stdout
+
+
+def _panels(help_text: str) -> dict[str, list[str]]:
+    """Panel title -> the options listed in it, from rich's help boxes."""
+    panels: dict[str, list[str]] = {}
+    title = None
+    for line in help_text.splitlines():
+        opened = re.match(r"^╭─ (.+?) ─", line)
+        if opened:
+            title = opened.group(1)
+            panels[title] = []
+        elif title is not None:
+            panels[title] += re.findall(r"^│ (?:\*\s+)?(--[a-z0-9-]+)", line)
+    return panels
+
+
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_measuring_commands_group_their_options_in_panels(tmp_path, command):
+    result = qbench(command, "--help", cwd=tmp_path, env=WIDE)
+    assert result.returncode == 0, result.stderr
+    panels = _panels(result.stdout)
+    for title in ("Inputs", "Quantization", "Timing", "Capture (per-layer analysis)", "Output",
+                  "Gates (exit 3 when one fails)", "Device and runtime"):
+        assert panels.get(title), (title, sorted(panels))
+    assert panels["Options"] == ["--help"]  # no option left outside a panel
+    assert "--device" in panels["Device and runtime"] and "--fail-under-psnr" in panels["Gates (exit 3 when one fails)"]
+    assert "--calibration" in panels["Inputs"] and "--runs" in panels["Timing"]

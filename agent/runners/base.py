@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -148,13 +148,15 @@ class Runner(abc.ABC):
         """:meth:`infer` without the input checks, for timed loops over feeds already checked once."""
         return self._infer_impl(feeds)
 
-    def profile(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int) -> list[OpTime]:
+    def profile(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int,
+                on_run: Callable[[int], None] | None = None) -> list[OpTime]:
         """Kernel time per op type over ``runs`` runs, in a separate profiling session.
 
         Profiling slows a runtime down, so it never happens in the session that
         :meth:`infer` times. The profiling session runs once more first (warm-up:
         allocations, lazy kernel set-up) and that run's kernels are dropped. Feeds
-        are cycled, as in the timed loop.
+        are cycled, as in the timed loop. ``on_run(i)`` is called after the i-th
+        profiled run (1 to ``runs``; not after the warm-up).
 
         Raises:
             ProfilingUnavailable: the runtime has no per-op profiler here.
@@ -162,7 +164,7 @@ class Runner(abc.ABC):
         self._check_loaded()
         if runs < 1 or not feeds:
             raise ValueError("profile needs at least one run and one feed")
-        return self._profile_impl(feeds, runs)
+        return self._profile_impl(feeds, runs, on_run or (lambda _: None))
 
     def _check_loaded(self) -> None:
         if not self._loaded:
@@ -184,4 +186,5 @@ class Runner(abc.ABC):
     def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     @abc.abstractmethod
-    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int) -> list[OpTime]: ...
+    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int,
+                      on_run: Callable[[int], None]) -> list[OpTime]: ...

@@ -302,7 +302,7 @@ class LiteRTRunner(Runner):
         return result
 
 
-    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int) -> list[OpTime]:
+    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int, on_run) -> list[OpTime]:
         # ai-edge-litert 2.3's Interpreter has no profiler method (its op profiler is C++ only, used by
         # the benchmark_model tool), and tflite_runtime has none either.
         raise ProfilingUnavailable("LiteRT's Python API exposes no op profiler")

@@ -133,7 +133,7 @@ class CompiledModelRunner(Runner):
         except (ValueError, RuntimeError) as exc:
             raise ProtocolError(ErrorCode.BAD_INPUT, f"LiteRT CompiledModel run failed: {last_line(exc)}") from exc
 
-    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int) -> list[OpTime]:
+    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int, on_run) -> list[OpTime]:
         # CompiledModel's profiler (LiteRtCompiledModelGetProfiler) is in the C API only.
         raise ProfilingUnavailable("LiteRT's Python CompiledModel exposes no op profiler")
 

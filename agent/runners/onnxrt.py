@@ -187,7 +187,7 @@ class OnnxRuntimeRunner(Runner):
             out[name] = value if loc.to_original is None else np.ascontiguousarray(value.transpose(loc.to_original))
         return out
 
-    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int) -> list[OpTime]:
+    def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int, on_run) -> list[OpTime]:
         """A second session of the unmodified model with ORT's profiler on; its trace file is deleted."""
         import onnxruntime as ort
 
@@ -200,6 +200,8 @@ class OnnxRuntimeRunner(Runner):
                                                provider_options=self.config.provider_options or None)
                 for i in range(runs + 1):  # run 0 is the warm-up that summarize() drops
                     session.run(None, dict(feeds[i % len(feeds)]))
+                    if i:
+                        on_run(i)
                 trace = session.end_profiling()
             except Exception as exc:
                 raise _error(exc, ErrorCode.BAD_INPUT, "onnxruntime profiling run failed") from exc

@@ -16,7 +16,7 @@ from ..quantize.onnx import METHODS
 from ..quantize.tflite import METHODS as TFLITE_METHODS
 from ..quantize.tflite import check_method as check_tflite_method
 from .main import app
-from .options import RunOptions, with_run_options
+from .options import QUANTIZATION, RunOptions, device_option, with_run_options
 from .tuning import finish, fmt, fmt_psnr, start_trials
 
 
@@ -24,10 +24,11 @@ from .tuning import finish, fmt, fmt_psnr, start_trials
 @with_run_options
 def calibrate(
     model: Path = typer.Argument(..., help="float model (.onnx or .tflite)"),
-    device: str = typer.Option("local", "--device", "-d", help="device name from devices.yaml; `local` needs none"),
+    device: str = device_option(),
     methods: Optional[str] = typer.Option(
-        None, "--methods", help=f"comma-separated; ONNX: {','.join(METHODS)} (default: all); "
-                                f"TFLite: {','.join(TFLITE_METHODS)} (default: all)"),
+        None, "--methods", rich_help_panel=QUANTIZATION,
+        help=f"comma-separated; ONNX: {','.join(METHODS)} (default: all); "
+             f"TFLite: {','.join(TFLITE_METHODS)} (default: all)"),
     *,
     opts: RunOptions,
 ) -> None:

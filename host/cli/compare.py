@@ -21,11 +21,11 @@ from ..report.compare import build_compare
 from ..report.html import write_compare_html
 from ..run_state import RunSettings, RunState
 from ..session import prepare_pair
-from ..targets import Target, TargetRun, run_targets
+from ..targets import Target, TargetRun, run_targets, target_label
 from ..transport.factory import transport_for
 from . import main
 from .main import app
-from .options import RunOptions, runner_for, with_run_options, write_run
+from .options import DEVICE, RunOptions, runner_for, with_run_options, write_run
 from .render import RichUI
 from .render_compare import CompareUI, progress_display, render_compare
 
@@ -37,12 +37,14 @@ COMPARE_JSON, COMPARE_HTML = "compare.json", "compare.html"
 def compare(
     opts: RunOptions,
     model: Path = typer.Argument(..., help="float model (.onnx or .tflite)"),
-    device: list[str] = typer.Option([], "--device", "-d",
+    device: list[str] = typer.Option([], "--device", "-d", rich_help_panel=DEVICE,
                                      help="a device from devices.yaml (repeat: one target each; default: local)"),
-    delegate: list[str] = typer.Option([], "--delegate", help="TFLite: xnnpack | none | an external delegate "
-                                                              "(repeat: one target each, on every device)"),
-    provider: list[str] = typer.Option([], "--provider", help="ONNX Runtime execution provider; A,B is one chain "
-                                                              "(repeat: one target each, on every device)"),
+    delegate: list[str] = typer.Option([], "--delegate", rich_help_panel=DEVICE,
+                                       help="TFLite: xnnpack | none | an external delegate "
+                                            "(repeat: one target each, on every device)"),
+    provider: list[str] = typer.Option([], "--provider", rich_help_panel=DEVICE,
+                                       help="ONNX Runtime execution provider; A,B is one chain "
+                                            "(repeat: one target each, on every device)"),
 ) -> None:
     """Run one float/int8 pair on every target (devices x delegates or providers) and compare them in one table."""
     opts.validate()
@@ -89,7 +91,7 @@ def plan_targets(devices: list[Device], model: Path, delegates: list[str], provi
     targets: dict[str, Target] = {}
     for dev in devices:
         for variant in delegates or providers or [None]:
-            label = dev.name if variant is None else f"{dev.name}:{variant.replace('ExecutionProvider', '')}"
+            label = dev.name if variant is None else target_label(dev.name, [variant])
             if label in targets:
                 raise UserError(f"target {label} is given twice")
             chain = [p.strip() for p in variant.split(",") if p.strip()] if providers and variant else None

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..fix import PRECISIONS, Fixer
 from ..repair import DEFAULT_METHODS, FAMILIES, Repair, Target
 from .main import app
-from .options import RunOptions, with_run_options
+from .options import RunOptions, device_option, with_run_options
 from .tuning import finish, fmt, fmt_psnr, start_trials
 
 
@@ -27,7 +27,7 @@ from .tuning import finish, fmt, fmt_psnr, start_trials
 @with_run_options
 def fix(
     model: Path = typer.Argument(..., help="float model (.onnx or .tflite)"),
-    device: str = typer.Option("local", "--device", "-d", help="device name from devices.yaml; `local` needs none"),
+    device: str = device_option(),
     target_psnr: float = typer.Option(..., "--target-psnr", help="output PSNR to reach, dB"),
     methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods",
                                 help="ONNX: calibration methods to try per model, comma-separated"),

@@ -40,87 +40,122 @@ METHODS = ("minmax", "entropy", "percentile", "distribution")
 ALL_METHODS = (*METHODS, *(m for m in TFLITE_METHODS if m not in METHODS))
 ACTIVATION_TYPES = ("int8", "uint8", "int16")
 
+#: the panels of a measuring command's --help (typer's rich_help_panel), so its ~40 options read by topic
+INPUTS, QUANTIZATION, TIMING = "Inputs", "Quantization", "Timing"
+CAPTURE, OUTPUT, GATES = "Capture (per-layer analysis)", "Output", "Gates (exit 3 when one fails)"
+DEVICE = "Device and runtime"
+
+
+def device_option() -> Any:
+    """The ``--device`` option of a command that measures on one device."""
+    return typer.Option("local", "--device", "-d", rich_help_panel=DEVICE,
+                        help="device name from devices.yaml; `local` needs none")
+
 
 @dataclass
 class RunOptions:
     """The options every measuring command takes, as typed by the user."""
 
     devices: Annotated[Optional[Path], typer.Option(
-        "--devices", envvar="QBENCH_DEVICES", help="inventory file")] = None
+        "--devices", rich_help_panel=DEVICE, envvar="QBENCH_DEVICES", help="inventory file")] = None
     int8: Annotated[Optional[Path], typer.Option(
-        "--int8", help="your int8 model; otherwise qbench quantizes MODEL")] = None
+        "--int8", rich_help_panel=INPUTS, help="your int8 model; otherwise qbench quantizes MODEL")] = None
     input_shape: Annotated[list[str], typer.Option(
-        "--input-shape", help="name:d0,d1,... fixes dynamic dims (repeat)")] = field(default_factory=list)
+        "--input-shape", rich_help_panel=INPUTS,
+        help="name:d0,d1,... fixes dynamic dims (repeat)")] = field(default_factory=list)
     data: Annotated[Optional[Path], typer.Option(
-        "--data", help="evaluation samples: .npz, one (N, *shape) array per input")] = None
+        "--data", rich_help_panel=INPUTS, help="evaluation samples: .npz, one (N, *shape) array per input")] = None
     calibration: Annotated[Optional[Path], typer.Option(
-        "--calibration", help="calibration samples (.npz, as --data)")] = None
+        "--calibration", rich_help_panel=INPUTS, help="calibration samples (.npz, as --data)")] = None
     samples: Annotated[int, typer.Option(
-        "--samples", min=1, help="random evaluation samples when --data is not given")] = 4
+        "--samples", rich_help_panel=INPUTS, min=1, help="random evaluation samples when --data is not given")] = 4
     calibration_method: Annotated[str, typer.Option(
-        "--calibration-method", help=f"ONNX: {'|'.join(METHODS)}; TFLite: {'|'.join(TFLITE_METHODS)}")] = "minmax"
+        "--calibration-method", rich_help_panel=QUANTIZATION,
+        help=f"ONNX: {'|'.join(METHODS)}; TFLite: {'|'.join(TFLITE_METHODS)}")] = "minmax"
     activation_type: Annotated[str, typer.Option(
-        "--activation-type", help="int8 | uint8 (ONNX) | int16 (TFLite)")] = "int8"
+        "--activation-type", rich_help_panel=QUANTIZATION, help="int8 | uint8 (ONNX) | int16 (TFLite)")] = "int8"
     equalize: Annotated[bool, typer.Option(
-        "--equalize", help="cross-layer weight equalization before quantizing (ONNX)")] = False
+        "--equalize", rich_help_panel=QUANTIZATION,
+        help="cross-layer weight equalization before quantizing (ONNX)")] = False
     per_tensor: Annotated[bool, typer.Option(
-        "--per-tensor", help="ONNX: one scale per weight tensor, not per channel")] = False
-    runs: Annotated[int, typer.Option("--runs", min=1, help="timed runs, at least")] = 20
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="untimed runs before timing")] = 5
+        "--per-tensor", rich_help_panel=QUANTIZATION,
+        help="ONNX: one scale per weight tensor, not per channel")] = False
+    runs: Annotated[int, typer.Option("--runs", rich_help_panel=TIMING, min=1, help="timed runs, at least")] = 20
+    warmup: Annotated[int, typer.Option(
+        "--warmup", rich_help_panel=TIMING, min=0, help="untimed runs before timing")] = 5
     min_seconds: Annotated[float, typer.Option(
-        "--min-seconds", min=0.0, help="time each model at least this long")] = 0.5
+        "--min-seconds", rich_help_panel=TIMING, min=0.0, help="time each model at least this long")] = 0.5
     accuracy_only: Annotated[bool, typer.Option(
-        "--accuracy-only", help="per-layer analysis only: no latency, memory or op profile runs")] = False
+        "--accuracy-only", rich_help_panel=TIMING,
+        help="per-layer analysis only: no latency, memory or op profile runs")] = False
     profile_runs: Annotated[int, typer.Option(
-        "--profile-runs", min=0, help="per-op kernel times over N runs of a separate profiling session; 0: off")] = 10
+        "--profile-runs", rich_help_panel=TIMING, min=0,
+        help="per-op kernel times over N runs of a separate profiling session; 0: off")] = 10
     threads: Annotated[Optional[int], typer.Option(
-        "--threads", min=1, help="runtime threads (default: device's)")] = None
+        "--threads", rich_help_panel=DEVICE, min=1, help="runtime threads (default: device's)")] = None
     delegate_path: Annotated[Optional[str], typer.Option(
-        "--delegate-path", help="TFLite: external delegate library")] = None
+        "--delegate-path", rich_help_panel=DEVICE, help="TFLite: external delegate library")] = None
     delegate_option: Annotated[list[str], typer.Option(
-        "--delegate-option", help="TFLite: key=value for it (repeat)")] = field(default_factory=list)
+        "--delegate-option", rich_help_panel=DEVICE,
+        help="TFLite: key=value for it (repeat)")] = field(default_factory=list)
     capture_delegate: Annotated[Optional[str], typer.Option(
-        "--capture-delegate", help="TFLite: delegate of the per-layer capture (none: builtin kernels); "
-                                   "timing keeps --delegate")] = None
+        "--capture-delegate", rich_help_panel=CAPTURE,
+        help="TFLite: delegate of the per-layer capture (none: builtin kernels); timing keeps --delegate")] = None
     accelerator: Annotated[Optional[str], typer.Option(
-        "--accelerator", help="TFLite: time on LiteRT's CompiledModel with cpu | gpu | npu (default: device's); "
-                              "capture stays on the Interpreter")] = None
+        "--accelerator", rich_help_panel=DEVICE,
+        help="TFLite: time on LiteRT's CompiledModel with cpu | gpu | npu (default: device's); "
+             "capture stays on the Interpreter")] = None
     memory_budget: Annotated[str, typer.Option(
-        "--memory-budget", help="MB of tensors per capture pass; auto: a quarter of the device's available "
-                                "memory, 16 MB to 1 GB")] = "auto"
+        "--memory-budget", rich_help_panel=CAPTURE,
+        help="MB of tensors per capture pass; auto: a quarter of the device's available memory, "
+             "16 MB to 1 GB")] = "auto"
     histogram_bins: Annotated[int, typer.Option(
-        "--histogram-bins", min=0, max=1024, help="value histogram bins per layer (0: none)")] = 64
+        "--histogram-bins", rich_help_panel=CAPTURE, min=0, max=1024,
+        help="value histogram bins per layer (0: none)")] = 64
     save_tensors: Annotated[Optional[Path], typer.Option(
-        "--save-tensors", help="stream every captured tensor into DIR (<layer>.float/.int8.npy + index.json)")] = None
+        "--save-tensors", rich_help_panel=CAPTURE,
+        help="stream every captured tensor into DIR (<layer>.float/.int8.npy + index.json)")] = None
     drop_db: Annotated[float, typer.Option(
-        "--drop-db", help="flag layers whose SQNR falls more than this (dB) below their inputs'")] = 6.0
-    worst: Annotated[int, typer.Option("--worst", min=0, help="how many worst layers to print")] = 5
+        "--drop-db", rich_help_panel=CAPTURE,
+        help="flag layers whose SQNR falls more than this (dB) below their inputs'")] = 6.0
+    worst: Annotated[int, typer.Option(
+        "--worst", rich_help_panel=OUTPUT, min=0, help="how many worst layers to print")] = 5
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="output directory (default: a new one in ./qbench-out)")] = None
-    seed: Annotated[int, typer.Option("--seed")] = 0
+        "--out", rich_help_panel=OUTPUT, help="output directory (default: a new one in ./qbench-out)")] = None
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=INPUTS)] = 0
     timeout: Annotated[float, typer.Option(
-        "--timeout", min=1.0, help="seconds of agent silence before giving up")] = 60.0
+        "--timeout", rich_help_panel=DEVICE, min=1.0, help="seconds of agent silence before giving up")] = 60.0
     accept_new_host: Annotated[bool, typer.Option(
-        "--accept-new-host", help="trust an SSH host key not yet known")] = False
+        "--accept-new-host", rich_help_panel=DEVICE, help="trust an SSH host key not yet known")] = False
     wait_timeout: Annotated[float, typer.Option(
-        "--wait-timeout", min=0.0, help="labgrid places: seconds to wait for a locked or busy board")] = 600.0
+        "--wait-timeout", rich_help_panel=DEVICE, min=0.0,
+        help="labgrid places: seconds to wait for a locked or busy board")] = 600.0
     priority: Annotated[float, typer.Option(
-        "--priority", help="labgrid places: reservation priority of `--device tag:...` (higher goes first)")] = 0.0
+        "--priority", rich_help_panel=DEVICE,
+        help="labgrid places: reservation priority of `--device tag:...` (higher goes first)")] = 0.0
     fail_under_psnr: Annotated[Optional[float], typer.Option(
-        "--fail-under-psnr", help="gate: output PSNR below DB")] = None
+        "--fail-under-psnr", rich_help_panel=GATES, help="gate: output PSNR below DB")] = None
     fail_under_speedup: Annotated[Optional[float], typer.Option(
-        "--fail-under-speedup", help="gate: speedup below X")] = None
+        "--fail-under-speedup", rich_help_panel=GATES, help="gate: speedup below X")] = None
     fail_over_memory: Annotated[Optional[float], typer.Option(
-        "--fail-over-memory", help="gate: int8 peak memory over MB")] = None
-    fail_on_drop: Annotated[bool, typer.Option("--fail-on-drop", help="gate: any sudden drop (SQNR)")] = False
-    fail_on_broken: Annotated[bool, typer.Option("--fail-on-broken", help="gate: any output verdict broken")] = False
+        "--fail-over-memory", rich_help_panel=GATES, help="gate: int8 peak memory over MB")] = None
+    fail_on_drop: Annotated[bool, typer.Option(
+        "--fail-on-drop", rich_help_panel=GATES,
+        help="gate: any sudden drop (SQNR)")] = False
+    fail_on_broken: Annotated[bool, typer.Option(
+        "--fail-on-broken", rich_help_panel=GATES,
+        help="gate: any output verdict broken")] = False
     fail_under_top1: Annotated[Optional[float], typer.Option(
-        "--fail-under-top1", min=0.0, max=1.0,
+        "--fail-under-top1", rich_help_panel=GATES, min=0.0, max=1.0,
         help="gate: top-1 (CTC: sequence) agreement of argmax outputs below X (0..1)")] = None
     db: Annotated[Optional[Path], typer.Option(
-        "--db", help="results database (default: in the user data dir)")] = None
-    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or notes")] = False
+        "--db", rich_help_panel=OUTPUT, help="results database (default: in the user data dir)")] = None
+    as_json: Annotated[bool, typer.Option(
+        "--json", rich_help_panel=OUTPUT,
+        help="print the result as JSON on stdout")] = False
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", rich_help_panel=OUTPUT,
+        help="no progress bars or notes")] = False
 
     def lab(self, inventory: Inventory):
         """How this run waits for labgrid places and checks their health."""

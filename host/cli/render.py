@@ -6,12 +6,13 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from ..compare.metrics import nonfinite_text
 from ..report import coverage, delegation, fidelity
 from ..run_state import UI
+from . import bars
 
 
 _VERDICT_STYLE = {"ok": "[green]ok[/]", "degraded": "[yellow]degraded[/]", "broken": "[bold red]broken[/]"}
@@ -155,16 +156,13 @@ class RichUI(UI):
         self._close()
         self._stage = name
         if self.bars:
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), console=self.console, transient=True)
+            self._progress = bars.new_display(self.console)
             self._progress.start()
-            self._task = self._progress.add_task(name, total=None)
+            self._task = self._progress.add_task(escape(name), total=None)
 
     def progress(self, stage: str, done: int, total: int) -> None:
         if self._progress is not None and self._task is not None:
-            label = "pass" if stage == "capture" else stage
-            self._progress.update(self._task, completed=done, total=total or None,
-                                  description=f"{self._stage} ({label})")
+            self._progress.update(self._task, **bars.bar_fields(self._stage, stage, done, total))
 
     def note(self, text: str) -> None:
         if not self.quiet:

@@ -6,11 +6,12 @@ from typing import Any, Mapping
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from ..report.compare import reference_text
 from ..run_state import UI
+from . import bars
 
 
 def _num(value: Any, digits: int) -> str:
@@ -63,16 +64,18 @@ class CompareUI(UI):
 
     def __init__(self, console: Console, quiet: bool, progress: Progress | None, label: str):
         self.console, self.quiet, self.label = console, quiet, label
+        self._stage = "waiting"
         self._progress = progress
         self._task: TaskID | None = progress.add_task(escape(f"{label}: waiting"), total=None) if progress else None
 
     def stage(self, name: str) -> None:
+        self._stage = name
         if self._progress is not None:
-            self._progress.update(self._task, description=escape(f"{self.label}: {name}"), completed=0, total=None)
+            self._progress.update(self._task, **bars.bar_fields(name, "", 0, 0, f"{self.label}: "))
 
     def progress(self, stage: str, done: int, total: int) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=done, total=total or None)
+            self._progress.update(self._task, **bars.bar_fields(self._stage, stage, done, total, f"{self.label}: "))
 
     def note(self, text: str) -> None:
         if not self.quiet:
@@ -86,5 +89,4 @@ def progress_display(console: Console, quiet: bool) -> Progress | None:
     """The shared display of every target's stage, or None when quiet or not a terminal."""
     if quiet or not console.is_terminal:
         return None
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return bars.new_display(console)

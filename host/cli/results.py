@@ -25,7 +25,8 @@ _DB_HELP = "results database (default: $QBENCH_DB, else results.sqlite in the us
 @app.command()
 def history(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model file name, path or sha256 prefix"),
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="device name or architecture"),
+    device: Optional[str] = typer.Option(None, "--device", "-d",
+                                         help="device name, target (device:runner) or architecture"),
     db: Optional[Path] = typer.Option(None, "--db", help=_DB_HELP),
     limit: int = typer.Option(50, "--limit", min=1, help="show at most this many runs"),
     as_json: bool = typer.Option(False, "--json", help="print the runs as JSON on stdout"),
@@ -40,11 +41,12 @@ def history(
         Console(stderr=True).print(f"no runs recorded in {store.path}" + (" match" if model or device else ""))
         return
     table = Table(title=f"qbench runs · {store.path}", header_style="bold")
-    for column in ("id", "created", "model", "device", "runtime", "output PSNR", "int8 median", "speedup",
+    for column in ("id", "created", "model", "target", "runtime", "output PSNR", "int8 median", "speedup",
                    "int8 peak", "drops"):
-        table.add_column(column, justify="left" if column in ("created", "model", "device", "runtime") else "right")
+        table.add_column(column, justify="left" if column in ("created", "model", "target", "runtime") else "right")
     for row in rows:
-        device_text = f"{row.device_name or '-'} ({row.device_arch or '?'}{', emulated' if row.emulated else ''})"
+        device_text = (f"{row.target or row.device_name or '-'} "
+                       f"({row.device_arch or '?'}{', emulated' if row.emulated else ''})")
         psnr = _num(row.output_psnr_db, " dB") if row.status == "ok" else f"[red]{row.status}[/red]"
         table.add_row(
             str(row.id), row.created[:16].replace("T", " "), row.model_name or "-", device_text,

@@ -18,7 +18,7 @@ from ..transport.factory import transport_for
 from . import main
 from .main import INTERRUPTED_EXIT
 from .main import app
-from .options import RunOptions, runner_for, with_run_options, write_run
+from .options import DEVICE, RunOptions, device_option, runner_for, with_run_options, write_run
 from .render import RichUI, render_report
 
 
@@ -27,9 +27,11 @@ from .render import RichUI, render_report
 def run(
     opts: RunOptions,
     model: Path = typer.Argument(..., help="float model (.onnx or .tflite)"),
-    device: str = typer.Option("local", "--device", "-d", help="device name from devices.yaml; `local` needs none"),
-    provider: list[str] = typer.Option([], "--provider", help="ONNX Runtime execution provider (repeat, in order)"),
-    delegate: Optional[str] = typer.Option(None, "--delegate", help="TFLite: xnnpack (default) | none | external name"),
+    device: str = device_option(),
+    provider: list[str] = typer.Option([], "--provider", rich_help_panel=DEVICE,
+                                         help="ONNX Runtime execution provider (repeat, in order)"),
+    delegate: Optional[str] = typer.Option(None, "--delegate", rich_help_panel=DEVICE,
+                                           help="TFLite: xnnpack (default) | none | external name"),
 ) -> None:
     """Quantize (unless --int8), run float and int8 on DEVICE, and report PSNR, latency and memory."""
     opts.validate()

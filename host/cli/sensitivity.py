@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import gates
 from ..sensitivity_sweep import measure
 from .main import app
-from .options import RunOptions, with_run_options
+from .options import RunOptions, device_option, with_run_options
 from .tuning import finish, fmt, start_trials
 
 
@@ -20,7 +20,7 @@ from .tuning import finish, fmt, start_trials
 @with_run_options
 def sensitivity(
     model: Path = typer.Argument(..., help="float model (.onnx)"),
-    device: str = typer.Option("local", "--device", "-d", help="device name from devices.yaml; `local` needs none"),
+    device: str = device_option(),
     blocks: int = typer.Option(24, "--blocks", min=1, help="blocks of consecutive ops (as many as ops: per layer)"),
     bisect: Optional[float] = typer.Option(
         None, "--bisect", help="also find the fewest ops, in topological order, to keep in float for this output PSNR (dB)"),

@@ -13,6 +13,7 @@ from qbench.protocols.messages import to_dict
 from .. import __version__
 from ..compare import metrics, verdicts
 from ..run_state import RunState
+from ..targets import target_label
 from .coverage import coverage_section
 from ..store.redact import redact_settings
 from .profile import profile_section
@@ -148,6 +149,7 @@ def _device(state: RunState) -> dict[str, Any]:
             "emulation": hello.emulation,
         })
     device.update(delegation.device_fields(state))
+    device["target"] = target_label(s.device, device["providers"])  # tells a compare's targets apart in history
     return device
 
 

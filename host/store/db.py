@@ -25,7 +25,7 @@ from qbench.host.errors import UserError
 
 from .redact import redact_settings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REPORT_SCHEMA_PREFIX = "qbench.report/1"
 BUSY_TIMEOUT_S = 60.0
 DB_ENV = "QBENCH_DB"
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS runs (
     int8_sha256 TEXT,
     int8_size_bytes INTEGER,
     device_name TEXT,
+    target TEXT,
     device_arch TEXT,
     device_system TEXT,
     runtime TEXT,
@@ -70,6 +71,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_model ON runs (model_name);
 CREATE INDEX IF NOT EXISTS runs_device ON runs (device_name);
+CREATE INDEX IF NOT EXISTS runs_target ON runs (target);
 CREATE TABLE IF NOT EXISTS layers (
     run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     layer_index INTEGER NOT NULL,
@@ -102,6 +104,11 @@ CREATE TABLE IF NOT EXISTS outputs (
 );
 """
 
+#: what brings a database of schema version N up to N + 1 (one up to SCHEMA_VERSION is made by _SCHEMA)
+_MIGRATIONS = {
+    1: "ALTER TABLE runs ADD COLUMN target TEXT; CREATE INDEX IF NOT EXISTS runs_target ON runs (target)",
+}
+
 
 @dataclass(frozen=True)
 class RunRow:
@@ -115,6 +122,7 @@ class RunRow:
     float_sha256: Optional[str]
     int8_sha256: Optional[str]
     device_name: Optional[str]
+    target: Optional[str]  # device:runner, as compare labels a target (None in runs recorded before it was)
     device_arch: Optional[str]
     runtime: Optional[str]
     runtime_version: Optional[str]
@@ -202,7 +210,7 @@ class ResultsStore:
             model: Keep runs whose model file name or path (as given, or the
                 float/int8 files run) equals this, or whose float/int8 sha256
                 starts with it.
-            device: Keep runs whose device name or architecture equals this.
+            device: Keep runs whose device name, target label (``device:runner``) or architecture equals this.
             limit: At most this many rows.
 
         Returns:
@@ -214,8 +222,8 @@ class ResultsStore:
                          " OR float_sha256 LIKE ? OR int8_sha256 LIKE ?)")
             params += [model, model, model, model, f"{model.lower()}%", f"{model.lower()}%"]
         if device:
-            where.append("(device_name = ? OR device_arch = ?)")
-            params += [device, device]
+            where.append("(device_name = ? OR target = ? OR device_arch = ?)")
+            params += [device, device, device]
         sql = f"SELECT {_ROW_COLUMNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -300,7 +308,11 @@ class ResultsStore:
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _SCHEMA.split(";"):
+                # read again under the lock: another process may have upgraded it meanwhile
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                # a new database gets today's schema; an older one its missing steps
+                script = ";".join(_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION)) if version else _SCHEMA
+                for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -319,8 +331,10 @@ def _run_columns(report: Mapping[str, Any], report_path: Union[str, os.PathLike,
     latency, memory = report.get("latency") or {}, report.get("memory") or {}
     summary = report.get("summary") or {}
     layers = report.get("layers") or []
-    # The model the user gave (settings.model) names the run; models.float may be a prepared copy.
-    source = (report.get("settings") or {}).get("model") or float_model.get("path")
+    # The model the user gave names the run: settings.user_model when settings.model is qbench's
+    # prepared copy of it (calibrate, fix and compare run that copy), else settings.model.
+    settings = report.get("settings") or {}
+    source = settings.get("user_model") or settings.get("model") or float_model.get("path")
     return {
         "created": report.get("created") or _now(),
         "recorded": _now(),
@@ -335,6 +349,7 @@ def _run_columns(report: Mapping[str, Any], report_path: Union[str, os.PathLike,
         "int8_sha256": int8_model.get("sha256"),
         "int8_size_bytes": int8_model.get("size_bytes"),
         "device_name": device.get("name"),
+        "target": device.get("target") or device.get("name"),
         "device_arch": device.get("arch"),
         "device_system": device.get("system"),
         "runtime": device.get("runtime"),

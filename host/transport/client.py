@@ -172,6 +172,22 @@ class AgentClient:
                     break
         return ref
 
+    def ensure_models(self, models: Sequence[tuple[Path, str, str | None]],
+                      progress: ProgressFn | None = None) -> list[ModelRef]:
+        """:meth:`ensure_model` for each ``(path, format, sha256)``, under one ``upload`` progress whose total,
+        known from the start, is the bytes of every file (a file the agent already has counts as sent)."""
+        sizes = [Path(path).stat().st_size for path, _, _ in models]
+        total, sent = sum(sizes), 0
+        report = progress or (lambda stage, done, of: None)
+        report("upload", 0, total)
+        refs = []
+        for (path, fmt, sha256), size in zip(models, sizes):
+            refs.append(self.ensure_model(path, fmt, lambda stage, done, _, base=sent: report(stage, base + done, total),
+                                          sha256))
+            sent += size
+            report("upload", sent, total)
+        return refs
+
     def benchmark(self, req: BenchmarkRequest, inputs: dict[str, np.ndarray],
                   progress: ProgressFn | None = None) -> BenchmarkReply:
         return self.benchmark_outputs(req, inputs, progress)[0]
