@@ -85,7 +85,6 @@ class Lease:
     reservation: str
     acquired_at: float
     waited_s: float
-    took_over: Optional[str] = None  # the stale token replaced, if any
     released: bool = field(default=False)
 
     def release(self) -> None:
@@ -236,7 +235,6 @@ def _acquire(coordinator: Coordinator, filters: dict[str, str], priority: float,
     token, start = own_token(), time.monotonic()
     reservation = coordinator.reserve(filters, priority).token
     held = False
-    took_over: Optional[str] = None
     try:
         notify(f"labgrid: reservation {reservation} for {_tags_text(filters)} (priority {priority:g})")
         said = ""
@@ -244,8 +242,7 @@ def _acquire(coordinator: Coordinator, filters: dict[str, str], priority: float,
             state = coordinator.poll(reservation)
             if state.state == "allocated" and state.place and _claim(coordinator, state.place, token, reservation):
                 held = True
-                return Lease(coordinator, state.place, token, reservation, time.time(), time.monotonic() - start,
-                             took_over=took_over)
+                return Lease(coordinator, state.place, token, reservation, time.time(), time.monotonic() - start)
             if state.state in ("expired", "invalid"):
                 raise UserError(f"labgrid reservation {reservation} is {state.state}")
             places = candidates()
@@ -253,7 +250,6 @@ def _acquire(coordinator: Coordinator, filters: dict[str, str], priority: float,
                 if is_stale(place, coordinator):
                     dead = _take_over(coordinator, place, token)
                     if dead:
-                        took_over = dead
                         notify(f"labgrid place {place.name}: took over the stale lock of qbench pid "
                                f"{dead.split('-')[0]}")
             if time.monotonic() - start >= wait_timeout_s:

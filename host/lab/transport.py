@@ -9,14 +9,15 @@ releases the lock. The session stops its transport when the run succeeds, fails 
 so the lock is held exactly while qbench deploys and measures; a process killed outright leaves a
 stale lock that the next qbench of this host and user takes over (:mod:`qbench.host.lab.lease`).
 A place chosen by tags that fails its health check is kept locked while one other matching place
-is tried, then released.
+is tried, then released. Why a board failed under its job (it could not be started on, its agent
+exited, its connection was lost) is kept for :mod:`qbench.host.lab.retry`.
 """
 
 from __future__ import annotations
 
 import atexit
-import os
 import datetime
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
