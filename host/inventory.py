@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from qbench.host.errors import UserError
 
@@ -63,6 +63,10 @@ class Device(BaseModel):
     place: Optional[str] = None
     select: dict[str, str] = Field(default_factory=dict)
     coordinator: Optional[str] = None
+    # Not settings of the file: which settings a lab device's own entry gives (the rest came from
+    # labgrid.defaults, and a place's tags may replace those), and its place's NetworkService password.
+    _own: Optional[frozenset[str]] = PrivateAttr(default=None)
+    _service_password: Optional[str] = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -105,6 +109,17 @@ class Device(BaseModel):
         return bool(self.place or self.select)
 
     @property
+    def own_settings(self) -> frozenset[str]:
+        """The settings this device's own entry gives, as opposed to ``labgrid.defaults``."""
+        return self._own if self._own is not None else frozenset(self.model_fields_set)
+
+    def use_service_password(self, password: Optional[str]) -> None:
+        """Authenticate with ``password`` (a labgrid NetworkService's) unless this device has its own key or
+        ``password_env``. Kept out of every dump of the device, so that no report or log can show it."""
+        if password and self.key is None and not self.password_env:
+            self._service_password = password
+
+    @property
     def provider_names(self) -> list[str]:
         return [spec if isinstance(spec, str) else next(iter(spec)) for spec in self.providers]
 
@@ -126,9 +141,10 @@ class Device(BaseModel):
         return self.python
 
     def password(self) -> Optional[str]:
-        """The password from the environment variable named by ``password_env``, if any."""
+        """The password from the environment variable named by ``password_env``, else a labgrid place's
+        NetworkService password (:meth:`with_service_password`), if any."""
         if not self.password_env:
-            return None
+            return self._service_password
         value = os.environ.get(self.password_env)
         if value is None:
             raise UserError(
@@ -187,8 +203,7 @@ class Inventory:
         if not select:
             raise UserError(f"--device {name}: name at least one tag, e.g. tag:arch=arm64")
         try:
-            return Device(name=name, **{**self.lab.defaults, "select": select,
-                                        "coordinator": self.lab.coordinator})
+            return lab_device({"name": name, "select": select}, self.lab)
         except ValidationError as exc:
             raise UserError(f"labgrid.defaults: {_describe(exc.errors()[0])}") from exc
 
@@ -245,12 +260,21 @@ def parse_lab(data: Any, label: str) -> LabSettings:
         raise UserError(f"{label}: labgrid, key {key!r}: {error.get('msg')}") from exc
 
 
+def lab_device(own: dict[str, Any], lab: LabSettings) -> Device:
+    """A labgrid device of ``own`` settings, the lab's coordinator and every ``labgrid.defaults`` setting it
+    does not set itself; it remembers which settings are its own (a place's tags come between the two).
+
+    Raises:
+        ValidationError: a setting of either is invalid.
+    """
+    device = Device(**{**lab.defaults, **own, "coordinator": own.get("coordinator") or lab.coordinator})
+    device._own = frozenset(own)
+    return device
+
+
 def _with_lab_defaults(device: Device, lab: LabSettings, label: str) -> Device:
-    """``device`` with the coordinator and every ``labgrid.defaults`` setting it does not set itself."""
-    own = device.model_dump(exclude_unset=True)
-    merged = {**lab.defaults, **own, "coordinator": device.coordinator or lab.coordinator}
     try:
-        return Device(**merged)
+        return lab_device(device.model_dump(exclude_unset=True), lab)
     except ValidationError as exc:
         raise UserError(f"{label}: device {device.name!r} with labgrid.defaults, {_describe(exc.errors()[0])}") from exc
 

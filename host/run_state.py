@@ -21,6 +21,8 @@ from .models import InputSpec, ModelInfo
 if TYPE_CHECKING:
     from .report.prefetch import Prefetch
 
+#: ``state.error["code"]`` of a run the user interrupted (Ctrl-C); its report's status is ``interrupted``
+INTERRUPTED = "interrupted"
 
 @dataclass
 class RunSettings:

@@ -23,7 +23,7 @@ from .inventory import Device
 from .models import InputSpec, inspect_model, require_float
 from .quantize.prepare import resolve_input_shapes
 from .report import prefetch
-from .run_state import UI, RunSettings, RunState
+from .run_state import INTERRUPTED, UI, RunSettings, RunState
 from .transport import stopping
 from .transport.base import AgentTransport, TransportError
 from .transport.client import AgentClient, AgentError
@@ -77,10 +77,6 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     except KeyboardInterrupt:
         return _interrupted(state, agent)
     return state
-
-
-#: ``state.error["code"]`` of a run the user interrupted (Ctrl-C); its report's status is ``interrupted``
-INTERRUPTED = "interrupted"
 
 
 def _interrupted(state: RunState, agent: "_AgentStart") -> RunState:

@@ -20,6 +20,7 @@ from qbench.protocols.messages import RunnerConfig
 from . import session
 from .errors import UserError
 from .inventory import Device
+from .lab.retry import run_retrying
 from .run_state import UI, RunSettings, RunState
 from .transport.base import AgentTransport
 
@@ -118,7 +119,8 @@ def run_targets(targets: list[Target], settings_for: Callable[[Target], RunSetti
 def _run_one(target: Target, settings_for: Callable[[Target], RunSettings],
              transport_for: Callable[[Target], AgentTransport], ui_for: Callable[[Target], UI]) -> TargetRun:
     try:
-        return TargetRun(target, state=session.run(settings_for(target), transport_for(target), ui_for(target)))
+        settings, ui = settings_for(target), ui_for(target)
+        return TargetRun(target, state=run_retrying(lambda on: session.run(settings, on, ui), transport_for(target)))
     except UserError as exc:
         return TargetRun(target, error=str(exc))
     except Exception as exc:  # one target's bug must not lose every other target's results

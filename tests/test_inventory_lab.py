@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from qbench.host.errors import UserError
-from qbench.host.inventory import load_inventory
+from qbench.host.inventory import Device, load_inventory
 from qbench.host.lab.lease import own_token, token_alive
+from qbench.host.lab.place_settings import tag_settings
 
 
 def _write(tmp_path, text: str):
@@ -67,3 +68,33 @@ def test_lease_tokens_tell_a_live_process_from_a_gone_one():
     pid, started = own_token().split("-")
     assert not token_alive(f"{pid}-{int(started) + 1}")  # same pid, another process start: reused
     assert not token_alive("999999999-1") and not token_alive("garbage")
+
+
+def test_a_lab_device_knows_which_settings_are_its_own(tmp_path):
+    inventory = load_inventory(_write(tmp_path, LAB))
+    assert {"python", "coordinator"} <= inventory.get("mine").own_settings
+    assert "python" not in inventory.get("pi4a").own_settings and "threads" in inventory.get("pi4a").own_settings
+    assert "python" not in inventory.get("tag:arch=arm64").own_settings
+
+
+def test_only_a_boards_own_software_settings_come_from_tags():
+    tags = {"qbench-python": "/usr/bin/python3.11", "qbench-workdir": "/data/q", "qbench-runtime": "tflite",
+            "qbench-connect-timeout": "30", "qbench-key": "/etc/ssh/ssh_host_ed25519_key",
+            "qbench-password_env": "AWS_SECRET_ACCESS_KEY", "qbench-transport": "local", "arch": "arm64"}
+    assert tag_settings(tags) == {"python": "/usr/bin/python3.11", "workdir": "/data/q", "runtime": "tflite",
+                                  "connect_timeout": "30"}
+
+
+def test_a_service_password_is_used_only_without_a_key_and_never_dumped(tmp_path, monkeypatch):
+    inventory = load_inventory(_write(tmp_path, LAB))
+    keyed = inventory.get("pi4a")
+    keyed.use_service_password("pw-1")
+    assert keyed.password() is None
+    bare = Device(name="b", host="h")
+    bare.use_service_password("pw-1")
+    assert bare.password() == "pw-1"
+    assert "pw-1" not in repr(bare) and "pw-1" not in bare.model_dump_json()
+    monkeypatch.setenv("MY_PW", "pw-2")
+    own = Device(name="c", host="h", password_env="MY_PW")
+    own.use_service_password("pw-1")
+    assert own.password() == "pw-2"

@@ -42,17 +42,13 @@ def arm64(
     """
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = _console()
     board = ensure_arm64(root, BoardSpec(wheels=wheels_with(package)), rebuild, log=err.print)
     entry = board.device_entry()
     if runtime != "onnxruntime":
         entry["runtime"] = runtime
-    path, _ = resolve_path(devices)
-    replaced = add_device(path, name, entry)
-    versions = ", ".join(f"{dist} {version}" for dist, version in board.versions.items())
-    err.print(f"arm64 board: {board.root}\n  Python {board.python_version} (aarch64), {versions}")
-    err.print(f"{'updated' if replaced else 'added'} device {name!r} in {path}; "
-              f"try: qbench run --device {name} MODEL.onnx  (timings are emulation timings)")
+    _register(err, name, devices, entry, f"arm64 board: {board.root}\n  Python {board.python_version} (aarch64), "
+              f"{_versions(board.versions)}", f"qbench run --device {name} MODEL.onnx  (timings are emulation timings)")
 
 
 @emulate_app.command("openvino")
@@ -70,12 +66,24 @@ def openvino(
     environment of its own; the device runs this host's agent with that environment's Python.
     Compare it with the CPU provider: qbench compare MODEL.onnx --device local --device NAME.
     """
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = _console()
     env = ensure_openvino(root, rebuild=rebuild, log=err.print)
+    _register(err, name, devices, env.device_entry(), f"OpenVINO environment: {env.root}\n  Python "
+              f"{env.python_version}, {_versions(env.versions)}; providers: {', '.join(env.providers)}",
+              f"qbench compare MODEL.onnx --device local --device {name}")
+
+
+def _console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _versions(versions: dict[str, str]) -> str:
+    return ", ".join(f"{dist} {version}" for dist, version in versions.items())
+
+
+def _register(err: Console, name: str, devices: Optional[Path], entry: dict, built: str, try_line: str) -> None:
+    """Add (or update) device ``name`` in the inventory, then say what was built and how to use it."""
     path, _ = resolve_path(devices)
-    replaced = add_device(path, name, env.device_entry())
-    versions = ", ".join(f"{dist} {version}" for dist, version in env.versions.items())
-    err.print(f"OpenVINO environment: {env.root}\n  Python {env.python_version}, {versions}; "
-              f"providers: {', '.join(env.providers)}")
-    err.print(f"{'updated' if replaced else 'added'} device {name!r} in {path}; "
-              f"try: qbench compare MODEL.onnx --device local --device {name}")
+    replaced = add_device(path, name, entry)
+    err.print(built)
+    err.print(f"{'updated' if replaced else 'added'} device {name!r} in {path}; try: {try_line}")

@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
-from ..inventory import Device, Inventory, load_inventory
+from ..inventory import Device, Inventory, lab_device, load_inventory
 from ..lab import quarantine
 from ..lab.coordinator import Coordinator, connect, coordinator_address
-from ..lab.lease import FAILS_TAG, HEALTH_TAG, LEASE_TAG, holder_text
+from ..lab.lease import FAILS_TAG, HEALTH_TAG, LEASE_TAG, give_back, holder_text, qbench_reservation
 from ..lab.transport import LabOptions, LabTransport
 from .main import app
 
@@ -93,9 +93,7 @@ def check(places: list[str] = typer.Argument(..., help="places to check"), devic
 def _place_device(inventory: Inventory, place: str) -> Device:
     """The devices.yaml device of ``place``, else one made of ``labgrid.defaults``."""
     named = next((d for d in inventory.devices.values() if d.place == place), None)
-    if named is not None:
-        return named
-    return Device(name=place, **{**inventory.lab.defaults, "place": place, "coordinator": inventory.lab.coordinator})
+    return named if named is not None else lab_device({"name": place, "place": place}, inventory.lab)
 
 
 @lab_app.command("release")
@@ -108,8 +106,7 @@ def release(place: str = typer.Argument(..., help="the place to release"), devic
         Console().print(f"{place}: not locked")
         return
     holder = holder_text(info, lab)
-    lab.set_tags(place, {LEASE_TAG: ""})
-    lab.release(place)
+    give_back(lab, place, qbench_reservation(info, lab))  # a qbench lease's reservation goes with its lock
     Console().print(f"{place}: released (was locked by {holder})")
 
 

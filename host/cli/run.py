@@ -13,6 +13,7 @@ from rich.console import Console
 from .. import gates
 from ..errors import UserError
 from ..inventory import load_inventory
+from ..lab.retry import run_retrying
 from ..session import run as run_session
 from ..transport.factory import transport_for
 from . import main
@@ -43,7 +44,7 @@ def run(
     runner = runner_for(model, dev, opts, provider, delegate)
     settings = opts.settings(model, device, runner, main.DEBUG)
     try:
-        state = run_session(settings, transport, ui)
+        state = run_retrying(lambda on: run_session(settings, on, ui), transport)
     finally:
         ui.close()
     result = write_run(state, dev, opts.gates(), opts.db)

@@ -136,9 +136,13 @@ def _wait_for_banner(address: str, port: int, proc: subprocess.Popen, log: Path)
     raise RuntimeError(f"sshd did not answer on {address}:{port}: {log.read_text()[-2000:]}")
 
 
-def sshd_config(root: Path, address: str, port: int, host_key: Path, sftp: bool = True) -> str:
-    """An sshd_config for a test server; ``sftp=False`` leaves out the SFTP subsystem."""
+def sshd_config(root: Path, address: str, port: int, host_key: Path, sftp: bool = True,
+                password: bool = False) -> str:
+    """An sshd_config for a test server; ``sftp=False`` leaves out the SFTP subsystem, ``password=True``
+    lets root log in with a password (and with nothing else)."""
     subsystem = "Subsystem sftp internal-sftp\n" if sftp else ""
+    auth = ("PermitRootLogin yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n" if password else
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n")
     return f"""Port {port}
 ListenAddress {address}
 HostKey {host_key}
@@ -146,9 +150,7 @@ PidFile {root}/sshd.pid
 AuthorizedKeysFile {root}/authorized_keys
 UsePAM no
 StrictModes no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
+{auth}KbdInteractiveAuthentication no
 AllowTcpForwarding yes
 {subsystem}MaxStartups 100
 LogLevel VERBOSE
@@ -279,6 +281,41 @@ def running_dropbear(root: Path) -> Iterator[SshServer]:
                                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = SshServer(address="127.0.0.1", port=port, root=root, host_key_pub=host_key_pub,
                        user_key=user_key, other_key=other_key, proc=proc, netns=None)
+    try:
+        _wait_for_banner(server.address, port, proc, log)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def running_password_sshd(root: Path, password: str) -> Iterator[SshServer]:
+    """A real sshd on 127.0.0.1 where root logs in with ``password`` only (no keys); stopped after.
+
+    sshd (without PAM) checks a password against /etc/shadow, so it runs in a mount namespace of its
+    own where a file with root's hash of ``password`` is bind-mounted over /etc/shadow: the
+    machine's own password file is never touched.
+    """
+    require_sshd()
+    if not shutil.which("unshare") or not shutil.which("openssl"):
+        pytest.skip("the password sshd needs unshare and openssl")
+    root.mkdir(parents=True, exist_ok=True)
+    host_key = _keygen(root / "ssh_host_ed25519_key")
+    digest = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True,
+                            check=True, timeout=30).stdout.strip()
+    (root / "shadow").write_text(f"root:{digest}:20000:0:99999:7:::\n")
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    config = root / "sshd_config"
+    config.write_text(sshd_config(root, "127.0.0.1", port, host_key, password=True))
+    inner = f"mount --bind {root / 'shadow'} /etc/shadow && exec {SSHD} -D -e -f {config}"
+    log = root / "sshd.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
+                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = SshServer(address="127.0.0.1", port=port, root=root,
+                       host_key_pub=" ".join(Path(f"{host_key}.pub").read_text().split()[:2]),
+                       user_key=root / "no-key", other_key=root / "no-key", proc=proc, netns=None)
     try:
         _wait_for_banner(server.address, port, proc, log)
         yield server

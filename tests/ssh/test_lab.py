@@ -1,7 +1,8 @@
 """Boards shared through a real labgrid coordinator and exporter, measured by real qbench processes.
 
-Boards: the session's OpenSSH sshd (place ``b1``, and ``b3`` through a second resource), a dropbear
-without SFTP (``b2``) and an sshd that is stopped (``dead``). Every qbench run here is the real CLI
+Boards: the session's OpenSSH sshd (place ``b1``, and ``b3``, ``t1``, ``r1`` and ``r2`` through
+resources of their own), a dropbear without SFTP (``b2``), an sshd that is stopped (``dead``) and
+an sshd that takes only a password, which its NetworkService carries (``pw``). Every qbench run here is the real CLI
 in a subprocess; the lab state is read back from the coordinator with labgrid's own client API.
 """
 
@@ -18,11 +19,12 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 
 from cli import QBENCH
-from conftest import running_dropbear, running_sshd
+from conftest import running_dropbear, running_password_sshd, running_sshd
 from lab_helpers import running_lab
 from models import build_convnet, write_convnet_samples
 from qbench.host.lab.coordinator import connect
@@ -34,22 +36,31 @@ pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 FAST = ["--runs", "3", "--warmup", "1", "--profile-runs", "0", "--histogram-bins", "0", "--quiet"]
 LOCKED = re.compile(r"labgrid place (\S+), locked (\S+) after ([\d.]+) s")
+PASSWORD = "lab-pw-4f9c1e"  # the password board's, in its NetworkService only
 
 
 @pytest.fixture(scope="module")
 def lab(sshd, tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
-    with running_dropbear(root / "dropbear") as nosftp, running_sshd(root / "dead", netns=False) as dead:
+    with running_dropbear(root / "dropbear") as nosftp, running_sshd(root / "dead", netns=False) as dead, \
+            running_password_sshd(root / "pwsshd", PASSWORD) as pwboard:
         dead.stop()  # a board whose sshd died
         # One key for every board, as a lab's controllers have: the session sshd's.
         (nosftp.root / ".ssh" / "authorized_keys").write_text(Path(f"{sshd.user_key}.pub").read_text())
         boards = {name: {"address": address, "username": "root", "port": port} for name, address, port in (
             ("board1", sshd.address, sshd.port), ("board3", sshd.address, sshd.port),
-            ("board2", nosftp.address, nosftp.port), ("deadboard", dead.address, dead.port))}
+            ("board2", nosftp.address, nosftp.port), ("deadboard", dead.address, dead.port),
+            *((name, sshd.address, sshd.port) for name in ("tboard", "rboard1", "rboard2")))}
+        boards["pwboard"] = {"address": pwboard.address, "username": "root", "port": pwboard.port, "password": PASSWORD}
         with running_lab(root, boards) as running:
             running.add_places({"b1": ("board1", {"pool": "shared", "arch": "x86_64"}),
                                 "b2": ("board2", {"pool": "nosftp"}), "b3": ("board3", {"pool": "flaky"}),
-                                "dead": ("deadboard", {"pool": "flaky"})})
+                                "dead": ("deadboard", {"pool": "flaky"}), "pw": ("pwboard", {"pool": "pw"}),
+                                # settings from tags; a key path from a tag would be a credential: not read
+                                "t1": ("tboard", {"pool": "tagged", "qbench-workdir": str(root / "tagged-workdir"),
+                                                  "qbench-connect-timeout": "7", "qbench-key": "/nonexistent"}),
+                                **{f"r{n}": (f"rboard{n}", {"pool": "retry", "qbench-workdir": str(root / f"wr{n}")})
+                                   for n in (1, 2)}})
             work = root / "work"
             work.mkdir()
             build_convnet(work / "convnet.onnx")
@@ -58,12 +69,16 @@ def lab(sshd, tmp_path_factory):
             quantize_onnx(work / "convnet.onnx", work / "convnet.int8.onnx", dict(np.load(work / "calib.npz")))
             home = root / "home"
             (home / ".ssh").mkdir(parents=True)
-            (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts_line + nosftp.known_hosts_line)
+            (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts_line + nosftp.known_hosts_line
+                                                      + pwboard.known_hosts_line)
             (work / "devices.yaml").write_text(yaml.safe_dump({
                 "labgrid": {"coordinator": running.address,
                             "defaults": {"key": str(sshd.user_key), "python": sys.executable,
                                          "workdir": str(root / "device-workdir"), "connect_timeout": 5}},
-                "devices": {"one": {"place": "b1"}, "nosftp": {"place": "b2"}, "deaddev": {"place": "dead"}},
+                "devices": {"one": {"place": "b1"}, "nosftp": {"place": "b2"}, "deaddev": {"place": "dead"},
+                            "three": {"place": "b3"}, "pwdev": {"place": "pw", "key": None},
+                            "tagged": {"place": "t1"},
+                            "tagged-own": {"place": "t1", "workdir": str(root / "own-workdir")}},
             }))
             running.work, running.home = work, home
             yield running
@@ -107,9 +122,21 @@ def _place(lab, name: str):
     return connect(lab.address).place(name)
 
 
+def _locked_by(lab, name: str, pid: int) -> bool:
+    """Whether place ``name`` is locked under the lease of qbench process ``pid`` (the tag comes first)."""
+    place = _place(lab, name)
+    return bool(place.acquired) and place.tags.get(LEASE_TAG, "").startswith(f"{pid}-")
+
+
+def _free(lab, name: str) -> bool:
+    """Neither locked nor reserved (a released lease leaves its tag, naming a reservation that is gone)."""
+    place = _place(lab, name)
+    return not place.acquired and not place.reservation
+
+
 def test_two_controllers_share_one_board_one_after_the_other(lab):
     first = _start(lab, "one", "first", "--min-seconds", "2")
-    assert wait_until(lambda: _place(lab, "b1").tags.get(LEASE_TAG), 60.0), "the first run never locked b1"
+    assert wait_until(lambda: _locked_by(lab, "b1", first.pid), 60.0), "the first run never locked b1"
     second = _run(lab, "tag:pool=shared", "second", "--min-seconds", "0")
     out, err = first.communicate(timeout=180)
     assert first.returncode == 0, err
@@ -121,12 +148,12 @@ def test_two_controllers_share_one_board_one_after_the_other(lab):
     # The first run's timed runs alone took this long after it locked b1; the second locked b1 only after.
     measured_s = sum(sum(a["latency"][k]["samples_ms"]) for k in ("float", "int8")) / 1000
     assert measured_s > 0 and locked_b >= locked_a + measured_s  # no overlap of the measurement windows
-    assert not _place(lab, "b1").acquired and not _place(lab, "b1").tags.get(LEASE_TAG)
+    assert _free(lab, "b1")
 
 
 def test_a_sigkilled_controllers_lock_is_taken_over(lab):
     victim = _start(lab, "one", "victim", "--min-seconds", "30")
-    assert wait_until(lambda: _place(lab, "b1").tags.get(LEASE_TAG, "").startswith(f"{victim.pid}-"), 60.0)
+    assert wait_until(lambda: _locked_by(lab, "b1", victim.pid), 60.0)
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
     stale = _place(lab, "b1")
@@ -136,17 +163,17 @@ def test_a_sigkilled_controllers_lock_is_taken_over(lab):
     after = _run(lab, "one", "after", "--min-seconds", "0", "--wait-timeout", "30")
     assert after.returncode == 0, after.stderr
     assert f"took over the stale lock of qbench pid {victim.pid}" in after.stderr
-    assert not _place(lab, "b1").acquired
+    assert _free(lab, "b1")
 
 
 def test_ctrl_c_releases_the_board(lab):
     run = _start(lab, "one", "interrupted", "--min-seconds", "30")
-    assert wait_until(lambda: _place(lab, "b1").tags.get(LEASE_TAG, "").startswith(f"{run.pid}-"), 60.0)
+    assert wait_until(lambda: _locked_by(lab, "b1", run.pid), 60.0)
     time.sleep(1.0)  # into the timing
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130, err
-    assert not _place(lab, "b1").acquired, err
+    assert _free(lab, "b1"), err
 
 
 def test_a_dead_board_is_quarantined_then_skipped(lab):
@@ -167,7 +194,7 @@ def test_a_dead_board_is_quarantined_then_skipped(lab):
         assert "connection refused" in failed.stdout
     place = _place(lab, "dead")
     assert place.tags[HEALTH_TAG] == "bad" and "after 3 failed health checks" in place.comment
-    assert not place.acquired  # a place that failed its check is never left locked
+    assert _free(lab, "dead")  # a place that failed its check is never left locked
     status = _qbench(lab, "lab", "status")
     assert "QUARANTINED" in status.stdout and "connection refused" in status.stdout
     refused = _qbench(lab, "lab", "check", "dead")
@@ -184,7 +211,7 @@ def test_a_named_run_on_a_dead_board_fails_its_health_check_in_one_line(lab):
     failed = _run(lab, "deaddev", "deadrun", "--min-seconds", "0")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "labgrid place dead failed its health check" in failed.stderr and "connection refused" in failed.stderr
-    assert not _place(lab, "dead").acquired
+    assert _free(lab, "dead")
     _qbench(lab, "lab", "unquarantine", "dead")
 
 
@@ -203,13 +230,126 @@ def test_lab_release_breaks_a_foreign_lock(lab):
     assert waited.returncode == 1 and "became free within 2 s" in waited.stderr
     released = _qbench(lab, "lab", "release", "b3")
     assert released.returncode == 0 and "released" in released.stdout
-    assert not _place(lab, "b3").acquired
+    assert _free(lab, "b3")
+
+
+# A controller's first steps of a lease, then SIGKILL: "lock" dies right after locking, "tag" before it.
+KILLED_IN_LEASE = """
+import os, signal, sys, time
+from qbench.host.lab import lease
+from qbench.host.lab.coordinator import connect
+coordinator, place, step = connect(sys.argv[1]), sys.argv[2], sys.argv[3]
+reservation = coordinator.reserve({"name": place}, 0).token
+while coordinator.poll(reservation).state != "allocated":
+    time.sleep(0.1)
+if step == "lock":
+    lease._claim(coordinator, place, lease.own_token(), reservation)
+else:
+    coordinator.set_tags(place, {lease.LEASE_TAG: f"{lease.own_token()}-{reservation}"})
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_in_lease(lab, place: str, step: str) -> None:
+    done = subprocess.run([sys.executable, "-c", KILLED_IN_LEASE, lab.address, place, step], env=_env(lab),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+@pytest.mark.parametrize("step", ["lock", "tag"])
+def test_a_controller_killed_around_its_lock_leaves_a_lease_the_next_one_takes_over(lab, step):
+    _killed_in_lease(lab, "b3", step)
+    left = _place(lab, "b3")
+    assert left.reservation and bool(left.acquired) == (step == "lock")  # locked, or allocated for 60 s
+    after = _run(lab, "three", f"killed-{step}", "--min-seconds", "0", "--wait-timeout", "30")
+    assert after.returncode == 0, after.stderr
+    assert "took over the stale lock of qbench pid" in after.stderr
+    assert _lock(_report(lab, f"killed-{step}"))[0] == "b3"
+    assert _free(lab, "b3")
+
+
+def test_a_lock_taken_by_hand_is_never_mistaken_for_a_stale_one(lab):
+    # A qbench killed before it locked left its tag; its reservation is gone (expired), and a person
+    # of this very host and user locks the place with labgrid-client: not qbench's to take.
+    _killed_in_lease(lab, "b3", "tag")
+    connect(lab.address).cancel(_place(lab, "b3").reservation)
+    lab.client("-p", "b3", "acquire")
+    try:
+        waited = _run(lab, "three", "by-hand", "--min-seconds", "0", "--wait-timeout", "2")
+        assert waited.returncode == 1 and "is still locked by" in waited.stderr, waited.stderr
+        assert "took over" not in waited.stderr and _place(lab, "b3").acquired
+        assert "stale" not in _qbench(lab, "lab", "status").stdout
+    finally:
+        lab.client("-p", "b3", "release")
+
+
+def test_a_places_tags_give_settings_below_the_devices_own(lab):
+    tagged, own = lab.root / "tagged-workdir", lab.root / "own-workdir"
+    # labgrid.defaults' workdir gives way to the tag's; the tag qbench-key is not a setting (or this fails)
+    deployed = _qbench(lab, "deploy", "tagged")
+    assert deployed.returncode == 0, deployed.stderr
+    assert list(tagged.glob("qbench-agent*"))
+    mine = _qbench(lab, "deploy", "tagged-own")  # the device's own workdir wins over the tag
+    assert mine.returncode == 0, mine.stderr
+    assert list(own.glob("qbench-agent*"))
+    run = _run(lab, "tag:pool=tagged", "tagged", "--min-seconds", "0")  # a tag: job has only the defaults
+    assert run.returncode == 0, run.stderr
+    assert _lock(_report(lab, "tagged"))[0] == "t1" and list((tagged / "cache").rglob("*.onnx"))
+    lab.client("-p", "t1", "set-tags", "qbench-connect-timeout=soon")
+    try:
+        bad = _qbench(lab, "deploy", "tagged")
+        assert bad.returncode == 1 and "Traceback" not in bad.stderr
+        assert "labgrid place t1: tag qbench-connect-timeout=soon:" in bad.stderr
+    finally:
+        lab.client("-p", "t1", "set-tags", "qbench-connect-timeout=7")
+
+
+def test_a_networkservice_password_logs_in_and_is_written_nowhere(lab):
+    done = _run(lab, "pwdev", "pw", "--min-seconds", "0")  # the device has no key: the place's password
+    assert done.returncode == 0, done.stderr
+    assert _lock(_report(lab, "pw"))[0] == "pw"
+    status = _qbench(lab, "lab", "status")
+    written = [done.stdout, done.stderr, status.stdout, status.stderr]
+    written += [path.read_bytes().decode(errors="replace") for path in (lab.work / "pw").rglob("*") if path.is_file()]
+    written.append((lab.work / "results.db").read_bytes().decode(errors="replace"))
+    assert not any(PASSWORD in text for text in written)
+
+
+def _leased(lab, pid: int) -> str | None:
+    """The place of pool=retry locked under the lease of process ``pid``."""
+    return next((name for name in ("r1", "r2") if _locked_by(lab, name, pid)), None)
+
+
+def test_a_tag_job_whose_agent_dies_is_retried_once_on_another_board(lab):
+    job = _start(lab, "tag:pool=retry", "retry", "--min-seconds", "3", "--timeout", "10")
+    assert wait_until(lambda: _leased(lab, job.pid), 60.0), "the job never locked a place"
+    first = _leased(lab, job.pid)
+    workdir = lab.root / f"w{first}"
+    assert wait_until(lambda: agent_pids(workdir), 60.0), "the agent never started"
+    agent = psutil.Process(agent_pids(workdir)[0])
+    assert wait_until(lambda: agent.children(recursive=True), 60.0), "the agent never started a worker"
+    agent.kill()  # the board's agent dies under the job, while it measures
+    _, err = job.communicate(timeout=240)
+    assert job.returncode == 0, err
+    other = {"r1": "r2", "r2": "r1"}[first]
+    assert f"failed on labgrid place {first}" in err and "retrying once on another place with pool=retry" in err
+    report = _report(lab, "retry")
+    assert report["status"] == "ok" and _lock(report)[0] == other
+    assert f"retried after an infrastructure failure on {first})" in report["device"]["transport"]
+    assert any(f"retried once on labgrid place {other} after an infrastructure failure" in n for n in report["notes"])
+    assert _free(lab, "r1") and _free(lab, "r2")
+
+
+def test_a_model_failure_is_not_retried(lab):
+    failed = _run(lab, "tag:pool=retry", "model-fails", "--min-seconds", "0", "--provider", "NoSuchExecutionProvider")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "retrying" not in failed.stderr and "retried" not in json.dumps(_report(lab, "model-fails")["notes"])
 
 
 def test_a_coordinator_restart_mid_run_keeps_the_measurements(lab):
     # Last in this module: the restart drops every lock and the exporter (it exits with its coordinator).
     run = _start(lab, "one", "restart", "--min-seconds", "3")
-    assert wait_until(lambda: _place(lab, "b1").tags.get(LEASE_TAG, "").startswith(f"{run.pid}-"), 60.0)
+    assert wait_until(lambda: _locked_by(lab, "b1", run.pid), 60.0)
     assert wait_until(lambda: agent_pids(lab.root / "device-workdir"), 60.0), "the agent never started"
     lab.stop_coordinator()
     lab.start_coordinator()
