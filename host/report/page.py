@@ -37,6 +37,17 @@ tr.psnr-red td.psnr { background: #ffcdd2; } tr.psnr-amber td.psnr { background:
 tr.psnr-green td.psnr { background: #e8f5e9; } tr.drop td:first-child { border-left: 3px solid #c62828; }
 .note { background: #f6f6f6; border-left: 3px solid #bbb; padding: .5rem .8rem; }
 .note.warn { background: #fff8e1; border-left-color: #f9a825; }
+/* TFLite joins names with ';' and no space: let any text break anywhere rather than widen the page; numbers
+   and headers stay whole */
+p, li, td, h1, h2, h3 { overflow-wrap: anywhere; } td.num { white-space: nowrap; }
+.sub { color: #666; font-size: .75rem; }
+/* marks: a symbol and words beside the colour (see qbench.host.report.marks) */
+.why { font-size: .8rem; font-weight: 600; } .why.bad, td.bad .why, span.bad { color: #b71c1c; }
+.why.warn, td.warn .why, span.warn { color: #8a5300; }
+.card.bad { border: 2px solid #c62828; background: #ffebee; } .card.warn { border: 2px solid #f9a825; background: #fff8e1; }
+td.bad { background: #ffcdd2; } td.warn { background: #ffe0b2; }
+tr.output-bad td:first-child { border-left: 3px solid #c62828; }
+tr.output-warn td:first-child { border-left: 3px solid #f9a825; }
 """
 
 # Sorts a table by the clicked column; cells carry their sort key in data-v.
