@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..compare.metrics import nonfinite_text
-from ..report import coverage, delegation, fidelity
+from ..report import alerts, coverage, delegation, fidelity
 from ..session import UI
 
 
@@ -66,6 +66,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             console.print(f"  output {out['name']}: {reason}", markup=False)
     for line in fidelity.capture_warnings(report):
         console.print(f"[bold yellow]capture:[/] {escape(line)}")
+    for line in alerts.noisy_timings(report):
+        console.print(f"[bold yellow]timing:[/] {escape(line)}")
     for line in [*delegation.summary_lines(report), coverage.coverage_line(report)]:
         if line:
             console.print(line, markup=False)
@@ -89,7 +91,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         console.print(f"[bold red]sudden drops[/] (SQNR falls > {threshold} dB below its inputs'):")
         for name in drops:
             x = by_name[name]
-            console.print(f"  #{x['index']} {name} ({x['op_type']}): PSNR {_db(x['psnr_db'])}, "
+            console.print(f"  #{x['index']} {escape(short_name(name))} ({x['op_type']}): PSNR {_db(x['psnr_db'])}, "
                           f"SQNR {_db(x.get('sqnr_db'))} (-{x['drop_db']:.1f} dB)")
     elif layers:
         console.print("no sudden drops")
@@ -122,7 +124,7 @@ def _render_nonfinite(names: list[str], by_name: dict[str, Any], console: Consol
         return
     first = by_name[names[0]]
     console.print(f"[bold red]non-finite values[/] in {len(names)} layer(s), no PSNR for them; first: "
-                  f"#{first['index']} {escape(names[0])} ({first['op_type']}): {nonfinite_text(first['nonfinite'])}")
+                  f"#{first['index']} {escape(short_name(names[0]))} ({first['op_type']}): {nonfinite_text(first['nonfinite'])}")
 
 
 def _render_sensitive(report: dict[str, Any], by_name: dict[str, Any], console: Console) -> None:

@@ -22,9 +22,10 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 
 h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem;
      border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
 .muted { color: #666; font-size: .9rem; }
-.cards { display: flex; flex-wrap: wrap; gap: .8rem; margin: 1rem 0; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: .6rem .9rem; min-width: 10rem; }
-.card .label { color: #666; font-size: .8rem; } .card .value { font-size: 1.4rem; font-weight: 600; }
+.cards { display: flex; flex-wrap: wrap; gap: .6rem; margin: .8rem 0; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: .4rem .8rem; min-width: 8rem; }
+.card .label { color: #666; font-size: .8rem; } .card .value { font-size: 1.3rem; font-weight: 600; }
+.card .value .pass, .card .value .fail { font-size: .85rem; }
 .pass { color: #2e7d32; font-weight: 600; } .fail { color: #c62828; font-weight: 600; }
 table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0; }
 th, td { border-bottom: 1px solid #eee; padding: .25rem .6rem; text-align: left; vertical-align: top; }
@@ -35,7 +36,8 @@ table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; }
 .table-wrap { max-height: 36rem; overflow: auto; border: 1px solid #eee; }
 tr.psnr-red td.psnr { background: #ffcdd2; } tr.psnr-amber td.psnr { background: #ffe0b2; }
 tr.psnr-green td.psnr { background: #e8f5e9; } tr.drop td:first-child { border-left: 3px solid #c62828; }
-.note { background: #f6f6f6; border-left: 3px solid #bbb; padding: .5rem .8rem; }
+.note { background: #f6f6f6; border-left: 3px solid #bbb; padding: .4rem .8rem; font-size: .9rem; }
+.note ul { margin: .2rem 0; }
 .note.warn { background: #fff8e1; border-left-color: #f9a825; }
 /* TFLite joins names with ';' and no space: let any text break anywhere rather than widen the page; numbers
    and headers stay whole */
