@@ -76,7 +76,7 @@ def test_a_slow_int8_model_and_a_broken_output_are_marked_bad(tmp_path):
     # the outputs table: the row, the PSNR cell and the verdict cell, each with its words
     row = re.search(r'<tr class="output-bad">(.*?)</tr>', bad_html, re.S).group(1)
     assert re.search(r'class="num bad"[^>]*>10.90 <span class="why">\u2718 below 20 dB</span>', row)
-    assert '<td class="bad" data-v="broken">\u2718 broken</td>' in row
+    assert '<td class="bad" data-v="broken"> <span class="why">\u2718 broken</span></td>' in row
     assert '<tr class="output-' not in good_html
 
 
@@ -212,6 +212,7 @@ def test_report_html_fits_the_window_and_shows_a_chart_above_the_fold(tmp_path, 
 @pytest.mark.parametrize("width", [1280, 1920])
 def test_compare_html_fits_the_window(tmp_path, width):
     first, second = _tflite_report(seed=1), _tflite_report(seed=2, device="rpi5")
+    second["latency"]["speedup"] = 0.36
     targets = [{"label": "local-onnxruntime-CPUExecutionProvider", "device": "local", "status": "ok", "report": first},
                {"label": "rpi5-litert-xnnpack-delegate-4-threads", "device": "rpi5", "status": "ok",
                 "report": second, "gates_failed": ["speedup 0.36x < 1.5x"]},
@@ -219,6 +220,7 @@ def test_compare_html_fits_the_window(tmp_path, width):
                 "error": "agent did not answer within 30 s: " + TFLITE.format(i=3)}]
     compare = build_compare(targets, [], "local-onnxruntime-CPUExecutionProvider", Gates(fail_under_speedup=1.5))
     path = write_compare_html(compare, tmp_path / "compare.html")
+    assert path.read_text(encoding="utf-8").count("\u2718 int8 slower than float") == 1  # rpi5's 0.36x
     seen = render(path, tmp_path, window=(width, 800))
     assert seen["errors"] == []
     layout = seen["layout"]

@@ -16,7 +16,7 @@ from qbench.host.compare.metrics import nonfinite_text
 from qbench.host.report import (alerts, compare_page, diagnosis_page, fidelity, figures, marks, sections,
                                 sensitivity_page)
 from qbench.host.report.exports import AMBER_BELOW_DB, RED_BELOW_DB
-from qbench.host.report.page import esc, figure_html, fmt, note, num_cell, page, table
+from qbench.host.report.page import esc, figure_html, fmt, marked, note, num_cell, page, table
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -272,27 +272,13 @@ def _outputs_table(outputs: Sequence[Mapping[str, Any]]) -> str:
         else:
             exact = "exact" if o.get("exact") else ""
         psnr_mark, verdict_mark = marks.psnr(o.get("psnr_db")), marks.verdict(o.get("verdict"))
-        rows.append((o.get("name"), o.get("kind", "float"), _marked_num(o.get("psnr_db"), psnr_mark),
+        rows.append((o.get("name"), o.get("kind", "float"), marked(num_cell(o.get("psnr_db")), psnr_mark),
                      num_cell(o.get("sqnr_db")), num_cell(o.get("mse"), 4), num_cell(o.get("max_abs_error"), 4),
-                     exact, _marked_text(o.get("verdict") or "", verdict_mark), "; ".join(o.get("reasons") or [])))
+                     exact, marked(("", o.get("verdict") or "", ""), verdict_mark) if verdict_mark else o.get("verdict") or "", "; ".join(o.get("reasons") or [])))
         mark = marks.output(o)
         classes.append(f"output-{mark.level}" if mark else "")
     return table(("output", "kind", "PSNR dB", "SQNR dB", "MSE", "max abs error", "exact", "verdict", "why"), rows,
                  wrap=True, row_classes=classes)
-
-
-def _marked_num(value: Optional[float], mark: Optional[marks.Mark]) -> tuple:
-    """A numeric cell; a marked value also shows the mark's symbol and words, not only its colour."""
-    text, key, cls = num_cell(value)
-    if mark is None:
-        return text, key, cls
-    return (f'{text} <span class="why">{esc(mark.text)}</span>', key, f"{cls} {mark.level}")
-
-
-def _marked_text(text: str, mark: Optional[marks.Mark]) -> Any:
-    if mark is None:
-        return text
-    return f"{esc(marks.SYMBOLS[mark.level])} {esc(text)}", text, mark.level
 
 
 def _latency_table(latency: Mapping[str, Any]) -> str:

@@ -140,6 +140,15 @@ def num_cell(value: Any, digits: int = 2, unit: str = "", cls: str = "") -> tupl
     return (fmt(value, digits, unit), key, f"num {cls}".strip())
 
 
+def marked(cell: tuple, mark: Any) -> tuple:
+    """A rendered cell ``(html, sort_key, class)`` with a mark's symbol and words after its text and its level
+    as a class (a :class:`qbench.host.report.marks.Mark`; None leaves the cell as it is)."""
+    if mark is None:
+        return cell
+    text, key, cls = cell
+    return f'{text} <span class="why">{esc(mark.text)}</span>', key, f"{cls} {mark.level}".strip()
+
+
 def _cell(cell: Any) -> str:
     if isinstance(cell, tuple):
         text, key, *rest = cell
