@@ -16,7 +16,7 @@ from qbench.host.compare.metrics import nonfinite_text
 from qbench.host.report import (alerts, compare_page, diagnosis_page, fidelity, figures, marks, sections,
                                 sensitivity_page)
 from qbench.host.report.exports import AMBER_BELOW_DB, RED_BELOW_DB
-from qbench.host.report.page import esc, figure_html, fmt, marked, note, num_cell, page, table
+from qbench.host.report.page import breakable, esc, figure_html, fmt, marked, note, num_cell, page, table
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -206,10 +206,10 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
     parts.append(_outputs_table(report.get("outputs") or []))
     worst = summary.get("worst_layers") or []
     if worst:
-        parts.append(f'<p class="names"><b>Worst layers:</b> {esc(", ".join(worst))}</p>')
+        parts.append(f'<p class="names"><b>Worst layers:</b> {", ".join(map(breakable, worst))}</p>')
     drops = _drops(report)
     if drops:
-        parts.append(f'<p class="names"><b>Sudden drops:</b> {esc(", ".join(drops))}</p>')
+        parts.append(f'<p class="names"><b>Sudden drops:</b> {", ".join(map(breakable, drops))}</p>')
     return "\n".join(parts)
 
 
@@ -339,9 +339,9 @@ def _name_cell(layer: Mapping[str, Any]) -> tuple:
     """The layer's name; under it, in small type, the name in the prepared copy when that is another one."""
     name, prepared = layer["name"], layer.get("prepared_name")
     if not prepared or prepared == name:
-        return esc(name), name, "name"
-    return (f'<span title="prepared copy: {esc(prepared)}">{esc(name)}</span>'
-            f'<div class="sub">prepared: {esc(prepared)}</div>', name, "name")
+        return breakable(name), name, "name"
+    return (f'<span title="prepared copy: {esc(prepared)}">{breakable(name)}</span>'
+            f'<div class="sub">prepared: {breakable(prepared)}</div>', name, "name")
 
 
 def _layer_status(layer: Mapping[str, Any]) -> str:

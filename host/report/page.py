@@ -42,6 +42,7 @@ tr.psnr-green td.psnr { background: #e8f5e9; } tr.drop td:first-child { border-l
 /* TFLite joins names with ';' and no space: let any text break anywhere rather than widen the page; numbers
    and headers stay whole */
 p, li, td, h1, h2, h3 { overflow-wrap: anywhere; } td.num { white-space: nowrap; }
+td.name { min-width: 12rem; } td .why { display: block; white-space: normal; }
 .sub { color: #666; font-size: .75rem; }
 /* marks: a symbol and words beside the colour (see qbench.host.report.marks) */
 .why { font-size: .8rem; font-weight: 600; } .why.bad, td.bad .why, span.bad { color: #b71c1c; }
@@ -83,6 +84,12 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 def esc(value: Any) -> str:
     """HTML-escape any value's text."""
     return html.escape("" if value is None else str(value))
+
+
+def breakable(name: Any) -> str:
+    """A layer name as HTML, with a line-break opportunity after each ``;`` (TFLite joins fused ops' names with
+    it and no space; elsewhere the CSS breaks anywhere); a copy of the text still gives the name back whole."""
+    return esc(name).replace(";", ";<wbr>")
 
 
 def fmt(value: Any, digits: int = 2, unit: str = "") -> str:
@@ -146,7 +153,7 @@ def marked(cell: tuple, mark: Any) -> tuple:
     if mark is None:
         return cell
     text, key, cls = cell
-    return f'{text} <span class="why">{esc(mark.text)}</span>', key, f"{cls} {mark.level}".strip()
+    return f'{text}<span class="why">{esc(mark.text)}</span>', key, f"{cls} {mark.level}".strip()
 
 
 def _cell(cell: Any) -> str:
