@@ -101,6 +101,15 @@ def test_a_failed_gate_marks_its_card_even_when_the_value_alone_is_fine(tmp_path
     assert "gates failed: fail_under_speedup" in html[: html.index("<h2>PSNR per layer</h2>")]
 
 
+def test_the_terminal_marks_a_speedup_below_one_in_the_same_words():
+    for speedup, marked in ((0.36, True), (2.4, False)):
+        report = make_report(n_layers=6)
+        report["latency"]["speedup"] = speedup
+        console = Console(record=True, width=200)
+        render_report(report, console)
+        assert ("\u2718 int8 slower than float" in console.export_text()) is marked, speedup
+
+
 # ---- 2. random calibration and 5. noisy timings are warnings -------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..compare.metrics import nonfinite_text
-from ..report import alerts, coverage, delegation, fidelity
+from ..report import alerts, coverage, delegation, fidelity, marks
 from ..session import UI
 
 
@@ -36,6 +36,13 @@ def _output_cell(out: dict[str, Any]) -> str:
     return cell + (f" · {_VERDICT_STYLE[out['verdict']]}" if out.get("verdict") in _VERDICT_STYLE else "")
 
 
+def _speedup_cell(speedup: float | None) -> str:
+    """The speedup; below 1.0 in red with the words report.html marks it with (:mod:`..report.marks`)."""
+    cell = f"{speedup or 0:.2f}x speedup"
+    mark = marks.speedup(speedup)
+    return f"[bold red]{cell} {mark.text}[/]" if mark else cell
+
+
 def render_report(report: dict[str, Any], console: Console) -> None:
     """Print the summary, the worst layers and the drops of a report."""
     dev = report.get("device", {})
@@ -50,7 +57,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     lat, mem = report.get("latency", {}), report.get("memory", {})
     if "float" in lat and "int8" in lat:
         table.add_row("latency median", f"{lat['float']['median_ms']:.3f} ms", f"{lat['int8']['median_ms']:.3f} ms",
-                      f"{lat.get('speedup') or 0:.2f}x speedup")
+                      _speedup_cell(lat.get("speedup")))
         table.add_row("latency p90", f"{lat['float']['p90_ms']:.3f} ms", f"{lat['int8']['p90_ms']:.3f} ms", "")
     elif (report.get("settings") or {}).get("accuracy_only"):
         table.add_row("latency, memory", "not measured", "not measured", "--accuracy-only")
