@@ -275,13 +275,27 @@ def _observable(group: list[int], pairs: list, float_runner: Runner, int8_runner
     return kept
 
 
+#: the difference of an element that is NaN or infinite on one side only (or infinite with opposite signs):
+#: the largest float, as the wire and report.json are JSON, which has no infinity
+NONFINITE_DIFF = sys.float_info.max
+
+
 def _max_abs_diff(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> float:
-    """How far the capture session's model outputs are from the deployed session's."""
+    """How far the capture session's model outputs are from the deployed session's.
+
+    NaN in both at the same place, or the same infinity, is no departure; NaN or infinity against anything
+    else is, and counts as :data:`NONFINITE_DIFF` (``np.max`` of a NaN difference would drop it).
+    """
     worst = 0.0
     for name, ref in reference.items():
         got = outputs.get(name)
-        if got is not None and got.shape == ref.shape and ref.size:
-            worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))))
+        if got is None or got.shape != ref.shape or not ref.size:
+            continue
+        a, b = got.astype(np.float64), ref.astype(np.float64)
+        departs = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+        if departs.any():
+            diff = np.abs(a[departs] - b[departs])
+            worst = max(worst, float(diff.max()) if np.isfinite(diff).all() else NONFINITE_DIFF)
     return worst
 
 

@@ -59,6 +59,11 @@ window.addEventListener("load", function () {
     result.plots = Array.prototype.map.call(document.querySelectorAll(".js-plotly-plot"), function (gd) {
       return {title: (gd.layout.title && gd.layout.title.text) || "", traces: gd.data.length,
               bars: gd.querySelectorAll(".barlayer .point").length,
+              // [axis, label, font px] of every drawn tick label ("xtick", "x2tick", ...)
+              ticks: Array.prototype.map.call(
+                gd.querySelectorAll(".xaxislayer-above text, .yaxislayer-above text"), function (t) {
+                  return [t.parentNode.getAttribute("class"), t.textContent, parseFloat(getComputedStyle(t).fontSize)];
+                }),
               subplots: Object.keys(gd._fullLayout._plots || {}).length,
               buttons: Array.prototype.map.call(gd.querySelectorAll(".updatemenu-button"),
                                                 function (b) { return b.textContent; })};
@@ -79,6 +84,17 @@ window.addEventListener("load", function () {
           .map(function (k) { return gd._fullLayout[k].type; });
       });
       result.errors = window.__errors;
+      // Layout: a page wider than the window scrolls sideways; name what sticks out.
+      var root = document.documentElement;
+      result.layout = {scroll_width: root.scrollWidth, client_width: root.clientWidth,
+                       inner_height: window.innerHeight,
+                       first_plot_top: (function () {
+                         var gd = document.querySelector(".js-plotly-plot");
+                         return gd ? gd.getBoundingClientRect().top + window.scrollY : null; })(),
+                       overflowing: Array.prototype.filter.call(document.body.querySelectorAll("*"), function (el) {
+                         return el.getBoundingClientRect().right > root.clientWidth + 0.5
+                                && !el.closest(".table-wrap, .js-plotly-plot");
+                       }).slice(0, 5).map(function (el) { return el.tagName + "." + el.className; })};
       var out = document.createElement("pre");
       out.id = "probe";
       out.textContent = JSON.stringify(result);
@@ -89,8 +105,8 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def render(html_path, tmp_path) -> dict:
-    """Load a page in headless Chromium and return what the probe saw."""
+def render(html_path, tmp_path, window: tuple[int, int] = (1280, 800)) -> dict:
+    """Load a page in headless Chromium in a ``window`` (width, height) px and return what the probe saw."""
     if CHROMIUM is None:
         pytest.skip("Debian chromium is not installed (apt-get install chromium)")
     probed = tmp_path / f"probed-{html_path.name}"
@@ -99,6 +115,7 @@ def render(html_path, tmp_path) -> dict:
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=20000",
+        f"--window-size={window[0]},{window[1]}",
         # Any network fetch fails: the page must not need one.
         "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom", probed.as_uri(),
     ]

@@ -10,7 +10,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..compare.metrics import nonfinite_text
-from ..report import coverage, delegation, fidelity
+from ..report import alerts, coverage, delegation, fidelity, marks
 from ..run_state import UI
 from . import bars
 
@@ -37,6 +37,13 @@ def _output_cell(out: dict[str, Any]) -> str:
     return cell + (f" · {_VERDICT_STYLE[out['verdict']]}" if out.get("verdict") in _VERDICT_STYLE else "")
 
 
+def _speedup_cell(speedup: float | None) -> str:
+    """The speedup; below 1.0 in red with the words report.html marks it with (:mod:`..report.marks`)."""
+    cell = f"{speedup or 0:.2f}x speedup"
+    mark = marks.speedup(speedup)
+    return f"[bold red]{cell} {mark.text}[/]" if mark else cell
+
+
 def render_report(report: dict[str, Any], console: Console) -> None:
     """Print the summary, the worst layers and the drops of a report."""
     dev = report.get("device", {})
@@ -51,7 +58,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     lat, mem = report.get("latency", {}), report.get("memory", {})
     if "float" in lat and "int8" in lat:
         table.add_row("latency median", f"{lat['float']['median_ms']:.3f} ms", f"{lat['int8']['median_ms']:.3f} ms",
-                      f"{lat.get('speedup') or 0:.2f}x speedup")
+                      _speedup_cell(lat.get("speedup")))
         table.add_row("latency p90", f"{lat['float']['p90_ms']:.3f} ms", f"{lat['int8']['p90_ms']:.3f} ms", "")
     elif (report.get("settings") or {}).get("accuracy_only"):
         table.add_row("latency, memory", "not measured", "not measured", "--accuracy-only")
@@ -67,6 +74,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             console.print(f"  output {out['name']}: {reason}", markup=False)
     for line in fidelity.capture_warnings(report):
         console.print(f"[bold yellow]capture:[/] {escape(line)}")
+    for line in alerts.noisy_timings(report):
+        console.print(f"[bold yellow]timing:[/] {escape(line)}")
     for line in [*delegation.summary_lines(report), coverage.coverage_line(report)]:
         if line:
             console.print(line, markup=False)
@@ -90,7 +99,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         console.print(f"[bold red]sudden drops[/] (SQNR falls > {threshold} dB below its inputs'):")
         for name in drops:
             x = by_name[name]
-            console.print(f"  #{x['index']} {name} ({x['op_type']}): PSNR {_db(x['psnr_db'])}, "
+            console.print(f"  #{x['index']} {escape(short_name(name))} ({x['op_type']}): PSNR {_db(x['psnr_db'])}, "
                           f"SQNR {_db(x.get('sqnr_db'))} (-{x['drop_db']:.1f} dB)")
     elif layers:
         console.print("no sudden drops")
@@ -123,7 +132,7 @@ def _render_nonfinite(names: list[str], by_name: dict[str, Any], console: Consol
         return
     first = by_name[names[0]]
     console.print(f"[bold red]non-finite values[/] in {len(names)} layer(s), no PSNR for them; first: "
-                  f"#{first['index']} {escape(names[0])} ({first['op_type']}): {nonfinite_text(first['nonfinite'])}")
+                  f"#{first['index']} {escape(short_name(names[0]))} ({first['op_type']}): {nonfinite_text(first['nonfinite'])}")
 
 
 def _render_sensitive(report: dict[str, Any], by_name: dict[str, Any], console: Console) -> None:

@@ -12,6 +12,7 @@ from rich.table import Table
 from ..report.compare import reference_text
 from ..run_state import UI
 from . import bars
+from .render import short_name
 
 
 def _num(value: Any, digits: int) -> str:
@@ -52,7 +53,7 @@ def render_compare(doc: Mapping[str, Any], console: Console) -> None:
             else f"{row['speedup']:.2f}x", _pair(row["peak_mb"], 1),
             "exact" if psnr is None and row.get("outputs_exact") else _num(psnr, 2), escape(agreement),
             escape((row.get("ran") or "-").replace("ExecutionProvider", "")),
-            escape((row.get("worst_layers") or ["-"])[0]),
+            escape(short_name((row.get("worst_layers") or ["-"])[0])),
         )
     console.print(table)
     for target, why in failures:

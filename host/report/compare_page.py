@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 
 from qbench.host.report.compare import reference_text, table as compare_table
 from qbench.host.report.exports import AMBER, AMBER_BELOW_DB, RED, RED_BELOW_DB
-from qbench.host.report.page import esc, num_cell, table
+from qbench.host.report import marks
+from qbench.host.report.page import breakable, esc, marked, num_cell, table
 
 HEADERS = ("target", "device", "status", "median float", "median int8", "speedup", "peak float", "peak int8",
            "output PSNR dB", "int8 vs reference", "float vs reference", "ran", "worst layers", "gates")
@@ -33,14 +34,19 @@ def targets_table(doc: Mapping[str, Any]) -> str:
             row["target"], f"{where} {device['runtime'] or ''}".strip(),
             (f'<span class="fail">{esc(status)}</span>' if failed else esc(status), status),
             num_cell(row["latency_ms"]["float"], 3, " ms"), num_cell(row["latency_ms"]["int8"], 3, " ms"),
-            num_cell(row.get("speedup"), 2, "\u00d7"),
+            marked(num_cell(row.get("speedup"), 2, "\u00d7"), marks.speedup(row.get("speedup"))),
             num_cell(row["peak_mb"]["float"], 1, " MB"), num_cell(row["peak_mb"]["int8"], 1, " MB"),
             ("exact", "1e9", "num") if psnr is None and row.get("outputs_exact") else num_cell(psnr),
             reference_text(versus, "int8") if versus is not None else row.get("outputs_note") or "-",
             reference_text(versus, "float") if versus is not None else "-",
-            row.get("ran") or "-", ", ".join(row.get("worst_layers") or []) or "-", gates,
+            row.get("ran") or "-", _names_cell(row.get("worst_layers") or []), gates,
         ))
     return table(HEADERS, rows, sortable=True) + divergence_tables(doc)
+
+
+def _names_cell(names: Sequence[str]) -> tuple:
+    text = ", ".join(names) or "-"
+    return ", ".join(map(breakable, names)) or "-", text, "name"  # a column wide enough to read long TFLite names in
 
 
 def divergence_tables(doc: Mapping[str, Any]) -> str:

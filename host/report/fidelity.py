@@ -6,7 +6,11 @@ figures are those of the graph the runtime deploys, captured in the passes the b
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
+
+#: the agent's ``fidelity_max_abs_diff`` for a NaN or infinity on one side only (JSON has no infinity)
+NONFINITE_DIFF = sys.float_info.max
 
 
 def capture_warnings(report: Mapping[str, Any]) -> list[str]:
@@ -14,7 +18,11 @@ def capture_warnings(report: Mapping[str, Any]) -> list[str]:
     cap = report.get("capture") or {}
     lines = []
     diff = cap.get("fidelity_max_abs_diff")
-    if diff:
+    if diff and diff >= NONFINITE_DIFF:
+        lines.append("capture fidelity non-finite: an int8 model output of the capture holds NaN or infinity where "
+                     "the deployed int8 model's does not (or the other way round), so the layer figures are of a "
+                     "graph that computes other values than the deployed one.")
+    elif diff:
         lines.append(f"capture fidelity {diff:g}: the int8 model outputs of the capture differ from the deployed "
                      "int8 model's by up to that much (max abs), so the layer figures are of a graph that computes "
                      "other values than the deployed one.")

@@ -16,6 +16,8 @@ from qbench.host.report.exports import AMBER, AMBER_BELOW_DB, RED, RED_BELOW_DB
 
 FLOAT_COLOUR, INT8_COLOUR, DROP_COLOUR = "#1f77b4", "#ff7f0e", "#c62828"
 MAX_OPS = 25
+#: the latency figure's tick labels: at most this many per axis, in this font size (px)
+LATENCY_TICKS, LATENCY_FONT_SIZE = 6, 14
 
 
 def psnr_depth(layers: Sequence[Mapping[str, Any]]) -> Optional[go.Figure]:
@@ -74,13 +76,29 @@ def latency(latency_report: Mapping[str, Any]) -> Optional[go.Figure]:
                                  fill="tozeroy", line=dict(color=colour), name=model, legendgroup=model,
                                  showlegend=False, hovertemplate="from %{x:.4g} ms: %{y} runs<extra>" + model
                                  + "</extra>"), row=1, col=2)
-    fig.update_layout(title=dict(text="Latency per inference (steady state)", y=0.98), margin=dict(t=90))
+    fig.update_layout(title=dict(text="Latency per inference (steady state)", y=0.98), margin=dict(t=90),
+                      font=dict(size=LATENCY_FONT_SIZE))
+    fig.update_annotations(font_size=LATENCY_FONT_SIZE)  # the subplot titles
+    # Few, large tick labels: a log axis otherwise labels every 2, 3, 5 between the decades.
+    fig.update_xaxes(nticks=LATENCY_TICKS, tickfont_size=LATENCY_FONT_SIZE)
+    fig.update_yaxes(nticks=LATENCY_TICKS, tickfont_size=LATENCY_FONT_SIZE)
     fig.update_yaxes(title_text="ms" + (" (log scale)" if log_box else ""), type="log" if log_box else None,
-                     row=1, col=1)
+                     row=1, col=1, **(_log_ticks(everything.min(), everything.max()) if log_box else {}))
     fig.update_xaxes(title_text="ms" + (" (log scale)" if log_bins else ""), type="log" if log_bins else None,
-                     row=1, col=2)
+                     row=1, col=2, **(_log_ticks(edges[0], edges[-1]) if log_bins else {}))
     fig.update_yaxes(title_text="runs", row=1, col=2)
     return fig
+
+
+def _log_ticks(lo: float, hi: float) -> dict[str, Any]:
+    """Tick values and full labels for a log axis over [lo, hi]: 1-2-5 steps, or decades when those are more than
+    LATENCY_TICKS. plotly's own log ticks ignore ``nticks`` and label minor ticks "2", "5" without their decade."""
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    for steps in ((1, 2, 5), (1,)):
+        values = [m * 10.0 ** d for d in decades for m in steps if lo <= m * 10.0 ** d <= hi]
+        if len(values) <= LATENCY_TICKS:
+            break
+    return {"tickvals": values, "ticktext": [f"{v:g}" for v in values]}
 
 
 def _latency_bins(samples: np.ndarray, bins: int = 60) -> tuple[np.ndarray, bool]:

@@ -38,13 +38,46 @@ class Histogram:
 
     @property
     def bins(self) -> int:
+        """The bins counted on the device (``--histogram-bins``)."""
         return len(next(iter(self.counts.values())))
+
+    @property
+    def values(self) -> int:
+        """The values counted: the tensor's elements over every sample, clipped ones included."""
+        return int(max(sum(self.counts[m]) + self.under[m] + self.over[m] for m in self.counts))
+
+    def shown(self) -> "Shown":
+        """The bars to draw: :func:`shown_bins` bins, each the sum of adjacent counted bins."""
+        group = math.ceil(self.bins / shown_bins(self.values, self.bins))
+        starts = range(0, self.bins, group)
+        step = (self.hi - self.lo) / self.bins
+        edges = [(self.lo + k * step, self.lo + min(k + group, self.bins) * step) for k in starts]
+        return Shown(centres=[(a + b) / 2 for a, b in edges], widths=[b - a for a, b in edges],
+                     counts={m: [sum(c[k:k + group]) for k in starts] for m, c in self.counts.items()})
 
     def clipped(self, model: str) -> str:
         """The values of ``model`` outside the range: "12 below, 340 above (2.1 % clipped)"."""
         total = sum(self.counts[model]) + self.under[model] + self.over[model]
         share = 100.0 * (self.under[model] + self.over[model]) / total if total else 0.0
         return f"{int(self.under[model])} below, {int(self.over[model])} above ({share:.2g} % clipped)"
+
+
+@dataclass
+class Shown:
+    """The bars of one panel: centre, width and, per model, count of each."""
+
+    centres: list[float]
+    widths: list[float]
+    counts: dict[str, list[float]]
+
+
+def shown_bins(values: int, bins: int) -> int:
+    """Bars for ``values`` values counted in ``bins`` bins: ``min(bins, ceil(sqrt(values)))``, at least 1.
+
+    The square-root rule: 8 values in 64 bins would be 8 lone bars among 56 empty ones, which says nothing
+    of the values' spread; 3 bars of about 21 bins each do. From 3,970 values on, all 64 bins are drawn.
+    """
+    return max(1, min(bins, math.ceil(math.sqrt(values))))
 
 
 def parse(data: Any) -> Optional[Histogram]:
@@ -130,7 +163,7 @@ def figure(rows: Sequence[Row]) -> Optional[go.Figure]:
         return None
     cols = 2 if any(weight for _, _, weight in rows) else 1
     grid = [[activation, weight][:cols] for _, activation, weight in rows]
-    titles = [panel.title for row in grid for panel in row if panel]
+    titles = [_title(panel) for row in grid for panel in row if panel]
     # No axes in an empty cell: a relayout naming an axis that has no trace fails in plotly.js.
     fig = make_subplots(rows=len(grid), cols=cols, subplot_titles=titles,
                         specs=[[{} if panel else None for panel in row] for row in grid],
@@ -158,16 +191,22 @@ def figure(rows: Sequence[Row]) -> Optional[go.Figure]:
     return fig
 
 
+def _title(panel: Panel) -> str:
+    """The panel's title; with fewer bars than counted bins, how many values they hold."""
+    hist = panel.histogram
+    bars = shown_bins(hist.values, hist.bins)
+    return panel.title if bars == hist.bins else f"{panel.title} · {hist.values} values in {bars} bins"
+
+
 def _draw(fig: go.Figure, hist: Histogram, row: int, col: int, shown: set[str]) -> list[dict[str, Any]]:
     """Add one panel's bars; returns the dotted lines of its int8 range, as layout shapes."""
-    width = (hist.hi - hist.lo) / hist.bins
-    centres = [hist.lo + (k + 0.5) * width for k in range(hist.bins)]
-    clip_width = max(width, _CLIP_BAR_WIDTH * (hist.hi - hist.lo))
+    bars = hist.shown()
+    clip_width = max(bars.widths[0], _CLIP_BAR_WIDTH * (hist.hi - hist.lo))
     for model, colour in (("float", FLOAT_COLOUR), ("int8", INT8_COLOUR)):
         if model not in hist.counts:
             continue
         fig.add_trace(go.Bar(
-            x=centres, y=hist.counts[model], width=width, name=model, marker_color=colour, opacity=0.55,
+            x=bars.centres, y=bars.counts[model], width=bars.widths, name=model, marker_color=colour, opacity=0.55,
             legendgroup=model, showlegend=model not in shown,
             hovertemplate="%{x:.4g}: %{y} values<extra>" + model + "</extra>"), row=row, col=col)
         shown.add(model)

@@ -13,9 +13,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from qbench.host import gates as gates_mod
 from qbench.host.compare.metrics import nonfinite_text
-from qbench.host.report import compare_page, diagnosis_page, fidelity, figures, sections, sensitivity_page
+from qbench.host.report import (alerts, compare_page, diagnosis_page, fidelity, figures, marks, sections,
+                                sensitivity_page)
 from qbench.host.report.exports import AMBER_BELOW_DB, RED_BELOW_DB
-from qbench.host.report.page import esc, figure_html, fmt, note, num_cell, page, table
+from qbench.host.report.page import breakable, esc, figure_html, fmt, marked, note, num_cell, page, table
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -39,10 +40,14 @@ def write_html(report: Mapping[str, Any], path: PathLike) -> Path:
         f"<h1>qbench: {esc(model)}</h1>",
         f'<p class="muted">{esc(report.get("created"))} · qbench {esc(report.get("qbench_version"))}</p>',
         _capture_warnings(report),
-        _summary(report, checks),
+        _run_warnings(report),
+        _cards(report, checks),
+        # the chart right under the cards: the first thing a reader sees without scrolling
         "<h2>PSNR per layer</h2>",
-        _figure_or_note(figures.psnr_depth(layers), "No layer figures in this report.", height=480),
+        _figure_or_note(figures.psnr_depth(layers), "No layer figures in this report.", height=440),
         _psnr_note(layers),
+        "<h2>Run</h2>",
+        _summary(report, checks),
         "<h2>Latency</h2>",
         _figure_or_note(figures.latency(report.get("latency") or {}), "No latency samples in this report."),
         _latency_table(report.get("latency") or {}),
@@ -120,13 +125,15 @@ def _figure_or_note(fig: Any, missing: str, height: int = 420) -> str:
     return figure_html(fig, height=height) if fig is not None else note(missing)
 
 
-def _mark(checks: Sequence[gates_mod.GateCheck], gate: str) -> str:
+def _gate_mark(checks: Sequence[gates_mod.GateCheck], gate: str) -> tuple[str, Optional[marks.Mark]]:
+    """The pass/fail badge of ``gate`` (empty when it is not set) and, when it failed, its mark."""
     for check in checks:
         if check.gate == gate:
             verdict = "pass" if check.passed else "fail"
             symbol = "\u2714" if check.passed else "\u2718"
-            return f' <span class="{verdict}" title="{esc(check.message)}">{symbol} {verdict}</span>'
-    return ""
+            badge = f' <span class="{verdict}" title="{esc(check.message)}">{symbol} {verdict}</span>'
+            return badge, marks.gate(check.passed)
+    return "", None
 
 
 def _output_psnr_text(psnr: Optional[float], report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
@@ -135,32 +142,53 @@ def _output_psnr_text(psnr: Optional[float], report: Mapping[str, Any], summary:
     return "exact" if psnr is None and report.get("outputs") else fmt(psnr, 2, " dB")
 
 
-def _card(label: str, value: str, mark: str = "") -> str:
-    return f'<div class="card"><div class="label">{esc(label)}</div><div class="value">{value}{mark}</div></div>'
+def _card(label: str, value: str, gate: tuple[str, Optional[marks.Mark]] = ("", None),
+          mark: Optional[marks.Mark] = None) -> str:
+    """A summary card; a bad or doubtful value (or a failed gate) gives it the mark's class and its words."""
+    badge, failed = gate
+    worst = marks.worst(mark, failed)
+    why = "".join(f'<div class="why {m.level}">{esc(m.text)}</div>' for m in (mark, failed) if m)
+    cls = f"card {worst.level}" if worst else "card"
+    return (f'<div class="{cls}"><div class="label">{esc(label)}</div><div class="value">{value}{badge}</div>'
+            f"{why}</div>")
+
+
+def _cards(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -> str:
+    """The headline figures, each marked against the gates and the verdicts, and the gates' verdict."""
+    summary = report.get("summary") or {}
+    latency, memory = report.get("latency") or {}, report.get("memory") or {}
+    psnr = summary.get("output_psnr_db")
+    speedup = latency.get("speedup", summary.get("speedup"))
+    psnr_mark = (marks.Mark(marks.BAD, "non-finite") if summary.get("nonfinite_outputs")
+                 else marks.psnr(psnr))
+    cards = [
+        _card("output PSNR", _output_psnr_text(psnr, report, summary), _gate_mark(checks, "fail_under_psnr"),
+              psnr_mark),
+        _card("speedup (float/int8)", fmt(speedup, 2, "\u00d7"), _gate_mark(checks, "fail_under_speedup"),
+              marks.speedup(speedup)),
+        _card("memory ratio (int8/float)", fmt(memory.get("ratio", summary.get("memory_ratio")), 2)),
+        _card("int8 peak memory", fmt((memory.get("int8") or {}).get("peak_mb"), 1, " MB"),
+              _gate_mark(checks, "fail_over_memory")),
+        _card("sudden drops", str(len(_drops(report))), _gate_mark(checks, "fail_on_drop")),
+    ]
+    if summary.get("verdict"):
+        cards.append(_card("output verdict", esc(summary["verdict"]), _gate_mark(checks, "fail_on_broken"),
+                           marks.verdict(summary["verdict"])))
+    if summary.get("top1_agreement") is not None:
+        cards.append(_card("top-1 agreement", fmt(summary["top1_agreement"], 3),
+                           _gate_mark(checks, "fail_under_top1")))
+    return f'<div class="cards">{"".join(cards)}</div>{_gates_verdict(checks)}'
+
+
+def _drops(report: Mapping[str, Any]) -> list[str]:
+    drops = (report.get("summary") or {}).get("drops")
+    return drops if drops is not None else [layer["name"] for layer in report.get("layers") or [] if layer.get("drop")]
 
 
 def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -> str:
+    """Below the chart: each gate, the notes, the device and models, the outputs, the worst layers and drops."""
     summary, device = report.get("summary") or {}, report.get("device") or {}
-    latency, memory = report.get("latency") or {}, report.get("memory") or {}
-    drops = summary.get("drops")
-    if drops is None:
-        drops = [layer["name"] for layer in report.get("layers") or [] if layer.get("drop")]
-    psnr = summary.get("output_psnr_db")
-    cards = [
-        _card("output PSNR", _output_psnr_text(psnr, report, summary),
-              _mark(checks, "fail_under_psnr")),
-        _card("speedup (float/int8)", fmt(latency.get("speedup", summary.get("speedup")), 2, "\u00d7"),
-              _mark(checks, "fail_under_speedup")),
-        _card("memory ratio (int8/float)", fmt(memory.get("ratio", summary.get("memory_ratio")), 2)),
-        _card("int8 peak memory", fmt((memory.get("int8") or {}).get("peak_mb"), 1, " MB"),
-              _mark(checks, "fail_over_memory")),
-        _card("sudden drops", str(len(drops)), _mark(checks, "fail_on_drop")),
-    ]
-    if summary.get("verdict"):
-        cards.append(_card("output verdict", summary["verdict"], _mark(checks, "fail_on_broken")))
-    if summary.get("top1_agreement") is not None:
-        cards.append(_card("top-1 agreement", fmt(summary["top1_agreement"], 3), _mark(checks, "fail_under_top1")))
-    parts = [f'<div class="cards">{"".join(cards)}</div>', _gates_block(checks), _notes(report)]
+    parts = [_gates_list(checks), _notes(report)]
     providers = ", ".join(device.get("providers_used") or device.get("providers") or []) or "-"
     delegate = (((report.get("settings") or {}).get("runner") or {}).get("delegate"))
     if delegate:
@@ -178,9 +206,10 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
     parts.append(_outputs_table(report.get("outputs") or []))
     worst = summary.get("worst_layers") or []
     if worst:
-        parts.append(f"<p><b>Worst layers:</b> {esc(', '.join(worst))}</p>")
+        parts.append(f'<p class="names"><b>Worst layers:</b> {", ".join(map(breakable, worst))}</p>')
+    drops = _drops(report)
     if drops:
-        parts.append(f"<p><b>Sudden drops:</b> {esc(', '.join(drops))}</p>")
+        parts.append(f'<p class="names"><b>Sudden drops:</b> {", ".join(map(breakable, drops))}</p>')
     return "\n".join(parts)
 
 
@@ -193,8 +222,17 @@ def _capture_warnings(report: Mapping[str, Any]) -> str:
     return f'<div class="note warn" id="capture-fidelity"><b>Capture</b><ul>{items}</ul></div>'
 
 
+def _run_warnings(report: Mapping[str, Any]) -> str:
+    """Random calibration and noisy timings (:mod:`qbench.host.report.alerts`), above the figures they qualify."""
+    lines = alerts.run_warnings(report)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{esc(marks.SYMBOLS[marks.WARN])} {esc(line)}</li>" for line in lines)
+    return f'<div class="note warn" id="run-warnings"><b>Warnings</b><ul>{items}</ul></div>'
+
+
 def _notes(report: Mapping[str, Any]) -> str:
-    lines = list(report.get("notes") or [])
+    lines = alerts.plain_notes(report)
     error = report.get("error")
     if error:
         lines.insert(0, f"{error.get('stage', 'run')} failed: {error.get('message', error)}"
@@ -205,32 +243,42 @@ def _notes(report: Mapping[str, Any]) -> str:
     return f'<div class="note"><b>Notes</b><ul>{items}</ul></div>'
 
 
-def _gates_block(checks: Sequence[gates_mod.GateCheck]) -> str:
+def _gates_verdict(checks: Sequence[gates_mod.GateCheck]) -> str:
     if not checks:
         return ""
-    passed = all(check.passed for check in checks)
+    failed = [c.gate for c in checks if not c.passed]
+    if not failed:
+        return '<p><b>Gates:</b> <span class="pass">\u2714 all gates passed</span></p>'
+    return f'<p><b>Gates:</b> <span class="fail">\u2718 gates failed: {esc(", ".join(failed))}</span></p>'
+
+
+def _gates_list(checks: Sequence[gates_mod.GateCheck]) -> str:
+    if not checks:
+        return ""
     items = "".join(f'<li><span class="{"pass" if c.passed else "fail"}">{"pass" if c.passed else "FAIL"}</span> '
                     f"{esc(c.gate)}: {esc(c.message)}</li>" for c in checks)
-    verdict = '<span class="pass">all gates passed</span>' if passed else '<span class="fail">gates failed</span>'
-    return f"<p><b>Gates:</b> {verdict}</p><ul>{items}</ul>"
+    return f"<p><b>Gates</b></p><ul>{items}</ul>"
 
 
 def _outputs_table(outputs: Sequence[Mapping[str, Any]]) -> str:
     if not outputs:
         return ""
-    rows = []
+    rows, classes = [], []
     for o in outputs:
         if o.get("kind") == "exact":
-            verdict = "identical" if o.get("exact") else f"{o.get('mismatches', '?')} mismatches"
+            exact = "identical" if o.get("exact") else f"{o.get('mismatches', '?')} mismatches"
         elif o.get("nonfinite"):
-            verdict = f"non-finite: {nonfinite_text(o['nonfinite'])}"
+            exact = f"non-finite: {nonfinite_text(o['nonfinite'])}"
         else:
-            verdict = "exact" if o.get("exact") else ""
-        rows.append((o.get("name"), o.get("kind", "float"), num_cell(o.get("psnr_db")), num_cell(o.get("sqnr_db")),
-                     num_cell(o.get("mse"), 4), num_cell(o.get("max_abs_error"), 4), verdict,
-                     o.get("verdict") or "", "; ".join(o.get("reasons") or [])))
+            exact = "exact" if o.get("exact") else ""
+        psnr_mark, verdict_mark = marks.psnr(o.get("psnr_db")), marks.verdict(o.get("verdict"))
+        rows.append((o.get("name"), o.get("kind", "float"), marked(num_cell(o.get("psnr_db")), psnr_mark),
+                     num_cell(o.get("sqnr_db")), num_cell(o.get("mse"), 4), num_cell(o.get("max_abs_error"), 4),
+                     exact, marked(("", o.get("verdict") or "", ""), verdict_mark) if verdict_mark else o.get("verdict") or "", "; ".join(o.get("reasons") or [])))
+        mark = marks.output(o)
+        classes.append(f"output-{mark.level}" if mark else "")
     return table(("output", "kind", "PSNR dB", "SQNR dB", "MSE", "max abs error", "exact", "verdict", "why"), rows,
-                 wrap=True)
+                 wrap=True, row_classes=classes)
 
 
 def _latency_table(latency: Mapping[str, Any]) -> str:
@@ -240,7 +288,8 @@ def _latency_table(latency: Mapping[str, Any]) -> str:
             for model in ("float", "int8") if latency.get(model)]
     if not rows:
         return ""
-    return table(("model", "init", "first", "min", "median", "mean", "p90", "p99", "std", "runs"), rows)
+    return table(("model", "init ms", "first ms", "min ms", "median ms", "mean ms", "p90 ms", "p99 ms", "std ms",
+                  "timed runs"), rows)
 
 
 def _psnr_class(psnr: Optional[float], exact: bool) -> str:
@@ -270,7 +319,7 @@ def _layer_table(layers: Sequence[Mapping[str, Any]]) -> str:
             psnr_text, sort_key = "non-finite", "-1e9"
         rows.append((
             num_cell(layer.get("index", i), 0),
-            layer["name"], layer.get("op_type") or "",
+            _name_cell(layer), layer.get("op_type") or "",
             (psnr_text, sort_key, "num psnr"),
             num_cell(layer.get("local_psnr_db")), num_cell(layer.get("sqnr_db")),
             num_cell(layer.get("mse"), 4), num_cell(layer.get("max_abs_error"), 4),
@@ -284,6 +333,15 @@ def _layer_table(layers: Sequence[Mapping[str, Any]]) -> str:
     return hint + table(("#", "name", "op", "PSNR dB", "local dB", "SQNR dB", "MSE", "max abs err", "float min",
                          "float max", "clipped %", "drop", "status"), rows, sortable=True, row_classes=classes,
                         wrap=True)
+
+
+def _name_cell(layer: Mapping[str, Any]) -> tuple:
+    """The layer's name; under it, in small type, the name in the prepared copy when that is another one."""
+    name, prepared = layer["name"], layer.get("prepared_name")
+    if not prepared or prepared == name:
+        return breakable(name), name, "name"
+    return (f'<span title="prepared copy: {esc(prepared)}">{breakable(name)}</span>'
+            f'<div class="sub">prepared: {breakable(prepared)}</div>', name, "name")
 
 
 def _layer_status(layer: Mapping[str, Any]) -> str:

@@ -22,9 +22,10 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 
 h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem;
      border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
 .muted { color: #666; font-size: .9rem; }
-.cards { display: flex; flex-wrap: wrap; gap: .8rem; margin: 1rem 0; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: .6rem .9rem; min-width: 10rem; }
-.card .label { color: #666; font-size: .8rem; } .card .value { font-size: 1.4rem; font-weight: 600; }
+.cards { display: flex; flex-wrap: wrap; gap: .6rem; margin: .8rem 0; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: .4rem .8rem; min-width: 8rem; }
+.card .label { color: #666; font-size: .8rem; } .card .value { font-size: 1.3rem; font-weight: 600; }
+.card .value .pass, .card .value .fail { font-size: .85rem; }
 .pass { color: #2e7d32; font-weight: 600; } .fail { color: #c62828; font-weight: 600; }
 table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0; }
 th, td { border-bottom: 1px solid #eee; padding: .25rem .6rem; text-align: left; vertical-align: top; }
@@ -35,8 +36,21 @@ table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; }
 .table-wrap { max-height: 36rem; overflow: auto; border: 1px solid #eee; }
 tr.psnr-red td.psnr { background: #ffcdd2; } tr.psnr-amber td.psnr { background: #ffe0b2; }
 tr.psnr-green td.psnr { background: #e8f5e9; } tr.drop td:first-child { border-left: 3px solid #c62828; }
-.note { background: #f6f6f6; border-left: 3px solid #bbb; padding: .5rem .8rem; }
+.note { background: #f6f6f6; border-left: 3px solid #bbb; padding: .4rem .8rem; font-size: .9rem; }
+.note ul { margin: .2rem 0; }
 .note.warn { background: #fff8e1; border-left-color: #f9a825; }
+/* TFLite joins names with ';' and no space: let any text break anywhere rather than widen the page; numbers
+   and headers stay whole */
+p, li, td, h1, h2, h3 { overflow-wrap: anywhere; } td.num { white-space: nowrap; }
+td.name { min-width: 12rem; } td .why { display: block; white-space: normal; }
+.sub { color: #666; font-size: .75rem; }
+/* marks: a symbol and words beside the colour (see qbench.host.report.marks) */
+.why { font-size: .8rem; font-weight: 600; } .why.bad, td.bad .why, span.bad { color: #b71c1c; }
+.why.warn, td.warn .why, span.warn { color: #8a5300; }
+.card.bad { border: 2px solid #c62828; background: #ffebee; } .card.warn { border: 2px solid #f9a825; background: #fff8e1; }
+td.bad { background: #ffcdd2; } td.warn { background: #ffe0b2; }
+tr.output-bad td:first-child { border-left: 3px solid #c62828; }
+tr.output-warn td:first-child { border-left: 3px solid #f9a825; }
 """
 
 # Sorts a table by the clicked column; cells carry their sort key in data-v.
@@ -70,6 +84,12 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 def esc(value: Any) -> str:
     """HTML-escape any value's text."""
     return html.escape("" if value is None else str(value))
+
+
+def breakable(name: Any) -> str:
+    """A layer name as HTML, with a line-break opportunity after each ``;`` (TFLite joins fused ops' names with
+    it and no space; elsewhere the CSS breaks anywhere); a copy of the text still gives the name back whole."""
+    return esc(name).replace(";", ";<wbr>")
 
 
 def fmt(value: Any, digits: int = 2, unit: str = "") -> str:
@@ -125,6 +145,15 @@ def num_cell(value: Any, digits: int = 2, unit: str = "", cls: str = "") -> tupl
     """A numeric cell: formatted text, sortable by its value (missing values sort as text, after numbers)."""
     key = "" if value is None else repr(float(value)) if isinstance(value, (int, float)) else str(value)
     return (fmt(value, digits, unit), key, f"num {cls}".strip())
+
+
+def marked(cell: tuple, mark: Any) -> tuple:
+    """A rendered cell ``(html, sort_key, class)`` with a mark's symbol and words after its text and its level
+    as a class (a :class:`qbench.host.report.marks.Mark`; None leaves the cell as it is)."""
+    if mark is None:
+        return cell
+    text, key, cls = cell
+    return f'{text}<span class="why">{esc(mark.text)}</span>', key, f"{cls} {mark.level}".strip()
 
 
 def _cell(cell: Any) -> str:
