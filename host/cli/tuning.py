@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.console import Console
 
-from .. import gates as gates_mod
 from ..errors import UserError
+from ..finish import record_published
 from ..inventory import load_inventory
 from ..store.db import ResultsStore
 from ..transport.factory import transport_for
@@ -56,9 +56,7 @@ def finish(report: dict[str, Any], path: Path, opts: RunOptions, summary: dict[s
     Returns:
         Whether every gate passed.
     """
-    run_id = ResultsStore(opts.db).record(report, path)
-    gates = opts.gates()
-    checks = gates_mod.failures(report, gates) if gates.active else []
+    run_id, checks = record_published(report, path, opts.gates(), ResultsStore(opts.db))
     if opts.as_json:
         print(json.dumps({"report": str(path), "run_id": run_id, **summary,
                           "gates_failed": [c.gate for c in checks]}))
