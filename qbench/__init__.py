@@ -7,8 +7,9 @@ The Python API (the ``qbench`` commands of the same names; see :mod:`qbench.host
     report = qbench.run("model.onnx", runs=50)
     print(report.summary.output_psnr_db, report.latency.speedup)
 
-Importing qbench loads nothing heavy: ONNX Runtime, plotly, paramiko and ZeroMQ are imported when
-a function or class below is first used.
+Importing qbench imports nothing of the host: an agent process, which imports this package before
+``qbench.agent``, stays free of it. ONNX Runtime, plotly, paramiko and ZeroMQ are imported when a
+function or class below is first used.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from qbench.host import __version__  # the one copy; qbench.host/__init__ holds nothing else
-
 #: public name -> the module that defines it
 _EXPORTS = {
+    "__version__": "qbench.host",
     "run": "qbench.host.api", "compare": "qbench.host.api", "calibrate": "qbench.host.api", "fix": "qbench.host.api",
     "Report": "qbench.host.report.typed", "Comparison": "qbench.host.report.typed",
     "Output": "qbench.host.report.typed", "Layer": "qbench.host.report.typed",
