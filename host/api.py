@@ -45,7 +45,7 @@ from .targets import pair_settings, plan_targets, run_targets, target_settings
 from .transport.factory import transport_for
 from .trials import Trials
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, os.PathLike]
 
 #: RunOptions fields that are parameters of their own here, or mean something only on a terminal
 _NOT_OPTIONS = {"devices", "int8", "input_shape", "data", "calibration", "out", "db", "as_json", "quiet"}
@@ -217,8 +217,9 @@ def fix(model: PathLike, target_psnr: float, device: str = "local", data: Option
     opts = _options("fix", options, data=data, calibration=calibration, input_shapes=input_shapes, devices=devices)
     with _trials(opts, model, device, out) as (trials, keep):
         if trials.quantizer.format == "onnx":
-            result = Repair(trials, Target(target_psnr), check_names(tuple(methods), "methods", trials.quantizer.methods),
-                            blocks, check_names(tuple(remedies), "remedies", FAMILIES)).run()
+            chosen = check_names(tuple(methods), "methods", trials.quantizer.methods)
+            result = Repair(trials, Target(target_psnr), chosen, blocks,
+                            check_names(tuple(remedies), "remedies", FAMILIES)).run()
         else:
             result = Fixer(trials, target_psnr, precision=precision, method=opts.calibration_method,
                            max_steps=max_steps, max_latency_ratio=max_latency_ratio,
@@ -262,10 +263,10 @@ def _check_ranges(opts: RunOptions) -> None:
                     raise UserError(f"{f.name} must be at most {high}, not {value!r}")
 
 
-def _settings(opts: RunOptions, model: PathLike, out_dir: Path, device: str,
-              runner: RunnerConfig) -> session.RunSettings:
+def _settings(opts: RunOptions, model: PathLike, out_dir: Path, device: str, runner: RunnerConfig,
+              debug: bool = False) -> session.RunSettings:
     """The one place the API makes a run's settings."""
-    return opts.settings(Path(model), out_dir, device, runner, debug=False)
+    return opts.settings(Path(model), out_dir, device, runner, debug)
 
 
 @contextlib.contextmanager
@@ -286,15 +287,21 @@ def _folder(opts: RunOptions, model: PathLike, out: Optional[PathLike]) -> Itera
 
 @contextlib.contextmanager
 def _trials(opts: RunOptions, model: PathLike, device: str, out: Optional[PathLike]) -> Iterator[tuple[Trials, bool]]:
-    """Trials of ``model`` on ``device`` for calibrate and fix (no per-op profiling: it would repeat per
-    candidate), in ``out`` or a temporary folder."""
+    """:func:`make_trials` in ``out`` or a temporary folder; yields them and whether the folder is kept."""
     dev = load_inventory(opts.devices).get(device)
+    with _folder(opts, model, out) as (folder, keep):
+        yield make_trials(opts, model, dev, folder, _WarningsUI(), debug=False), keep
+
+
+def make_trials(opts: RunOptions, model: PathLike, dev: Device, out_dir: Path, ui: session.UI, debug: bool) -> Trials:
+    """The trials of ``calibrate`` and ``fix``: ``model`` on ``dev`` with the shared options, the gates
+    recorded in the published report. Trials skip ``run``'s per-op profiling session: it would be
+    repeated for every candidate."""
     runner = runner_config(dev, opts.threads, delegate_path=opts.delegate_path, delegate_options=opts.delegate_option,
                            accelerator=opts.accelerator)
-    with _folder(opts, model, out) as (folder, keep):
-        settings = dataclasses.replace(_settings(opts, model, folder, device, runner), profile_runs=0)
-        yield Trials(settings, lambda: transport_for(dev, opts.accept_new_host), _WarningsUI(), bool(dev.emulation),
-                     sections={"gates": opts.gates().to_dict()}), keep
+    settings = dataclasses.replace(_settings(opts, model, out_dir, dev.name, runner, debug), profile_runs=0)
+    return Trials(settings, lambda: transport_for(dev, opts.accept_new_host), ui, bool(dev.emulation),
+                  sections={"gates": opts.gates().to_dict()})
 
 
 def _published(report: dict[str, Any], path: Optional[Path], opts: RunOptions, db: Optional[PathLike]) -> Report:

@@ -3,21 +3,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from ..api import make_trials
 from ..errors import UserError
 from ..finish import record_published
 from ..inventory import load_inventory
 from ..store.db import ResultsStore
-from ..transport.factory import transport_for
 from ..trials import Trials
 from . import main
-from .options import RunOptions, checked_out_dir, runner_config
+from .options import RunOptions, checked_out_dir
 from .render import RichUI
 
 
@@ -34,14 +33,8 @@ def start_trials(command: str, model: Path, device: str, opts: RunOptions) -> tu
         raise UserError(f"`qbench {command}` quantizes MODEL itself; --int8 does not apply")
     dev = load_inventory(opts.devices).get(device)
     out_dir = checked_out_dir(opts, model, command)
-    runner = runner_config(dev, opts.threads, delegate_path=opts.delegate_path, delegate_options=opts.delegate_option,
-                           accelerator=opts.accelerator)
-    settings = opts.settings(model, out_dir, device, runner, main.DEBUG)
-    settings = dataclasses.replace(settings, profile_runs=0)
     ui = RichUI(Console(stderr=True), opts.quiet)
-    trials = Trials(settings, lambda: transport_for(dev, opts.accept_new_host), ui, bool(dev.emulation),
-                    sections={"gates": opts.gates().to_dict()})
-    return trials, ui
+    return make_trials(opts, model, dev, out_dir, ui, main.DEBUG), ui
 
 
 def finish(report: dict[str, Any], path: Path, opts: RunOptions, summary: dict[str, Any]) -> bool:

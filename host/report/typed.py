@@ -4,6 +4,9 @@ The Python API returns these. Each view holds the figures most scripts read as t
 whole document as it was written (``to_dict()``), so nothing the JSON has is lost. A figure the run did
 not measure is None (``latency`` under ``accuracy_only``, ``summary`` of a run that failed before the
 capture). Field meanings are report.json's (README, "report.json").
+
+This module imports nothing heavy until a view is saved or loaded (the report builder brings the
+session with it): reading figures off a Report needs neither ONNX nor ZeroMQ.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, TypeVar
 
-from .build import SCHEMA, write_json
-from .compare import SCHEMA as COMPARE_SCHEMA
+from ..errors import UserError
 
 REPORT_JSON = "report.json"
 COMPARE_JSON = "compare.json"
@@ -242,6 +244,7 @@ class Report:
             The report.json written.
         """
         from .artifacts import write_artifacts  # plotly: only when asked for
+        from .build import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -258,6 +261,8 @@ class Report:
         Raises:
             UserError: a missing or unreadable file, or one that is not a qbench report.
         """
+        from .build import SCHEMA
+
         return cls.from_dict(*_load(Path(path), REPORT_JSON, SCHEMA))
 
 
@@ -297,6 +302,7 @@ class Comparison:
 
     def save(self, folder: Path | str) -> Path:
         """Writes compare.json and compare.html into ``folder`` (made if missing); returns compare.json."""
+        from .build import write_json
         from .html import write_compare_html  # plotly: only when asked for
 
         folder = Path(folder)
@@ -313,7 +319,9 @@ class Comparison:
         Raises:
             UserError: a missing or unreadable file, or one that is not a qbench comparison.
         """
-        return cls.from_dict(*_load(Path(path), COMPARE_JSON, COMPARE_SCHEMA))
+        from .compare import SCHEMA
+
+        return cls.from_dict(*_load(Path(path), COMPARE_JSON, SCHEMA))
 
 
 def _path(value: Optional[str]) -> Optional[Path]:
@@ -321,8 +329,6 @@ def _path(value: Optional[str]) -> Optional[Path]:
 
 
 def _load(path: Path, name: str, schema: str) -> tuple[dict[str, Any], Path]:
-    from ..errors import UserError
-
     if path.is_dir():
         path = path / name
     try:
