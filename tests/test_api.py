@@ -195,3 +195,26 @@ def test_readme_example_runs_as_written(workdir, index):
                           env={**os.environ, "TMPDIR": str(workdir / "tmp")})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip(), "every example prints what it found"
+
+
+def test_a_failed_target_raises_run_failed_with_the_others_results(workdir):
+    with pytest.raises(qbench.RunFailed, match="1 of 2 targets failed") as caught:
+        qbench.compare("model.onnx", providers=["CPUExecutionProvider", "NoSuchExecutionProvider"],
+                       calibration="calib.npz", **FAST)
+    comparison = caught.value.result
+    assert isinstance(comparison, qbench.Comparison) and comparison.path is None
+    assert comparison.reports["local:CPU"].status == "ok"
+    assert "execution provider" in comparison.errors["local:NoSuch"]
+    assert comparison.reports["local:NoSuch"].status == "failed"
+
+
+def test_run_on_a_tflite_model_with_its_delegate(workdir):
+    pytest.importorskip("ai_edge_litert")
+    import tflite_models
+
+    Path("net.tflite").write_bytes(tflite_models.float_convnet())
+    with pytest.warns(UserWarning, match="calibrating on 16 random samples"):  # the run's warnings are Python's
+        report = qbench.run("net.tflite", delegate="xnnpack", **FAST)
+    assert report.status == "ok" and report.summary.layers_compared > 0
+    assert report.section("device")["delegate"] == "xnnpack" and report.latency.int8.median_ms > 0
+    assert "calibrated on random data" in report.notes
