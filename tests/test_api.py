@@ -195,6 +195,8 @@ def test_readme_example_runs_as_written(workdir, index):
                           env={**os.environ, "TMPDIR": str(workdir / "tmp")})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip(), "every example prints what it found"
+    # (ONNX Runtime keeps a session file of its own, .ses, in TMPDIR)
+    assert not list((workdir / "tmp").glob("qbench-*")), "a call without out= leaves no temporary folder"
 
 
 def test_a_failed_target_raises_run_failed_with_the_others_results(workdir):
