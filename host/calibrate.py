@@ -16,6 +16,7 @@ from statistics import fmean
 from typing import Any, Sequence
 
 from .errors import UserError
+from .quantize.tflite import check_method as check_tflite_method
 from .trials import Trials, output_psnr, step_figures
 
 #: a layer is "worse" than the winner's when its PSNR is more than this many dB lower
@@ -67,6 +68,24 @@ def calibrate(trials: Trials, methods: Sequence[str]) -> tuple[Path, dict[str, A
         "note": trials.format.note,
     }
     return trials.publish(measured[winner], trials.base.out_dir / winner / trials.int8_name, "calibration", payload)
+
+
+def check_methods(chosen: Sequence[str] | None, offered: tuple[str, ...], model_format: str) -> list[str]:
+    """The methods to try: ``chosen`` once checked, or every ``offered`` one when None.
+
+    Raises:
+        UserError: a method the format does not offer, none, or one given twice.
+    """
+    if chosen is None:
+        return list(offered)
+    chosen = list(chosen)
+    if model_format == "tflite":
+        for m in chosen:
+            check_tflite_method(m)  # one line on what ai-edge-quantizer cannot do
+    if any(m not in offered for m in chosen) or not chosen or len(set(chosen)) != len(chosen):
+        raise UserError(f"--methods: give distinct methods among {', '.join(offered)} (for {model_format} models), "
+                        f"got {','.join(chosen)!r}")
+    return chosen
 
 
 def method_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -101,6 +101,18 @@ class Point:
         }
 
 
+def check_names(names: tuple[str, ...], option: str, offered: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` (of calibration methods, remedy families) when they are distinct ones of ``offered``.
+
+    Raises:
+        UserError: naming ``option``, when not.
+    """
+    bad = [n for n in names if n not in offered]
+    if not names or bad or len(set(names)) != len(names):
+        raise UserError(f"{option}: give distinct names among {', '.join(offered)}, not {','.join(names)!r}")
+    return names
+
+
 @dataclass
 class RepairResult:
     met: bool

@@ -9,10 +9,12 @@ device is its host and port.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from qbench.protocols.messages import RunnerConfig
@@ -87,6 +89,49 @@ class TargetRun:
             first = (self.state.error["message"].splitlines() or [""])[0]
             return f"{self.state.error['stage']} failed: {first}"
         return None
+
+
+#: the runner of a target on ``device``: ONNX's provider chain, or TFLite's delegate (None: the device's)
+RunnerFor = Callable[[Device, Sequence[str], Optional[str]], RunnerConfig]
+
+
+def plan_targets(devices: list[Device], delegates: list[str], providers: list[str],
+                 runner_for: RunnerFor) -> list[Target]:
+    """Every device with every delegate (TFLite) or provider chain (ONNX); just the devices without either.
+
+    A target's label is ``device`` or ``device:variant`` (``ExecutionProvider`` left out of provider names).
+    A provider variant ``A,B`` is one chain.
+
+    Args:
+        runner_for: the runner of a device with a provider chain (empty: the device's) and a delegate
+            (None: the device's); the model's format refuses the other format's (a delegate for ONNX).
+
+    Raises:
+        UserError: a target given twice, or what ``runner_for`` refuses.
+    """
+    targets: dict[str, Target] = {}
+    for dev in devices:
+        for variant in delegates or providers or [None]:
+            label = dev.name if variant is None else target_label(dev.name, [variant])
+            if label in targets:
+                raise UserError(f"target {label} is given twice")
+            chain = [p.strip() for p in variant.split(",") if p.strip()] if providers and variant else []
+            targets[label] = Target(label, dev, runner_for(dev, chain, variant if delegates else None))
+    return list(targets.values())
+
+
+def pair_settings(base: RunSettings, float_path: Path, int8_path: Path) -> RunSettings:
+    """The settings every target shares: the pair :func:`qbench.host.session.prepare_pair` made of ``base``,
+    given as the int8 model, so that nothing is left to quantize or equalize and every target measures
+    the very same files (reported under the user's model)."""
+    return dataclasses.replace(base, model=float_path, int8=int8_path, equalize=False, return_outputs=True,
+                               user_model=base.model)
+
+
+def target_settings(pair: RunSettings, target: Target) -> RunSettings:
+    """One target's settings: the pair's on its device, with its runner, in its own folder of ``out_dir``."""
+    return dataclasses.replace(pair, device=target.device.name, runner=target.runner,
+                               out_dir=pair.out_dir / target.dirname)
 
 
 def run_targets(targets: list[Target], settings_for: Callable[[Target], RunSettings],

@@ -124,3 +124,15 @@ def test_host_modules_import_each_other_without_a_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_the_qbench_facade_imports_nothing_of_ours_on_import():
+    """`qbench/__init__.py` resolves its names on first use: an agent process imports it before qbench.agent."""
+    import sys
+
+    tree = ast.parse((ROOT / "qbench" / "__init__.py").read_text())
+    imported = [alias.name if isinstance(node, ast.Import) else node.module
+                for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names]
+    assert imported and all(name.split(".")[0] in sys.stdlib_module_names or name == "__future__"
+                            for name in imported), imported

@@ -11,10 +11,10 @@ from rich.table import Table
 
 from .. import gates
 from ..calibrate import calibrate as compare_methods
+from ..calibrate import check_methods
 from ..errors import UserError
 from ..quantize.onnx import METHODS
 from ..quantize.tflite import METHODS as TFLITE_METHODS
-from ..quantize.tflite import check_method as check_tflite_method
 from .main import app
 from .options import QUANTIZATION, RunOptions, device_option, with_run_options
 from .tuning import finish, fmt, fmt_psnr, start_trials
@@ -37,7 +37,9 @@ def calibrate(
         raise UserError("`qbench calibrate` tries every method of --methods; --calibration-method does not apply")
     trials, ui = start_trials("calibrate", model, device, opts)
     try:
-        path, report = compare_methods(trials, _methods(methods, trials.format.methods, trials.format.name))
+        path, report = compare_methods(trials, check_methods(
+            None if methods is None else [m.strip() for m in methods.split(",") if m.strip()],
+            trials.format.methods, trials.format.name))
     finally:
         ui.close()
     table = report["calibration"]
@@ -47,20 +49,6 @@ def calibrate(
     passed = finish(report, path, opts, {"winner": table["winner"], "methods": table["methods"]})
     if not passed:
         raise typer.Exit(gates.GATE_FAILED)
-
-
-def _methods(given: str | None, offered: tuple[str, ...], model_format: str) -> list[str]:
-    """The methods of ``--methods`` (all ``offered`` when not given), checked."""
-    if given is None:
-        return list(offered)
-    chosen = [m.strip() for m in given.split(",") if m.strip()]
-    if model_format == "tflite":
-        for m in chosen:
-            check_tflite_method(m)  # one line on what ai-edge-quantizer cannot do
-    if any(m not in offered for m in chosen) or not chosen or len(set(chosen)) != len(chosen):
-        raise UserError(f"--methods: give distinct methods among {', '.join(offered)} (for {model_format} models), "
-                        f"got {given!r}")
-    return chosen
 
 
 def render_methods(rows: list[dict[str, Any]], console: Console, note: str | None = None) -> None:

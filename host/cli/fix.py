@@ -15,9 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import gates
-from ..errors import UserError
 from ..fix import PRECISIONS, Fixer
-from ..repair import DEFAULT_METHODS, FAMILIES, Repair, Target
+from ..repair import DEFAULT_METHODS, FAMILIES, Repair, Target, check_names
 from .main import app
 from .options import RunOptions, device_option, with_run_options
 from .tuning import finish, fmt, fmt_psnr, start_trials
@@ -83,11 +82,7 @@ def fix(
 
 
 def _names(given: str, option: str, offered: tuple[str, ...]) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in given.split(",") if n.strip())
-    bad = [n for n in names if n not in offered]
-    if not names or bad or len(set(names)) != len(names):
-        raise UserError(f"{option}: give distinct names among {', '.join(offered)}, not {given!r}")
-    return names
+    return check_names(tuple(n.strip() for n in given.split(",") if n.strip()), option, offered)
 
 
 def render_pareto(section: dict[str, Any], console: Console) -> None:

@@ -1,4 +1,4 @@
-"""What `run` and `compare` share: their common options, and what each run writes and records.
+"""What `run` and `compare` share: their common options.
 
 Both commands measure the same float/int8 pair the same way; they differ only in
 how many targets they measure it on. The options they share are declared once, in
@@ -20,19 +20,14 @@ import typer
 
 from qbench.protocols.messages import RunnerConfig, TimingConfig
 
-from .. import gates as gates_mod
 from ..errors import UserError
-from ..gates import GateCheck, Gates
+from ..gates import Gates
 from ..formats import RuntimeChoice, format_of
 from ..inventory import Device, Inventory
 from ..quantize.prepare import parse_input_shapes
-from ..report.artifacts import write_artifacts
-from ..report import json_text
-from ..report.build import build_report, write_json
-from ..run_state import RunSettings, RunState
+from ..run_state import RunSettings
 from ..session import checked_format
 from ..quantize.tflite import METHODS as TFLITE_METHODS
-from ..store.db import ResultsStore
 from .paths import check_output_dir
 
 METHODS = ("minmax", "entropy", "percentile", "distribution")
@@ -271,28 +266,3 @@ def default_out_dir(model: Path, suffix: str = "") -> Path:
     return out
 
 
-@dataclass
-class RunOutputs:
-    """What one finished (or failed) run wrote and recorded."""
-
-    report: dict[str, Any]
-    path: Path
-    written: dict[str, Path]
-    run_id: Optional[int]
-    gate_failures: list[GateCheck]
-
-
-def write_run(state: RunState, device: Device, gates: Gates, db: Optional[Path]) -> RunOutputs:
-    """Write report.json and its artifacts in the run's directory, record a complete run, check the gates."""
-    report = build_report(state)
-    report["device"]["emulated"] = bool(device.emulation)
-    report["gates"] = gates.to_dict()
-    out_dir = state.settings.out_dir
-    path = out_dir / "report.json"
-    text, compact = json_text.encode(report)  # report.json's and the database's copy: the numbers written once
-    write_json(report, path, text)
-    written = write_artifacts(report, out_dir)
-    # a failed run is not history; an interrupted one is, marked so (its status), with what it measured
-    run_id = None if state.error and report["status"] != "interrupted" else ResultsStore(db).record(report, path, compact)
-    checks = gates_mod.failures(report, gates) if gates.active and not state.error else []
-    return RunOutputs(report, path, written, run_id, checks)

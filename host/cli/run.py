@@ -12,14 +12,16 @@ from rich.console import Console
 
 from .. import gates
 from ..errors import UserError
+from ..finish import write_run
 from ..inventory import load_inventory
 from ..lab.retry import run_retrying
 from ..session import run as run_session
+from ..store.db import ResultsStore
 from ..transport.factory import transport_for
 from . import main
 from .main import INTERRUPTED_EXIT
 from .main import app
-from .options import DEVICE, RunOptions, device_option, runner_for, with_run_options, write_run
+from .options import DEVICE, RunOptions, device_option, runner_for, with_run_options
 from .render import RichUI, render_report
 
 
@@ -47,7 +49,7 @@ def run(
         state = run_retrying(lambda on: run_session(settings, on, ui), transport)
     finally:
         ui.close()
-    result = write_run(state, dev, opts.gates(), opts.db)
+    result = write_run(state, dev, opts.gates(), ResultsStore(opts.db))
     report, path, written, run_id, checks = (result.report, result.path, result.written, result.run_id,
                                              result.gate_failures)
     if report["status"] == "interrupted":

@@ -3,21 +3,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from .. import gates as gates_mod
+from ..api import make_trials
 from ..errors import UserError
+from ..finish import record_published
 from ..inventory import load_inventory
 from ..store.db import ResultsStore
-from ..transport.factory import transport_for
 from ..trials import Trials
 from . import main
-from .options import RunOptions, runner_for
+from .options import RunOptions
 from .render import RichUI
 
 
@@ -33,13 +32,8 @@ def start_trials(command: str, model: Path, device: str, opts: RunOptions) -> tu
     if opts.int8 is not None:
         raise UserError(f"`qbench {command}` quantizes MODEL itself; --int8 does not apply")
     dev = load_inventory(opts.devices).get(device)
-    runner = runner_for(model, dev, opts)
-    settings = opts.settings(model, device, runner, main.DEBUG, command)
-    settings = dataclasses.replace(settings, profile_runs=0)
     ui = RichUI(Console(stderr=True), opts.quiet)
-    trials = Trials(settings, lambda: transport_for(dev, opts.accept_new_host), ui, bool(dev.emulation),
-                    sections={"gates": opts.gates().to_dict()})
-    return trials, ui
+    return make_trials(opts, model, dev, ui, main.DEBUG, command), ui
 
 
 def finish(report: dict[str, Any], path: Path, opts: RunOptions, summary: dict[str, Any]) -> bool:
@@ -54,9 +48,7 @@ def finish(report: dict[str, Any], path: Path, opts: RunOptions, summary: dict[s
     Returns:
         Whether every gate passed.
     """
-    run_id = ResultsStore(opts.db).record(report, path)
-    gates = opts.gates()
-    checks = gates_mod.failures(report, gates) if gates.active else []
+    run_id, checks = record_published(report, path, opts.gates(), ResultsStore(opts.db))
     if opts.as_json:
         print(json.dumps({"report": str(path), "run_id": run_id, **summary,
                           "gates_failed": [c.gate for c in checks]}))
