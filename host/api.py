@@ -177,8 +177,8 @@ def calibrate(model: PathLike, device: str = "local", data: Optional[PathLike] =
     opts = _options("calibrate", options, data=data, calibration=calibration, input_shapes=input_shapes,
                     devices=devices)
     with _trials(opts, model, device, out) as (trials, keep):
-        chosen = check_methods(None if methods is None else list(methods), trials.quantizer.methods,
-                               trials.quantizer.format)
+        chosen = check_methods(None if methods is None else list(methods), trials.format.methods,
+                               trials.format.name)
         path, published = calibrate_methods(trials, chosen)
         return _published(published, path if keep else None, opts, db)
 
@@ -212,8 +212,8 @@ def fix(model: PathLike, target_psnr: float, device: str = "local", data: Option
     """
     opts = _options("fix", options, data=data, calibration=calibration, input_shapes=input_shapes, devices=devices)
     with _trials(opts, model, device, out) as (trials, keep):
-        if trials.quantizer.format == "onnx":
-            chosen = check_names(tuple(methods), "methods", trials.quantizer.methods)
+        if trials.format.name == "onnx":
+            chosen = check_names(tuple(methods), "methods", trials.format.methods)
             result = Repair(trials, Target(target_psnr), chosen, blocks,
                             check_names(tuple(remedies), "remedies", FAMILIES)).run()
         else:

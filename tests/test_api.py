@@ -124,7 +124,7 @@ def test_options_are_checked_before_anything_runs(workdir):
         qbench.run("model.onnx", device="pi5")
     with pytest.raises(qbench.UserError, match="devices.yaml does not exist"):
         qbench.run("model.onnx", devices="devices.yaml")
-    with pytest.raises(qbench.UserError, match="--delegate is for TFLite models"):
+    with pytest.raises(qbench.UserError, match="--delegate does not apply to ONNX models"):
         qbench.compare("model.onnx", delegates=["xnnpack"])
     with pytest.raises(TypeError, match="calibration_method does not apply"):
         qbench.calibrate("model.onnx", calibration_method="entropy")
