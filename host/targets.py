@@ -22,7 +22,6 @@ from qbench.protocols.messages import RunnerConfig
 from . import session
 from .errors import UserError
 from .inventory import Device
-from .lab.retry import run_retrying
 from .run_state import UI, RunSettings, RunState
 from .transport.base import AgentTransport
 
@@ -132,6 +131,19 @@ def target_settings(pair: RunSettings, target: Target) -> RunSettings:
     """One target's settings: the pair's on its device, with its runner, in its own folder of ``out_dir``."""
     return dataclasses.replace(pair, device=target.device.name, runner=target.runner,
                                out_dir=pair.out_dir / target.dirname)
+
+
+def run_retrying(run_on: Callable[[AgentTransport], RunState], transport: AgentTransport) -> RunState:
+    """``run_on(transport)``, and once more where the transport says after a failure of the device itself
+    (:meth:`AgentTransport.retry_transport <qbench.host.transport.base.AgentTransport.retry_transport>`)."""
+    state = run_on(transport)
+    retry = transport.retry_transport(state)
+    if retry is None:
+        return state
+    again, why = retry
+    retried = run_on(again)
+    retried.notes.append(f"retried once on {again.label} after an infrastructure failure: {why}")
+    return retried
 
 
 def run_targets(targets: list[Target], settings_for: Callable[[Target], RunSettings],

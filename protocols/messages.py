@@ -528,10 +528,11 @@ def _runner_config(data: Any) -> Any:
     """The runtime's own config (the only union on the wire), refusing the fields of any other."""
     if not isinstance(data, dict):
         raise TypeError("runner must be an object")
-    cls = RUNNER_CONFIGS.get(data.get("runtime"))
+    runtime = data.get("runtime", OrtRunnerConfig.runtime)  # missing: the default, as for any field
+    cls = RUNNER_CONFIGS.get(runtime)
     if cls is None:
-        raise ValueError(f"runner.runtime must be one of {', '.join(RUNNER_CONFIGS)}, not {data.get('runtime')!r}")
+        raise ValueError(f"runner.runtime must be one of {', '.join(RUNNER_CONFIGS)}, not {runtime!r}")
     foreign = sorted(set(data) - {name for name, _ in _field_types(cls)})
     if foreign:
-        raise ValueError(f"runner field(s) {', '.join(foreign)} do not apply to runtime {data['runtime']}")
+        raise ValueError(f"runner field(s) {', '.join(foreign)} do not apply to runtime {runtime}")
     return _convert(cls, data)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from cli import qbench
-from models import build_convnet
 from qbench.host.store.redact import MASK, redact_argv, redact_settings
 
 
@@ -33,7 +32,10 @@ def test_runner_options_with_secret_names_are_masked():
 
 
 def test_a_run_stores_no_delegate_token(tmp_path):
-    model = build_convnet(tmp_path / "net.onnx")
+    import tflite_models as tm
+
+    model = tmp_path / "net.tflite"  # delegate options are LiteRT's: an ONNX model refuses them
+    model.write_bytes(tm.float_convnet())
     db = tmp_path / "results.sqlite"
     secret = "S3CRET-VALUE-42"
     proc = qbench("run", str(model), "--out", "out", "--db", str(db), "--accuracy-only", "--samples", "2",

@@ -107,7 +107,7 @@ def test_softmax_over_thousands_of_classes_read_by_argmax(tmp_path, agent_cache)
     assert proc.returncode == 0, proc.stderr
     [out] = report["outputs"]
     f, q = _outputs(model, x, "probs"), _outputs(tmp_path / "out" / "model.int8.onnx", x, "probs")
-    assert out["top1_agreement"] == pytest.approx(np.mean(f.argmax(-1) == q.argmax(-1)))
+    assert out["top1_agreement"] == pytest.approx(np.mean(f.argmax(-1) == q.argmax(-1)), abs=5e-5)  # 4 digits
     reads = [(ctc_symbols(a, 0), ctc_symbols(b, 0)) for a, b in zip(f.argmax(-1), q.argmax(-1))]
     assert out["sequences"] == 4 and out["sequence_agreement"] == pytest.approx(np.mean([a == b for a, b in reads]))
     assert report["summary"]["top1_agreement"] == out["sequence_agreement"]

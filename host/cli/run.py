@@ -14,9 +14,9 @@ from .. import gates
 from ..errors import UserError
 from ..finish import write_run
 from ..inventory import load_inventory
-from ..lab.retry import run_retrying
 from ..session import run as run_session
 from ..store.db import ResultsStore
+from ..targets import run_retrying
 from ..transport.factory import transport_for
 from . import main
 from .main import INTERRUPTED_EXIT

@@ -12,23 +12,21 @@ it when the retry starts.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 from ..run_state import INTERRUPTED, RunState
-from ..transport.base import AgentTransport
 from .coordinator import connect
 from .lease import HEALTH_TAG
 from .transport import LabTransport
 
-RunOn = Callable[[AgentTransport], RunState]
 
-
-def run_retrying(run_on: RunOn, transport: AgentTransport) -> RunState:
-    """``run_on(transport)``, and once more on another board after an infrastructure failure of a `tag:` job."""
-    state = run_on(transport)
+def another_board(transport: LabTransport, state: RunState) -> Optional[tuple[LabTransport, str]]:
+    """After an infrastructure failure of a `tag:` job: a transport to another place with the same
+    tags, not started, and why the first failed; None when the job is not to be retried (its note
+    says so when no other place has the tags)."""
     failure = _infrastructure_failure(transport, state)
     if failure is None:
-        return state
+        return None
     failed = transport.place
     why = f"{state.error['stage']} failed on labgrid place {failed}: {failure}"
     others = [p.name for p in connect(transport.address).places().values()
@@ -37,20 +35,17 @@ def run_retrying(run_on: RunOn, transport: AgentTransport) -> RunState:
     if not others:
         transport.notify(f"{why}; not retried: no other place has the tags {_tags(transport)}")
         state.notes.append(f"infrastructure failure not retried: {why}; no other place has the tags")
-        return state
+        return None
     transport.notify(f"{why}; retrying once on another place with {_tags(transport)}")
     again = LabTransport(transport.device, transport.options, transport.accept_new_host, transport.notify,
                          avoid=frozenset({failed}))
     again.label_suffix = f"; retried after an infrastructure failure on {failed}"
-    retried = run_on(again)
-    retried.notes.append(f"retried once on labgrid place {again.place or '(none)'} after an infrastructure "
-                         f"failure: {why}")
-    return retried
+    return again, why
 
 
-def _infrastructure_failure(transport: AgentTransport, state: RunState) -> Optional[str]:
+def _infrastructure_failure(transport: LabTransport, state: RunState) -> Optional[str]:
     """Why a `tag:` job's board failed under it, when the job failed because of the board; else None."""
-    if not isinstance(transport, LabTransport) or not transport.device.select or transport.place is None:
+    if not transport.device.select or transport.place is None:
         return None
     if not state.error or state.error.get("code") == INTERRUPTED:
         return None

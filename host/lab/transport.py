@@ -196,5 +196,10 @@ class LabTransport(AgentTransport):
             if held is not None:
                 held.release()
 
+    def retry_transport(self, failed):
+        from .retry import another_board  # it makes the other board's LabTransport
+
+        return another_board(self, failed)
+
     def stderr_tail(self, lines: int = 20) -> str:
         return self._inner.stderr_tail(lines) if self._inner is not None else ""

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import zmq
 
 from qbench.protocols.auth import keys_line
+
+if TYPE_CHECKING:
+    from ..run_state import RunState
 
 READY_PREFIX = "QBENCH_AGENT_READY "
 
@@ -102,6 +105,12 @@ class AgentTransport(abc.ABC):
     def stderr_tail(self, lines: int = 20) -> str:
         """The agent's last stderr lines, for error messages."""
         return ""
+
+    def retry_transport(self, failed: RunState) -> Optional[tuple["AgentTransport", str]]:
+        """Where to run a job once more after it failed because of the device itself (not started), and
+        why it failed; None: not retried. Only a labgrid ``tag:`` selection has another board
+        (:mod:`qbench.host.lab.retry`)."""
+        return None
 
     def __enter__(self) -> "AgentTransport":
         return self
