@@ -62,6 +62,7 @@ from .auth import check_bind, serve_curve
 from .cache import ModelCache
 from .checks import check_delegate, check_inputs, check_runner, check_timeout, check_timing
 from .config import AgentConfig, start_zygotes
+from .cpu import int8_features
 from .launcher import Worker, Zygotes, job_runtime, oom_kills
 from .memory import auto_capture_budget, total_memory_bytes
 from .outputs import load_outputs
@@ -222,6 +223,7 @@ class Agent:
                           self.config.max_message_bytes, self.config.max_frames),
             emulation={k: v for k, v in (("threads", self.config.threads), ("cpus", self.config.cpus),
                                          ("memory_limit_mb", self.config.memory_limit_mb)) if v},
+            cpu_features=int8_features(platform.machine()),
         )
         return reply, [], []
 

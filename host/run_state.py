@@ -56,6 +56,7 @@ class RunSettings:
     accuracy_only: bool = False  # no timing, memory or profile runs: the per-layer capture only
     equalize: bool = False  # cross-layer weight equalization of the float model before quantizing
     per_channel: bool = True  # per-channel weight scales; False: one scale per weight tensor
+    reduce_range: bool = False  # ONNX: 7-bit weights (x86 without VNNI: no int16 saturation in u8s8 kernels)
     user_model: Path | None = None  # the user's own file when ``model`` is qbench's prepared copy of it
 
 

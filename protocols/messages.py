@@ -133,6 +133,7 @@ class HelloReply:
     runtimes: dict[str, RuntimeInfo]
     limits: Limits
     emulation: dict[str, Any] = field(default_factory=dict)
+    cpu_features: list[str] = field(default_factory=list)  # 2.0: int8-relevant CPU features (/proc/cpuinfo)
 
 
 @dataclass

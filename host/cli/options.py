@@ -75,6 +75,9 @@ class RunOptions:
     per_tensor: Annotated[bool, typer.Option(
         "--per-tensor", rich_help_panel=QUANTIZATION,
         help="ONNX: one scale per weight tensor, not per channel")] = False
+    reduce_range: Annotated[bool, typer.Option(
+        "--reduce-range", rich_help_panel=QUANTIZATION,
+        help="ONNX: 7-bit weights, which x86 CPUs without VNNI multiply without int16 saturation")] = False
     runs: Annotated[int, typer.Option("--runs", rich_help_panel=TIMING, min=1, help="timed runs, at least")] = 20
     warmup: Annotated[int, typer.Option(
         "--warmup", rich_help_panel=TIMING, min=0, help="untimed runs before timing")] = 5
@@ -203,7 +206,7 @@ class RunOptions:
             seed=self.seed, runner=runner,
             timing=TimingConfig(warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds),
             profile_runs=self.profile_runs, accuracy_only=self.accuracy_only, capture_delegate=self.capture_delegate, equalize=self.equalize,
-            per_channel=not self.per_tensor, memory_budget_mb=self.memory_budget_mb(), drop_db=self.drop_db,
+            per_channel=not self.per_tensor, reduce_range=self.reduce_range, memory_budget_mb=self.memory_budget_mb(), drop_db=self.drop_db,
             histogram_bins=self.histogram_bins, save_tensors=self.save_tensors,
             worst=self.worst, timeout_s=self.timeout, debug=debug,
         )

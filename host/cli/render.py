@@ -76,6 +76,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         console.print(f"[bold yellow]capture:[/] {escape(line)}")
     for line in alerts.noisy_timings(report):
         console.print(f"[bold yellow]timing:[/] {escape(line)}")
+    for line in alerts.int16_saturation(report):
+        console.print(f"[bold yellow]kernels:[/] {escape(line)}")
     for line in [*delegation.summary_lines(report), coverage.coverage_line(report)]:
         if line:
             console.print(line, markup=False)

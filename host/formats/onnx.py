@@ -77,7 +77,8 @@ class OnnxFormat:
             ui.stage("quantize")
             int8_path = s.out_dir / self.int8_name
             onnx_quant.quantize_onnx(float_path, int8_path, calibration(), method=s.calibration_method,
-                                     activation_type=s.activation_type, per_channel=s.per_channel, debug=s.debug)
+                                     activation_type=s.activation_type, per_channel=s.per_channel,
+                                     reduce_range=s.reduce_range, debug=s.debug)
             state.int8_info = inspect_model(int8_path)
         _analyze_kernels(state, int8_path)
         state.stage = "match"
@@ -138,6 +139,7 @@ class OnnxFormat:
             "method": method,
             "activation_type": base.activation_type,
             "per_channel": base.per_channel,
+            "reduce_range": base.reduce_range,
             "nodes_to_exclude": list(float_ops),
             "tensor_overrides": {name: [{"quant_type": "QInt16"}] for name in int16},
         }
@@ -147,7 +149,7 @@ class OnnxFormat:
         return onnx_quant.quantize_onnx(
             settings["float_path"], out_path, calibration, method=settings["method"],
             activation_type=settings["activation_type"], per_channel=settings["per_channel"],
-            nodes_to_exclude=settings["nodes_to_exclude"],
+            reduce_range=settings.get("reduce_range", False), nodes_to_exclude=settings["nodes_to_exclude"],
             tensor_overrides=_ort_overrides(settings["tensor_overrides"]), debug=debug,
         )
 

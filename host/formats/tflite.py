@@ -67,7 +67,8 @@ class TFLiteFormat:
         if not isinstance(settings.runner, LiteRTRunnerConfig):
             raise UserError(f"a TFLite model runs on LiteRT, not with a {settings.runner.runtime} runner")
         refuse([option for option, given in (("--equalize", settings.equalize),
-                                             ("--per-tensor", not settings.per_channel)) if given],
+                                             ("--per-tensor", not settings.per_channel),
+                                             ("--reduce-range", settings.reduce_range)) if given],
                "TFLite", "ai-edge-quantizer quantizes weights per channel and does not equalize")
         if settings.activation_type not in RECIPES:
             raise UserError(f"--activation-type for a TFLite model is int8 or int16, not {settings.activation_type!r}")

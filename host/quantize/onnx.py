@@ -67,6 +67,7 @@ def quantize_onnx(
     nodes_to_exclude: Iterable[str] = (),
     tensor_overrides: Optional[dict] = None,
     *,
+    reduce_range: bool = False,
     debug: bool = False,
 ) -> Path:
     """Quantizes a (prepared) float ONNX model to int8 QDQ with calibrated activation ranges.
@@ -84,6 +85,8 @@ def quantize_onnx(
         tensor_overrides: ONNX Runtime's ``TensorQuantOverrides``: tensor name -> list of dicts
             (one per channel) with e.g. ``scale``/``zero_point`` as numpy arrays
             (``np.array(0.05, np.float32)``, ``np.array(-128, np.int8)``), ``symmetric``, ``rmin``/``rmax``.
+        reduce_range: 7-bit weights (-64..63): ONNX Runtime's x86 u8s8 kernels without VNNI sum pairs of
+            products in int16 (VPMADDUBSW), which saturates with full-range weights and not with these.
         debug: let the runtimes' own logs through to the terminal.
 
     Returns:
@@ -138,6 +141,7 @@ def quantize_onnx(
                 SampleReader(samples),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(nodes_to_exclude),

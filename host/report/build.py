@@ -142,7 +142,7 @@ def _device(state: RunState) -> dict[str, Any]:
         rt = hello.runtimes.get(s.runner.runtime)
         device.update({
             "transport": state.agent["label"], "arch": hello.machine, "system": hello.system,
-            "python": hello.python, "cpu_count": hello.cpu_count,
+            "python": hello.python, "cpu_count": hello.cpu_count, "cpu_features": hello.cpu_features,
             "total_memory_mb": round(hello.total_memory_bytes / 2**20, 1),
             "runtime_version": rt.version if rt else None,
             "available_providers": rt.providers if rt else [], "agent_version": hello.agent_version,
