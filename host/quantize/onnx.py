@@ -14,7 +14,7 @@ import numpy as np
 
 from qbench.host.errors import UserError
 from qbench.host.models import body_nodes, default_opset, onnx_inputs
-from qbench.host.quantize.activation_pairs import unsigned_activations
+from qbench.host.quantize.activation_pairs import unsigned_activations, unsigned_constants
 from qbench.host.quantize.compat import check_loads, clamp_ir_version, first_line
 from qbench.host.quantize.float_ops import keep_float
 from qbench.host.quantize.hard_sigmoid import gates_as_add
@@ -161,6 +161,7 @@ def quantize_onnx(
     # int8 activations are stored as uint8 (same values) so that ONNX Runtime's x86 kernels fuse
     # every convolution, not only those whose tensors have one reader (see activation_pairs).
     rewritten = activation_type == "int8" and unsigned_activations(quantized)
+    rewritten = unsigned_constants(quantized) + rewritten  # their Add/Mul constants too
     # HardSigmoid as a QLinearAdd (see hard_sigmoid); excluded convolutions kept float at load (float_ops)
     rewritten = gates_as_add(quantized) + len(keep_float(quantized, excluded)) + rewritten
     if clamp_ir_version(quantized, out_path.name) or rewritten:
