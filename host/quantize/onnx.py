@@ -14,8 +14,10 @@ import numpy as np
 
 from qbench.host.errors import UserError
 from qbench.host.models import body_nodes, default_opset, onnx_inputs
-from qbench.host.quantize.activation_pairs import unsigned_activations
+from qbench.host.quantize.activation_pairs import unsigned_activations, unsigned_constants
 from qbench.host.quantize.compat import check_loads, clamp_ir_version, first_line
+from qbench.host.quantize.float_ops import keep_float
+from qbench.host.quantize.hard_sigmoid import gates_as_add
 from qbench.host.quantize.quiet import quiet_runtime
 
 METHODS = ("minmax", "entropy", "percentile", "distribution")
@@ -81,7 +83,8 @@ def quantize_onnx(
             activations are then stored as uint8 (zero point + 128, the same values), the type ONNX
             Runtime's x86 kernels need (see :mod:`~qbench.host.quantize.activation_pairs`).
         per_channel: per-output-channel weight scales (needs opset >= 13).
-        nodes_to_exclude: node names left in float.
+        nodes_to_exclude: node names left in float (and kept float when ONNX Runtime loads the
+            model: see :mod:`~qbench.host.quantize.float_ops`).
         tensor_overrides: ONNX Runtime's ``TensorQuantOverrides``: tensor name -> list of dicts
             (one per channel) with e.g. ``scale``/``zero_point`` as numpy arrays
             (``np.array(0.05, np.float32)``, ``np.array(-128, np.int8)``), ``symmetric``, ``rmin``/``rmax``.
@@ -115,6 +118,7 @@ def quantize_onnx(
     samples = _check_calibration(model, calibration, name)
 
     count = len(next(iter(samples.values())))
+    excluded = list(nodes_to_exclude)
     extra_options = {
         # quantize_static calls collect_data once per stride, which bounds the calibrators' memory;
         # despite the name every calibrator (min/max and histograms) merges its state across calls.
@@ -144,7 +148,7 @@ def quantize_onnx(
                 reduce_range=reduce_range,
                 activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(nodes_to_exclude),
+                nodes_to_exclude=excluded,
                 calibrate_method=methods[method],
                 extra_options=extra_options,
             )
@@ -161,6 +165,9 @@ def quantize_onnx(
     # int8 activations are stored as uint8 (same values) so that ONNX Runtime's x86 kernels fuse
     # every convolution, not only those whose tensors have one reader (see activation_pairs).
     rewritten = activation_type == "int8" and unsigned_activations(quantized)
+    rewritten = unsigned_constants(quantized) + rewritten  # their Add/Mul constants too
+    # HardSigmoid as a QLinearAdd (see hard_sigmoid); excluded convolutions kept float at load (float_ops)
+    rewritten = gates_as_add(quantized) + len(keep_float(quantized, excluded)) + rewritten
     if clamp_ir_version(quantized, out_path.name) or rewritten:
         onnx.save(quantized, str(out_path))
     with quiet_runtime(debug):

@@ -17,6 +17,10 @@ editing the calibrated graph changes only what the trial is about:
   the ``com.microsoft`` domain (ONNX Runtime's own int16 Q/DQ, as its quantizer writes them).
 
 Tensors are named as in the float graph; ops by their node names (the QDQ graph keeps them).
+Edits see the quantizer's own graph: the HardSigmoid gates that the int8 model runs as quantized
+Adds are HardSigmoids again while edited (:mod:`~qbench.host.quantize.hard_sigmoid`), and each
+written model gets them back, where its ranges still allow, as well as float weights that ONNX
+Runtime keeps float (:mod:`~qbench.host.quantize.float_ops`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..errors import UserError
+from .float_ops import keep_float
+from .hard_sigmoid import gates_as_add, restore_gates
 
 _LEVELS = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
            np.dtype(np.int16): (-32768, 32767), np.dtype(np.uint16): (0, 65535)}
@@ -84,6 +90,7 @@ class QdqGraph:
 
         self.model = onnx.load(str(int8_path))
         self.float_model = onnx.load(str(float_path))
+        restore_gates(self.model, self.float_model)
         graph = self.model.graph
         self._inits = {t.name: t for t in graph.initializer}
         self._nodes = {n.name: n for n in graph.node}
@@ -177,10 +184,13 @@ class QdqGraph:
         for name in sorted(set(int16_tensors) - floats):
             edit.to_int16(self.pairs[name])
         ops = {op.name: op for op in self.ops}
-        for name in sorted(set(float_weights)):
+        float_weights = sorted(set(float_weights))
+        for name in float_weights:
             for dq in ops[name].weights:
                 edit.float_constant(dq)
         edit.finish()
+        gates_as_add(model)
+        keep_float(model, float_weights)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(path))
