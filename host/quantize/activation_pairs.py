@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .graph_maps import producers_of, readers_of
+
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -41,10 +43,7 @@ def unsigned_activations(model) -> int:
     graph = model.graph
     outputs = {o.name for o in graph.output}
     initializers = {t.name: t for t in graph.initializer}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = readers_of(graph)
     pairs = []  # (QuantizeLinear, its DequantizeLinear readers) to rewrite
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")]:
         if q.input[0] in initializers or len(q.input) < 3 or q.output[0] in outputs:
@@ -97,11 +96,8 @@ def unsigned_constants(model) -> int:
 
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producers = producers_of(graph)
+    readers = readers_of(graph)
 
     def is_uint8_dq(name: str) -> bool:
         dq = producers.get(name)

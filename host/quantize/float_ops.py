@@ -22,6 +22,8 @@ from typing import Iterable
 
 import numpy as np
 
+from .graph_maps import producers_of, set_nodes
+
 _OPS = ("Conv", "ConvTranspose", "Gemm")
 #: int32 levels of the largest bias magnitude (headroom below 2**31 for rounding)
 _BIAS_LEVELS = 2**30
@@ -36,7 +38,7 @@ def keep_float(model, names: Iterable[str]) -> list[str]:
     graph = model.graph
     wanted = set(names)
     inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers_of(graph)
     changed, added = [], {}
     for node in graph.node:
         if node.name not in wanted or node.op_type not in _OPS or node.domain not in ("", "ai.onnx"):
@@ -62,13 +64,7 @@ def keep_float(model, names: Iterable[str]) -> list[str]:
         node.input[2] = base
         changed.append(node.name)
     if added:
-        nodes = [n for node in graph.node for n in ([added[id(node)]] if id(node) in added else []) + [node]]
-        del graph.node[:]
-        graph.node.extend(nodes)
-        used = {i for n in graph.node for i in n.input}
-        kept = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        set_nodes(graph, [n for node in graph.node for n in ([added[id(node)]] if id(node) in added else []) + [node]])
     return changed
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .graph_maps import producers_of, readers_of, set_nodes
+
 _LEVELS = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
 
 
@@ -39,11 +41,8 @@ def gates_as_add(model) -> int:
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer = producers_of(graph)
+    readers = readers_of(graph)
     outputs = {o.name for o in graph.output}
     rewritten: dict[int, list] = {}
     for node in graph.node:
@@ -96,7 +95,7 @@ def restore_gates(model, float_model) -> int:
     graph = model.graph
     hard_sigmoids = {n.name: n for n in float_model.graph.node if n.op_type == "HardSigmoid" and n.name}
     inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers_of(graph)
     removed: set[int] = set()
     replaced: dict[int, list] = {}
     for node in graph.node:
@@ -126,13 +125,7 @@ def restore_gates(model, float_model) -> int:
         removed.add(id(beta_dq))
         replaced[id(node)] = [restored]
     if replaced:
-        nodes = [n for node in graph.node if id(node) not in removed for n in replaced.get(id(node), [node])]
-        del graph.node[:]
-        graph.node.extend(nodes)
-        used = {i for n in graph.node for i in n.input}
-        kept = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        set_nodes(graph, [n for node in graph.node if id(node) not in removed for n in replaced.get(id(node), [node])])
     return len(replaced)
 
 

@@ -16,7 +16,6 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-
 #: the ops of a QDQ model that ONNX Runtime may run as int8 kernels
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 #: kernel op types (as ONNX Runtime's profiler and optimized graph name them) that compute in float

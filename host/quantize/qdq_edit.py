@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import UserError
 from .float_ops import keep_float
+from .graph_maps import producers_of, readers_of
 from .hard_sigmoid import gates_as_add, restore_gates
 
 _LEVELS = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
@@ -96,11 +97,8 @@ class QdqGraph:
         self._nodes = {n.name: n for n in graph.node}
         if len(self._nodes) != len(graph.node):
             raise UserError(f"{Path(int8_path).name}: QDQ edits need unique node names")
-        producer = {o: n for n in graph.node for o in n.output}
-        readers: dict[str, list] = {}
-        for n in graph.node:
-            for i in n.input:
-                readers.setdefault(i, []).append(n)
+        producer = producers_of(graph)
+        readers = readers_of(graph)
         outputs = {o.name for o in graph.output}
         self.pairs: dict[str, Pair] = {}
         by_dq_output: dict[str, str] = {}
