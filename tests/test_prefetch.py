@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models import build_convnet
-from qbench.host.compare.weights import weight_report
+from qbench.host.formats import FORMATS
 from qbench.host.models import inspect_model
 from qbench.host.quantize.onnx import quantize_onnx
 from qbench.host.report import prefetch
@@ -42,7 +42,7 @@ def test_prefetched_figures_equal_those_computed_at_report_time(tmp_path, pair, 
     state.prefetch = prefetch.start(state)
     early = _report(layers)
     add_diagnosis(early, state)
-    entries, unmatched = weight_report(*pair, "onnx", layers)
+    entries, unmatched = FORMATS["onnx"].weight_table(*pair).for_layers(layers)
     assert early["weights"] == entries and unmatched == []
     assert [e["layer"] for e in entries] == (["relu1", "relu2", "conv3"] if layers else [None] * 3)
     late = _report(layers)

@@ -14,7 +14,8 @@ from onnx import numpy_helper
 
 import tflite_models as tm
 from models import build_convnet
-from qbench.host.compare.weights import BINS, weight_report
+from qbench.host.compare.weights import BINS
+from qbench.host.formats import FORMATS
 from qbench.host.quantize.onnx import quantize_onnx
 
 CONVNET_LAYERS = ["x", "relu1", "relu2", "add", "conv3", "gap", "flat", "probs"]
@@ -68,7 +69,7 @@ def _check(entry: dict, float_w, q, scale, zero, axis: int) -> None:
 def test_qdq_weights_match_numpy(tmp_path, per_channel):
     model = build_convnet(tmp_path / "convnet.onnx")
     int8 = quantize_onnx(model, tmp_path / "int8.onnx", _calibration(), per_channel=per_channel)
-    entries, unmatched = weight_report(model, int8, "onnx", CONVNET_LAYERS)
+    entries, unmatched = FORMATS["onnx"].weight_table(model, int8).for_layers(CONVNET_LAYERS)
     assert unmatched == []
     floats = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer}
     ints = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(int8)).graph.initializer}
@@ -96,7 +97,7 @@ def test_qoperator_weights_match_numpy(tmp_path):
     assert {n.op_type for n in graph.node} >= {"QLinearConv"}
     ints = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     floats = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer}
-    entries, unmatched = weight_report(model, int8, "onnx", ["conv1", "conv2", "conv3"])
+    entries, unmatched = FORMATS["onnx"].weight_table(model, int8).for_layers(["conv1", "conv2", "conv3"])
     assert unmatched == [] and len(entries) == 3
     for node in (n for n in graph.node if n.op_type == "QLinearConv"):
         entry = next(e for e in entries if e["name"] == node.input[3])
@@ -107,7 +108,7 @@ def test_qoperator_weights_match_numpy(tmp_path):
 
 def test_tflite_weights_match_numpy(tmp_path):
     paths = tm.write_models(tmp_path)
-    entries, unmatched = weight_report(paths["float"], paths["int8"], "tflite", tm.ACTIVATIONS)
+    entries, unmatched = FORMATS["tflite"].weight_table(paths["float"], paths["int8"]).for_layers(tm.ACTIVATIONS)
     assert unmatched == []
     by_name = {e["name"]: e for e in entries}
     assert sorted(by_name) == ["conv1/weights", "dw/weights", "fc/weights"]
@@ -135,7 +136,7 @@ def test_weight_without_float_counterpart_is_listed(tmp_path):
             node.name, node.input[1] = "renamed", "w2_other"
     next(t for t in other.graph.initializer if t.name == "w2").name = "w2_other"
     onnx.save(other, str(tmp_path / "other.onnx"))
-    entries, unmatched = weight_report(tmp_path / "other.onnx", int8, "onnx", CONVNET_LAYERS)
+    entries, unmatched = FORMATS["onnx"].weight_table(tmp_path / "other.onnx", int8).for_layers(CONVNET_LAYERS)
     assert [e["name"] for e in entries] == ["w1_quantized", "w3_quantized"]
     assert unmatched == [{"name": "w2_quantized", "reason": "no float weight of the same node or name"}]
 
@@ -149,7 +150,7 @@ def test_non_finite_float_weight_is_listed_not_computed(tmp_path):
     values[0, 0, 0, 0] = np.nan
     w3.CopyFrom(numpy_helper.from_array(values, "w3"))
     onnx.save(broken, str(tmp_path / "broken.onnx"))
-    entries, unmatched = weight_report(tmp_path / "broken.onnx", int8, "onnx", CONVNET_LAYERS)
+    entries, unmatched = FORMATS["onnx"].weight_table(tmp_path / "broken.onnx", int8).for_layers(CONVNET_LAYERS)
     assert [e["name"] for e in entries] == ["w1_quantized", "w2_quantized"]
     assert unmatched == [{"name": "w3_quantized", "reason": "the float weight holds NaN or infinity"}]
 

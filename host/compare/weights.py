@@ -35,7 +35,7 @@ import onnx
 
 from qbench.protocols.messages import QParams
 
-from .matching import _Graph, load_model
+from .matching import _Graph
 from .metrics import psnr_db
 
 BINS = 64
@@ -109,29 +109,10 @@ class WeightTable:
         return entries, list(self.unmatched)
 
 
-def weight_report(float_path: PathLike, int8_path: PathLike, fmt: str,
-                  layer_names: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Weight entries of the report, and the integer weights that have no float counterpart.
-
-    Args:
-        float_path: the float model (the one the int8 model was made from).
-        int8_path: the int8 model.
-        fmt: "onnx" or "tflite".
-        layer_names: names of the report's layers, to say which layer consumes each weight.
-
-    Returns:
-        (entries as described in the module doc, unmatched ``{"name", "reason"}``).
-    """
-    return weight_table(float_path, int8_path, fmt).for_layers(layer_names)
-
-
-def weight_table(float_path: PathLike, int8_path: PathLike, fmt: str) -> WeightTable:
-    """The figures of every integer weight of ``int8_path`` against ``float_path`` ("onnx" or "tflite")."""
-    if fmt == "tflite":
-        found, unmatched = tflite_weights(float_path, int8_path)
-    else:
-        found, unmatched = onnx_weights(load_model(float_path), load_model(int8_path))
-    entries, reaches = [], []
+def weight_table(found: list, unmatched: list[dict[str, str]]) -> WeightTable:
+    """The figures of the integer weights a format's reader found (``onnx_weights``, ``tflite_weights``:
+    the model format picks its own, :meth:`ModelFormat.weight_table <qbench.host.formats.base.ModelFormat.weight_table>`)."""
+    entries, reaches, unmatched = [], [], list(unmatched)
     for w in found:
         if np.isfinite(w.values).all():
             entries.append(weight_entry(w))

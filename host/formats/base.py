@@ -30,6 +30,7 @@ from qbench.protocols.messages import RunnerConfig
 from ..errors import UserError
 
 if TYPE_CHECKING:
+    from ..compare.weights import WeightTable
     from ..inventory import Device
     from ..models import ModelInfo
     from ..quantize.prepare import Prepared
@@ -134,6 +135,9 @@ class ModelFormat(Protocol):
         Returns:
             The float and int8 model paths to upload.
         """
+
+    def weight_table(self, float_path: Path, int8_path: Path) -> WeightTable:
+        """The figures of every integer weight of ``int8_path`` against ``float_path``."""
 
     def capture_runner(self, settings: RunSettings) -> RunnerConfig:
         """The runner config of the per-layer capture."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from qbench.protocols.messages import OrtRunnerConfig
 
-from ..compare import matching, names
+from ..compare import matching, names, weights
 from ..errors import UserError
 from ..models import ModelInfo, inspect_model
 from ..quantize import onnx as onnx_quant
@@ -109,6 +109,10 @@ class OnnxFormat:
         state.equalization = equalize_file(prepared.path, equalized)
         state.notes.append(f"cross-layer equalization rescaled {len(state.equalization['pairs'])} conv pair(s)")
         return equalized
+
+    def weight_table(self, float_path: Path, int8_path: Path) -> weights.WeightTable:
+        return weights.weight_table(*weights.onnx_weights(matching.load_model(float_path),
+                                                          matching.load_model(int8_path)))
 
     def capture_runner(self, settings: RunSettings) -> OrtRunnerConfig:
         return settings.runner

@@ -19,6 +19,7 @@ import numpy as np
 
 from qbench.protocols.messages import LiteRTRunnerConfig
 
+from ..compare import weights
 from ..compare.tflite_matching import match_tflite
 from ..errors import UserError
 from ..models import InputSpec, ModelInfo, inspect_model
@@ -97,6 +98,9 @@ class TFLiteFormat:
         state.stage = "match"
         state.matching = match_tflite(float_info.path, int8.path)
         return Path(float_info.path), Path(int8.path)
+
+    def weight_table(self, float_path: Path, int8_path: Path) -> weights.WeightTable:
+        return weights.weight_table(*weights.tflite_weights(float_path, int8_path))
 
     def capture_runner(self, settings: RunSettings) -> LiteRTRunnerConfig:
         """The timed runner, or the one ``--capture-delegate`` names.

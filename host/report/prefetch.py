@@ -14,9 +14,11 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 from ..compare import weights
+from ..formats import FORMATS
 from ..run_state import RunState
 
 
@@ -47,7 +49,7 @@ def start(state: RunState) -> Optional[Prefetch]:
     def work() -> None:
         table, error = None, None
         try:
-            table = weights.weight_table(*inputs)
+            table = _weight_table(*inputs)
         except BaseException as exc:  # noqa: BLE001 - weight_table() raises it again in the run's thread
             error = exc
         try:
@@ -91,7 +93,7 @@ def weight_table(state: RunState) -> Optional[weights.WeightTable]:
     prefetched = state.prefetch
     if prefetched is not None and prefetched.inputs == inputs:
         return prefetched.weights.result()
-    return weights.weight_table(*inputs)
+    return _weight_table(*inputs)
 
 
 def _inputs(state: RunState) -> Optional[tuple[str, str, str]]:
@@ -110,3 +112,7 @@ def _load_html_writer() -> None:
         figure_html(go.Figure(go.Scatter(x=[0.0], y=[0.0])))
     except Exception:  # noqa: BLE001 - only a head start: writing the report meets the same error and reports it
         pass
+
+
+def _weight_table(float_path: str, int8_path: str, model_format: str) -> weights.WeightTable:
+    return FORMATS[model_format].weight_table(Path(float_path), Path(int8_path))
