@@ -18,7 +18,7 @@ from qbench.protocols.messages import BenchmarkRequest, CaptureRequest, HelloRep
 from . import data as data_mod
 from . import tensor_store
 from .errors import UserError
-from .formats import ModelFormat, RuntimeChoice, format_of, runtime_hint
+from .formats import ModelFormat, RuntimeChoice, format_of
 from .inventory import Device
 from .models import InputSpec, inspect_model, require_float
 from .quantize.prepare import resolve_input_shapes
@@ -46,7 +46,7 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     # the agent loads no delegate library it was not started with: the run's own (CLI or devices.yaml)
     for library in fmt.delegate_libraries(settings):
         transport.allow_delegate(library)
-    agent = _AgentStart(transport, settings.timeout_s, [runtime_hint(settings.model)])
+    agent = _AgentStart(transport, settings.timeout_s, [fmt.runtime])
     try:
         float_path, int8_path = _prepare_models(state, fmt, ui)
     except UserError as exc:

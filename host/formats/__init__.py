@@ -12,10 +12,8 @@ from .onnx import OnnxFormat
 from .tflite import TFLiteFormat
 
 FORMATS: dict[str, ModelFormat] = {f.name: f for f in (OnnxFormat(), TFLiteFormat())}
-#: agent runtime -> the format it runs
-BY_RUNTIME: dict[str, ModelFormat] = {f.runtime: f for f in FORMATS.values()}
 
-__all__ = ["FORMATS", "BY_RUNTIME", "ModelFormat", "RuntimeChoice", "format_of", "runtime_hint"]
+__all__ = ["FORMATS", "ModelFormat", "RuntimeChoice", "format_of"]
 
 
 def format_of(model: Union[str, Path]) -> ModelFormat:
@@ -26,8 +24,3 @@ def format_of(model: Union[str, Path]) -> ModelFormat:
     """
     return FORMATS[model_format(model)]
 
-
-def runtime_hint(model: Union[str, Path]) -> str:
-    """The runtime a model will most likely run on, from its name alone: the agent starts before the
-    host has read the model."""
-    return FORMATS["tflite" if Path(model).suffix.lower() == ".tflite" else "onnx"].runtime
