@@ -50,7 +50,7 @@ demo: $(STAMP)
 	cd demo && ../$(BIN)/qbench run --device local model.onnx --data eval.npz --calibration calib.npz --out out
 
 test: $(STAMP) system-deps models openvino
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 bench: $(STAMP) models
 	$(BIN)/python -m benchmarks.run_all
