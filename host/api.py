@@ -2,7 +2,7 @@
 
 Each takes the command's options as keyword arguments by their Python names (``runs=3``,
 ``calibration_method="entropy"``, ``fail_under_psnr=30``: the fields of
-:class:`qbench.host.cli.options.RunOptions`), measures on a device of devices.yaml (``device="local"``
+:class:`qbench.host.run_options.RunOptions`), measures on a device of devices.yaml (``device="local"``
 needs none) and returns a typed result (:mod:`qbench.host.report.typed`).
 
 Files are written only into ``out``; without it the run works in a temporary folder that is removed
@@ -31,7 +31,7 @@ from qbench.protocols.messages import RunnerConfig
 from . import session
 from .calibrate import calibrate as calibrate_methods
 from .calibrate import check_methods
-from .cli.options import RunOptions, runner_for
+from .run_options import RunOptions, runner_for
 from .compare.output_quant import int8_output_qparams
 from .errors import RunFailed, UserError
 from .finish import COMPARE_JSON, record_published, write_compare, write_run

@@ -16,7 +16,8 @@ from ..errors import UserError
 from ..quantize.onnx import METHODS
 from ..quantize.tflite import METHODS as TFLITE_METHODS
 from .main import app
-from .options import QUANTIZATION, RunOptions, device_option, with_run_options
+from ..run_options import QUANTIZATION, RunOptions
+from .options import device_option, with_run_options
 from .tuning import finish, fmt, fmt_psnr, start_trials
 
 

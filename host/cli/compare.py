@@ -21,7 +21,8 @@ from ..targets import Target, TargetRun, pair_settings, plan_targets, run_target
 from ..transport.factory import transport_for
 from . import main
 from .main import app
-from .options import DEVICE, RunOptions, runner_for, with_run_options
+from ..run_options import DEVICE, RunOptions, runner_for
+from .options import with_run_options
 from .render import RichUI
 from .render_compare import CompareUI, progress_display, render_compare
 

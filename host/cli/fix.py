@@ -18,7 +18,8 @@ from .. import gates
 from ..fix import PRECISIONS, Fixer
 from ..repair import DEFAULT_METHODS, FAMILIES, Repair, Target, check_names
 from .main import app
-from .options import RunOptions, device_option, with_run_options
+from ..run_options import RunOptions
+from .options import device_option, with_run_options
 from .tuning import finish, fmt, fmt_psnr, start_trials
 
 

@@ -21,7 +21,8 @@ from ..transport.factory import transport_for
 from . import main
 from .main import INTERRUPTED_EXIT
 from .main import app
-from .options import DEVICE, RunOptions, device_option, runner_for, with_run_options
+from ..run_options import DEVICE, RunOptions, runner_for
+from .options import device_option, with_run_options
 from .render import RichUI, render_report
 
 

@@ -12,7 +12,8 @@ from rich.table import Table
 from .. import gates
 from ..sensitivity_sweep import measure
 from .main import app
-from .options import RunOptions, device_option, with_run_options
+from ..run_options import RunOptions
+from .options import device_option, with_run_options
 from .tuning import finish, fmt, start_trials
 
 

@@ -16,7 +16,7 @@ from ..inventory import load_inventory
 from ..store.db import ResultsStore
 from ..trials import Trials
 from . import main
-from .options import RunOptions
+from ..run_options import RunOptions
 from .render import RichUI
 
 

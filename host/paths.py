@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from .errors import UserError
 
 
 def check_output_dir(path: Path, option: str) -> None:
