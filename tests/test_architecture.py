@@ -136,3 +136,12 @@ def test_the_qbench_facade_imports_nothing_of_ours_on_import():
                 for alias in node.names]
     assert imported and all(name.split(".")[0] in sys.stdlib_module_names or name == "__future__"
                             for name in imported), imported
+
+
+def test_the_library_imports_nothing_of_the_cli():
+    """The CLI is a thin layer over the library (host/), which the Python API uses without it."""
+    for path in _sources("host"):
+        if path.relative_to(ROOT / "host").parts[0] == "cli":
+            continue
+        bad = [m for m in _imports(path, "qbench.host") if m.startswith("qbench.host.cli")]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
