@@ -215,20 +215,21 @@ def _summary(report: Mapping[str, Any], checks: Sequence[gates_mod.GateCheck]) -
 
 def _capture_warnings(report: Mapping[str, Any]) -> str:
     """The capture's departures from the deployed graph, above everything they qualify."""
-    lines = fidelity.capture_warnings(report)
-    if not lines:
-        return ""
-    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
-    return f'<div class="note warn" id="capture-fidelity"><b>Capture</b><ul>{items}</ul></div>'
+    return _warning_box("capture-fidelity", "Capture", fidelity.capture_warnings(report))
 
 
 def _run_warnings(report: Mapping[str, Any]) -> str:
-    """Random calibration and noisy timings (:mod:`qbench.host.report.alerts`), above the figures they qualify."""
-    lines = alerts.run_warnings(report)
+    """Random calibration, int16 saturation and noisy timings (:mod:`qbench.host.report.alerts`), above the
+    figures they qualify."""
+    return _warning_box("run-warnings", "Warnings", alerts.run_warnings(report), f"{marks.SYMBOLS[marks.WARN]} ")
+
+
+def _warning_box(box_id: str, title: str, lines: list[str], prefix: str = "") -> str:
+    """A warning box of one item per line; nothing without lines."""
     if not lines:
         return ""
-    items = "".join(f"<li>{esc(marks.SYMBOLS[marks.WARN])} {esc(line)}</li>" for line in lines)
-    return f'<div class="note warn" id="run-warnings"><b>Warnings</b><ul>{items}</ul></div>'
+    items = "".join(f"<li>{esc(prefix + line)}</li>" for line in lines)
+    return f'<div class="note warn" id="{box_id}"><b>{title}</b><ul>{items}</ul></div>'
 
 
 def _notes(report: Mapping[str, Any]) -> str:
