@@ -58,6 +58,9 @@ class Device(BaseModel):
     cpus: Optional[list[int]] = None
     memory_limit_mb: Optional[int] = Field(None, ge=1)
     emulation: Optional[str] = None
+    # The agent's model cache: least recently used models above this are deleted (default: a tenth
+    # of the cache's file system, the agent's --cache-max-mb).
+    cache_max_mb: Optional[int] = Field(None, ge=1)
     # A board of a labgrid lab: this place's NetworkService gives host, user and port, and qbench
     # locks the place for the run. `select` takes any free place whose tags match instead.
     place: Optional[str] = None

@@ -122,3 +122,29 @@ def test_three_agents_upload_one_published_pair_at_once_and_time_it(tmp_path):
         for client, transport in zip(clients, agents):
             client.close()
             transport.stop()
+
+
+def test_a_devices_cache_cap_reaches_its_agent(tmp_path):
+    """devices.yaml ``cache_max_mb`` is the agent's cap: its next upload evicts an old model above it."""
+    from qbench.host.inventory import Device
+    from qbench.host.transport.factory import transport_for
+
+    transport = transport_for(Device(name="small-disk", transport="local", cache_max_mb=1))
+    transport.cache_dir = str(tmp_path / "cache")
+    old_model = os.urandom(2 * MIB)
+    old_path = tmp_path / "cache" / f"{_ref(old_model).sha256}.onnx"
+    old_path.parent.mkdir()
+    old_path.write_bytes(old_model)
+    long_ago = time.time() - cache_mod.IN_USE_S - 60
+    os.utime(old_path, (long_ago, long_ago))
+    new_model = tmp_path / "new.onnx"
+    new_model.write_bytes(os.urandom(4096))
+    client = AgentClient(transport.start(), timeout_s=60)
+    try:
+        client.hello()
+        client.ensure_model(new_model, "onnx")
+    finally:
+        client.close()
+        transport.stop()
+    assert not old_path.exists()
+    assert (tmp_path / "cache" / f"{_ref(new_model.read_bytes()).sha256}.onnx").exists()

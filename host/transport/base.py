@@ -55,12 +55,13 @@ class Endpoint(str):
 
 def agent_args(cache_dir: str, threads: int | None = None, cpus: list[int] | None = None,
                memory_limit_mb: int | None = None, runtimes: Sequence[str] = (),
-               delegate_paths: Sequence[str] = ()) -> list[str]:
+               delegate_paths: Sequence[str] = (), cache_max_mb: int | None = None) -> list[str]:
     """The agent's arguments, the same for every transport: loopback only, CURVE keys read from stdin
     (:meth:`RunKeys.stdin_line`), gone when its stdin closes.
 
     ``runtimes``: what the first job will run on; the agent starts importing them as it starts.
     ``delegate_paths``: the external delegate libraries the run's jobs may load (nothing else loads).
+    ``cache_max_mb``: the model cache's cap (None: the agent's default, a tenth of its file system).
     """
     args = ["--bind", "tcp://127.0.0.1:0", "--cache-dir", cache_dir, "--exit-on-stdin-eof", "--keys-stdin"]
     for path in delegate_paths:
@@ -73,6 +74,8 @@ def agent_args(cache_dir: str, threads: int | None = None, cpus: list[int] | Non
         args += ["--cpus", ",".join(map(str, cpus))]
     if memory_limit_mb:
         args += ["--memory-limit-mb", str(memory_limit_mb)]
+    if cache_max_mb:
+        args += ["--cache-max-mb", str(cache_max_mb)]
     return args
 
 

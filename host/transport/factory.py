@@ -28,6 +28,7 @@ def transport_for(device: Device, accept_new_host: bool = False, lab=None) -> Ag
             cpus=device.cpus,
             memory_limit_mb=device.memory_limit_mb,
             label=device.name,
+            cache_max_mb=device.cache_max_mb,
         )
     from .ssh import SSHTransport
 

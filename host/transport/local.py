@@ -23,15 +23,18 @@ class LocalTransport(AgentTransport):
         python_cmd: interpreter command (e.g. an emulator prefix plus an arm64 python).
         cache_dir: the agent's model cache; defaults to ``~/.qbench/cache``.
         threads, cpus, memory_limit_mb: make this machine act like a smaller device.
+        cache_max_mb: the model cache's cap (devices.yaml ``cache_max_mb``).
         env: extra environment for the agent.
     """
 
     def __init__(self, python_cmd: list[str] | None = None, cache_dir: str | None = None,
                  threads: int | None = None, cpus: list[int] | None = None,
-                 memory_limit_mb: int | None = None, env: dict[str, str] | None = None, label: str = "local"):
+                 memory_limit_mb: int | None = None, env: dict[str, str] | None = None, label: str = "local",
+                 cache_max_mb: int | None = None):
         self.python_cmd = list(python_cmd or [sys.executable])
         self.cache_dir = cache_dir or str(Path("~/.qbench/cache").expanduser())
         self.threads, self.cpus, self.memory_limit_mb = threads, cpus or [], memory_limit_mb
+        self.cache_max_mb = cache_max_mb
         self.env = env or {}
         self.label = label
         self._proc: subprocess.Popen | None = None
@@ -40,7 +43,7 @@ class LocalTransport(AgentTransport):
     def command(self, runtimes: Sequence[str] = ()) -> list[str]:
         return [*self.python_cmd, "-m", "qbench.agent", "--worker-cmd", shlex.join(self.python_cmd),
                 *agent_args(self.cache_dir, self.threads, self.cpus, self.memory_limit_mb, runtimes,
-                            self.delegate_paths)]
+                            self.delegate_paths, self.cache_max_mb)]
 
     def start(self, runtimes: Sequence[str] = ()) -> Endpoint:
         keys = RunKeys.fresh()

@@ -386,7 +386,8 @@ class SSHTransport(AgentTransport):
         assert self._deployed is not None and self._workdir is not None
         device = self.device
         args = [self._deployed.path, *agent_args(f"{self._workdir}/cache", device.threads, device.cpus,
-                                                 device.memory_limit_mb, runtimes, self.delegate_paths)]
+                                                 device.memory_limit_mb, runtimes, self.delegate_paths,
+                                                 device.cache_max_mb)]
         inner = f"echo $$; exec {device.remote_python()} {' '.join(shlex.quote(a) for a in args)}"
         return f"sh -c {shlex.quote(inner)}"
 
