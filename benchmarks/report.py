@@ -77,7 +77,9 @@ def _headline(result: dict) -> str:
     if result["key"] == "throughput":
         up = d.get("model_bytes_uploaded")
         tail = f"; 2nd run uploads {up['second_run']} B (1st {up['first_run']} B)" if up else ""
-        return f"{result['value']:.2f} GB/s{tail}"
+        curve = d.get("zmq_curve")
+        encrypted = f" (CURVE-encrypted, as agent sessions are: {curve['gb_per_s']:.2f} GB/s)" if curve else ""
+        return f"{result['value']:.2f} GB/s{encrypted}{tail}"
     if result["key"] == "depth":
         peaks = " / ".join(f"{p['agent_peak_mb']:.0f}" for p in d["curve"])
         anchor = " / ".join(f"{p['anchor_peak_mb']:.0f}" for p in d["curve"])
@@ -149,7 +151,10 @@ _METHOD = [
     "enough that even the 10-block model needs several capture passes.",
     "- **Throughput**: `benchmarks/throughput.py`, a ROUTER (sender process, like the agent) and a DEALER "
     "(receiver, like the host) on tcp://127.0.0.1; frames from `qbench.protocols.codec.encode` sent with "
-    "`copy=False`, received with `copy=False` and decoded (`np.frombuffer` views). GB = 1e9 bytes.",
+    "`copy=False`, received with `copy=False` and decoded (`np.frombuffer` views). GB = 1e9 bytes. The goal is "
+    "read on the plain transport; the same with ZeroMQ CURVE (libzmq encrypts and authenticates each frame, "
+    "copying it) is shown beside it, since every agent session is encrypted. A run moves tensors that large "
+    "only with `--save-tensors`; the capture sends per-layer statistics.",
 ]
 
 
@@ -210,6 +215,9 @@ def _details_md(r: dict) -> list[str]:
         z = d["zmq"]
         lines = [f"{z['messages']} messages of {z['message_mb']} MiB in {z['seconds']:.3f} s = "
                  f"{z['gb_per_s']:.2f} GB/s."]
+        if "zmq_curve" in d:
+            c = d["zmq_curve"]
+            lines.append(f"CURVE-encrypted (every agent session is): {c['seconds']:.3f} s = {c['gb_per_s']:.2f} GB/s.")
         if "model_bytes_uploaded" in d:
             up = d["model_bytes_uploaded"]
             lines.append(f"Same model twice: {up['first_run']} model bytes uploaded by the first run, "

@@ -7,7 +7,11 @@ like the host) receives with ``copy=False`` and decodes with ``codec.decode``, w
 wraps each frame with ``np.frombuffer``. Throughput is payload bytes over the time from
 the hello to the last decoded message.
 
-    python -m benchmarks.throughput --megabytes 64 --count 20
+``--curve`` encrypts the connection with ZeroMQ CURVE, as every qbench agent session is (per-run
+keys, :mod:`qbench.agent.auth`): what a run's tensors really cost on loopback. Without it, the
+transport and codec alone.
+
+    python -m benchmarks.throughput --megabytes 64 --count 20 [--curve]
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ from qbench.protocols.messages import Message
 _TIMEOUT_MS = 60_000
 
 
-def _serve(endpoint_queue, megabytes: int, count: int) -> None:
+def _serve(endpoint_queue, megabytes: int, count: int, server_secret: bytes | None) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, _TIMEOUT_MS)
+    if server_secret is not None:
+        sock.curve_server = True
+        sock.curve_secretkey = server_secret
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     endpoint_queue.put(f"tcp://127.0.0.1:{port}")
     if not sock.poll(_TIMEOUT_MS):
@@ -43,15 +50,19 @@ def _serve(endpoint_queue, megabytes: int, count: int) -> None:
     ctx.term()
 
 
-def measure(megabytes: int = 64, count: int = 20) -> dict:
+def measure(megabytes: int = 64, count: int = 20, curve: bool = False) -> dict:
     """Receive ``count`` tensors of ``megabytes`` MB; returns bytes, seconds and GB/s."""
+    server_public, server_secret = zmq.curve_keypair() if curve else (None, None)
     spawn = multiprocessing.get_context("spawn")
     queue = spawn.Queue()
-    sender = spawn.Process(target=_serve, args=(queue, megabytes, count), daemon=True)
+    sender = spawn.Process(target=_serve, args=(queue, megabytes, count, server_secret), daemon=True)
     sender.start()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve:
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = server_public
     try:
         sock.connect(queue.get(timeout=_TIMEOUT_MS / 1000))
         received, checksum = 0, 0.0
@@ -68,7 +79,7 @@ def measure(megabytes: int = 64, count: int = 20) -> dict:
         sock.close()
         ctx.term()
         sender.join(timeout=_TIMEOUT_MS / 1000)
-    return {"message_mb": megabytes, "messages": count, "bytes": received, "seconds": seconds,
+    return {"message_mb": megabytes, "messages": count, "curve": curve, "bytes": received, "seconds": seconds,
             "gb_per_s": received / seconds / 1e9, "checksum": checksum}
 
 
@@ -76,8 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=64)
     parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--curve", action="store_true", help="encrypt with ZeroMQ CURVE, as agent sessions are")
     args = parser.parse_args()
-    print(json.dumps(measure(args.megabytes, args.count)))
+    print(json.dumps(measure(args.megabytes, args.count, args.curve)))
 
 
 if __name__ == "__main__":
