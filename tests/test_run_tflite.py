@@ -57,12 +57,15 @@ def _run(interpreter, samples: np.ndarray, names=None) -> dict[str, np.ndarray]:
 
 
 def _as_input(sample: np.ndarray, detail: dict) -> np.ndarray:
-    """A float sample for an integer input: quantized with the input's scale and zero point."""
+    """A float sample for an integer input: quantized with the input's scale and zero point.
+
+    Divided in float64: x / scale in float32 rounds first, and moves values near a half step to the
+    other level (on MediaPipe's face detector, 0.05 dB of output PSNR)."""
     if np.issubdtype(detail["dtype"], np.floating):
         return sample
     scale, zero = detail["quantization"]
     info = np.iinfo(detail["dtype"])
-    return np.clip(np.round(sample / scale) + zero, info.min, info.max).astype(detail["dtype"])
+    return np.clip(np.round(sample.astype(np.float64) / scale) + zero, info.min, info.max).astype(detail["dtype"])
 
 
 def _psnr(f: np.ndarray, q: np.ndarray) -> float:
@@ -221,8 +224,10 @@ def test_published_model_without_signature_defs(tmp_path, agent_cache):
                   cwd=tmp_path, cache=agent_cache, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = load_report(tmp_path / "o")
-    assert report["unmatched"] == [] and report["summary"]["layers_compared"] > 50
+    assert report["summary"]["layers_compared"] > 50
     assert any("signature def" in note for note in report["notes"])
+    assert any("17 activation op(s) fused" in note for note in report["notes"])  # its 17 separate RELUs
+    assert len(report["unmatched"]) == 17 and all(u["reason"].startswith("fused:") for u in report["unmatched"])
     outputs = {o["name"]: o["psnr_db"] for o in report["outputs"]}
     f = _run(_interpreter(model), samples)
     q = _run(_interpreter(report["models"]["int8"]["path"]), samples)
@@ -315,7 +320,8 @@ def test_tensors_inside_a_delegate_partition_are_reported_not_observable(tmp_pat
     layers = {x["name"]: x for x in report["layers"]}
     assert layers["relu1"]["status"] == UNOBSERVABLE and layers["relu1"]["psnr_db"] is None
     assert layers["relu2"]["psnr_db"] is not None and "status" not in layers["relu2"]
-    assert report["unmatched"] == [] and "relu1" not in report["summary"]["worst_layers"]
+    assert "relu1" not in report["summary"]["worst_layers"]
+    assert [(u["name"], u["reason"].split(":")[0]) for u in report["unmatched"]] == [("fc1", "fused")]
     assert report["summary"]["layers_unobservable"] == 1
     assert report["summary"]["layers_compared"] == len(layers) - 1
     assert any(UNOBSERVABLE in line for line in summary_lines(report))

@@ -85,6 +85,31 @@ def test_int8_model_loads_and_runs_in_plain_litert(tmp_path, name, note, psnr_db
     assert min(_psnr(a, b) for a, b in zip(f, q)) > psnr_db
 
 
+@pytest.mark.parametrize("name, rewrites", [
+    # separate RELUs after convolutions and ADDs: 18 partitions before
+    ("mp-face_detection_short_range", ["17 activation op(s) fused"]),
+    # separate RELUs, squeeze-and-excite pools, HARD_SWISH: 37 partitions before
+    ("mp-selfie_segmentation", ["22 activation op(s) fused", "10 whole-map AVERAGE_POOL_2D rewritten as MEAN",
+                                "11 HARD_SWISH rewritten as ADD, RELU6 and MUL"]),
+])
+def test_int8_model_is_one_xnnpack_partition_like_the_float_one(tmp_path, name, rewrites):
+    """XNNPACK runs those ops in float only: left as they were, each split the int8 model's partition
+    (int8 5 to 7 times slower than float) and ran on LiteRT's reference kernels."""
+    from qbench.agent.runners.litert import delegate_partitions
+
+    m = _model(name)
+    result = quantize_tflite(m.path, tmp_path / "int8.tflite", _data(m, 4, "calib"))
+    for note in rewrites:
+        assert any(note in n for n in result.notes), result.notes
+    interpreter = _interpreter(result.path.read_bytes(), resolver=tfl.OpResolverType.AUTO)
+    delegated, total, partitions, _ = delegate_partitions(interpreter._get_ops_details())
+    assert (partitions, delegated) == (1, total)
+    float_model = result.float_model or Path(m.path).read_bytes()
+    samples = _data(m, 2, "eval")[m.input_name]
+    f, q = _outputs(float_model, samples), _outputs(result.path.read_bytes(), samples, tfl.OpResolverType.AUTO)
+    assert min(_psnr(a, b) for a, b in zip(f, q)) > 12
+
+
 def test_model_needing_mediapipes_runtime_is_refused_with_its_custom_ops(tmp_path):
     m = _model("mp-face_landmark_with_attention")
     with pytest.raises(UserError) as info:

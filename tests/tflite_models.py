@@ -14,6 +14,10 @@ No TensorFlow: :class:`Graph` assembles a model from the schema's object API. Th
   as in MediaPipe's older hair segmentation model (only XNNPACK runs those two ops).
 * :func:`sparse_conv`: conv whose float16 weights are stored sparse behind DENSIFY and DEQUANTIZE,
   as in MediaPipe's sparse face and pose detectors.
+* :func:`unfused_block`: ops XNNPACK runs in float only, as MediaPipe's face detector and selfie
+  segmentation have them: conv -> separate RELU, depthwise -> separate RELU6 -> HARD_SWISH, a
+  whole-map AVERAGE_POOL_2D gating the main path (squeeze-and-excite), and a RELU whose input has a
+  second reader (not fusable).
 """
 
 from __future__ import annotations
@@ -482,3 +486,46 @@ def write_models(directory: Path) -> dict[str, Path]:
 
 #: float name -> int8 name in :func:`write_models`' converter-style int8 model
 RENAMED = {"conv1": "model/conv1;Relu", "logits": "model/fc/BiasAdd"}
+
+
+UNFUSED_SHAPE = (1, 16, 16, 8)
+
+
+def unfused_block(seed: int = 0) -> bytes:
+    """See the module doc; input ``input`` :data:`UNFUSED_SHAPE`, output ``out`` of the same shape."""
+    rng = np.random.default_rng(seed)
+    c = UNFUSED_SHAPE[-1]
+    g = Graph()
+    B = fb.BuiltinOperator
+    shape = UNFUSED_SHAPE
+    x = g.tensor("input", shape)
+    conv_opts = _conv_options()
+    conv_opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
+    conv = g.tensor("conv", shape)
+    g.op(B.CONV_2D, [x, g.const("conv/weights", rng.normal(0, 0.3, (c, 3, 3, c)).astype(np.float32)),
+                     g.const("conv/bias", rng.normal(0, 0.1, c).astype(np.float32))], [conv], conv_opts)
+    relu = g.tensor("relu", shape)
+    g.op(B.RELU, [conv], [relu])
+    dw_opts = _dw_options()
+    dw_opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
+    dw = g.tensor("dw", shape)
+    g.op(B.DEPTHWISE_CONV_2D, [relu, g.const("dw/weights", rng.normal(0, 0.5, (1, 3, 3, c)).astype(np.float32)),
+                               g.const("dw/bias", rng.normal(0, 0.1, c).astype(np.float32))], [dw], dw_opts)
+    relu6 = g.tensor("relu6", shape)
+    g.op(B.RELU6, [dw], [relu6])
+    swish = g.tensor("hard_swish", shape)
+    g.op(B.HARD_SWISH, [relu6], [swish])
+    pool_opts = fb.Pool2DOptionsT()
+    pool_opts.padding, pool_opts.strideW, pool_opts.strideH = fb.Padding.VALID, 1, 1
+    pool_opts.filterHeight, pool_opts.filterWidth = shape[1], shape[2]
+    squeeze = g.tensor("squeeze", (1, 1, 1, c))
+    g.op(B.AVERAGE_POOL_2D, [swish], [squeeze], pool_opts)
+    gated = g.tensor("gated", shape)
+    g.op(B.MUL, [swish, squeeze], [gated], fb.MulOptionsT())
+    summed = g.tensor("summed", shape)
+    g.op(B.ADD, [gated, x], [summed], fb.AddOptionsT())
+    out = g.tensor("out", shape)
+    g.op(B.RELU, [summed], [out])
+    tail = g.tensor("tail", shape)  # a second reader of ``summed``: that RELU stays an op
+    g.op(B.ADD, [summed, out], [tail], fb.AddOptionsT())
+    return g.to_bytes([x], [tail])

@@ -171,7 +171,8 @@ def match_tflite(float_model: Union[str, Path], int8_model: Union[str, Path]) ->
                 candidate = q.ops[aligned[k]].outputs[slot]
                 if q.tensors[candidate].name in f.by_name:  # it is another float tensor's counterpart
                     pair, rule = None, ""
-                    reason = f"the {op.type} at this position in the int8 graph is {q.tensors[candidate].name!r}"
+                    reason = _fused_reason(f, i, op, q.tensors[candidate].name) or (
+                        f"the {op.type} at this position in the int8 graph is {q.tensors[candidate].name!r}")
                 else:
                     pair, rule, reason = _pair(f, q, i, candidate, "position")
             else:
@@ -193,6 +194,22 @@ def match_tflite(float_model: Union[str, Path], int8_model: Union[str, Path]) ->
             pair.structure = output_structure.request(output_structure.tflite_producers(f, fi))
             outputs.append(Layer(f.tensors[fi].name, "OUTPUT", "output", pair))
     return Matching(layers, outputs, unmatched)
+
+
+_ACTIVATION_OPS = ("RELU", "RELU6", "RELU_N1_TO_1")
+
+
+def _fused_reason(f: TFLiteGraph, tensor: int, op: Op, int8_name: str) -> str | None:
+    """Why ``tensor`` has no int8 counterpart when the int8 op applies the activation after it itself
+    (qbench's quantizer input fuses it, as the TensorFlow converter does); None if that is not so."""
+    readers = f.consumers.get(tensor, [])
+    if len(readers) != 1 or f.ops[readers[0]].type not in _ACTIVATION_OPS:
+        return None
+    activation = f.ops[readers[0]]
+    if [f.tensors[t].name for t in activation.outputs] != [int8_name]:
+        return None
+    return (f"fused: the int8 {op.type} applies the {activation.type} after it itself and writes {int8_name!r}; "
+            "this pre-activation tensor exists only in the float model")
 
 
 def _check_same_network(f: TFLiteGraph, q: TFLiteGraph) -> None:

@@ -145,7 +145,7 @@ class TFLiteFormat:
         notes += [f"quantizer input: {note}" for note in prepared.notes]
         path = Path(s.model)
         if prepared.rewritten_from is not None:  # plain LiteRT runs only the rewritten float model
-            path, note = write_float_reference(s.out_dir, prepared.model)
+            path, note = write_float_reference(s.out_dir, prepared.reference)
             notes.append(note)
         return Prepared(path=path, notes=notes, input_shapes=shapes, inputs=inputs)
 

@@ -8,7 +8,10 @@ with the flatbuffer schema that ships with ai-edge-litert (no TensorFlow):
 * operator codes of the old schema, where only ``deprecated_builtin_code`` is set: the quantizer
   reads ``builtin_code`` (0, ADD) and quantizes every op as an ADD;
 * MediaPipe's ``Convolution2DTransposeBias`` custom op, sparse weights behind DENSIFY, float16
-  weights behind DEQUANTIZE: rewritten into builtins and constants (:mod:`.tflite_rewrite`).
+  weights behind DEQUANTIZE: rewritten into builtins and constants (:mod:`.tflite_rewrite`);
+* separate activation ops, whole-map average pools and HARD_SWISH, which XNNPACK runs in float
+  only, so each one splits the int8 model's delegate partition: rewritten into ops it runs in int8
+  (:mod:`.tflite_rewrite`).
 
 A float model that LiteRT cannot load (a custom op no builtin replaces, such as MediaPipe's
 ``TransformTensorBilinear``) is refused with the ops named; an int8 model LiteRT cannot load or
@@ -68,14 +71,17 @@ class PreparedTFLite:
         xnnpack_ops: custom ops left in the model, which only XNNPACK runs (MediaPipe's
             MaxPoolingWithArgmax2D, MaxUnpooling2D): the quantizer keeps them in float, and the
             int8 model, like the float one, loads only with XNNPACK.
+        reference: ``model`` before the rewrites only the int8 model needs (fused activations,
+            pools as MEAN, HARD_SWISH as a gate): the float reference when ``rewritten_from`` is set.
     """
 
     model: bytes
     signature_key: str
     signature_inputs: dict[str, str]
-    notes: list[str] = field(default_factory=list)
-    rewritten_from: bytes | None = None
-    xnnpack_ops: list[str] = field(default_factory=list)
+    notes: list[str]
+    rewritten_from: bytes | None
+    xnnpack_ops: list[str]
+    reference: bytes
 
 
 @dataclass
@@ -145,8 +151,20 @@ def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
     by_tensor = {names[m.tensorIndex]: rewrite.text(m.name) for m in sig.inputs or []}
     if notes:
         model = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+    # The float reference stops here: what follows changes float results in the last bits (a MEAN
+    # sums in another order than the pool), and only the int8 model needs it.
+    reference = model
+    partition_fixes = [(rewrite.fuse_activations(obj, fb), "activation op(s) fused into the op before them"),
+                       (rewrite.global_pools_as_mean(obj, fb), "whole-map AVERAGE_POOL_2D rewritten as MEAN"),
+                       (rewrite.hard_swish_as_gate(obj, fb), "HARD_SWISH rewritten as ADD, RELU6 and MUL")]
+    for count, what in partition_fixes:
+        if count:
+            notes.append(f"{count} {what} (XNNPACK runs the original in float only: in the int8 model it "
+                         "would split the delegate's partition)")
+    if any(count for count, _ in partition_fixes):
+        model = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
     return PreparedTFLite(model, rewrite.text(sig.signatureKey), by_tensor, notes, original if rewritten else None,
-                          xnnpack_ops)
+                          xnnpack_ops, reference)
 
 
 def _tensor_maps(fb, names: list[str], indices: list[int], kind: str) -> list:
@@ -310,7 +328,7 @@ REWRITE_TOLERANCE = 1e-5
 
 def _check_rewrite(prepared: PreparedTFLite, sample: Mapping[str, np.ndarray], name: str) -> None:
     """Checks a model whose custom ops were rewritten against the user's, on one calibration sample."""
-    diff = rewrite.max_output_difference(prepared.rewritten_from, prepared.model, sample)
+    diff = rewrite.max_output_difference(prepared.rewritten_from, prepared.reference, sample)
     if diff > REWRITE_TOLERANCE:
         raise UserError(f"rewriting the custom ops of {name} changed its outputs by {diff:.2g} of their peak")
 
@@ -339,7 +357,7 @@ def _quantize(
     out.write_bytes(quantized)  # before the checks: a model LiteRT refuses stays there to inspect
     checks.check_scales(quantized, name, out)
     checks.check_loads(quantized, name, out, first, xnnpack=bool(prepared.xnnpack_ops))
-    return QuantizedTFLite(out, prepared.notes, model if prepared.rewritten_from is not None else None)
+    return QuantizedTFLite(out, prepared.notes, prepared.reference if prepared.rewritten_from is not None else None)
 
 
 def _calibration_samples(

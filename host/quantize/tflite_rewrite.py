@@ -11,6 +11,20 @@ Each one keeps the model's function and its tensor names (float and int8 layers 
   TRANSPOSE_CONV with its bias input. Only XNNPACK runs the custom op (plain LiteRT has no kernel
   for it), and the quantizer leaves it in float, unresolved in the int8 model.
 
+The XNNPACK delegate runs none of these in int8, so each one the int8 model keeps splits its
+delegate partition and runs on LiteRT's reference kernels (MediaPipe's face detector: 18 partitions,
+int8 7x slower than float; selfie segmentation: 37). Rewritten into ops XNNPACK does run in int8,
+with the same function in float:
+
+* :func:`fuse_activations`: a RELU, RELU6 or RELU_N1_TO_1 after an op that can apply it itself (a
+  convolution, an ADD, ...) becomes that op's fused activation, as the TensorFlow converter writes
+  it; the op writes the activation's tensor, and its own pre-activation tensor is gone.
+* :func:`global_pools_as_mean`: an AVERAGE_POOL_2D whose window is the whole feature map (the
+  squeeze of a squeeze-and-excite block) becomes MEAN over height and width, keeping dimensions.
+* :func:`hard_swish_as_gate`: HARD_SWISH(x) = x * relu6(x + 3) / 6 becomes ADD(x, 3) with a fused
+  RELU6, MUL by 1/6 (the gate, in [0, 1]) and MUL by x; the gate's tensors are new
+  (``<output>/hard_swish_relu6``, ``<output>/hard_swish_gate``), the output keeps its name.
+
 :func:`custom_ops` names the custom ops left, :func:`max_output_difference` checks a rewritten
 model against the original.
 """
@@ -87,6 +101,153 @@ def fold_fp16_weights(obj, fb) -> int:
                 kept.append(op)
         subgraph.operators = kept
     return folded
+
+
+def _activations(fb) -> dict[int, int]:
+    """Activation ops -> the fused activation that does the same."""
+    B, A = fb.BuiltinOperator, fb.ActivationFunctionType
+    return {B.RELU: A.RELU, B.RELU6: A.RELU6, B.RELU_N1_TO_1: A.RELU_N1_TO_1}
+
+
+def _fusing_ops(fb) -> set[int]:
+    """Ops with a fused activation that XNNPACK applies in int8 as in float."""
+    B = fb.BuiltinOperator
+    return {B.CONV_2D, B.DEPTHWISE_CONV_2D, B.ADD, B.SUB, B.MUL, B.FULLY_CONNECTED, B.AVERAGE_POOL_2D,
+            B.MAX_POOL_2D}
+
+
+def fuse_activations(obj, fb) -> int:
+    """Fuses each activation op into the op before it where that op can apply it; returns how many.
+
+    Only where the activation is the pre-activation tensor's one reader and that tensor is no
+    subgraph output, so no one else sees the values the fusion removes.
+    """
+    codes = obj.operatorCodes or []
+    activations, fusing = _activations(fb), _fusing_ops(fb)
+    fused = 0
+    for index, subgraph in enumerate(obj.subgraphs):
+        operators = subgraph.operators or []
+        producer = {t: op for op in operators for t in op.outputs}
+        readers: dict[int, int] = {}
+        for op in operators:
+            for t in op.inputs:
+                readers[t] = readers.get(t, 0) + 1
+        outputs, gone, kept = set(subgraph.outputs), set(), []
+        for op in operators:
+            source = op.inputs[0] if op.inputs else -1
+            before = producer.get(source)
+            if (
+                _builtin(codes[op.opcodeIndex]) in activations
+                and before is not None
+                and _builtin(codes[before.opcodeIndex]) in fusing
+                and readers.get(source) == 1 and source not in outputs
+                and getattr(before.builtinOptions, "fusedActivationFunction", None) == fb.ActivationFunctionType.NONE
+            ):
+                before.builtinOptions.fusedActivationFunction = activations[_builtin(codes[op.opcodeIndex])]
+                before.outputs = [op.outputs[0]]
+                gone.add(source)
+            else:
+                kept.append(op)
+        subgraph.operators = kept
+        _drop_tensors(obj, index, gone)
+        fused += len(gone)
+    return fused
+
+
+def global_pools_as_mean(obj, fb) -> int:
+    """Rewrites whole-map AVERAGE_POOL_2D (no fused activation) as MEAN over axes 1, 2; returns how many."""
+    codes = obj.operatorCodes or []
+    done = 0
+    for subgraph in obj.subgraphs:
+        for op in subgraph.operators or []:
+            options = op.builtinOptions
+            if _builtin(codes[op.opcodeIndex]) != fb.BuiltinOperator.AVERAGE_POOL_2D:
+                continue
+            x, y = subgraph.tensors[op.inputs[0]], subgraph.tensors[op.outputs[0]]
+            if (len(x.shape) != 4 or (options.filterHeight, options.filterWidth) != tuple(x.shape[1:3])
+                    or tuple(y.shape[1:3]) != (1, 1)
+                    or options.fusedActivationFunction != fb.ActivationFunctionType.NONE):
+                continue
+            axes = _tensor(fb, subgraph, f"{text(y.name)}/mean_axes", [2], fb.TensorType.INT32,
+                           _constant(obj, fb, np.array([1, 2], dtype="<i4")))
+            reducer = fb.ReducerOptionsT()
+            reducer.keepDims = True
+            op.opcodeIndex = _opcode(obj, fb, fb.BuiltinOperator.MEAN, 1)
+            op.inputs = [op.inputs[0], axes]
+            op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.ReducerOptions, reducer
+            done += 1
+    return done
+
+
+def hard_swish_as_gate(obj, fb) -> int:
+    """Rewrites float HARD_SWISH as x * (relu6(x + 3) * 1/6) in builtin ops; returns how many."""
+    codes = obj.operatorCodes or []
+    B, done = fb.BuiltinOperator, 0
+    for subgraph in obj.subgraphs:
+        operators = []
+        for op in subgraph.operators or []:
+            x = subgraph.tensors[op.inputs[0]] if op.inputs else None
+            if _builtin(codes[op.opcodeIndex]) != B.HARD_SWISH or x.type != fb.TensorType.FLOAT32:
+                operators.append(op)
+                continue
+            name = text(subgraph.tensors[op.outputs[0]].name)
+            three = _tensor(fb, subgraph, f"{name}/hard_swish_three", [1], fb.TensorType.FLOAT32,
+                            _constant(obj, fb, np.array([3.0], dtype="<f4")))
+            sixth = _tensor(fb, subgraph, f"{name}/hard_swish_sixth", [1], fb.TensorType.FLOAT32,
+                            _constant(obj, fb, np.array([1 / 6], dtype="<f4")))
+            relu6 = _tensor(fb, subgraph, f"{name}/hard_swish_relu6", list(x.shape), fb.TensorType.FLOAT32)
+            gate = _tensor(fb, subgraph, f"{name}/hard_swish_gate", list(x.shape), fb.TensorType.FLOAT32)
+            add = fb.AddOptionsT()
+            add.fusedActivationFunction = fb.ActivationFunctionType.RELU6
+            operators += [_operator(obj, fb, B.ADD, [op.inputs[0], three], [relu6], add),
+                          _operator(obj, fb, B.MUL, [relu6, sixth], [gate], fb.MulOptionsT()),
+                          _operator(obj, fb, B.MUL, [op.inputs[0], gate], [op.outputs[0]], fb.MulOptionsT())]
+            done += 1
+        subgraph.operators = operators
+    return done
+
+
+def _tensor(fb, subgraph, name: str, shape: list[int], dtype: int, buffer: int = 0) -> int:
+    """Appends a tensor (a constant when ``buffer`` holds its data); returns its index."""
+    tensor = fb.TensorT()
+    tensor.name, tensor.shape, tensor.type, tensor.buffer = name, shape, dtype, buffer
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1
+
+
+def _operator(obj, fb, builtin: int, inputs: list[int], outputs: list[int], options):
+    op = fb.OperatorT()
+    op.opcodeIndex = _opcode(obj, fb, builtin, 1)
+    op.inputs, op.outputs = inputs, outputs
+    op.builtinOptionsType = getattr(fb.BuiltinOptions, type(options).__name__[:-1])
+    op.builtinOptions = options
+    return op
+
+
+def _drop_tensors(obj, index: int, gone: set[int]) -> None:
+    """Removes tensors no op reads or writes any more from subgraph ``index``, renumbering the rest.
+
+    ai-edge-quantizer reads every non-constant tensor of a subgraph while it calibrates, and one
+    no op writes has no data.
+    """
+    if not gone:
+        return
+    subgraph = obj.subgraphs[index]
+    kept = [i for i in range(len(subgraph.tensors)) if i not in gone]
+    new = {old: k for k, old in enumerate(kept)}
+    new[-1] = -1  # an omitted optional input
+    subgraph.tensors = [subgraph.tensors[i] for i in kept]
+    for op in subgraph.operators or []:
+        op.inputs = [new[i] for i in op.inputs]
+        op.outputs = [new[i] for i in op.outputs]
+        if op.intermediates is not None:
+            op.intermediates = [new[i] for i in op.intermediates]
+    subgraph.inputs = [new[i] for i in subgraph.inputs]
+    subgraph.outputs = [new[i] for i in subgraph.outputs]
+    for sig in obj.signatureDefs or []:
+        if sig.subgraphIndex == index:
+            for entry in [*(sig.inputs or []), *(sig.outputs or [])]:
+                entry.tensorIndex = new[entry.tensorIndex]
 
 
 def densify_weights(obj, fb, model: bytes) -> int:
