@@ -156,19 +156,20 @@ def test_delegate_partitions_finds_hidden_tensors():
         {"op_name": "SOFTMAX", "inputs": [3], "outputs": [4]},
         {"op_name": "DELEGATE", "inputs": [0, 9], "outputs": [3]},
     ]
-    assert delegate_partitions(nodes) == (3, 4, 1, {1, 2})
+    assert delegate_partitions(nodes) == (3, 4, 1, {1, 2}, {"SOFTMAX": 1})
     per_op = nodes[:4] + [
         {"op_name": "DELEGATE", "inputs": [0, 9], "outputs": [1]},
         {"op_name": "DELEGATE", "inputs": [1], "outputs": [2]},
     ]
-    assert delegate_partitions(per_op) == (2, 4, 2, set())
+    assert delegate_partitions(per_op) == (2, 4, 2, set(), {"RELU": 1, "SOFTMAX": 1})
 
 
 def test_delegate_partitions_on_a_real_clustered_graph(models):
     runner = run(models["int8"], "xnnpack")
     nodes = runner.interpreter._get_ops_details()
-    delegated, total, partitions, hidden = delegate_partitions(nodes)
+    delegated, total, partitions, hidden, outside = delegate_partitions(nodes)
     assert (delegated, total) == (runner.coverage.delegated_ops, runner.coverage.total_ops)
+    assert sum(outside.values()) == total - delegated
     boundary = {int(t) for n in nodes if n["op_name"] == "DELEGATE" for t in n["outputs"]}
     assert not hidden & boundary
     assert runner.interpreter.get_output_details()[0]["index"] not in hidden

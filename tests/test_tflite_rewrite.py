@@ -286,8 +286,8 @@ def test_run_names_the_custom_op_that_needs_mediapipe(cli_work, agent_cache):
     assert len(lines) == 1 and "no kernel for its custom op(s) TransformTensorBilinear" in lines[0]
 
 
-def _partitions(model: bytes) -> tuple[int, list[str]]:
-    """(XNNPACK partitions, ops outside them) of ``model`` loaded as LiteRT loads it by default."""
+def _partitions(model: bytes) -> tuple[int, dict[str, int]]:
+    """(XNNPACK partitions, op type -> nodes outside them) of ``model`` loaded as LiteRT loads it by default."""
     from qbench.agent.runners.litert import delegate_partitions
 
     with warnings.catch_warnings():
@@ -295,8 +295,8 @@ def _partitions(model: bytes) -> tuple[int, list[str]]:
         interpreter = tfl.Interpreter(model_content=model)
     interpreter.allocate_tensors()
     nodes = interpreter._get_ops_details()
-    delegated, total, partitions, _ = delegate_partitions(nodes)
-    return partitions, total - delegated
+    split = delegate_partitions(nodes)
+    return split.partitions, split.outside
 
 
 def test_ops_xnnpack_runs_in_float_only_are_rewritten_into_ops_it_runs_in_int8(tmp_path):
@@ -321,7 +321,25 @@ def test_ops_xnnpack_runs_in_float_only_are_rewritten_into_ops_it_runs_in_int8(t
     path.write_bytes(model)
     result = quantize_tflite(path, tmp_path / "block.int8.tflite", {"input": _samples(16, M.UNFUSED_SHAPE)})
     # one op stays outside XNNPACK: the RELU that could not be fused (before: the 5 rewritten ones too)
-    assert _partitions(result.path.read_bytes()) == (2, 1)
-    assert _partitions(model) == (1, 0)  # XNNPACK takes all of the float model as it is
+    assert _partitions(result.path.read_bytes()) == (2, {"RELU": 1})
+    assert _partitions(model) == (1, {})  # XNNPACK takes all of the float model as it is
     reference = _dequantized_output(model, sample)
     assert _snr_db(reference, _dequantized_output(result.path.read_bytes(), sample)) > 20
+
+
+def test_the_ops_a_delegate_left_out_are_named_by_the_agent_and_the_report(tmp_path):
+    """The unfusable RELU of the block stays outside XNNPACK: the agent's coverage and the terminal name it."""
+    from qbench.agent.runners.litert import LiteRTRunner
+    from qbench.host.report.delegation import coverage_text
+    from qbench.protocols.messages import LiteRTRunnerConfig
+
+    path = tmp_path / "block.tflite"
+    path.write_bytes(M.unfused_block())
+    result = quantize_tflite(path, tmp_path / "block.int8.tflite", {"input": _samples(16, M.UNFUSED_SHAPE)})
+    runner = LiteRTRunner(str(result.path), LiteRTRunnerConfig(delegate="xnnpack"))
+    runner.load()
+    coverage = runner.delegation()
+    assert (coverage["partitions"], coverage["outside"]) == (2, {"RELU": 1})
+    assert coverage["delegated_ops"] == coverage["total_ops"] - 1
+    assert coverage_text(coverage).endswith(
+        "in 2 partition(s); LiteRT's builtin kernels ran the rest (RELU x1), each one a break between partitions")

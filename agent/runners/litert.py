@@ -27,7 +27,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -114,8 +114,18 @@ def dequantize(q: np.ndarray, scales: Sequence[float], zero_points: Sequence[int
     return capture.dequantize(q, qp).astype(np.float32)
 
 
-def delegate_partitions(nodes: Sequence[Mapping[str, Any]]) -> tuple[int, int, int, set[int]]:
-    """(delegated nodes, model nodes, partitions, hidden tensor indices) from the interpreter's nodes.
+class Partitions(NamedTuple):
+    """How a delegate split a model: see :func:`delegate_partitions`."""
+
+    delegated: int  # the model's nodes the partitions replaced
+    total: int  # the model's nodes
+    partitions: int
+    hidden: set[int]  # tensors computed inside a partition and never written
+    outside: dict[str, int]  # op type -> nodes left to LiteRT's builtin kernels
+
+
+def delegate_partitions(nodes: Sequence[Mapping[str, Any]]) -> Partitions:
+    """How the delegate split the model, from the interpreter's nodes.
 
     LiteRT keeps the replaced nodes and appends one DELEGATE node per partition, whose inputs and
     outputs are the partition's boundary. Walking back from a partition's outputs to its inputs
@@ -142,7 +152,11 @@ def delegate_partitions(nodes: Sequence[Mapping[str, Any]]) -> tuple[int, int, i
             inner = [int(t) for t in originals[k]["inputs"] if int(t) not in boundary]
             stack.extend(producer[t] for t in inner if t in producer)
     hidden = {int(t) for k in covered for t in originals[k]["outputs"]} - visible
-    return len(covered), len(originals), len(partitions), hidden
+    outside: dict[str, int] = {}
+    for k, node in enumerate(originals):
+        if k not in covered:
+            outside[node["op_name"]] = outside.get(node["op_name"], 0) + 1
+    return Partitions(len(covered), len(originals), len(partitions), hidden, outside)
 
 
 @dataclass
@@ -153,6 +167,7 @@ class DelegateCoverage:
     delegated_ops: int
     total_ops: int
     partitions: int
+    outside: dict[str, int]  # op type -> nodes the delegate did not take
 
     @property
     def fraction(self) -> float:
@@ -244,9 +259,9 @@ class LiteRTRunner(Runner):
             nodes = self.interpreter._get_ops_details()  # no public API lists the execution plan
         except (AttributeError, ValueError, RuntimeError):
             return None, set()
-        delegated, total, partitions, hidden = delegate_partitions(nodes)
-        name = self._delegate if partitions else "none"
-        return DelegateCoverage(name, delegated, total, partitions), hidden
+        split = delegate_partitions(nodes)
+        name = self._delegate if split.partitions else "none"
+        return DelegateCoverage(name, split.delegated, split.total, split.partitions, split.outside), split.hidden
 
     # ---- interface --------------------------------------------------------------
 
@@ -270,7 +285,7 @@ class LiteRTRunner(Runner):
         if cov is None:
             return {}
         return {"delegate": cov.delegate, "delegated_ops": cov.delegated_ops, "total_ops": cov.total_ops,
-                "fraction": cov.fraction}
+                "fraction": cov.fraction, "partitions": cov.partitions, "outside": cov.outside}
 
     def qparams(self, name: str) -> QParams | None:
         """The quantization of tensor ``name`` (None for a float or unquantized tensor)."""

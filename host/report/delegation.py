@@ -18,8 +18,9 @@ def device_fields(state: RunState) -> dict[str, Any]:
     them (also as ``providers``, which runs are compared by); ``available_accelerators`` the agent's
     probe found; ``coverage`` per model, as it ran.
 
-    ``coverage[kind]`` is the agent's ``{delegate, delegated_ops, total_ops, fraction}``: ``delegate``
-    is ``none`` when the delegate took no op, ``fraction`` = delegated_ops / total_ops. With an
+    ``coverage[kind]`` is the agent's ``{delegate, delegated_ops, total_ops, fraction, partitions,
+    outside}``: ``delegate`` is ``none`` when the delegate took no op, ``fraction`` = delegated_ops /
+    total_ops, ``outside`` op type -> the nodes left to LiteRT's builtin kernels. With an
     accelerator it is ``{accelerator, fully_accelerated, cpu_fallback, fallback_reason}`` instead.
     """
     runner = state.settings.runner
@@ -64,8 +65,14 @@ def _name(delegate: str | None) -> str:
 def coverage_text(cov: dict[str, Any]) -> str:
     """What ran one model, in words: the delegate's share of ops, or how much the accelerator took."""
     if "accelerator" not in cov:
-        return (f"delegate {cov['delegate']} took {cov['delegated_ops']} of {cov['total_ops']} ops "
+        text = (f"delegate {cov['delegate']} took {cov['delegated_ops']} of {cov['total_ops']} ops "
                 f"({cov['fraction']:.0%})")
+        outside = cov.get("outside") or {}
+        if outside and cov["delegated_ops"]:
+            ops = ", ".join(f"{op} x{n}" for op, n in sorted(outside.items(), key=lambda kv: -kv[1]))
+            text += (f" in {cov['partitions']} partition(s); LiteRT's builtin kernels ran the rest ({ops}), "
+                     "each one a break between partitions")
+        return text
     name = f"accelerator {cov['accelerator']}"
     if cov.get("fully_accelerated"):
         return f"{name} took every op"
