@@ -37,8 +37,9 @@ def choose(requested: bool | None, hello: HelloReply | None) -> tuple[bool, str]
     if requested is not None:
         return requested, f"asked for ({'--reduce-range' if requested else '--no-reduce-range'})"
     if hello is None:
-        return False, ("auto: no device had answered when quantizing (compare quantizes before reaching its "
-                       "targets): 8-bit weights; --reduce-range for x86 devices without VNNI")
+        return False, ("auto: no device's CPU was known when quantizing (compare quantizes before reaching its "
+                       "targets, or the agent did not start): 8-bit weights; --reduce-range for x86 devices "
+                       "without VNNI")
     features = list(hello.cpu_features)
     if saturates(hello.machine, features):
         return True, (f"auto: x86 without VNNI ({' '.join(features)}), whose int8 kernels saturate int16 sums "
