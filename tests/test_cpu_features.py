@@ -79,7 +79,7 @@ def test_auto_keeps_8_bit_weights_when_no_device_answered():
 
 
 def _this_cpu_saturates() -> bool:
-    return saturates(platform.machine(), [f for f in int8_features(platform.machine())])
+    return saturates(platform.machine(), int8_features(platform.machine()))
 
 
 def test_the_saturation_warning_and_its_repair_hold_on_this_cpu(tmp_path, agent_cache):
