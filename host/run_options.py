@@ -67,9 +67,10 @@ class RunOptions:
     per_tensor: Annotated[bool, typer.Option(
         "--per-tensor", rich_help_panel=QUANTIZATION,
         help="ONNX: one scale per weight tensor, not per channel")] = False
-    reduce_range: Annotated[bool, typer.Option(
-        "--reduce-range", rich_help_panel=QUANTIZATION,
-        help="ONNX: 7-bit weights, which x86 CPUs without VNNI multiply without int16 saturation")] = False
+    reduce_range: Annotated[Optional[bool], typer.Option(
+        "--reduce-range/--no-reduce-range", rich_help_panel=QUANTIZATION, show_default=False,
+        help="ONNX: 7-bit weights, which x86 CPUs without VNNI multiply without int16 saturation; "
+             "default: auto, on for exactly such a device")] = None
     runs: Annotated[int, typer.Option("--runs", rich_help_panel=TIMING, min=1, help="timed runs, at least")] = 20
     warmup: Annotated[int, typer.Option(
         "--warmup", rich_help_panel=TIMING, min=0, help="untimed runs before timing")] = 5

@@ -56,7 +56,10 @@ class RunSettings:
     accuracy_only: bool = False  # no timing, memory or profile runs: the per-layer capture only
     equalize: bool = False  # cross-layer weight equalization of the float model before quantizing
     per_channel: bool = True  # per-channel weight scales; False: one scale per weight tensor
-    reduce_range: bool = False  # ONNX: 7-bit weights (x86 without VNNI: no int16 saturation in u8s8 kernels)
+    # ONNX: 7-bit weights (x86 without VNNI: no int16 saturation in u8s8 kernels); None: auto, decided from
+    # the device's CPU before qbench quantizes (quantize.reduce_range), which fills in both fields
+    reduce_range: bool | None = None
+    reduce_range_reason: str | None = None
     user_model: Path | None = None  # the user's own file when ``model`` is qbench's prepared copy of it
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -46,9 +47,12 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     # the agent loads no delegate library it was not started with: the run's own (CLI or devices.yaml)
     for library in fmt.delegate_libraries(settings):
         transport.allow_delegate(library)
-    agent = _AgentStart(transport, settings.timeout_s, [fmt.runtime])
+    agent = AgentStart(transport, settings.timeout_s, [fmt.runtime])
     try:
-        float_path, int8_path = _prepare_models(state, fmt, ui)
+        # quantizing waits for the device's hello when it needs it (--reduce-range auto), so the agent's
+        # start-up still overlaps the float model's preparation; an agent that did not start gives None
+        # (the int8 model is still made and kept, and the connect stage fails with the agent's error)
+        float_path, int8_path = _prepare_models(state, fmt, ui, lambda: agent.result()[1])
     except UserError as exc:
         agent.abandon()
         state.error = {"stage": state.stage, "code": "error", "message": str(exc), "files": _kept_files(settings)}
@@ -79,7 +83,7 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     return state
 
 
-def _interrupted(state: RunState, agent: "_AgentStart") -> RunState:
+def _interrupted(state: RunState, agent: "AgentStart") -> RunState:
     """Ctrl-C: stop the agent (and its workers) and keep what was measured, as for a failed stage."""
     stage = state.stage
     agent.abandon()  # waits for a start still under way, so that no agent comes up after the run
@@ -121,16 +125,18 @@ def prepare_pair(settings: RunSettings, ui: UI | None = None) -> tuple[RunState,
     fmt = checked_format(settings)
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    float_path, int8_path = _prepare_models(state, fmt, ui or UI())
+    # no device yet: the pair is made for every target of compare (reduce_range auto: 8-bit weights)
+    float_path, int8_path = _prepare_models(state, fmt, ui or UI(), lambda: None)
     return state, float_path, int8_path
 
 
-def _prepare_models(state: RunState, fmt: ModelFormat, ui: UI) -> tuple[Path, Path]:
+def _prepare_models(state: RunState, fmt: ModelFormat, ui: UI, hello: Callable[[], HelloReply | None]
+                    ) -> tuple[Path, Path]:
     s = state.settings
     state.stage = "prepare"
     ui.stage("prepare")
     int8 = inspect_model(s.int8) if s.int8 is not None else None
-    return fmt.prepare(state, ui, int8, lambda: _calibration(state, ui))
+    return fmt.prepare(state, ui, int8, lambda: _calibration(state, ui), hello)
 
 
 def _kept_files(settings: RunSettings) -> list[str]:
@@ -169,7 +175,7 @@ def _samples(state: RunState, ui: UI) -> dict[str, np.ndarray]:
     return data_mod.random_samples(specs, s.samples, s.seed)
 
 
-class _AgentStart:
+class AgentStart:
     """Starts the agent and says hello in a thread, so that its start-up overlaps the host's preparation."""
 
     def __init__(self, transport: AgentTransport, timeout_s: float, runtimes: list[str]):
@@ -200,7 +206,7 @@ class _AgentStart:
         self._transport.stop()
 
 
-def _measure(state: RunState, fmt: ModelFormat, transport: AgentTransport, agent: _AgentStart, float_path: Path,
+def _measure(state: RunState, fmt: ModelFormat, transport: AgentTransport, agent: AgentStart, float_path: Path,
              int8_path: Path, inputs: dict[str, np.ndarray], ui: UI) -> None:
     s = state.settings
     state.stage = "connect"

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from qbench.protocols.messages import BenchmarkReply
+from qbench.protocols.messages import BenchmarkReply, HelloReply
 
 from . import data as data_mod
 from .errors import UserError
@@ -27,7 +27,8 @@ from .report.artifacts import write_artifacts
 from .report.build import build_report, write_json
 from .run_state import UI, RunSettings
 from . import session
-from .transport.base import AgentTransport
+from .transport.base import AgentTransport, TransportError
+from .transport.client import AgentError
 
 REUSED_FLOAT_NOTE = "float latency and memory were measured in the first trial (same float model, same device)"
 
@@ -93,6 +94,7 @@ class Trials:
         prepared = self.format.prepare_float(s)
         for note in prepared.notes:
             self.ui.note(note)
+        self.format.device_settings(s, self._device_hello, self.ui)  # every trial quantizes with that choice
         if s.calibration is not None:
             self.calibration = data_mod.load_samples(s.calibration, prepared.inputs)
             self.calibration_source = str(Path(s.calibration).resolve())
@@ -103,6 +105,21 @@ class Trials:
             self.calibration_source = f"random: {s.calibration_samples} samples, seed {s.seed + 1}"
         self.prepared = prepared
         return prepared
+
+    def _device_hello(self) -> HelloReply:
+        """The device agent's hello, from an agent started for it alone: every trial starts its own.
+
+        Raises:
+            UserError: the agent did not start.
+        """
+        agent = session.AgentStart(self.transport(), self.base.timeout_s, [self.format.runtime])
+        _, hello, error = agent.result()
+        agent.abandon()
+        if isinstance(error, (AgentError, TransportError)):
+            raise UserError(f"could not start the agent: {error}") from error
+        if error is not None:
+            raise error
+        return hello
 
     def eval_samples(self) -> dict[str, np.ndarray]:
         """The samples every trial's ``run`` evaluates on: ``--data``, else its seeded random samples."""

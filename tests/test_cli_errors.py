@@ -48,6 +48,10 @@ CASES = {
     "bad devices.yaml": (["run", "convnet.onnx", "--device", "pi4", "--devices", "bad-devices.yaml"], "port"),
     "agent does not answer": (["run", "convnet.onnx", "--device", "dead", "--devices", "silent.yaml",
                                "--timeout", "2"], "no answer"),
+    # calibrate asks the device's CPU (--reduce-range auto) before its first trial quantizes
+    "agent does not answer before calibrating": (["calibrate", "convnet.onnx", "--device", "dead", "--devices",
+                                                  "silent.yaml", "--timeout", "2", "--methods", "minmax"],
+                                                 "could not start the agent"),
 }
 
 

@@ -1,20 +1,28 @@
-"""CPU features on the wire (hello_reply.cpu_features) and the int16-saturation warning they drive.
+"""CPU features on the wire (hello_reply.cpu_features), the weight range they choose and the
+int16-saturation warning they drive.
 
 On an x86 CPU with AVX2 and no VNNI, ONNX Runtime's u8s8 kernels saturate with 8-bit weights; the
-warning claims it, and ``--reduce-range`` (7-bit weights) is the repair it names. Both claims are
-checked on this machine when it is such a CPU; on another CPU, that no warning is given.
+warning claims it, and 7-bit weights are the repair, which ``--reduce-range`` auto takes by itself
+on such a device. The claims are checked on this machine when it is such a CPU; on another CPU, that
+auto keeps 8-bit weights and no warning is given. The decision for other CPUs (ARM boards, VNNI x86)
+is checked on the hello replies they send.
 """
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
-from cli import load_report, qbench
+import qbench
+from cli import load_report, qbench as qbench_cli
 from models import build_convnet, write_convnet_samples
 from qbench.agent.cpu import int8_features
-from qbench.host.report.alerts import VNNI
+from qbench.host.quantize.reduce_range import VNNI, choose, saturates
+from qbench.protocols.messages import HelloReply, Limits
 
 FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--profile-runs", "0", "--histogram-bins", "0"]
 
@@ -43,31 +51,91 @@ def _int8_weights(path) -> list[np.ndarray]:
             if t.data_type == onnx.TensorProto.INT8 and numpy_helper.to_array(t).size > 1]
 
 
+def _hello(machine: str, features: list[str]) -> HelloReply:
+    return HelloReply(protocol_version="2.0", agent_version="", python="3.11", machine=machine, system="Linux",
+                      cpu_count=4, total_memory_bytes=2**30, runtimes={}, limits=Limits(2**20, 2**30, 2**20), cpu_features=features)
+
+
+@pytest.mark.parametrize("machine, features, reduced", [
+    ("x86_64", ["avx2"], True),  # this project's AMD EPYC
+    ("x86_64", ["avx2", "avx512f", "avx512bw"], True),  # Skylake-X: AVX512BW kernels use VPMADDUBSW too
+    ("x86_64", ["avx2", "avx512f", "avx512bw", "avx512_vnni"], False),
+    ("x86_64", ["avx2", "avx_vnni"], False),
+    ("x86_64", [], False),  # features unknown: no claim
+    ("aarch64", ["asimd", "asimddp"], False),  # an ARM board
+    ("aarch64", [], False),  # a qemu-emulated arm64 device (tests/test_emulate_arm64.py) reports none
+])
+def test_auto_takes_7_bit_weights_exactly_on_x86_without_vnni(machine, features, reduced):
+    chosen, reason = choose(None, _hello(machine, features))
+    assert chosen is reduced and reason.startswith("auto: ")
+    assert ("without VNNI" in reason) == reduced
+    assert choose(True, _hello(machine, features)) == (True, "asked for (--reduce-range)")
+    assert choose(False, _hello(machine, features)) == (False, "asked for (--no-reduce-range)")
+
+
+def test_auto_keeps_8_bit_weights_when_no_device_answered():
+    chosen, reason = choose(None, None)
+    assert chosen is False and "no device's CPU was known" in reason
+
+
+def _this_cpu_saturates() -> bool:
+    return saturates(platform.machine(), int8_features(platform.machine()))
+
+
 def test_the_saturation_warning_and_its_repair_hold_on_this_cpu(tmp_path, agent_cache):
     build_convnet(tmp_path / "convnet.onnx")
     write_convnet_samples(tmp_path, 7)
     common = ["--data", "eval.npz", "--calibration", "calib.npz", *FAST]
-    plain = qbench("run", "convnet.onnx", "--out", "plain", *common, cwd=tmp_path, cache=agent_cache)
-    reduced = qbench("run", "convnet.onnx", "--reduce-range", "--out", "reduced", *common, cwd=tmp_path,
-                     cache=agent_cache)
-    assert plain.returncode == 0 and reduced.returncode == 0, plain.stderr + reduced.stderr
-    a, b = load_report(tmp_path / "plain"), load_report(tmp_path / "reduced")
+    auto = qbench_cli("run", "convnet.onnx", "--out", "auto", *common, cwd=tmp_path, cache=agent_cache)
+    full = qbench_cli("run", "convnet.onnx", "--no-reduce-range", "--out", "full", *common, cwd=tmp_path,
+                      cache=agent_cache)
+    assert auto.returncode == 0 and full.returncode == 0, auto.stderr + full.stderr
+    a, b = load_report(tmp_path / "auto"), load_report(tmp_path / "full")
     flags = _flags()
     assert a["device"]["cpu_features"] == [f for f in int8_features("x86_64") if f in flags]
-    assert all(np.abs(w.astype(int)).max() <= 64 for w in _int8_weights(tmp_path / "reduced" / "model.int8.onnx"))
-    assert b["settings"]["reduce_range"] is True and "kernels:" not in reduced.stdout
     saturating = "avx2" in flags and not flags & set(VNNI)
-    assert ("kernels:" in plain.stdout) == saturating, plain.stdout
+    assert saturating == _this_cpu_saturates()
+    # auto: 7-bit weights exactly on such a CPU, said in the report and in one line, and no warning then
+    assert a["settings"]["reduce_range"] is saturating, a["settings"]
+    assert a["settings"]["reduce_range_reason"].startswith("auto: x86 with" if not saturating else
+                                                           "auto: x86 without VNNI")
+    said = [line for line in auto.stderr.splitlines() if "reduce range" in line]
+    assert len(said) == 1 and ("7-bit" if saturating else "8-bit") in said[0], auto.stderr
+    widest = max(np.abs(w.astype(int)).max() for w in _int8_weights(tmp_path / "auto" / "model.int8.onnx"))
+    assert bool(widest <= 64) is saturating, widest
+    assert "kernels:" not in auto.stdout
+    assert b["settings"]["reduce_range"] is False and b["settings"]["reduce_range_reason"] == \
+        "asked for (--no-reduce-range)"
+    assert ("kernels:" in full.stdout) == saturating, full.stdout
     if saturating:  # the claim: a layer loses dB here with 8-bit weights, and 7-bit ones give it back
-        worst = min(a["layers"], key=lambda x: x["psnr_db"] if x["psnr_db"] is not None else 1e9)
-        repaired = next(x for x in b["layers"] if x["name"] == worst["name"])
+        worst = min(b["layers"], key=lambda x: x["psnr_db"] if x["psnr_db"] is not None else 1e9)
+        repaired = next(x for x in a["layers"] if x["name"] == worst["name"])
         assert repaired["psnr_db"] > worst["psnr_db"] + 3, (worst["name"], worst["psnr_db"], repaired["psnr_db"])
+
+
+def test_calibrate_quantizes_every_method_with_the_devices_choice(tmp_path, monkeypatch, agent_cache):
+    build_convnet(tmp_path / "convnet.onnx")
+    write_convnet_samples(tmp_path, 7)
+    monkeypatch.setenv("HOME", str(agent_cache))
+    monkeypatch.chdir(tmp_path)
+    best = qbench.calibrate("convnet.onnx", calibration="calib.npz", data="eval.npz",
+                            methods=["minmax", "percentile"], out="calib", runs=3, warmup=1, min_seconds=0.0,
+                            histogram_bins=0)
+    saturating = _this_cpu_saturates()
+    assert best.to_dict()["settings"]["reduce_range"] is saturating
+    for method in ("minmax", "percentile"):
+        report = load_report(tmp_path / "calib" / method)
+        assert report["settings"]["reduce_range"] is saturating
+        assert report["settings"]["reduce_range_reason"].startswith("auto: ")
+        widest = max(np.abs(w.astype(int)).max() for w in _int8_weights(tmp_path / "calib" / method /
+                                                                         "model.int8.onnx"))
+        assert bool(widest <= 64) is saturating, (method, widest)
 
 
 def test_reduce_range_is_refused_on_tflite(tmp_path):
     import tflite_models as tm
 
     (tmp_path / "m.tflite").write_bytes(tm.float_convnet())
-    proc = qbench("run", "m.tflite", "--reduce-range", "--out", "never", cwd=tmp_path, cache=tmp_path)
+    proc = qbench_cli("run", "m.tflite", "--reduce-range", "--out", "never", cwd=tmp_path, cache=tmp_path)
     assert proc.returncode == 1 and "--reduce-range does not apply to TFLite models" in proc.stderr
     assert not (tmp_path / "never").exists()

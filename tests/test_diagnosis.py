@@ -84,5 +84,7 @@ def test_weights_in_the_report(outlier_run):
         assert layers[name]["weight_psnr_db"] == w["psnr_db"]
         assert layers[name]["weight_worst_channel_psnr_db"] == min(c for c in w["channel_psnr_db"] if c is not None)
         assert w["axis"] == 0 and len(w["channel_psnr_db"]) == w["shape"][0]
-    # c1's filter 0 is a single tap: it quantizes exactly up to the float32 rounding of its scale
-    assert by_layer["r1"]["channel_psnr_db"][0] > 100 > by_layer["r1"]["channel_psnr_db"][1]
+    # c1's filter 0 is a single tap: it quantizes exactly up to the float32 rounding of its scale (None:
+    # exactly, as with 7-bit weights, whose scale max|w|/64 is exact; --reduce-range auto on x86 without VNNI)
+    first, second = by_layer["r1"]["channel_psnr_db"][:2]
+    assert (first is None or first > 100) and 100 > second

@@ -6,7 +6,8 @@ object (:func:`qbench.host.formats.format_of`, from the file's bytes) does what 
 * options: :meth:`ModelFormat.runner` builds the runtime's own config (protocol 2.0: one per
   runtime) from the device and the user's :class:`RuntimeChoice`, and :meth:`ModelFormat.check`
   refuses every setting that does not apply to the format, once for all four commands;
-* the run: :meth:`ModelFormat.prepare` prepares and quantizes the pair and matches its tensors;
+* the run: :meth:`ModelFormat.prepare` prepares and quantizes the pair and matches its tensors, with
+  the settings the device decides (:meth:`ModelFormat.device_settings`, from the agent's hello);
   :meth:`ModelFormat.capture_runner` and :meth:`ModelFormat.check_device` say how the capture runs
   and whether the device can run what was asked;
 * trials (``calibrate``, ``fix``): :meth:`ModelFormat.prepare_float`, :meth:`ModelFormat.index`,
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from qbench.protocols.messages import RunnerConfig
+from qbench.protocols.messages import HelloReply, RunnerConfig
 
 from ..errors import UserError
 
@@ -128,13 +129,20 @@ class ModelFormat(Protocol):
         """Refuses every setting that does not apply to this format (one line, before anything runs)."""
 
     def prepare(self, state: RunState, ui: UI, int8: ModelInfo | None,
-                calibration: Callable[[], dict[str, np.ndarray]]) -> tuple[Path, Path]:
-        """Prepares the float model, quantizes it unless ``int8`` is given, and matches the pair's
-        tensors into ``state.matching``; fills ``state.float_info``, ``int8_info`` and ``notes``.
+                calibration: Callable[[], dict[str, np.ndarray]],
+                hello: Callable[[], HelloReply | None]) -> tuple[Path, Path]:
+        """Prepares the float model, quantizes it unless ``int8`` is given (after :meth:`device_settings`),
+        and matches the pair's tensors into ``state.matching``; fills ``state.float_info``, ``int8_info``
+        and ``notes``.
 
         Returns:
             The float and int8 model paths to upload.
         """
+
+    def device_settings(self, settings: RunSettings, hello: Callable[[], HelloReply | None], ui: UI) -> None:
+        """Fills in the quantization settings the device decides (ONNX: ``reduce_range`` auto) and says
+        them in one line, before quantizing. ``hello`` waits for the device agent's hello (None: no single
+        device is known); it is called only when a setting needs it."""
 
     def weight_table(self, float_path: Path, int8_path: Path) -> WeightTable:
         """The figures of every integer weight of ``int8_path`` against ``float_path``."""

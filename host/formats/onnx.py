@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from qbench.protocols.messages import OrtRunnerConfig
+from qbench.protocols.messages import HelloReply, OrtRunnerConfig
 
 from ..compare import matching, names, weights
 from ..errors import UserError
 from ..models import ModelInfo, inspect_model
 from ..quantize import onnx as onnx_quant
+from ..quantize import reduce_range
 from ..quantize.equalize import equalize_file
 from ..quantize.kernels import int8_kernels
 from ..quantize.prepare import Prepared, prepare_float
@@ -63,7 +64,8 @@ class OnnxFormat:
                             f"not {settings.activation_type!r}")
 
     def prepare(self, state: RunState, ui: UI, int8: ModelInfo | None,
-                calibration: Callable[[], dict[str, np.ndarray]]) -> tuple[Path, Path]:
+                calibration: Callable[[], dict[str, np.ndarray]],
+                hello: Callable[[], HelloReply | None]) -> tuple[Path, Path]:
         s = state.settings
         if int8 is not None:
             # A user's own int8 model names its tensors after the float model as given: compare
@@ -73,6 +75,7 @@ class OnnxFormat:
         else:
             float_path = self._prepared(state, ui)
             state.float_info = inspect_model(float_path)
+            self.device_settings(s, hello, ui)
             state.stage = "quantize"
             ui.stage("quantize")
             int8_path = s.out_dir / self.int8_name
@@ -94,6 +97,16 @@ class OnnxFormat:
             ui.note(state.matching.control_flow.note())
             state.notes.append(state.matching.control_flow.note())
         return float_path, int8_path
+
+    def device_settings(self, settings: RunSettings, hello: Callable[[], HelloReply | None], ui: UI) -> None:
+        """``reduce_range`` auto: 7-bit weights on x86 without VNNI, as the device's hello says
+        (:func:`qbench.host.quantize.reduce_range.choose`)."""
+        if settings.reduce_range_reason is not None:
+            return  # decided already: the settings a command's trials share
+        settings.reduce_range, settings.reduce_range_reason = reduce_range.choose(
+            settings.reduce_range, hello() if settings.reduce_range is None else None)
+        bits = "7-bit weights (reduce range on)" if settings.reduce_range else "8-bit weights (reduce range off)"
+        ui.note(f"{bits}: {settings.reduce_range_reason}")
 
     def _prepared(self, state: RunState, ui: UI) -> Path:
         """The float model qbench quantizes: prepared, and equalized with ``--equalize``."""
@@ -153,7 +166,7 @@ class OnnxFormat:
         return onnx_quant.quantize_onnx(
             settings["float_path"], out_path, calibration, method=settings["method"],
             activation_type=settings["activation_type"], per_channel=settings["per_channel"],
-            reduce_range=settings.get("reduce_range", False), nodes_to_exclude=settings["nodes_to_exclude"],
+            reduce_range=bool(settings.get("reduce_range")), nodes_to_exclude=settings["nodes_to_exclude"],
             tensor_overrides=_ort_overrides(settings["tensor_overrides"]), debug=debug,
         )
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from qbench.protocols.messages import LiteRTRunnerConfig
+from qbench.protocols.messages import HelloReply, LiteRTRunnerConfig
 
 from ..compare import weights
 from ..compare.tflite_matching import match_tflite
@@ -76,7 +76,8 @@ class TFLiteFormat:
         tflite_quant.check_method(settings.calibration_method)
 
     def prepare(self, state: RunState, ui: UI, int8: ModelInfo | None,
-                calibration: Callable[[], dict[str, np.ndarray]]) -> tuple[Path, Path]:
+                calibration: Callable[[], dict[str, np.ndarray]],
+                hello: Callable[[], HelloReply | None]) -> tuple[Path, Path]:
         s = state.settings
         float_info = state.float_info = inspect_model(s.model)
         if int8 is None:
@@ -98,6 +99,9 @@ class TFLiteFormat:
         state.stage = "match"
         state.matching = match_tflite(float_info.path, int8.path)
         return Path(float_info.path), Path(int8.path)
+
+    def device_settings(self, settings: RunSettings, hello: Callable[[], HelloReply | None], ui: UI) -> None:
+        """ai-edge-quantizer's recipes decide nothing by the device."""
 
     def weight_table(self, float_path: Path, int8_path: Path) -> weights.WeightTable:
         return weights.weight_table(*weights.tflite_weights(float_path, int8_path))

@@ -6,22 +6,25 @@
   times their median (``latency.<model>.p90_ms / latency.<model>.median_ms``), that is, at least one run in
   ten took over half as long again as the typical run. The median, and the speedup made of two medians, then
   depend on what else the device was doing.
-* Int16 saturation: on an x86 CPU with AVX2 and none of :data:`VNNI` (``device.cpu_features``), ONNX
-  Runtime's u8s8 convolution and matmul kernels multiply-add pairs of uint8 x int8 products with
-  VPMADDUBSW, whose int16 sum saturates at full-range (8-bit) weights. The int8 figures measured there
-  are true for that CPU, and worse than an ARM or VNNI CPU's; 7-bit weights (``--reduce-range``) avoid it.
+* Int16 saturation: on an x86 CPU with AVX2 and no VNNI (``device.cpu_features``, see
+  :func:`~qbench.host.quantize.reduce_range.saturates`), ONNX Runtime's u8s8 convolution and matmul
+  kernels multiply-add pairs of uint8 x int8 products with VPMADDUBSW, whose int16 sum saturates at
+  full-range (8-bit) weights. The int8 figures measured there are true for that CPU, and worse than an
+  ARM or VNNI CPU's; 7-bit weights (``--reduce-range``) avoid it. qbench takes them itself for such a
+  device (``--reduce-range`` auto), so the warning is for the int8 models it did not quantize so:
+  ``--no-reduce-range``, ``--int8`` (the user's own), ``compare``'s shared pair.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..quantize.reduce_range import saturates
+
 #: the note `qbench run` records when it calibrated on random inputs (no ``--calibration``)
 RANDOM_CALIBRATION = "calibrated on random data"
 #: p90 / median of a model's timed runs above which its timings are called noisy
 NOISY_P90_OVER_MEDIAN = 1.5
-#: x86 features with which ONNX Runtime's u8s8 kernels sum in int32 (no int16 pair sums to saturate)
-VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def noisy_timings(report: Mapping[str, Any]) -> list[str]:
@@ -50,8 +53,7 @@ def int16_saturation(report: Mapping[str, Any]) -> list[str]:
     """The warning for an ONNX int8 model with full-range weights timed and captured on an x86 CPU
     with AVX2 and no VNNI, whose int8 kernels then saturate; empty otherwise (unknown features included)."""
     device = report.get("device") or {}
-    features = device.get("cpu_features") or []
-    if device.get("arch") != "x86_64" or "avx2" not in features or any(f in features for f in VNNI):
+    if not saturates(device.get("arch") or "", device.get("cpu_features") or []):
         return []
     if ((report.get("models") or {}).get("int8") or {}).get("format") != "onnx" \
             or (report.get("settings") or {}).get("reduce_range") or not (report.get("int8_coverage") or {}).get("fraction"):
@@ -59,7 +61,7 @@ def int16_saturation(report: Mapping[str, Any]) -> list[str]:
     return ["this x86 CPU has AVX2 and no VNNI: ONNX Runtime's int8 convolutions and matmuls add pairs of "
             "uint8 x int8 products in int16 (VPMADDUBSW), which saturates with 8-bit weights, so layers measured "
             "here can lose several dB that an ARM or VNNI CPU does not; quantize with --reduce-range (7-bit "
-            "weights) for such CPUs."]
+            "weights, qbench's own choice for such CPUs unless --no-reduce-range)."]
 
 
 def run_warnings(report: Mapping[str, Any]) -> list[str]:
