@@ -160,7 +160,7 @@ def test_calibrate_keeps_the_best_method(workdir):
 def test_fix_reaches_a_reachable_target_without_files(workdir):
     fixed = qbench.fix("model.onnx", target_psnr=30, calibration="calib.npz", data="eval.npz", **FAST)
     section = fixed.section("fix")
-    assert section["met"] and section["target_psnr_db"] == 30 and fixed.summary.output_psnr_db >= 30
+    assert section["met"] and section["target"]["psnr_db"] == 30 and fixed.summary.output_psnr_db >= 30
     assert fixed.path is None and not list((workdir / "tmp").iterdir())
 
 

@@ -274,3 +274,16 @@ def test_calibrate_offers_only_ai_edge_quantizers_methods(workdir):
             "(for tflite models)") in proc.stderr
     proc = qbench("fix", "net.tflite", "--target-psnr", "30", "--activation-type", "uint8", cwd=workdir)
     assert proc.returncode == 1 and "int8 or int16" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sensitivity_sweeps_a_tflite_model(workdir, agent_cache):
+    """`qbench sensitivity` on TFLite: each block's "only int8" trial, written from one calibration, is plain
+    LiteRT's figure on its file; the softmax block is where the damage is."""
+    out = workdir / "sensitivity"
+    proc = qbench("sensitivity", "wide.tflite", "--device", "local", "--blocks", "5", "--data", "eval.npz",
+                  "--calibration", "calib.npz", "--out", str(out), *FAST, cwd=workdir, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["first_op"]: r for r in load_report(out)["sensitivity"]["blocks"]}
+    assert min(rows.values(), key=lambda r: r["only_int8_psnr_db"])["first_op"] in ("logits", SENSITIVE)
+    trials = sorted((out / "trials").glob("trial-*.tflite"))
+    assert trials and all(t.read_bytes()[4:8] == b"TFL3" for t in trials)
