@@ -193,7 +193,8 @@ def fix(model: PathLike, target_psnr: Optional[float] = None, device: str = "loc
     measured sensitivity).
 
     Args:
-        model, device, data, calibration, input_shapes, out, devices, db, options: as :func:`run`.
+        model, device, data, calibration, input_shapes, out, devices, db, options: as :func:`run`
+            (``calibration_method`` does not apply: see ``methods``).
         target_psnr: the output PSNR to reach, in dB.
         target_top1: the top-1 agreement (0..1) to reach on the outputs read by argmax (CTC: sequence
             agreement). At least one of the two; a ``broken`` output verdict never meets the target.
@@ -208,6 +209,8 @@ def fix(model: PathLike, target_psnr: Optional[float] = None, device: str = "loc
         UserError: bad input.
         TypeError: an unknown option.
     """
+    if "calibration_method" in options:
+        raise TypeError("qbench.fix() tries the calibration methods of methods=; calibration_method does not apply")
     target = Target.of(target_psnr, target_top1)
     opts = _options("fix", options, data=data, calibration=calibration, input_shapes=input_shapes, devices=devices)
     with _trials(opts, model, device, out) as (trials, keep):

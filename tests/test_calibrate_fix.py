@@ -254,3 +254,5 @@ def test_calibrate_and_fix_refuse_what_they_cannot_do(workdir):
     assert "qbench: error: give a target: --target-psnr DB, --target-top1 SHARE, or both" in proc.stderr
     proc = qbench("fix", "wide.onnx", "--target-psnr", "30", "--max-steps", "3", cwd=workdir)
     assert proc.returncode == 2 and "No such option: --max-steps" in proc.stderr
+    proc = qbench("fix", "wide.onnx", "--target-psnr", "30", "--calibration-method", "entropy", cwd=workdir)
+    assert proc.returncode == 1 and "--calibration-method does not apply" in proc.stderr

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import gates
+from ..errors import UserError
 from ..repair import FAMILIES, Repair, Target, check_names
 from .main import app
 from ..run_options import RunOptions
@@ -41,6 +42,8 @@ def fix(
     """Quantize MODEL, then search for the smallest change that meets the target (--target-psnr,
     --target-top1; a broken output never meets it), measuring on DEVICE."""
     target = Target.of(target_psnr, target_top1)
+    if opts.calibration_method != "minmax":
+        raise UserError("`qbench fix` tries the calibration methods of --methods; --calibration-method does not apply")
     trials, ui = start_trials("fix", model, device, opts)
     console = Console(stderr=True)
     try:
