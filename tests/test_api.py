@@ -130,6 +130,12 @@ def test_options_are_checked_before_anything_runs(workdir):
         qbench.calibrate("model.onnx", calibration_method="entropy")
     with pytest.raises(qbench.UserError, match="give distinct methods"):
         qbench.calibrate("model.onnx", methods=["minmax", "minmax"])
+    with pytest.raises(TypeError, match="calibration_method does not apply"):
+        qbench.fix("model.onnx", target_psnr=30, calibration_method="entropy")
+    with pytest.raises(qbench.UserError, match="give a target"):
+        qbench.fix("model.onnx")
+    with pytest.raises(TypeError, match="unknown option"):
+        qbench.fix("model.onnx", target_psnr=30, max_steps=3)  # the greedy search's, gone
     with pytest.raises(qbench.UserError, match="no such file"):
         qbench.run("missing.onnx", **FAST)
     assert sorted(p.name for p in workdir.iterdir()) == ["calib.npz", "eval.npz", "model.onnx", "tmp"]
