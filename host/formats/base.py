@@ -9,9 +9,10 @@ object (:func:`qbench.host.formats.format_of`, from the file's bytes) does what 
 * the run: :meth:`ModelFormat.prepare` prepares and quantizes the pair and matches its tensors;
   :meth:`ModelFormat.capture_runner` and :meth:`ModelFormat.check_device` say how the capture runs
   and whether the device can run what was asked;
-* trials (``calibrate``, ``fix``): :meth:`ModelFormat.prepare_float`, :meth:`ModelFormat.index`,
-  :meth:`ModelFormat.trial_settings`, :meth:`ModelFormat.quantize`, and :meth:`ModelFormat.calibrated`,
-  whose :class:`~qbench.host.quantize.trial_graph.TrialGraph` writes each trial of ``fix`` and
+* trials (``calibrate``, ``fix``, ``sensitivity``): :meth:`ModelFormat.prepare_float`,
+  :meth:`ModelFormat.trial_settings`, :meth:`ModelFormat.quantize`, :meth:`ModelFormat.output_structures`
+  (the verdicts' figures of each trial), and :meth:`ModelFormat.calibrated`, whose
+  :class:`~qbench.host.quantize.trial_graph.TrialGraph` writes each trial of ``fix`` and
   ``sensitivity`` from one calibration.
 
 Trial settings are the exact arguments of one quantization; every format's also carry
