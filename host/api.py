@@ -37,7 +37,8 @@ from .errors import RunFailed, UserError
 from .finish import COMPARE_JSON, record_published, write_compare, write_run
 from .inventory import Device, load_inventory
 from .run_state import INTERRUPTED, UI, RunSettings
-from .repair import FAMILIES, Repair, Target, check_names
+from .fix_target import Target
+from .repair import FAMILIES, Repair, check_names
 from .report.typed import Comparison, Report
 from .store.db import ResultsStore
 from .targets import pair_settings, plan_targets, run_targets, target_settings

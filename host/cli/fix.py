@@ -15,7 +15,8 @@ from rich.table import Table
 
 from .. import gates
 from ..errors import UserError
-from ..repair import FAMILIES, Repair, Target, check_names
+from ..fix_target import Target
+from ..repair import FAMILIES, Repair, check_names
 from .main import app
 from ..run_options import RunOptions
 from .options import device_option, with_run_options
