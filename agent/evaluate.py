@@ -21,10 +21,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from qbench.protocols.messages import EvaluateReply, EvaluateRequest, ModelEvaluation, OutputError, from_dict
+from qbench.protocols.messages import (
+    CapturePair, EvaluateReply, EvaluateRequest, ModelEvaluation, OutputError, StructureRequest, from_dict,
+)
 
 from . import memory
 from .runners import runner_class
+from .capture import dequantize
+from .structure import StructureAccumulator
 
 Progress = Callable[[str, int, int], None]
 
@@ -43,21 +47,21 @@ def run_evaluate(job: dict, feeds: Sequence[Mapping[str, np.ndarray]], progress:
     reference_seconds = time.perf_counter() - start
     results = []
     for k, path in enumerate(job["model_paths"]):
-        results.append(_evaluate_one(cls(path, req.runner), feeds, reference))
+        results.append(_evaluate_one(cls(path, req.runner), feeds, reference, req.structure))
         progress("evaluate", k + 1, total)
     return EvaluateReply(results=results, reference_seconds=reference_seconds, peak_mb=memory.peak_rss_mb())
 
 
-def _evaluate_one(runner, feeds: Sequence[Mapping[str, np.ndarray]],
-                  reference: list[dict[str, np.ndarray]]) -> ModelEvaluation:
+def _evaluate_one(runner, feeds: Sequence[Mapping[str, np.ndarray]], reference: list[dict[str, np.ndarray]],
+                  structure: Mapping[str, StructureRequest]) -> ModelEvaluation:
     start = time.perf_counter()
     try:
         runner.load()
-        sums = {name: _Sums() for name in reference[0]}
+        sums = {name: _Sums(structure.get(name)) for name in reference[0]}
         for feed, ref in zip(feeds, reference):
             got = runner.infer(feed)
             for name, acc in sums.items():
-                acc.add(ref[name], got.get(name))
+                acc.add(ref[name], _real(runner, name, got.get(name), ref[name]))
     except Exception as exc:  # one broken candidate must not cost the others' figures
         return ModelEvaluation(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                                seconds=time.perf_counter() - start)
@@ -65,10 +69,21 @@ def _evaluate_one(runner, feeds: Sequence[Mapping[str, np.ndarray]],
                            seconds=time.perf_counter() - start)
 
 
+def _real(runner, name: str, got: np.ndarray | None, ref: np.ndarray) -> np.ndarray | None:
+    """A candidate's integer output, where the reference's is float, dequantized with its own
+    quantization: a LiteRT int8 model keeps int8 outputs (its runner knows their scale); ONNX QDQ
+    outputs are float already."""
+    if got is None or np.asarray(got).dtype.kind not in "iu" or ref.dtype.kind != "f" or not hasattr(runner, "qparams"):
+        return got
+    qp = runner.qparams(name)
+    return got if qp is None else dequantize(got, qp)
+
+
 class _Sums:
     """float64 sums of one output over samples."""
 
-    def __init__(self) -> None:
+    def __init__(self, structure: StructureRequest | None = None) -> None:
+        self.structure = None if structure is None else StructureAccumulator(CapturePair("", "", structure=structure))
         self.count = 0
         self.sum_sq_err = 0.0
         self.sum_sq_float = 0.0
@@ -87,6 +102,8 @@ class _Sums:
         if not (np.all(np.isfinite(f)) and np.all(np.isfinite(d))):
             self.error = "non-finite values"
             return
+        if self.structure is not None:
+            self.structure.update(ref, np.asarray(got))
         self.count += f.size
         self.sum_sq_err += float(np.dot(d, d))
         self.sum_sq_float += float(np.dot(f, f))
@@ -102,4 +119,5 @@ class _Sums:
         psnr = None if exact or self.peak == 0 else 10 * math.log10(self.peak ** 2 / mse)
         sqnr = None if exact or self.sum_sq_float == 0 else 10 * math.log10(self.sum_sq_float / self.sum_sq_err)
         return OutputError(name=name, count=self.count, mse=mse, peak=self.peak, sum_sq_float=self.sum_sq_float,
-                           max_abs_err=self.max_abs_err, psnr_db=psnr, sqnr_db=sqnr)
+                           max_abs_err=self.max_abs_err, psnr_db=psnr, sqnr_db=sqnr,
+                           structure=None if self.structure is None else self.structure.s)

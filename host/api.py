@@ -35,10 +35,10 @@ from .run_options import RunOptions, runner_for
 from .compare.output_quant import int8_output_qparams
 from .errors import RunFailed, UserError
 from .finish import COMPARE_JSON, record_published, write_compare, write_run
-from .fix import Fixer
 from .inventory import Device, load_inventory
 from .run_state import INTERRUPTED, UI, RunSettings
-from .repair import DEFAULT_METHODS, FAMILIES, Repair, Target, check_names
+from .fix_target import Target
+from .repair import FAMILIES, Repair, check_names
 from .report.typed import Comparison, Report
 from .store.db import ResultsStore
 from .targets import pair_settings, plan_targets, run_targets, target_settings
@@ -183,25 +183,25 @@ def calibrate(model: PathLike, device: str = "local", data: Optional[PathLike] =
         return _published(published, path if keep else None, opts, db)
 
 
-def fix(model: PathLike, target_psnr: float, device: str = "local", data: Optional[PathLike] = None,
+def fix(model: PathLike, target_psnr: Optional[float] = None, device: str = "local", data: Optional[PathLike] = None,
         calibration: Optional[PathLike] = None, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
-        out: Optional[PathLike] = None, *, methods: Sequence[str] = DEFAULT_METHODS, blocks: int = 16,
-        remedies: Sequence[str] = FAMILIES, max_steps: int = 8, max_latency_ratio: Optional[float] = None,
-        precision: str = "float", layers_per_step: int = 1, devices: Optional[PathLike] = None,
-        db: Optional[PathLike] = None, **options: Any) -> Report:
-    """Quantizes ``model``, then searches for the smallest change that reaches ``target_psnr`` (dB),
-    measuring every candidate on ``device``: ``qbench fix``.
-
-    ONNX models get the remedy search (calibration method, int16 activations and float per block);
-    TFLite models the greedy fallback of layers to ``precision``.
+        out: Optional[PathLike] = None, *, target_top1: Optional[float] = None,
+        methods: Optional[Sequence[str]] = None, blocks: int = 16, remedies: Sequence[str] = FAMILIES,
+        devices: Optional[PathLike] = None, db: Optional[PathLike] = None, **options: Any) -> Report:
+    """Quantizes ``model``, then searches for the smallest change that reaches the target, measuring
+    every candidate on ``device``: ``qbench fix``, the same remedy search for ONNX and TFLite
+    (calibration method per model and per tensor, int16 activations and float per block, ordered by
+    measured sensitivity).
 
     Args:
-        model, device, data, calibration, input_shapes, out, devices, db, options: as :func:`run`.
+        model, device, data, calibration, input_shapes, out, devices, db, options: as :func:`run`
+            (``calibration_method`` does not apply: see ``methods``).
         target_psnr: the output PSNR to reach, in dB.
-        methods, blocks, remedies: ONNX: calibration methods to try, blocks of ops the search moves,
-            configuration families to search.
-        max_steps, max_latency_ratio, precision, layers_per_step: TFLite: fallback steps to measure at
-            most, the int8 latency budget (x the baseline's), ``float`` or ``int16``, layers per step.
+        target_top1: the top-1 agreement (0..1) to reach on the outputs read by argmax (CTC: sequence
+            agreement). At least one of the two; a ``broken`` output verdict never meets the target.
+        methods: calibration methods to try per model (default: the format's ``fix_methods``).
+        blocks: blocks of ops the search moves.
+        remedies: configuration families to search.
 
     Returns:
         The final model's report; ``report.section("fix")`` says whether the target was ``met`` and how.
@@ -210,16 +210,13 @@ def fix(model: PathLike, target_psnr: float, device: str = "local", data: Option
         UserError: bad input.
         TypeError: an unknown option.
     """
+    if "calibration_method" in options:
+        raise TypeError("qbench.fix() tries the calibration methods of methods=; calibration_method does not apply")
+    target = Target.of(target_psnr, target_top1)
     opts = _options("fix", options, data=data, calibration=calibration, input_shapes=input_shapes, devices=devices)
     with _trials(opts, model, device, out) as (trials, keep):
-        if trials.format.name == "onnx":
-            chosen = check_names(tuple(methods), "methods", trials.format.methods)
-            result = Repair(trials, Target(target_psnr), chosen, blocks,
-                            check_names(tuple(remedies), "remedies", FAMILIES)).run()
-        else:
-            result = Fixer(trials, target_psnr, precision=precision, method=opts.calibration_method,
-                           max_steps=max_steps, max_latency_ratio=max_latency_ratio,
-                           layers_per_step=layers_per_step).run()
+        result = Repair(trials, target, None if methods is None else tuple(methods), blocks,
+                        check_names(tuple(remedies), "remedies", FAMILIES)).run()
         return _published(result.report, result.report_path if keep else None, opts, db)
 
 

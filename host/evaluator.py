@@ -15,8 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qbench.protocols.messages import BenchmarkRequest, EvaluateRequest, ModelEvaluation, RunnerConfig, TimingConfig
+from qbench.protocols.messages import (
+    BenchmarkRequest, EvaluateRequest, ModelEvaluation, RunnerConfig, StructureRequest, TimingConfig,
+)
 
+from .compare import verdicts
 from .errors import UserError
 from .models import inspect_model
 from .transport import stopping
@@ -26,20 +29,27 @@ from .transport.client import AgentClient, AgentError, ProgressFn
 
 @dataclass
 class Figures:
-    """One candidate's output error: the lowest output PSNR (``inf`` when exact) and that output's SQNR.
+    """One candidate's output error: the lowest output PSNR (``inf`` when exact), the lowest SQNR, and
+    the output verdicts the report would give (:mod:`qbench.host.compare.verdicts`).
 
     Attributes:
         psnr_db: min over outputs of 10·log10(peak² / MSE), pooled over samples; ``inf`` if every output
             is exact; None when the candidate failed (``error``).
         sqnr_db: min over outputs of 10·log10(Σf² / Σ(f − q)²).
-        outputs: the agent's per-output figures (``OutputError`` as dicts).
+        outputs: the agent's per-output figures (``OutputError`` as dicts), each with its ``verdict``
+            and ``reasons``.
         error: why the candidate has no figures.
+        verdict: the worst output verdict (``ok``, ``degraded``, ``broken``); None without figures.
+        top1: the lowest top-1 agreement of the outputs read by argmax (CTC: sequence agreement), as
+            the report's ``summary.top1_agreement``; None when no output is read by argmax.
     """
 
     psnr_db: float | None
     sqnr_db: float | None
     outputs: list[dict[str, Any]]
     error: str | None = None
+    verdict: str | None = None
+    top1: float | None = None
 
     @classmethod
     def of(cls, result: ModelEvaluation) -> "Figures":
@@ -49,7 +59,15 @@ class Figures:
             return cls(None, None, outputs, result.error or f"{broken[0].name}: {broken[0].error}")
         psnr = [math.inf if o.mse == 0 else o.psnr_db for o in result.outputs if o.psnr_db is not None or o.mse == 0]
         sqnr = [math.inf if o.mse == 0 else o.sqnr_db for o in result.outputs if o.sqnr_db is not None or o.mse == 0]
-        return cls(min(psnr) if psnr else None, min(sqnr) if sqnr else None, outputs)
+        for entry, o in zip(outputs, result.outputs):
+            entry.pop("structure", None)
+            judged = {"kind": "float", "sqnr_db": o.sqnr_db, "exact": o.mse == 0,
+                      **verdicts.structure_figures(o.structure)}
+            entry["verdict"], entry["reasons"] = verdicts.judge(judged)
+            entry.update({k: judged[k] for k in ("top1_agreement", "sequence_agreement") if k in judged})
+        top1 = min((a for a in map(verdicts.agreement, outputs) if a is not None), default=None)
+        return cls(min(psnr) if psnr else None, min(sqnr) if sqnr else None, outputs,
+                   verdict=verdicts.worst(o["verdict"] for o in outputs), top1=top1)
 
 
 class Evaluator:
@@ -62,10 +80,14 @@ class Evaluator:
         runner: how the agent builds sessions.
         timeout_s: the longest silence from the agent.
         progress: progress lines for the user.
+        structure: what the agent measures of each output's structure, by output name (the verdicts'
+            and top-1 figures); none: PSNR and SQNR only.
     """
 
     def __init__(self, transport: AgentTransport, reference: Path, inputs: dict[str, np.ndarray],
-                 runner: RunnerConfig, timeout_s: float = 60.0, progress: ProgressFn | None = None) -> None:
+                 runner: RunnerConfig, timeout_s: float = 60.0, progress: ProgressFn | None = None,
+                 structure: dict[str, StructureRequest] | None = None) -> None:
+        self.structure = dict(structure or {})
         self.transport = transport
         self.reference = Path(reference)
         self.format = inspect_model(self.reference).format
@@ -104,7 +126,7 @@ class Evaluator:
             return []
         client = self._client()
         refs = [client.ensure_model(Path(m), self.format) for m in models]
-        req = EvaluateRequest(reference=self._reference_ref, models=refs, runner=self.runner)
+        req = EvaluateRequest(reference=self._reference_ref, models=refs, runner=self.runner, structure=self.structure)
         try:
             reply = client.evaluate(req, self.inputs, self.progress)
         except AgentError as exc:

@@ -1,4 +1,4 @@
-"""``qbench fix`` for ONNX: a search over the remedies a user has, ordered by measured sensitivity.
+"""``qbench fix``: a search over the remedies a user has, ordered by measured sensitivity, for every format.
 
 Remedies, each a real, measured trial on the device:
 
@@ -6,7 +6,7 @@ Remedies, each a real, measured trial on the device:
    (same calibration samples); the method whose int8 model has the best output PSNR is the base.
 2. **calibration method, per tensor**: for the :data:`RANGE_BLOCKS` blocks with the largest
    only-int8 error, each other method's ranges for that block's tensors alone (like
-   ``TensorQuantOverrides`` rmin/rmax, but by editing the pairs' scales); a block keeps the method
+   ``TensorQuantOverrides`` rmin/rmax; TFLite: that method's QSVs for those tensors); a block keeps the method
    whose trial has the lowest output error, if lower than the base's (the ``ranges`` point). Those
    ranges were chosen block by block, so the best configuration found is measured once more on the
    base's own ranges, and the better of the two is kept.
@@ -30,8 +30,13 @@ Remedies, each a real, measured trial on the device:
    share (then the lowest latency, then the highest PSNR); it is measured by a full ``run``
    (per-layer capture, timing, memory), whose report is published as ``report.json``.
 
-Trial models are edits of the base's calibrated QDQ graph (:mod:`qbench.host.quantize.qdq_edit`),
-measured by their outputs alone, all in one started agent.
+Trial models are written from the base's one calibration by the format's trial graph
+(:meth:`ModelFormat.calibrated <qbench.host.formats.base.ModelFormat.calibrated>`: ONNX edits the
+calibrated QDQ graph, :mod:`qbench.host.quantize.qdq_edit`; TFLite quantizes edited ai-edge-quantizer
+recipes over the kept QSVs, :mod:`qbench.host.quantize.tflite_edit`), measured by their outputs
+alone, all in one started agent. A calibration method another one's ranges equal everywhere
+(TFLite's weight algorithms: ai-edge-quantizer swaps no weight algorithm per tensor) is not tried
+per tensor; a line says so.
 """
 
 from __future__ import annotations
@@ -44,33 +49,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from qbench.protocols.messages import TimingConfig
 
 from .errors import UserError
 from .evaluator import Evaluator, Figures
-from .quantize.qdq_edit import QdqGraph
+from .fix_target import Target
 from .sensitivity_sweep import Config, EditTrials, Sensitivity, make_blocks, sweep
-from .trials import Trials, output_psnr
+from .trials import Trials
 
 FAMILIES = ("float", "int16", "int16+float")
 PARETO_RUNS = 10
 RANGE_BLOCKS = 4  # blocks, the most damaging first, that try the other methods' ranges
-DEFAULT_METHODS = ("minmax", "percentile", "entropy")
-
-
-@dataclass
-class Target:
-    """What a repaired model must reach. The hook for further criteria (output verdicts): override
-    :meth:`met_figures` (trials) and :meth:`met_report` (the verifying run)."""
-
-    psnr_db: float
-
-    def met_figures(self, figures: Figures) -> bool:
-        return figures.psnr_db is not None and figures.psnr_db >= self.psnr_db
-
-    def met_report(self, report: dict[str, Any]) -> bool:
-        value = output_psnr(report)
-        return value is not None and value >= self.psnr_db
 
 
 @dataclass
@@ -95,6 +86,7 @@ class Point:
             "int16_blocks": sorted(k for k, v in self.config.items() if v == "int16"),
             "range_blocks": sorted(self.block_method),
             "output_psnr_db": _json(self.figures.psnr_db), "output_sqnr_db": _json(self.figures.sqnr_db),
+            "top1_agreement": self.figures.top1, "verdict": self.figures.verdict,
             "exact": self.figures.psnr_db == math.inf, "predicted_psnr_db": _json(self.predicted_psnr_db),
             "int8_share": round(self.int8_share, 4), "latency_int8_ms": self.latency_int8_ms,
             "pareto": self.pareto, "model": str(self.model), "error": self.figures.error,
@@ -122,24 +114,26 @@ class RepairResult:
 
 
 class Repair:
-    """The ONNX search (see the module docstring).
+    """The search (see the module docstring).
 
     Args:
         trials: set up with the shared run settings (prepares, quantizes, runs, publishes).
         target: what the final model must reach.
-        methods: calibration methods to try per model.
+        methods: calibration methods to try per model (None: the format's ``fix_methods``).
         blocks: blocks of the sensitivity sweep.
         families: which configuration families to search (:data:`FAMILIES`).
         say: one line of progress for the user.
     """
 
-    def __init__(self, trials: Trials, target: Target, methods: tuple[str, ...] = DEFAULT_METHODS,
+    def __init__(self, trials: Trials, target: Target, methods: tuple[str, ...] | None = None,
                  blocks: int = 16, families: tuple[str, ...] = FAMILIES,
                  say: Callable[[str], None] = lambda _: None) -> None:
         unknown = [f for f in families if f not in FAMILIES]
         if unknown:
             raise UserError(f"unknown remedy family {unknown[0]!r}; use {', '.join(FAMILIES)}")
-        self.trials, self.target, self.methods = trials, target, tuple(methods)
+        offered = trials.format.methods
+        self.methods = check_names(tuple(methods or trials.format.fix_methods), "--methods", offered)
+        self.trials, self.target = trials, target
         self.blocks, self.families, self.say = blocks, tuple(families), say
         self.range_rows: list[dict[str, Any]] = []
 
@@ -148,18 +142,21 @@ class Repair:
         clock = _Phases()
         prepared = trials.prepare()
         out = trials.base.out_dir
-        models = {}
+        graphs = {}
         with clock("calibrate"):
             for method in self.methods:
                 self.say(f"calibrate: {method}")
-                models[method] = trials.quantize(out / "methods" / method / trials.int8_name,
-                                                 trials.settings(method)).resolve()
+                graphs[method] = trials.calibrated(out / "methods" / method / trials.int8_name,
+                                                   trials.settings(method))
+        models = {m: g.path.resolve() for m, g in graphs.items()}
         inputs = trials.eval_samples()
         with clock("search"), Evaluator(trials.transport(), prepared.path, inputs, trials.base.runner,
-                                        trials.base.timeout_s, trials.ui.progress) as evaluator:
+                                        trials.base.timeout_s, trials.ui.progress,
+                                        trials.format.output_structures(prepared.path)) as evaluator:
             method_rows, method = self._pick_method(evaluator, models)
-            graph = QdqGraph(models[method], prepared.path)
-            others = {m: QdqGraph(p, prepared.path).ranges() for m, p in models.items() if m != method}
+            graph = graphs[method]
+            others = self._other_ranges(graphs, method)
+            del graphs
             sweep_trials = EditTrials(graph, make_blocks(graph, self.blocks), evaluator, out / "trials", others)
             points, sensitivity = self._search(sweep_trials)
             points += self._without_ranges(sweep_trials, _choose(points, self.target))
@@ -171,7 +168,7 @@ class Repair:
             report = trials.measure("verify", chosen.model, out / "verify", method)
         met = self.target.met_report(report)
         payload = {
-            "target_psnr_db": self.target.psnr_db, "met": met, "method": method, "methods": method_rows,
+            "target": self.target.to_dict(), "met": met, "method": method, "methods": method_rows,
             "blocks": [{"block": b.index, "ops": b.ops} for b in sweep_trials.blocks],
             "ranges": self.range_rows,
             "chosen": chosen.row(), "pareto": [p.row() for p in points], "trials": evaluator.trials,
@@ -195,6 +192,20 @@ class Repair:
                  + f" -> {best}")
         return rows, best
 
+    def _other_ranges(self, graphs: dict[str, Any], method: str) -> dict[str, dict[str, Any]]:
+        """The other methods' ranges of the tensors where they differ from ``method``'s."""
+        base = graphs[method].ranges()
+        others = {}
+        for m, graph in graphs.items():
+            if m == method:
+                continue
+            differ = {t: r for t, r in graph.ranges().items() if t in base and not _same(r, base[t])}
+            if differ:
+                others[m] = differ
+            else:
+                self.say(f"ranges: {m} gives every activation tensor the range {method} gives; not tried per tensor")
+        return others
+
     def _search(self, trials: EditTrials) -> tuple[list[Point], Sensitivity | None]:
         (base_path, base), = trials.measure([{}])
         points = [self._point(trials, "baseline", 0, {}, base_path, base, None)]
@@ -210,7 +221,7 @@ class Repair:
             configs = [_config(family, order, n, trials) for n in range(len(order) + 1)]
             predicted = [sens.predict(c) for c in configs]
             k = len(order)
-            first = next((n for n, p in enumerate(predicted) if p >= self.target.psnr_db), None)
+            first = next((n for n, p in enumerate(predicted) if self.target.predicted_met(p)), None)
             # predicted to reach the target: around the crossing, and the curve's middle and end;
             # predicted never to: only its end, the family's ceiling
             wanted = sorted({n for n in ((first - 1, first, first + 1, k // 2, k) if first is not None else (k,))
@@ -363,8 +374,11 @@ def _choose(points: list[Point], target: Target) -> Point:
 def _why_not(points: list[Point], target: Target) -> str:
     if any(target.met_figures(p.figures) for p in points):
         return "the chosen configuration met the target in its trial but not in the verifying run"
-    best = max((p.figures.psnr_db for p in points if p.figures.psnr_db is not None), default=None)
-    return f"no configuration reached {target.psnr_db} dB (best {_fmt(best)} dB)"
+    best = max((p for p in points if p.figures.psnr_db is not None), key=lambda p: p.figures.psnr_db, default=None)
+    if best is None:
+        return f"no configuration reached {target.text()} (no figures)"
+    return (f"no configuration reached {target.text()} (best {_fmt(best.figures.psnr_db)} dB, top-1 "
+            f"{_fmt(best.figures.top1)}, verdict {best.figures.verdict})")
 
 
 def _edits(point: Point, trials: EditTrials, models: dict[str, Path]) -> dict[str, Any]:
@@ -374,6 +388,15 @@ def _edits(point: Point, trials: EditTrials, models: dict[str, Path]) -> dict[st
     return {"float_tensors": sorted(edits["float_tensors"]), "int16_tensors": sorted(edits["int16_tensors"]),
             "float_weights": edits["float_weights"], "ranges": dict(sorted(methods.items())),
             "range_models": {m: str(models[m]) for m in sorted(set(methods.values()))}}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two ranges (arrays, or tuples or dicts of them) hold the same values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
 def _json(value: float | None) -> float | None:

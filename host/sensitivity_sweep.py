@@ -1,12 +1,13 @@
 """Sensitivity measured on the device: per block of ops, what its quantization costs the outputs.
 
-The ops of the calibrated QDQ graph are cut, in topological order, into ``blocks`` runs of about
+The ops of the calibrated int8 model (a :class:`~qbench.host.quantize.trial_graph.TrialGraph`) are cut, in topological order, into ``blocks`` runs of about
 equal op count (a block of one op is a layer). A *configuration* gives each block a precision:
 ``int8`` (as calibrated), ``int16`` (its activation tensors' Q/DQ pairs in int16 over the same
 calibrated range, weights int8) or ``float`` (pairs removed, weights the float model's). A block
 owns the tensors its ops write, so a float block's ops still read the int8 outputs of an int8
 block before it: each quantization error is counted once, in its producer's block. Every trial is a model written by
-:class:`~qbench.host.quantize.qdq_edit.QdqGraph` and measured by its outputs alone on the agent
+the format's trial graph from that one calibration (ONNX: QDQ graph edits; TFLite: ai-edge-quantizer
+recipes over the kept QSVs) and measured by its outputs alone on the agent
 (:class:`~qbench.host.evaluator.Evaluator`), all of a sweep in one agent worker.
 
 Per block, like AIMET QuantAnalyzer's two per-layer sweeps:
@@ -32,14 +33,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UserError
 from .evaluator import Evaluator, Figures
-from .quantize.qdq_edit import QdqGraph
+from .quantize.trial_graph import TrialGraph
 
 PRECISIONS = ("int8", "int16", "float")
 
 
 @dataclass
 class Block:
-    """Consecutive ops of the QDQ graph.
+    """Consecutive ops of the int8 model.
 
     Attributes:
         index: its place in the topological order of blocks.
@@ -57,7 +58,7 @@ class Block:
         return self.ops[0] if len(self.ops) == 1 else f"{self.ops[0]} .. {self.ops[-1]}"
 
 
-def make_blocks(graph: QdqGraph, count: int) -> list[Block]:
+def make_blocks(graph: TrialGraph, count: int) -> list[Block]:
     """``graph``'s quantized ops in ``count`` consecutive blocks (fewer when it has fewer ops).
 
     Each quantized tensor belongs to one block, its producer's (a graph input's: its first reader's),
@@ -83,18 +84,18 @@ class EditTrials:
     """Writes configurations as models and measures them in batches on the device.
 
     A block's state is a precision of :data:`PRECISIONS`, or ``int8@METHOD``: int8 with the ranges of
-    another calibration of the same model (``ranges[METHOD]``, from :meth:`QdqGraph.ranges`). Once
+    another calibration of the same model (``ranges[METHOD]``, from :meth:`TrialGraph.ranges`). Once
     ``block_method`` names a method for a block, its int8 and int16 states use that method's ranges.
 
     Args:
-        graph: the calibrated QDQ graph to edit.
+        graph: the calibrated int8 model to write trials from.
         blocks: its blocks.
         evaluator: a started :class:`Evaluator`.
         work_dir: where trial models are written (one file per distinct configuration).
         ranges: other calibrations' ranges, by method name.
     """
 
-    def __init__(self, graph: QdqGraph, blocks: list[Block], evaluator: Evaluator, work_dir: Path,
+    def __init__(self, graph: TrialGraph, blocks: list[Block], evaluator: Evaluator, work_dir: Path,
                  ranges: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.graph, self.blocks, self.evaluator = graph, blocks, evaluator
         self.work_dir = Path(work_dir).resolve()
@@ -114,7 +115,7 @@ class EditTrials:
         return tuple(self.state(config, b) for b in self.blocks)
 
     def edits(self, config: Config, block_method: Mapping[int, str] | None = None) -> dict[str, Any]:
-        """The :meth:`QdqGraph.write` arguments of ``config`` (with ``block_method``, see :meth:`state`);
+        """The :meth:`TrialGraph.write` arguments of ``config`` (with ``block_method``, see :meth:`state`);
         ``methods``: the other calibration whose ranges each tensor takes."""
         states = {b.index: self.state(config, b, block_method) for b in self.blocks}
         floats = [b for b in self.blocks if states[b.index][0] == "float"]
@@ -133,12 +134,18 @@ class EditTrials:
         return self.graph.write(path, **edits)
 
     def measure(self, configs: Sequence[Config]) -> list[tuple[Path, Figures]]:
-        """Each configuration's model and figures; configurations measured before are not measured again."""
+        """Each configuration's model and figures; configurations measured before are not measured again.
+        A configuration the format cannot write (its quantizer refuses it) gets the reason as its error."""
         todo = []
         for config in configs:
             key = self.key(config)
-            if key not in self._done and key not in (k for k, _ in todo):
-                todo.append((key, self.write(config, self.work_dir / f"trial-{len(self._done) + len(todo):04d}.onnx")))
+            if key in self._done or key in (k for k, _ in todo):
+                continue
+            path = self.work_dir / f"trial-{len(self._done) + len(todo):04d}{self.graph.suffix}"
+            try:
+                todo.append((key, self.write(config, path)))
+            except UserError as exc:
+                self._done[key] = (path, Figures(None, None, [], f"not written: {exc}"))
         for (key, path), figures in zip(todo, self.evaluator.evaluate([p for _, p in todo])):
             self._done[key] = (path, figures)
         return [self._done[self.key(c)] for c in configs]
@@ -219,7 +226,7 @@ def _num(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 4)
 
 
-def bisect(trials: EditTrials, ops_graph: QdqGraph, target_db: float, from_end: bool = False,
+def bisect(trials: EditTrials, ops_graph: TrialGraph, target_db: float, from_end: bool = False,
            work_dir: Path | None = None) -> dict[str, Any]:
     """The fewest ops, counted from the start (``from_end``: the end) of the topological order, to keep in
     float so that the output PSNR reaches ``target_db``; one trial per step (about log2(ops) steps).
@@ -237,7 +244,7 @@ def bisect(trials: EditTrials, ops_graph: QdqGraph, target_db: float, from_end: 
     def psnr(n: int) -> float:
         chosen = order[:n]
         tensors = {t for op in chosen for t in (*op.reads, *op.writes)}
-        path = ops_graph.write(work / f"bisect-{'end' if from_end else 'start'}-{n:05d}.onnx", tensors, (),
+        path = ops_graph.write(work / f"bisect-{'end' if from_end else 'start'}-{n:05d}{ops_graph.suffix}", tensors, (),
                                [op.name for op in chosen])
         (figures,) = trials.evaluator.evaluate([path])
         value = -math.inf if figures.psnr_db is None else figures.psnr_db
@@ -271,21 +278,16 @@ def measure(trials, blocks: int = 24, bisect_target: float | None = None, from_e
     ``run`` of the int8 model; publishes ``report.json`` with the ``sensitivity`` section.
 
     Args:
-        trials: a :class:`qbench.host.trials.Trials` set up with the shared run settings (ONNX).
+        trials: a :class:`qbench.host.trials.Trials` set up with the shared run settings.
 
     Returns:
         The published report's path and the report.
-
-    Raises:
-        UserError: not an ONNX model.
     """
-    if trials.format.name != "onnx":
-        raise UserError("`qbench sensitivity` edits ONNX Runtime QDQ graphs: give an .onnx model")
     prepared = trials.prepare()
     out = trials.base.out_dir
     method = trials.base.calibration_method
-    int8 = trials.quantize(out / "quantized" / trials.int8_name, trials.settings(method))
-    graph = QdqGraph(int8, prepared.path)
+    graph = trials.calibrated(out / "quantized" / trials.int8_name, trials.settings(method))
+    int8 = graph.path
     with Evaluator(trials.transport(), prepared.path, trials.eval_samples(), trials.base.runner,
                    trials.base.timeout_s, trials.ui.progress) as evaluator:
         sweep_trials = EditTrials(graph, make_blocks(graph, blocks), evaluator, out / "trials")

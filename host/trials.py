@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from qbench.protocols.messages import BenchmarkReply, HelloReply
 from . import data as data_mod
 from .errors import UserError
 from .quantize.prepare import Prepared
+from .quantize.trial_graph import TrialGraph
 from .formats import format_of
 from .report.artifacts import write_artifacts
 from .report.build import build_report, write_json
@@ -128,20 +129,25 @@ class Trials:
             return data_mod.load_samples(s.data, self.prepared.inputs)
         return data_mod.random_samples(self.prepared.inputs, s.samples, s.seed)
 
-    def settings(self, method: str, float_ops: Sequence[str] = (), int16: Sequence[str] = ()) -> dict[str, Any]:
+    def settings(self, method: str) -> dict[str, Any]:
         """The JSON settings that reproduce one quantization of the prepared float model: the
         format's (see :meth:`ModelFormat.trial_settings <qbench.host.formats.base.ModelFormat.trial_settings>`)
         after ``float_path`` and ``calibration`` (the samples' file, or how they were drawn)."""
         return {
             "float_path": str(Path(self.prepared.path).resolve()),
             "calibration": self.calibration_source,
-            **self.format.trial_settings(method, self.base, float_ops, int16),
+            **self.format.trial_settings(method, self.base),
         }
 
     def quantize(self, out_path: Path, settings: dict[str, Any]) -> Path:
         """Quantizes as :meth:`settings` made ``settings``, with these calibration samples, into ``out_path``."""
         self.ui.stage("quantize")
         return self.format.quantize(settings, Path(out_path), self.calibration, self.base.debug)
+
+    def calibrated(self, out_path: Path, settings: dict[str, Any]) -> TrialGraph:
+        """Quantizes as :meth:`quantize` does and keeps the calibration: the graph every trial is written from."""
+        self.ui.stage("quantize")
+        return self.format.calibrated(settings, Path(out_path), self.calibration, self.base.debug)
 
     def measure(self, label: str, int8_path: Path, out_dir: Path, method: str) -> dict[str, Any]:
         """Runs the prepared float model and ``int8_path`` on the device; writes and returns the report.

@@ -413,6 +413,7 @@ class EvaluateRequest:
     models: list[ModelRef]
     runner: RunnerConfig = field(default_factory=OrtRunnerConfig)
     timeout_s: float = 1800.0
+    structure: dict[str, StructureRequest] = field(default_factory=dict)  # 2.1: by reference output name
 
 
 @dataclass
@@ -428,6 +429,7 @@ class OutputError:
     psnr_db: float | None = None
     sqnr_db: float | None = None
     error: str | None = None
+    structure: StructureStats | None = None  # 2.1: outputs the request named in ``structure``
 
 
 @dataclass

@@ -130,6 +130,12 @@ def test_options_are_checked_before_anything_runs(workdir):
         qbench.calibrate("model.onnx", calibration_method="entropy")
     with pytest.raises(qbench.UserError, match="give distinct methods"):
         qbench.calibrate("model.onnx", methods=["minmax", "minmax"])
+    with pytest.raises(TypeError, match="calibration_method does not apply"):
+        qbench.fix("model.onnx", target_psnr=30, calibration_method="entropy")
+    with pytest.raises(qbench.UserError, match="give a target"):
+        qbench.fix("model.onnx")
+    with pytest.raises(TypeError, match="unknown option"):
+        qbench.fix("model.onnx", target_psnr=30, max_steps=3)  # the greedy search's, gone
     with pytest.raises(qbench.UserError, match="no such file"):
         qbench.run("missing.onnx", **FAST)
     assert sorted(p.name for p in workdir.iterdir()) == ["calib.npz", "eval.npz", "model.onnx", "tmp"]
@@ -160,7 +166,7 @@ def test_calibrate_keeps_the_best_method(workdir):
 def test_fix_reaches_a_reachable_target_without_files(workdir):
     fixed = qbench.fix("model.onnx", target_psnr=30, calibration="calib.npz", data="eval.npz", **FAST)
     section = fixed.section("fix")
-    assert section["met"] and section["target_psnr_db"] == 30 and fixed.summary.output_psnr_db >= 30
+    assert section["met"] and section["target"]["psnr_db"] == 30 and fixed.summary.output_psnr_db >= 30
     assert fixed.path is None and not list((workdir / "tmp").iterdir())
 
 

@@ -164,7 +164,7 @@ def test_fix_keeps_the_broken_layer_in_float_and_nothing_else(fixed):
     rows = report["sensitivity"]["blocks"]
     worst = min(rows, key=lambda r: r["only_int8_psnr_db"] if r["only_int8_psnr_db"] is not None else 1e9)
     assert blocks[worst["block"]] == ["logits"] and {r["keep_float_psnr_db"] for r in rows} == {None}
-    assert "chosen" in proc.stdout and "target 35.0 dB met" in proc.stderr
+    assert "chosen" in proc.stdout and "target 35 dB, no broken output met" in proc.stderr
 
 
 @pytest.mark.slow
@@ -215,7 +215,7 @@ def test_fix_exits_3_when_no_configuration_meets_the_target(workdir, agent_cache
                            "minmax", "--json", cache=agent_cache, code=3)
     section = report["fix"]
     assert not section["met"] and not json.loads(proc.stdout)["met"]
-    assert section["stop"].startswith("no configuration reached 200.0 dB")
+    assert section["stop"].startswith("no configuration reached 200 dB, no broken output")
     assert {row["family"] for row in section["pareto"]} == {"baseline", "int16"}
     best = max(section["pareto"], key=lambda r: r["output_psnr_db"])
     assert sha(out / "model.int8.onnx") == sha(best["model"])
@@ -250,3 +250,10 @@ def test_calibrate_and_fix_refuse_what_they_cannot_do(workdir):
     assert proc.returncode == 1 and "--int8 does not apply" in proc.stderr
     proc = qbench("calibrate", "wide.onnx", "--methods", "minmax,bogus", cwd=workdir)
     assert proc.returncode == 1 and "--methods" in proc.stderr
+    proc = qbench("fix", "wide.onnx", *DATA, cwd=workdir)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "qbench: error: give a target: --target-psnr DB, --target-top1 SHARE, or both" in proc.stderr
+    proc = qbench("fix", "wide.onnx", "--target-psnr", "30", "--max-steps", "3", cwd=workdir)
+    assert proc.returncode == 2 and "No such option: --max-steps" in proc.stderr
+    proc = qbench("fix", "wide.onnx", "--target-psnr", "30", "--calibration-method", "entropy", cwd=workdir)
+    assert proc.returncode == 1 and "--calibration-method does not apply" in proc.stderr

@@ -135,34 +135,6 @@ def test_published_pplcnet_has_no_prepared_only_name(tmp_path, agent_cache):
     assert not any("_inlfunc_" in x["name"] for x in report["sensitive_layers"])
 
 
-@pytest.mark.slow
-def test_fix_moves_a_renamed_layer_by_its_prepared_tensor(hardswish, tmp_path, agent_cache):
-    """`qbench fix` keeps the user's name in its steps and leaves the prepared tensor's ops in float."""
-    from qbench.host.fix import Fixer
-    from qbench.host.run_state import RunSettings
-    from qbench.host.transport.local import LocalTransport
-    from qbench.host.trials import Trials
-    from qbench.protocols.messages import TimingConfig
-
-    tmp, model = hardswish
-
-    def inner_first(layers, weights=None, limit=None):
-        return [{"name": "act/HardSigmoid", "score": 1.0, "reasons": []}]
-
-    base = RunSettings(model=model, out_dir=tmp_path / "fix", data=tmp / "eval.npz", calibration=tmp / "calib.npz",
-                       profile_runs=0, histogram_bins=0, timing=TimingConfig(warmup=0, runs=1, min_seconds=0))
-    trials = Trials(base, lambda: LocalTransport(cache_dir=str(agent_cache / "agent-cache")))
-    result = Fixer(trials, 500.0, max_steps=1, rank=inner_first).run()
-    section = result.report["fix"]
-    assert [s["layers"] for s in section["steps"]] == [[], ["act/HardSigmoid"]]
-    assert section["kept_float"] == ["act/HardSigmoid"]
-    prepared = onnx.load(trials.prepared.path)
-    producer = {o: n.name for n in prepared.graph.node for o in n.output}
-    readers = [n.name for n in prepared.graph.node if INLINED in n.input]
-    # the HardSigmoid producing the tensor, its readers, and the producer of what it reads (the conv)
-    assert set(section["settings"]["nodes_to_exclude"]) == {producer[INLINED], *readers, producer["c"]}
-
-
 def _graph_model(nodes, inputs=("x",), outputs=("y",)):
     from onnx import TensorProto, helper
 

@@ -20,7 +20,7 @@ from .tuning import finish, fmt, start_trials
 @app.command()
 @with_run_options
 def sensitivity(
-    model: Path = typer.Argument(..., help="float model (.onnx)"),
+    model: Path = typer.Argument(..., help="float model (.onnx or .tflite)"),
     device: str = device_option(),
     blocks: int = typer.Option(24, "--blocks", min=1, help="blocks of consecutive ops (as many as ops: per layer)"),
     bisect: Optional[float] = typer.Option(

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qbench.protocols.messages import CapturePair, QParams
+from qbench.protocols.messages import CapturePair, QParams, StructureRequest
 
 from ..errors import UserError
 from ..models import bodies, body_nodes
@@ -188,6 +188,12 @@ def infer(model: onnx.ModelProto) -> onnx.GraphProto:
         return onnx.shape_inference.infer_shapes(skeleton).graph
     except Exception:  # inference is a nicety here: matching still works by name
         return model.graph
+
+
+def output_structures(float_model: onnx.ModelProto) -> dict[str, StructureRequest]:
+    """What the agent measures of each float output's structure, by output name (as :func:`match` asks)."""
+    f = _Graph(float_model, infer(float_model))
+    return {name: output_structure.request(output_structure.onnx_producers(f, name)) for name in f.outputs}
 
 
 def match(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> Matching:

@@ -26,7 +26,7 @@ from typing import Union
 
 import numpy as np
 
-from qbench.protocols.messages import CapturePair, QParams
+from qbench.protocols.messages import CapturePair, QParams, StructureRequest
 
 from ..errors import UserError
 from . import output_structure
@@ -194,6 +194,12 @@ def match_tflite(float_model: Union[str, Path], int8_model: Union[str, Path]) ->
             pair.structure = output_structure.request(output_structure.tflite_producers(f, fi))
             outputs.append(Layer(f.tensors[fi].name, "OUTPUT", "output", pair))
     return Matching(layers, outputs, unmatched)
+
+
+def output_structures(path: Union[str, Path]) -> dict[str, StructureRequest]:
+    """What the agent measures of each float output's structure, by output name (as :func:`match_tflite` asks)."""
+    f = read_graph(path)
+    return {f.tensors[i].name: output_structure.request(output_structure.tflite_producers(f, i)) for i in f.outputs}
 
 
 _ACTIVATION_OPS = ("RELU", "RELU6", "RELU_N1_TO_1")

@@ -10,8 +10,11 @@ object (:func:`qbench.host.formats.format_of`, from the file's bytes) does what 
   the settings the device decides (:meth:`ModelFormat.device_settings`, from the agent's hello);
   :meth:`ModelFormat.capture_runner` and :meth:`ModelFormat.check_device` say how the capture runs
   and whether the device can run what was asked;
-* trials (``calibrate``, ``fix``): :meth:`ModelFormat.prepare_float`, :meth:`ModelFormat.index`,
-  :meth:`ModelFormat.trial_settings`, :meth:`ModelFormat.quantize` and the rest.
+* trials (``calibrate``, ``fix``, ``sensitivity``): :meth:`ModelFormat.prepare_float`,
+  :meth:`ModelFormat.trial_settings`, :meth:`ModelFormat.quantize`, :meth:`ModelFormat.output_structures`
+  (the verdicts' figures of each trial), and :meth:`ModelFormat.calibrated`, whose
+  :class:`~qbench.host.quantize.trial_graph.TrialGraph` writes each trial of ``fix`` and
+  ``sensitivity`` from one calibration.
 
 Trial settings are the exact arguments of one quantization; every format's also carry
 ``float_path`` and ``calibration`` (added by :class:`~qbench.host.trials.Trials`), so that they
@@ -20,13 +23,13 @@ reproduce the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from qbench.protocols.messages import HelloReply, RunnerConfig
+from qbench.protocols.messages import HelloReply, RunnerConfig, StructureRequest
 
 from ..errors import UserError
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from ..inventory import Device
     from ..models import ModelInfo
     from ..quantize.prepare import Prepared
+    from ..quantize.trial_graph import TrialGraph
     from ..run_state import UI, RunSettings, RunState
 
 
@@ -75,32 +79,6 @@ def refuse(given: Sequence[str], format_name: str, instead: str) -> None:
                         f"{'; ' + instead if instead else ''}")
 
 
-@dataclass
-class GraphIndex:
-    """The float graph as a fallback search sees it.
-
-    Attributes:
-        ops: every op's id: the node name (ONNX), or the name of the op's first output tensor
-            (TFLite: ai-edge-quantizer addresses ops by their output names).
-        producer: activation tensor -> the op that writes it.
-        readers: activation tensor -> the ops that read it.
-        inputs: op -> the activation tensors it reads (constants left out).
-    """
-
-    ops: set[str] = field(default_factory=set)
-    producer: dict[str, str] = field(default_factory=dict)
-    readers: dict[str, list[str]] = field(default_factory=dict)
-    inputs: dict[str, list[str]] = field(default_factory=dict)
-
-    def add(self, op: str, inputs: Sequence[str], outputs: Sequence[str]) -> None:
-        self.ops.add(op)
-        self.inputs[op] = list(inputs)
-        for name in outputs:
-            self.producer[name] = op
-        for name in inputs:
-            self.readers.setdefault(name, []).append(op)
-
-
 class ModelFormat(Protocol):
     """One model format: its runtime, its options, its quantizer, its capture.
 
@@ -110,6 +88,7 @@ class ModelFormat(Protocol):
         int8_name: the file name of a model qbench quantizes.
         methods: the calibration methods, default order.
         note: what the calibration table must say about the methods, or None.
+        fix_methods: the calibration methods ``fix`` tries per model by default.
     """
 
     name: str
@@ -117,6 +96,7 @@ class ModelFormat(Protocol):
     int8_name: str
     methods: tuple[str, ...]
     note: str | None
+    fix_methods: tuple[str, ...]
 
     def runner(self, device: Device, choice: RuntimeChoice) -> RunnerConfig:
         """The runtime's config on ``device``: ``choice`` over the device's settings.
@@ -160,23 +140,20 @@ class ModelFormat(Protocol):
     def prepare_float(self, settings: RunSettings) -> Prepared:
         """The float model that trials quantize and measure, with static input shapes."""
 
-    def index(self, float_path: Path) -> GraphIndex:
-        """The float graph's ops and activation tensors."""
-
-    def trial_settings(self, method: str, base: RunSettings, float_ops: Sequence[str],
-                       int16: Sequence[str]) -> dict[str, Any]:
-        """The JSON arguments of one quantization: ``float_ops`` (op ids) left in float, ``int16``
-        (whatever :meth:`int16_targets` names) with int16 activations."""
+    def trial_settings(self, method: str, base: RunSettings) -> dict[str, Any]:
+        """The JSON arguments of one quantization of the whole model with ``method``."""
 
     def quantize(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
                  debug: bool) -> Path:
         """Quantizes ``settings["float_path"]`` as ``settings`` say into ``out_path``."""
 
-    def quantized(self, report: dict[str, Any], int8_path: Path) -> set[str]:
-        """The activation tensors an int8 model (with its report) holds in an integer type."""
+    def calibrated(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
+                   debug: bool) -> TrialGraph:
+        """Quantizes as :meth:`quantize` does, and keeps what that calibration found: the returned graph
+        writes every trial model of a fix search or sensitivity sweep without calibrating again."""
 
-    def int16_targets(self, tensors: set[str], index: GraphIndex) -> set[str]:
-        """What :meth:`trial_settings` takes as ``int16`` to hold these activation tensors in int16."""
+    def output_structures(self, float_path: Path) -> dict[str, StructureRequest]:
+        """What the agent measures of each float output's structure, by output name (the verdicts' figures)."""
 
     def describe(self, method: str) -> dict[str, Any]:
         """More fields of a method's row in the calibration table."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from qbench.protocols.messages import HelloReply, OrtRunnerConfig
+from qbench.protocols.messages import HelloReply, OrtRunnerConfig, StructureRequest
 
 from ..compare import matching, names, weights
 from ..errors import UserError
@@ -25,7 +25,8 @@ from ..quantize import reduce_range
 from ..quantize.equalize import equalize_file
 from ..quantize.kernels import int8_kernels
 from ..quantize.prepare import Prepared, prepare_float
-from .base import GraphIndex, RuntimeChoice, given_choices, refuse
+from ..quantize.qdq_edit import QdqGraph
+from .base import RuntimeChoice, given_choices, refuse
 
 if TYPE_CHECKING:
     from ..inventory import Device
@@ -43,6 +44,7 @@ class OnnxFormat:
     int8_name = "model.int8.onnx"
     methods = onnx_quant.METHODS
     note = None
+    fix_methods = ("minmax", "percentile", "entropy")
 
     def runner(self, device: Device, choice: RuntimeChoice) -> OrtRunnerConfig:
         refuse(given_choices(choice, _LITERT_CHOICES), "ONNX", "ONNX Runtime runs with --provider")
@@ -140,25 +142,14 @@ class OnnxFormat:
         s = settings
         return prepare_float(s.model, s.input_shapes, s.out_dir, debug=s.debug)
 
-    def index(self, float_path: Path) -> GraphIndex:
-        import onnx
-
-        graph = onnx.load(str(float_path)).graph
-        constants = {t.name for t in graph.initializer}
-        index = GraphIndex()
-        for node in graph.node:
-            index.add(node.name, [i for i in node.input if i and i not in constants], node.output)
-        return index
-
-    def trial_settings(self, method: str, base: RunSettings, float_ops: Sequence[str],
-                       int16: Sequence[str]) -> dict[str, Any]:
+    def trial_settings(self, method: str, base: RunSettings) -> dict[str, Any]:
         return {
             "method": method,
             "activation_type": base.activation_type,
             "per_channel": base.per_channel,
             "reduce_range": base.reduce_range,
-            "nodes_to_exclude": list(float_ops),
-            "tensor_overrides": {name: [{"quant_type": "QInt16"}] for name in int16},
+            "nodes_to_exclude": [],
+            "tensor_overrides": {},
         }
 
     def quantize(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
@@ -170,11 +161,12 @@ class OnnxFormat:
             tensor_overrides=_ort_overrides(settings["tensor_overrides"]), debug=debug,
         )
 
-    def quantized(self, report: dict[str, Any], int8_path: Path) -> set[str]:
-        return {x["name"] for x in report.get("layers", []) if x.get("rule") == "qdq"}
+    def calibrated(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
+                   debug: bool) -> QdqGraph:
+        return QdqGraph(self.quantize(settings, out_path, calibration, debug), settings["float_path"])
 
-    def int16_targets(self, tensors: set[str], index: GraphIndex) -> set[str]:
-        return set(tensors)
+    def output_structures(self, float_path: Path) -> dict[str, StructureRequest]:
+        return matching.output_structures(matching.load_model(float_path))
 
     def describe(self, method: str) -> dict[str, Any]:
         return {}

@@ -4,29 +4,30 @@ A float model without ``--int8`` is quantized with ai-edge-quantizer
 (:func:`~qbench.host.quantize.tflite.quantize_tflite`); the float model compared on the device is
 the one the user gave, even when the quantizer needed a repaired copy, except when that copy
 rewrote custom ops: LiteRT runs the user's model then only with XNNPACK, and the copy (checked
-against it) is compared, as ``model.float.tflite``. Trial ops are addressed by their first output
-tensor's name; int16 targets are ops (ai-edge-quantizer sets activation bits per op), the producers
-of the tensors to hold in int16.
+against it) is compared, as ``model.float.tflite``. Trials of ``fix`` and ``sensitivity`` are
+recipes quantized over one kept calibration (:mod:`~qbench.host.quantize.tflite_edit`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from qbench.protocols.messages import HelloReply, LiteRTRunnerConfig
+from qbench.protocols.messages import HelloReply, LiteRTRunnerConfig, StructureRequest
 
 from ..compare import weights
 from ..compare.tflite_matching import match_tflite
+from ..compare.tflite_matching import output_structures as tflite_output_structures
 from ..errors import UserError
 from ..models import InputSpec, ModelInfo, inspect_model
 from ..quantize import tflite as tflite_quant
 from ..quantize import tflite_ranges
 from ..quantize.prepare import Prepared, resolve_input_shapes
-from .base import GraphIndex, RuntimeChoice, given_choices, refuse
+from ..quantize.tflite_edit import RecipeGraph
+from .base import RuntimeChoice, given_choices, refuse
 
 if TYPE_CHECKING:
     from ..inventory import Device
@@ -49,6 +50,7 @@ class TFLiteFormat:
     runtime = "tflite"
     int8_name = "model.int8.tflite"
     methods = tuple(tflite_quant.METHODS)
+    fix_methods = tflite_ranges.RANGES  # the ones that differ in activation ranges, which fix can swap per tensor
     note = (f"activation ranges over the calibration samples: minmax = the extremes for tensors of at most "
             f"{tflite_ranges.SMALL} elements per sample, the moving average for larger ones; extremes = the extremes "
             "for all; moving-average = ai-edge-quantizer's own (a 0.95 moving average of each sample's min/max). "
@@ -153,29 +155,13 @@ class TFLiteFormat:
             notes.append(note)
         return Prepared(path=path, notes=notes, input_shapes=shapes, inputs=inputs)
 
-    def index(self, float_path: Path) -> GraphIndex:
-        from ..compare.tflite_matching import parse_graph
-
-        prepared = tflite_quant.prepare_tflite(Path(float_path).read_bytes()).model
-        graph = parse_graph(prepared, Path(float_path).name)
-        index = GraphIndex()
-        for op in graph.ops:
-            if op.outputs:
-                index.add(graph.tensors[op.outputs[0]].name,
-                          [graph.tensors[i].name for i in op.inputs if not graph.tensors[i].constant],
-                          [graph.tensors[i].name for i in op.outputs])
-        return index
-
-    def trial_settings(self, method: str, base: RunSettings, float_ops: Sequence[str],
-                       int16: Sequence[str]) -> dict[str, Any]:
+    def trial_settings(self, method: str, base: RunSettings) -> dict[str, Any]:
         recipe = RECIPES[base.activation_type]
         return {
             "method": method,
             "recipe": recipe,
             "ranges": tflite_quant.METHODS[method][1],
-            "keep_float": list(float_ops),
-            "int16": list(int16),
-            "quantizer_recipe": tflite_quant.tflite_recipe(recipe, method, float_ops, int16),
+            "quantizer_recipe": tflite_quant.tflite_recipe(recipe, method),
         }
 
     def quantize(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
@@ -184,14 +170,17 @@ class TFLiteFormat:
             settings["float_path"], out_path, calibration, settings["quantizer_recipe"], debug,
             settings.get("ranges", "moving-average")).path  # settings from before ranges were a choice
 
-    def quantized(self, report: dict[str, Any], int8_path: Path) -> set[str]:
-        from ..compare.tflite_matching import read_graph
+    def calibrated(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
+                   debug: bool) -> RecipeGraph:
+        float_path = Path(settings["float_path"])
+        prepared = tflite_quant.prepare_tflite(float_path.read_bytes(), float_path.name)
+        recipe = settings["quantizer_recipe"]
+        qsvs = tflite_quant.calibrate_prepared(prepared, float_path.name, calibration, recipe, settings["ranges"], debug)
+        path = tflite_quant.quantize_calibrated(prepared, float_path.name, out_path, recipe, qsvs, debug)
+        return RecipeGraph(prepared, float_path.name, settings["recipe"], settings["method"], qsvs, path, debug)
 
-        return {t.name for t in read_graph(int8_path).tensors if not t.constant and t.qparams is not None
-                and not t.is_float}
-
-    def int16_targets(self, tensors: set[str], index: GraphIndex) -> set[str]:
-        return {index.producer[t] for t in tensors if t in index.producer}
+    def output_structures(self, float_path: Path) -> dict[str, StructureRequest]:
+        return tflite_output_structures(float_path)
 
     def describe(self, method: str) -> dict[str, Any]:
         algorithm, ranges = tflite_quant.METHODS[method]

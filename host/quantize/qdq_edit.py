@@ -25,7 +25,7 @@ Runtime keeps float (:mod:`~qbench.host.quantize.float_ops`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -35,6 +35,7 @@ from ..errors import UserError
 from .float_ops import keep_float
 from .graph_maps import producers_of, readers_of
 from .hard_sigmoid import gates_as_add, restore_gates
+from .trial_graph import Op
 
 _LEVELS = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
            np.dtype(np.int16): (-32768, 32767), np.dtype(np.uint16): (0, 65535)}
@@ -56,25 +57,6 @@ class Pair:
     dequantize: list[str]
 
 
-@dataclass
-class Op:
-    """A compute op of the QDQ graph (not Q/DQ), in topological order.
-
-    Attributes:
-        name: the node name (as in the float graph).
-        op_type: its type.
-        reads: quantized activation tensors it reads.
-        writes: quantized activation tensors it writes (through a dropped Relu/Clip too).
-        weights: DequantizeLinear nodes of constants it reads.
-    """
-
-    name: str
-    op_type: str
-    reads: list[str] = field(default_factory=list)
-    writes: list[str] = field(default_factory=list)
-    weights: list[str] = field(default_factory=list)
-
-
 class QdqGraph:
     """A calibrated QDQ model and its float model, indexed for edits.
 
@@ -86,8 +68,12 @@ class QdqGraph:
         UserError: not a QDQ model.
     """
 
+    suffix = ".onnx"
+
     def __init__(self, int8_path: Path, float_path: Path) -> None:
         import onnx
+
+        self.path = Path(int8_path)
 
         self.model = onnx.load(str(int8_path))
         self.float_model = onnx.load(str(float_path))

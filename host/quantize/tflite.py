@@ -337,18 +337,38 @@ def _quantize(
     prepared: PreparedTFLite, name: str, output: PathLike, calibration: Mapping[str, np.ndarray],
     recipe: list[dict], ranges: str, debug: bool,
 ) -> QuantizedTFLite:
-    _, _, quantizer, _ = _quantizer_modules()
+    qsvs = calibrate_prepared(prepared, name, calibration, recipe, ranges, debug)
+    first = {k: np.asarray(v)[0] for k, v in calibration.items()}
+    quantize_calibrated(prepared, name, output, recipe, qsvs, debug)
+    checks.check_loads(Path(output).read_bytes(), name, Path(output), first, xnnpack=bool(prepared.xnnpack_ops))
+    return QuantizedTFLite(Path(output), prepared.notes,
+                           prepared.reference if prepared.rewritten_from is not None else None)
+
+
+def calibrate_prepared(prepared: PreparedTFLite, name: str, calibration: Mapping[str, np.ndarray],
+                       recipe: list[dict], ranges: str, debug: bool) -> dict:
+    """ai-edge-quantizer's calibration (its QSVs, by tensor name) of a prepared model, ranges as
+    :mod:`.tflite_ranges` says: what :func:`quantize_calibrated` quantizes any recipe with."""
     if ranges not in tflite_ranges.RANGES:
         raise UserError(f"activation ranges {ranges!r} are not one of {', '.join(tflite_ranges.RANGES)}")
-    model = prepared.model
-    samples = _calibration_samples(model, calibration, prepared.signature_inputs)
-    first = {k: np.asarray(v)[0] for k, v in calibration.items()}
+    samples = _calibration_samples(prepared.model, calibration, prepared.signature_inputs)
     if prepared.rewritten_from is not None:
-        _check_rewrite(prepared, first, name)
+        _check_rewrite(prepared, {k: np.asarray(v)[0] for k, v in calibration.items()}, name)
     try:
         with quiet_runtime(debug):
-            qsvs = tflite_ranges.calibrate(model, recipe, prepared.signature_key, samples, ranges)
-            result = quantizer.Quantizer(bytearray(model), recipe).quantize(qsvs, enable_progress_report=False)
+            return tflite_ranges.calibrate(prepared.model, recipe, prepared.signature_key, samples, ranges)
+    except Exception as exc:  # noqa: BLE001 - the quantizer fails with whatever its code hits on a model
+        raise UserError(f"ai-edge-quantizer failed on {name}: {checks.first_line(exc)}") from exc
+
+
+def quantize_calibrated(prepared: PreparedTFLite, name: str, output: PathLike, recipe: list[dict], qsvs: dict,
+                        debug: bool) -> Path:
+    """Quantizes a prepared model with ``recipe`` and QSVs calibrated before (no calibration here), into
+    ``output``; refuses scales LiteRT cannot load (the model stays at ``output`` to inspect)."""
+    _, _, quantizer, _ = _quantizer_modules()
+    try:
+        with quiet_runtime(debug):
+            result = quantizer.Quantizer(bytearray(prepared.model), recipe).quantize(qsvs, enable_progress_report=False)
     except Exception as exc:  # noqa: BLE001 - the quantizer fails with whatever its code hits on a model
         raise UserError(f"ai-edge-quantizer failed on {name}: {checks.first_line(exc)}") from exc
     quantized = bytes(result.quantized_model)
@@ -356,8 +376,7 @@ def _quantize(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(quantized)  # before the checks: a model LiteRT refuses stays there to inspect
     checks.check_scales(quantized, name, out)
-    checks.check_loads(quantized, name, out, first, xnnpack=bool(prepared.xnnpack_ops))
-    return QuantizedTFLite(out, prepared.notes, prepared.reference if prepared.rewritten_from is not None else None)
+    return out
 
 
 def _calibration_samples(

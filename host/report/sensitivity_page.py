@@ -58,9 +58,11 @@ def _table(rows: list[Mapping[str, Any]]) -> str:
 def _pareto(fix: Mapping[str, Any]) -> str:
     chosen = (fix.get("chosen") or {}).get("model")
     body = [(r["family"], r["blocks_moved"], "exact" if r["exact"] else num_cell(r["output_psnr_db"]),
-             num_cell(r["predicted_psnr_db"]), num_cell(100 * r["int8_share"], 0, "%"),
+             num_cell(r["predicted_psnr_db"]), num_cell(r.get("top1_agreement"), 3), r.get("verdict") or "",
+             num_cell(100 * r["int8_share"], 0, "%"),
              num_cell(r["latency_int8_ms"], 3), ("Pareto" if r["pareto"] else "") + (" · chosen" if r["model"] == chosen
                                                                                      else ""))
             for r in fix["pareto"]]
-    return table(("family", "blocks moved", "output PSNR dB", "predicted dB", "int8 share", "int8 ms", ""),
+    return table(("family", "blocks moved", "output PSNR dB", "predicted dB", "top-1", "verdict", "int8 share",
+                  "int8 ms", ""),
                  body, sortable=True)
