@@ -120,7 +120,8 @@ def test_float_tflite_is_quantized_matched_and_timed(work, quantized_run):
     assert any("signature def" in note for note in report["notes"])
     device = report["device"]
     assert device["runtime"] == "tflite" and device["delegate"] == "xnnpack"
-    assert device["coverage"]["float"] == {"delegate": "xnnpack", "delegated_ops": 7, "total_ops": 7, "fraction": 1.0}
+    assert device["coverage"]["float"] == {"delegate": "xnnpack", "delegated_ops": 7, "total_ops": 7, "fraction": 1.0,
+                                           "partitions": 1, "outside": {}}
     assert 0 < device["coverage"]["int8"]["fraction"] <= 1
     assert report["unmatched"] == [] and [x["name"] for x in report["layers"]] == M.ACTIVATIONS
     assert report["summary"]["layers_unobservable"] == 0 and report["summary"]["layers_compared"] == 8
@@ -203,7 +204,8 @@ def test_external_delegate_from_the_device_inventory(work, agent_cache):
     assert proc.returncode == 0, proc.stderr
     report = load_report(tmp / "external")
     coverage = report["device"]["coverage"]
-    assert coverage["float"] == {"delegate": "relu", "delegated_ops": 2, "total_ops": 4, "fraction": 0.5}
+    assert coverage["float"] == {"delegate": "relu", "delegated_ops": 2, "total_ops": 4, "fraction": 0.5,
+                                 "partitions": 1, "outside": {"FULLY_CONNECTED": 2}}
     assert coverage["int8"]["delegate"] == "none"  # it takes float32 RELUs only
     assert report["settings"]["runner"]["delegate_options"] == {"claim": "relu"}
     # ai-edge-litert splits delegate partitions into single ops when every tensor is preserved, so the
