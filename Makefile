@@ -49,8 +49,10 @@ demo: $(STAMP)
 	$(BIN)/python -c "from qbench.host.demo import write_demo; write_demo('demo')"
 	cd demo && ../$(BIN)/qbench run --device local model.onnx --data eval.npz --calibration calib.npz --out out
 
+# The suite in two runs: the fast tests (the 10-minute suite), then those marked slow.
 test: $(STAMP) system-deps models openvino
-	$(BIN)/pytest -q -p no:cacheprovider --durations=25
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 -m "not slow"
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 -m slow
 
 bench: $(STAMP) models
 	$(BIN)/python -m benchmarks.run_all

@@ -245,6 +245,7 @@ def test_sensitivity_sweep_and_bisection(workdir, agent_cache):
     assert "logits" in proc.stdout and "bisect (from the start): 3 of 5 ops" in proc.stdout
 
 
+@pytest.mark.slow
 def test_calibrate_and_fix_refuse_what_they_cannot_do(workdir):
     proc = qbench("calibrate", "wide.onnx", "--int8", "wide.onnx", cwd=workdir)
     assert proc.returncode == 1 and "--int8 does not apply" in proc.stderr

@@ -220,6 +220,7 @@ def test_fix_reaches_a_top1_target(workdir, agent_cache):
     assert section["pareto"][0]["top1_agreement"] < 0.95
 
 
+@pytest.mark.slow
 def test_fix_repairs_a_published_mediapipe_model(tmp_path, agent_cache):
     published, m = fetched("mp-iris_landmark")
     published.write_npz(m, 8, tmp_path / "calib.npz", split="calib")

@@ -117,6 +117,7 @@ def test_locate_maps_renamed_channels_last_and_shared_tensors_of_the_deployed_gr
 
 
 
+@pytest.mark.slow
 def test_ppocr_rec_capture_is_one_pass_with_fidelity_zero_and_plain_ort_psnr(tmp_path, agent_cache):
     published, m = fetched("ppocr-v4-rec")
     data = published.data(m, 2, split="eval")

@@ -137,6 +137,7 @@ def test_absent_accelerator_is_one_clear_error_before_measuring(work, agent_cach
 
 
 
+@pytest.mark.slow
 def test_compare_times_every_target_on_the_accelerator(work, agent_cache):
     tmp, paths = work
     proc = qbench("compare", str(paths["float"]), "--int8", str(paths["int8"]), "--accelerator", "cpu",
