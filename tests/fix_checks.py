@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
-from typing import Callable
 
-import pytest
 
 from cli import load_report, qbench
 
