@@ -64,6 +64,10 @@ def _headline(result: dict) -> str:
                 f"{q['accuracy_only']['memory_ratio']:.2f}x; --memory-budget 256 {q['budget256']['time_ratio']:.2f}x, "
                 f"{q['budget256']['memory_ratio']:.2f}x; whole run {q['full']['time_ratio']:.2f}x, "
                 f"{q['full']['memory_ratio']:.2f}x")
+    if result["key"].startswith("published-") and result["key"].endswith("-whole"):
+        q, a = d["qbench"], d["anchor"]
+        return (f"{d['time_ratio']:.2f}x time ({q['wall_s']:.1f} s vs {a['wall_s']:.1f} s), {d['memory_ratio']:.2f}x "
+                f"peak memory ({q['peak_tree_rss_mb']:.0f} vs {a['peak_tree_rss_mb']:.0f} MB)")
     if result["key"].startswith("published-"):
         c, q, a = d["capture"], d["qbench"], d["anchor"]
         return (f"{d['time_ratio']:.2f}x time ({q['wall_s']:.1f} s vs {a['wall_s']:.1f} s), {d['memory_ratio']:.2f}x "
@@ -164,11 +168,12 @@ def _details_md(r: dict) -> list[str]:
     d = r.get("details") or {}
     if r["key"].startswith("published-"):
         q, a = d["qbench"], d["anchor"]
-        return [f"One run per side. qbench: host {q['host_peak_mb']:.0f} MB, agent and workers "
+        return [f"Best of {d.get('repeats', 1)} alternating run(s) per side (anchor walls {_secs(a.get('walls_s', [a['wall_s']]))} s, "
+                f"qbench walls {_secs(q['walls_s'])} s). qbench: host {q['host_peak_mb']:.0f} MB, agent and workers "
                 f"{q['agent_peak_mb']:.0f} MB (capture worker {q['capture_peak_mb']:.0f} MB), capture phases "
                 f"{', '.join(f'{k} {v:.2f} s' for k, v in (q['capture_phases_s'] or {}).items())}; {q['layers_compared']} layers compared. Anchor: {a['layers_matched']} layers "
                 f"matched, collect {a['collect_s']:.2f} s, compare {a['compare_s']:.2f} s. Other jobs' CPU during the "
-                f"runs: anchor {d['background_cpu_pct']['anchor']:.0f} %, qbench {d['background_cpu_pct']['qbench']:.0f} %.", ""]
+                f"runs: anchor {_pcts(_listed(d['background_cpu_pct']['anchor']))}, qbench {_pcts(_listed(d['background_cpu_pct']['qbench']))}.", ""]
     if r["key"] == "anchor":
         a = d["anchor"]
         lines = [
@@ -260,3 +265,8 @@ def _num(x: Any) -> str:
 def _phases(phases: dict[str, float] | None) -> str:
     """``load 0.81 s, infer 1.11 s, ...`` from a capture's ``phases_s``."""
     return ", ".join(f"{k} {v:.2f} s" for k, v in (phases or {}).items()) or "?"
+
+
+def _listed(x: Any) -> list[float]:
+    """A background-load figure as a list (results.json before repeats held one number per side)."""
+    return list(x) if isinstance(x, (list, tuple)) else [x]

@@ -56,8 +56,8 @@ def run(keys: set[str], ctx: suite.Context) -> list[suite.Result]:
         if key == "published":  # one result per real model, each against the anchor in the same run
             for name in suite.PUBLISHED:
                 print(f"... published {name}", flush=True)
-                results.append(suite.guarded(f"published-{name}", name,
-                                             lambda name=name: suite.published_comparison(ctx, name)))
+                results.extend(suite.guarded_all(f"published-{name}", name,
+                                                 lambda name=name: suite.published_comparison(ctx, name)))
             continue
         if not have_qbench and key in ("startup", "latency", "depth"):
             results.append(suite.Result(key, key, "", error="qbench run not available yet"))
