@@ -100,6 +100,34 @@ def random_samples(inputs: Sequence[InputSpec], n: int, seed: int = 0) -> dict[s
     return samples
 
 
+def sample_shapes(*npz_paths: Union[str, Path, None]) -> dict[str, tuple[int, ...]]:
+    """The shape of one sample of each array, ``array.shape[1:]``, read from the .npy headers only.
+
+    The first file that has an array of a name gives its shape. What cannot be read is left out:
+    :func:`load_samples` later says what is wrong with the file.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for npz_path in npz_paths:
+        if npz_path is None:
+            continue
+        try:
+            with zipfile.ZipFile(npz_path) as archive:
+                for member in archive.namelist():
+                    name = member.removesuffix(".npy")
+                    if name in shapes:
+                        continue
+                    with archive.open(member) as f:
+                        version = np.lib.format.read_magic(f)
+                        header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                            else np.lib.format.read_array_header_2_0
+                        shape = header(f)[0]
+                    if len(shape) >= 1:
+                        shapes[name] = tuple(int(d) for d in shape[1:])
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            continue
+    return shapes
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise UserError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")

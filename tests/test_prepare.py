@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,10 +11,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models import build_control_flow, build_convnet, build_dynamic_opset11, build_two_inputs_int64
+from qbench.host.data import sample_shapes
 from qbench.host.errors import UserError
+from qbench.host.formats.onnx import OnnxFormat
 from qbench.host.models import default_opset, inspect_model
 from qbench.host.quantize.compat import name_nodes, ort_max_ir_version
 from qbench.host.quantize.prepare import PREPARED_NAME, parse_input_shapes, prepare_float
+from qbench.host.run_state import RunSettings
 
 
 def _run(path, feed):
@@ -82,6 +87,43 @@ def test_dynamic_dims_default_to_one_and_say_so(tmp_path):
     note = next(n for n in prepared.notes if "dynamic dims set to 1" in n)
     assert "[N,3,H,W]" in note and "--input-shape x:" in note
     assert inspect_model(prepared.path).inputs[0].shape == (1, 3, 1, 1)
+
+
+def test_dynamic_dims_come_from_the_data_samples(tmp_path):
+    # A newcomer gives --data and --calibration, not --input-shape: their samples' shape decides
+    original = build_dynamic_opset11(tmp_path / "dyn.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.zeros((4, 1, 3, 12, 20), np.float32))
+    np.savez(tmp_path / "eval.npz", x=np.zeros((2, 1, 3, 12, 20), np.float32))
+    settings = RunSettings(model=original, out_dir=tmp_path / "out", data=tmp_path / "eval.npz",
+                           calibration=tmp_path / "calib.npz")
+    prepared = OnnxFormat().prepare_float(settings)
+    assert prepared.input_shapes == {"x": [1, 3, 12, 20]}
+    assert "dynamic dims taken from the data's samples -> [1,3,12,20]" in " ".join(prepared.notes)
+    assert inspect_model(prepared.path).inputs[0].shape == (1, 3, 12, 20)
+
+
+def test_data_shapes_that_do_not_fit_leave_the_default_and_given_shapes_win(tmp_path):
+    original = build_dynamic_opset11(tmp_path / "dyn.onnx")
+    wrong_rank = prepare_float(original, {}, tmp_path / "a", data_shapes={"x": (3, 12, 20)})
+    assert wrong_rank.input_shapes == {"x": [1, 3, 1, 1]}
+    wrong_channels = prepare_float(original, {}, tmp_path / "b", data_shapes={"x": (1, 4, 12, 20)})
+    assert wrong_channels.input_shapes == {"x": [1, 3, 1, 1]}
+    given = prepare_float(original, {"x": [2, 3, 8, 8]}, tmp_path / "c", data_shapes={"x": (1, 3, 12, 20)})
+    assert given.input_shapes == {"x": [2, 3, 8, 8]}
+
+
+def test_sample_shapes_reads_headers_of_every_npy_version(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.zeros((5, 2, 3), np.float32), y=np.zeros((5,), np.int64))
+    with zipfile.ZipFile(tmp_path / "b.npz", "w") as archive:  # headers of versions 3.0 and 2.0
+        with archive.open("x.npy", "w") as f:  # a.npz's x comes first
+            np.lib.format.write_array(f, np.zeros((1, 7), np.float32))
+        with archive.open("w.npy", "w") as f:
+            np.lib.format.write_array(f, np.zeros((1, 7), np.float32), version=(3, 0))
+        with archive.open("z.npy", "w") as f:
+            np.lib.format.write_array(f, np.zeros((4, 9), np.float32), version=(2, 0))
+    (tmp_path / "c.npz").write_text("not a zip")
+    assert sample_shapes(None, tmp_path / "c.npz", tmp_path / "a.npz", tmp_path / "b.npz") == {
+        "x": (2, 3), "y": (), "w": (7,), "z": (9,)}
 
 
 def test_input_shape_fixes_dims_upgrades_opset_and_names_nodes(tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 from qbench.protocols.messages import HelloReply, OrtRunnerConfig, StructureRequest
 
 from ..compare import matching, names, weights
+from ..data import sample_shapes
 from ..errors import UserError
 from ..models import ModelInfo, inspect_model
 from ..quantize import onnx as onnx_quant
@@ -113,7 +114,8 @@ class OnnxFormat:
     def _prepared(self, state: RunState, ui: UI) -> Path:
         """The float model qbench quantizes: prepared, and equalized with ``--equalize``."""
         s = state.settings
-        prepared = prepare_float(s.model, s.input_shapes, s.out_dir, debug=s.debug)
+        prepared = prepare_float(s.model, s.input_shapes, s.out_dir, data_shapes=sample_shapes(s.data, s.calibration),
+                             debug=s.debug)
         for note in prepared.notes:
             ui.note(note)
         state.notes.extend(prepared.notes)
@@ -140,7 +142,8 @@ class OnnxFormat:
 
     def prepare_float(self, settings: RunSettings) -> Prepared:
         s = settings
-        return prepare_float(s.model, s.input_shapes, s.out_dir, debug=s.debug)
+        return prepare_float(s.model, s.input_shapes, s.out_dir, data_shapes=sample_shapes(s.data, s.calibration),
+                             debug=s.debug)
 
     def trial_settings(self, method: str, base: RunSettings) -> dict[str, Any]:
         return {

@@ -21,6 +21,7 @@ from qbench.protocols.messages import HelloReply, LiteRTRunnerConfig, StructureR
 from ..compare import weights
 from ..compare.tflite_matching import match_tflite
 from ..compare.tflite_matching import output_structures as tflite_output_structures
+from ..data import sample_shapes
 from ..errors import UserError
 from ..models import InputSpec, ModelInfo, inspect_model
 from ..quantize import tflite as tflite_quant
@@ -145,7 +146,8 @@ class TFLiteFormat:
     def prepare_float(self, settings: RunSettings) -> Prepared:
         s = settings
         info = inspect_model(s.model)
-        shapes, notes = resolve_input_shapes(info.inputs, s.input_shapes, Path(s.model).name)
+        shapes, notes = resolve_input_shapes(info.inputs, s.input_shapes, Path(s.model).name,
+                                             sample_shapes(s.data, s.calibration))
         inputs = [InputSpec(name=i.name, dtype=i.dtype, shape=tuple(shapes[i.name])) for i in info.inputs]
         prepared = tflite_quant.prepare_tflite(Path(s.model).read_bytes(), Path(s.model).name)
         notes += [f"quantizer input: {note}" for note in prepared.notes]

@@ -84,17 +84,20 @@ def parse_input_shapes(specs: Iterable[str]) -> dict[str, list[int]]:
 
 
 def resolve_input_shapes(
-    inputs: list[InputSpec], given: Mapping[str, list[int]], model_name: str
+    inputs: list[InputSpec], given: Mapping[str, list[int]], model_name: str,
+    data_shapes: Mapping[str, tuple[int, ...]] = {},
 ) -> tuple[dict[str, list[int]], list[str]]:
-    """Gives every input a static shape: the user's where given, else dynamic dims set to 1.
+    """Gives every input a static shape: the user's where given, else the data's, else dynamic dims set to 1.
 
     Args:
         inputs: the model's inputs.
         given: ``--input-shape`` values by input name.
         model_name: for messages.
+        data_shapes: one sample's shape per array of ``--data`` / ``--calibration``
+            (:func:`qbench.host.data.sample_shapes`); used for an input whose shape fits it.
 
     Returns:
-        The static shape of every input, and notes on the dims that defaulted to 1.
+        The static shape of every input, and notes on the dims taken from the data or defaulted to 1.
 
     Raises:
         UserError: an unknown input name, a rank that does not match, a fixed dim contradicted, or an
@@ -118,6 +121,12 @@ def resolve_input_shapes(
                 f"{model_name}: input {spec.name!r} has no shape in the model; give one with "
                 f"--input-shape {spec.name}:D0,D1,..."
             )
+        from_data = data_shapes.get(spec.name)
+        if not spec.is_static and from_data is not None and _fits(from_data, spec.shape):
+            resolved[spec.name] = list(from_data)
+            notes.append(f"input {spec.name!r} {spec.shape_text()}: dynamic dims taken from the data's samples -> "
+                         f"[{','.join(map(str, from_data))}]")
+            continue
         shape = [d if isinstance(d, int) else 1 for d in spec.shape]
         if not spec.is_static:
             notes.append(
@@ -126,6 +135,10 @@ def resolve_input_shapes(
             )
         resolved[spec.name] = shape
     return resolved, notes
+
+
+def _fits(shape: tuple[int, ...], dims: tuple) -> bool:
+    return len(shape) == len(dims) and all(not isinstance(d, int) or d == a for d, a in zip(dims, shape))
 
 
 def _rank(spec: InputSpec) -> str:
@@ -154,6 +167,7 @@ def prepare_float(
     input_shapes: Mapping[str, list[int]],
     out_dir: Union[str, Path],
     *,
+    data_shapes: Mapping[str, tuple[int, ...]] = {},
     debug: bool = False,
 ) -> Prepared:
     """Prepares a float ONNX model for quantization and layer-by-layer comparison.
@@ -168,6 +182,7 @@ def prepare_float(
     Args:
         path: the float ONNX model.
         input_shapes: ``--input-shape`` values (see :func:`parse_input_shapes`).
+        data_shapes: one sample's shape per data array, for dims neither the model nor ``input_shapes`` fix.
         out_dir: where ``float.prepared.onnx`` is written (created if missing).
         debug: let the runtimes' own logs through to the terminal.
 
@@ -190,7 +205,7 @@ def prepare_float(
     except Exception as exc:  # noqa: BLE001 - onnx raises several unrelated types for bad files
         raise UserError(f"{path}: cannot load ONNX model: {first_line(exc)}") from exc
 
-    resolved, notes = resolve_input_shapes(info.inputs, input_shapes, name)
+    resolved, notes = resolve_input_shapes(info.inputs, input_shapes, name, data_shapes)
     renamed = name_nodes(model.graph)
     if renamed:
         notes.append(f"named {renamed} unnamed or duplicate node(s) as OpType_index")
