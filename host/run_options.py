@@ -150,7 +150,7 @@ class RunOptions:
 
     def lab(self, inventory: Inventory):
         """How this run waits for labgrid places and checks their health."""
-        from .lab.transport import LabOptions
+        from .lab.options import LabOptions
 
         return LabOptions(wait_timeout_s=self.wait_timeout, priority=self.priority,
                           quarantine_after=inventory.lab.quarantine_after, health_check=inventory.lab.health_check)

@@ -14,7 +14,8 @@ from ..inventory import Device, Inventory, lab_device, load_inventory
 from ..lab import quarantine
 from ..lab.coordinator import Coordinator, connect, coordinator_address
 from ..lab.lease import FAILS_TAG, HEALTH_TAG, LEASE_TAG, give_back, holder_text, qbench_reservation
-from ..lab.transport import LabOptions, LabTransport
+from ..lab.options import LabOptions
+from ..lab.transport import LabTransport
 from .main import app
 
 lab_app = typer.Typer(help="Boards shared through a labgrid coordinator: status, release, unquarantine.",

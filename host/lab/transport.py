@@ -19,7 +19,6 @@ import atexit
 import datetime
 import os
 import sys
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from pydantic import ValidationError
@@ -29,19 +28,10 @@ from ..inventory import Device
 from ..transport.base import AgentTransport
 from ..transport.ssh import SSHTransport
 from . import health, lease, place_settings, quarantine
+from .options import LabOptions
 from .coordinator import Coordinator, connect, coordinator_address
 
 HEALTH_ATTEMPTS = 2  # a tag-selected job whose board fails its health check takes one other board
-
-
-@dataclass(frozen=True)
-class LabOptions:
-    """How a run waits for lab boards (``--wait-timeout``, ``--priority``) and treats their health."""
-
-    wait_timeout_s: float = 600.0
-    priority: float = 0.0
-    quarantine_after: int = 3
-    health_check: bool = True
 
 
 class _StderrLines:

@@ -16,7 +16,8 @@ def transport_for(device: Device, accept_new_host: bool = False, lab=None) -> Ag
         lab: :class:`qbench.host.lab.transport.LabOptions` for a labgrid place (default ones if None).
     """
     if device.in_lab:
-        from qbench.host.lab.transport import LabOptions, LabTransport
+        from qbench.host.lab.options import LabOptions
+        from qbench.host.lab.transport import LabTransport
 
         return LabTransport(device, lab or LabOptions(), accept_new_host=accept_new_host)
     if device.transport == "local":
