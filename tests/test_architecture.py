@@ -7,6 +7,8 @@ imports itself.)
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,21 @@ def test_the_library_imports_nothing_of_the_cli():
             continue
         bad = [m for m in _imports(path, "qbench.host") if m.startswith("qbench.host.cli")]
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_a_local_run_imports_no_ssh_or_lab_stack(tmp_path):
+    """What `qbench run --device local` sets up before its session imports neither paramiko nor labgrid's
+    gRPC client: they cost start-up time (0.16 s) on every run, and a board's own Python may lack them."""
+    code = (
+        "import sys\n"
+        "from qbench.host.cli import run\n"
+        "from qbench.host.inventory import load_inventory\n"
+        "from qbench.host.run_options import RunOptions\n"
+        "from qbench.host.transport.factory import transport_for\n"
+        "inventory = load_inventory(None)\n"
+        "transport_for(inventory.get('local'), False, RunOptions().lab(inventory))\n"
+        "print(sorted(m for m in ('paramiko', 'labgrid', 'grpc') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
