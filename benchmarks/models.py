@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+REPO = Path(__file__).resolve().parent.parent
 #: onnxruntime 1.31 loads IR <= 13; onnx 1.23 would write IR 14 by default.
 IR_VERSION = 8
 OPSET = 17
@@ -324,6 +327,20 @@ def published_pair(name: str, samples: int = 2, calibration: int = 8, cache_dir:
         np.savez(data_path, **batch(published.samples(m, samples, split="eval")))
     nodes = len(onnx.load(m.path, load_external_data=False).graph.node)
     return ModelPair(Path(m.path), int8_path, data_path, nodes)
+
+
+def pair_in_subprocess(kind: str, **options) -> ModelPair:
+    """:func:`cached_pair` (or, kind ``published``, :func:`published_pair` of ``name``), built in a process of its own.
+
+    Linux keeps a process's peak RSS across fork and exec: every tool the benchmarks start from a parent that
+    had just quantized the 640x640 detector (about 2 GB) would report that peak as its own.
+    """
+    args = [sys.executable, "-m", "benchmarks.models", kind,
+            *(f"--{key}={value}" for key, value in options.items())]
+    made = subprocess.run(args, cwd=str(REPO), capture_output=True, text=True, check=True)
+    paths = json.loads(made.stdout.strip().splitlines()[-1])
+    return ModelPair(Path(paths["float_path"]), Path(paths["int8_path"]), Path(paths["data_path"]),
+                     int(paths["nodes"]))
 
 
 def _dims(input_shape: str) -> list[int]:

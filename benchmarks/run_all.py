@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import logging
 import os
 import tempfile
 import time
@@ -27,14 +26,13 @@ KEYS = ("throughput", "startup", "latency", "anchor", "published", "depth")
 
 def _build_models(keys: set[str], depths: tuple[int, ...]) -> dict:
     """All model pairs the selected measurements need (cached; quantization is not timed)."""
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_static's pre-processing advice
     pairs: dict = {}
     if keys & {"anchor", "latency"}:
-        pairs["detection"] = models.cached_pair("detection", size=640)
+        pairs["detection"] = models.pair_in_subprocess("detection", size=640)
     if "startup" in keys:
-        pairs["tiny"] = models.cached_pair("tiny")
+        pairs["tiny"] = models.pair_in_subprocess("tiny")
     if "depth" in keys:
-        pairs["deep"] = {n: models.cached_pair("deep", blocks=n) for n in depths}
+        pairs["deep"] = {n: models.pair_in_subprocess("deep", blocks=n) for n in depths}
     return pairs
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -194,13 +193,7 @@ def published_comparison(ctx: Context, name: str) -> list[Result]:
     """
     from . import published
 
-    # Built in a process of its own: Linux keeps a process's peak RSS across exec, so every tool started
-    # from a parent that had quantized the 640x640 detector would report that parent's peak as its own.
-    made = subprocess.run([sys.executable, "-m", "benchmarks.models", "published", "--name", name], cwd=str(REPO),
-                          capture_output=True, text=True, check=True)
-    paths = json.loads(made.stdout.strip().splitlines()[-1])
-    pair = models.ModelPair(Path(paths["float_path"]), Path(paths["int8_path"]), Path(paths["data_path"]),
-                            int(paths["nodes"]))
+    pair = models.pair_in_subprocess("published", name=name)
     shape = published.model(name).input_shape
     sides = {"accuracy_only": {"accuracy_only": True, "input_shape": shape}}
     if name in PUBLISHED_WHOLE_RUN:
