@@ -158,6 +158,20 @@ def test_summary_drops_the_first_run_and_groups_by_op_and_provider():
         ort_profile.summarize(events[:2])
 
 
+def test_summary_median_is_per_run_and_ignores_one_slow_run():
+    conv = dict(op_name="Conv", provider="CPUExecutionProvider")
+    events = [_event("Session", "model_run", 0, 10), _event("Node", "c_kernel_time", 1, 900, **conv)]
+    for start, micros in ((100, 30), (200, 20), (300, 2000), (400, 25)):  # run 3: a page fault, a preemption
+        events += [_event("Session", "model_run", start, 50), _event("Node", "c_kernel_time", start + 1, micros, **conv),
+                   _event("Node", "c_kernel_time", start + 5, micros, **conv)]
+    events.append(_event("Node", "mm_kernel_time", 402, 8, op_name="MatMul", provider="CPUExecutionProvider"))
+    summary = {t.op_type: t for t in ort_profile.summarize(events)}
+    assert summary["Conv"].mean_ms == pytest.approx((60 + 40 + 4000 + 50) / 4 / 1000)
+    assert summary["Conv"].median_ms == pytest.approx(0.055)  # runs of 60, 40, 4000, 50 us
+    assert summary["MatMul"].median_ms == pytest.approx(0.0)  # in one run of four
+    assert summary["Conv"].calls == 8
+
+
 @pytest.mark.slow
 def test_run_writes_the_profile_into_report_and_html(tmp_path, agent_cache):
     model = _build_model(tmp_path / "m.onnx")

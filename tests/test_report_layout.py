@@ -16,7 +16,7 @@ from qbench.agent.worker import NONFINITE_DIFF, _max_abs_diff
 from qbench.host.cli.render import NAME_WIDTH, render_report, short_name
 from qbench.host.cli.render_compare import render_compare
 from qbench.host.gates import Gates
-from qbench.host.report import alerts, fidelity, figures, histograms
+from qbench.host.report import alerts, fidelity, figures, histograms, profile
 from qbench.host.report.compare import build_compare
 from qbench.host.report.html import write_compare_html, write_html
 from reportdata import make_report
@@ -148,6 +148,47 @@ def test_noisy_timings_are_p90_over_median_above_1_5_in_report_html_and_the_term
     quiet = Console(record=True, width=300)
     render_report(report, quiet)
     assert "noisy" not in quiet.export_text()
+
+
+def _op(op_type: str, median: float, mean: float | None = None) -> dict:
+    return {"op_type": op_type, "provider": "CPUExecutionProvider", "mean_ms": mean if mean is not None else median,
+            "median_ms": median}
+
+
+def test_a_slower_int8_model_says_which_kernels_grew_by_their_per_run_medians(tmp_path):
+    # ppocr-cls on an AVX-512 VNNI CPU, ONNX Runtime 1.32: float convs fuse HardSwish; int8 runs it as Add + Mul
+    report = make_report(n_layers=10)
+    report["latency"]["speedup"] = 0.53
+    float_ops = [_op("Conv", 0.446), _op("FusedConv", 0.019), _op("ReorderOutput", 0.086), _op("Mul", 0.050),
+                 _op("MaxPool", 0.0115)]
+    int8_ops = [_op("QLinearConv", 0.850), _op("QLinearMul", 0.319), _op("QLinearAdd", 0.201),
+                _op("MaxPool", 0.147), _op("Transpose", 0.015, mean=0.53)]  # one slow run: its mean, not its median
+    report["profile"] = {"float": float_ops, "int8": int8_ops, "runs": 10,
+                         "families": profile.families(float_ops, int8_ops)}
+    assert [f["family"] for f in report["profile"]["families"]][:4] == ["Conv", "Mul", "Add", "MaxPool"]
+    [line] = alerts.int8_slower(report)
+    assert line.startswith("int8 runs at 0.53x the float model's speed: kernel time per inference 0.612 ms float, "
+                           "1.53 ms int8; most of it added by Conv 0.465 -> 0.85 ms, Mul 0.05 -> 0.319 ms, "
+                           "Add 0 -> 0.201 ms (no float kernel of its own), MaxPool 0.0115 -> 0.147 ms")
+    assert "layout" not in line
+    console = Console(record=True, width=400)
+    render_report(report, console)
+    assert "speed: int8 runs at 0.53x" in console.export_text()
+    html = write_html(report, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "int8 runs at 0.53x" in html[: html.index('<div class="cards">')]
+
+
+def test_int8_kernels_faster_but_the_run_slower_points_outside_the_kernels():
+    report = make_report(n_layers=6)
+    report["latency"]["speedup"] = 0.8
+    report["profile"] = {"families": profile.families([_op("Conv", 0.5)], [_op("QLinearConv", 0.3)])}
+    [line] = alerts.int8_slower(report)
+    assert "although its kernels take less time" in line and "outside the kernels" in line
+    del report["profile"]
+    assert alerts.int8_slower(report) == ["int8 runs at 0.80x the float model's speed (no per-operator profile "
+                                          "to say where: --profile-runs)."]
+    report["latency"]["speedup"] = 1.0
+    assert alerts.int8_slower(report) == []
 
 
 # ---- 4. the latency chart: few, large tick labels; its table in ms -------------------------------------------

@@ -7,6 +7,7 @@ the ``*_impl`` methods. Runners are used inside a worker process, one model each
 from __future__ import annotations
 
 import abc
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -36,6 +37,9 @@ class OpTime:
         calls: kernel invocations over every profiled run.
         mean_ms: ``total_ms / runs``: this op type's kernel time per inference.
         share: ``total_ms`` over the sum of every op type's ``total_ms`` (0..1).
+        median_ms: the median over the profiled runs of this op type's kernel time in one run; unlike
+            ``mean_ms``, one slow run (a page fault, a preempted thread) does not move it. None when the
+            runtime does not tell runs apart.
     """
 
     op_type: str
@@ -44,23 +48,26 @@ class OpTime:
     calls: int
     mean_ms: float
     share: float
+    median_ms: float | None = None
 
 
 class ProfilingUnavailable(Exception):
     """The runtime exposes no per-op profiler, or its profile cannot be read; the message says why."""
 
 
-def op_times(kernels: Iterable[tuple[str, str, float]], runs: int) -> list[OpTime]:
-    """Totals per (op type, provider) from ``(op type, provider, microseconds)`` kernel records, largest first."""
-    totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
-    for op_type, provider, micros in kernels:
-        slot = totals[(op_type, provider)]
-        slot[0] += micros
-        slot[1] += 1
-    overall = sum(slot[0] for slot in totals.values())
-    times = [OpTime(op_type=op, provider=provider, total_ms=us / 1000.0, calls=int(calls),
-                    mean_ms=us / 1000.0 / runs, share=us / overall if overall else 0.0)
-             for (op, provider), (us, calls) in totals.items()]
+def op_times(kernels: Iterable[tuple[str, str, float, int]], runs: int) -> list[OpTime]:
+    """Totals per (op type, provider) from ``(op type, provider, microseconds, run index)`` kernel records
+    (run index 0..runs-1), largest first."""
+    per_run: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0] * runs)
+    calls: dict[tuple[str, str], int] = defaultdict(int)
+    for op_type, provider, micros, run in kernels:
+        per_run[(op_type, provider)][run] += micros
+        calls[(op_type, provider)] += 1
+    overall = sum(sum(times) for times in per_run.values())
+    times = [OpTime(op_type=op, provider=provider, total_ms=sum(us) / 1000.0, calls=calls[(op, provider)],
+                    mean_ms=sum(us) / 1000.0 / runs, share=sum(us) / overall if overall else 0.0,
+                    median_ms=statistics.median(us) / 1000.0)
+             for (op, provider), us in per_run.items()]
     return sorted(times, key=lambda t: (-t.total_ms, t.op_type, t.provider))
 
 

@@ -3,11 +3,13 @@
 ORT writes one event per kernel call: ``cat == "Node"``, ``name`` ending in
 ``_kernel_time``, ``dur`` in microseconds, ``args.op_name`` and ``args.provider``.
 Each ``InferenceSession.run`` is one ``cat == "Session"``, ``name == "model_run"``
-event; kernel events that start before the run kept first are dropped.
+event; kernel events that start before the run kept first are dropped, and each other one belongs to
+the last run that started before it.
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Any, Sequence
 
 from .base import OpTime, ProfilingUnavailable, op_times
@@ -25,10 +27,12 @@ def summarize(events: Sequence[dict[str, Any]], skip_runs: int = 1) -> list[OpTi
     if len(starts) <= skip_runs:
         raise ProfilingUnavailable(
             f"the ONNX Runtime profile has {len(starts)} model_run event(s), needs more than {skip_runs}")
-    begin = starts[skip_runs]
+    kept = starts[skip_runs:]
     kernels = []
     for e in events:
-        if e.get("cat") == "Node" and str(e.get("name", "")).endswith(KERNEL_SUFFIX) and float(e["ts"]) >= begin:
+        ts = float(e.get("ts", -1))
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith(KERNEL_SUFFIX) and ts >= kept[0]:
             args = e.get("args") or {}
-            kernels.append((str(args.get("op_name") or "?"), str(args.get("provider") or "?"), float(e["dur"])))
-    return op_times(kernels, len(starts) - skip_runs)
+            run = bisect.bisect_right(kept, ts) - 1  # the last run started at or before the kernel
+            kernels.append((str(args.get("op_name") or "?"), str(args.get("provider") or "?"), float(e["dur"]), run))
+    return op_times(kernels, len(kept))

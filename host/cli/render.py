@@ -74,6 +74,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             console.print(f"  output {out['name']}: {reason}", markup=False)
     for line in fidelity.capture_warnings(report):
         console.print(f"[bold yellow]capture:[/] {escape(line)}")
+    for line in alerts.int8_slower(report):
+        console.print(f"[bold yellow]speed:[/] {escape(line)}")
     for line in alerts.noisy_timings(report):
         console.print(f"[bold yellow]timing:[/] {escape(line)}")
     for line in alerts.int16_saturation(report):

@@ -13,6 +13,11 @@
   ARM or VNNI CPU's; 7-bit weights (``--reduce-range``) avoid it. qbench takes them itself for such a
   device (``--reduce-range`` auto), so the warning is for the int8 models it did not quantize so:
   ``--no-reduce-range``, ``--int8`` (the user's own), ``compare``'s shared pair.
+* int8 slower than float: the speedup (``latency.speedup``) is below 1. Where the device profiled both models
+  (``profile.families``), the warning says which computations took more kernel time in int8, so that a slow
+  int8 model is told apart from int8 that does not pay: the kernels that grew (a convolution slower as an
+  int8 kernel, an activation the float model fused into its convolution running as int8 kernels of its own),
+  or, when the int8 kernels take less time in all, that the difference lies outside the kernels.
 """
 
 from __future__ import annotations
@@ -64,9 +69,31 @@ def int16_saturation(report: Mapping[str, Any]) -> list[str]:
             "weights, qbench's own choice for such CPUs unless --no-reduce-range)."]
 
 
+def int8_slower(report: Mapping[str, Any]) -> list[str]:
+    """Where the int8 model's time goes when it is slower than the float one; empty otherwise."""
+    speedup = (report.get("latency") or {}).get("speedup")
+    if speedup is None or speedup >= 1.0:
+        return []
+    head = f"int8 runs at {speedup:.2f}x the float model's speed"
+    rows = (report.get("profile") or {}).get("families") or []
+    if not rows:
+        return [head + " (no per-operator profile to say where: --profile-runs)."]
+    float_ms, int8_ms = (sum(r[k] for r in rows) for k in ("float_ms", "int8_ms"))
+    added = int8_ms - float_ms
+    kernels = f"kernel time per inference {float_ms:.3g} ms float, {int8_ms:.3g} ms int8"
+    if added <= 0:
+        return [f"{head}, although its kernels take less time ({kernels}): the difference lies outside the kernels "
+                "(session overhead, thread scheduling), which matters most for small models."]
+    grown = [r for r in rows if r["int8_ms"] - r["float_ms"] >= 0.1 * added][:4]
+    parts = [f"{r['family']} {r['float_ms']:.3g} -> {r['int8_ms']:.3g} ms"
+             + (" (no float kernel of its own)" if r["float_ms"] == 0 else "") for r in grown]
+    return [f"{head}: {kernels}; most of it added by {', '.join(parts)} (report.json profile.families)."]
+
+
 def run_warnings(report: Mapping[str, Any]) -> list[str]:
-    """Every warning of this module for ``report``: random calibration, int16 saturation, noisy timings."""
-    return random_calibration(report) + int16_saturation(report) + noisy_timings(report)
+    """Every warning of this module for ``report``: random calibration, int16 saturation, int8 slower than float,
+    noisy timings."""
+    return random_calibration(report) + int16_saturation(report) + int8_slower(report) + noisy_timings(report)
 
 
 def plain_notes(report: Mapping[str, Any]) -> list[str]:
