@@ -187,6 +187,9 @@ def test_int8_kernels_faster_but_the_run_slower_points_outside_the_kernels():
     del report["profile"]
     assert alerts.int8_slower(report) == ["int8 runs at 0.80x the float model's speed (no per-operator profile "
                                           "to say where: --profile-runs)."]
+    report["profile"] = {"float": [], "int8": [], "notes": {"float": "LiteRT's Python API exposes no op profiler"}}
+    assert alerts.int8_slower(report) == ["int8 runs at 0.80x the float model's speed (LiteRT's Python API exposes "
+                                          "no op profiler, so qbench cannot say where)."]
     report["latency"]["speedup"] = 1.0
     assert alerts.int8_slower(report) == []
 

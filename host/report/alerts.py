@@ -75,9 +75,12 @@ def int8_slower(report: Mapping[str, Any]) -> list[str]:
     if speedup is None or speedup >= 1.0:
         return []
     head = f"int8 runs at {speedup:.2f}x the float model's speed"
-    rows = (report.get("profile") or {}).get("families") or []
+    profile = report.get("profile") or {}
+    rows = profile.get("families") or []
     if not rows:
-        return [head + " (no per-operator profile to say where: --profile-runs)."]
+        why = next(iter((profile.get("notes") or {}).values()), None)
+        return [head + (f" ({why}, so qbench cannot say where)." if why
+                        else " (no per-operator profile to say where: --profile-runs).")]
     float_ms, int8_ms = (sum(r[k] for r in rows) for k in ("float_ms", "int8_ms"))
     added = int8_ms - float_ms
     kernels = f"kernel time per inference {float_ms:.3g} ms float, {int8_ms:.3g} ms int8"
