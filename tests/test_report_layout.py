@@ -169,7 +169,7 @@ def test_a_slower_int8_model_says_which_kernels_grew_by_their_per_run_medians(tm
     [line] = alerts.int8_slower(report)
     assert line.startswith("int8 runs at 0.53x the float model's speed: kernel time per inference 0.612 ms float, "
                            "1.53 ms int8; most of it added by Conv 0.465 -> 0.85 ms, Mul 0.05 -> 0.319 ms, "
-                           "Add 0 -> 0.201 ms (no float kernel of its own), MaxPool 0.0115 -> 0.147 ms")
+                           "Add 0 -> 0.201 ms (none in float), MaxPool 0.0115 -> 0.147 ms")
     assert "layout" not in line
     console = Console(record=True, width=400)
     render_report(report, console)

@@ -114,8 +114,7 @@ class OnnxFormat:
     def _prepared(self, state: RunState, ui: UI) -> Path:
         """The float model qbench quantizes: prepared, and equalized with ``--equalize``."""
         s = state.settings
-        prepared = prepare_float(s.model, s.input_shapes, s.out_dir, data_shapes=sample_shapes(s.data, s.calibration),
-                             debug=s.debug)
+        prepared = self.prepare_float(s)
         for note in prepared.notes:
             ui.note(note)
         state.notes.extend(prepared.notes)

@@ -28,8 +28,8 @@ from ..inventory import Device
 from ..transport.base import AgentTransport
 from ..transport.ssh import SSHTransport
 from . import health, lease, place_settings, quarantine
-from .options import LabOptions
 from .coordinator import Coordinator, connect, coordinator_address
+from .options import LabOptions
 
 HEALTH_ATTEMPTS = 2  # a tag-selected job whose board fails its health check takes one other board
 

@@ -89,7 +89,7 @@ def int8_slower(report: Mapping[str, Any]) -> list[str]:
                 "(session overhead, thread scheduling), which matters most for small models."]
     grown = [r for r in rows if r["int8_ms"] - r["float_ms"] >= 0.1 * added][:4]
     parts = [f"{r['family']} {r['float_ms']:.3g} -> {r['int8_ms']:.3g} ms"
-             + (" (no float kernel of its own)" if r["float_ms"] == 0 else "") for r in grown]
+             + (" (none in float)" if r["float_ms"] == 0 else "") for r in grown]
     return [f"{head}: {kernels}; most of it added by {', '.join(parts)} (report.json profile.families)."]
 
 
