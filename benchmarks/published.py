@@ -231,6 +231,9 @@ def model(name: str) -> Published:
     return MODELS[name]
 
 
+SPLITS = ("calib", "eval")
+
+
 def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) -> dict[str, np.ndarray]:
     """``count`` real-looking samples for ``m`` as one batch: ``{input: (count, *shape[1:])}``.
 
@@ -239,6 +242,8 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
     ``split`` "calib" and "eval" draw from disjoint image sets (photos) or disjoint crops (pages),
     so a calibration never sees its evaluation data.
     """
+    if split not in SPLITS:  # any other name would draw the calibration's images for an evaluation
+        raise ValueError(f"split {split!r}: one of {', '.join(SPLITS)}")
     m = MODELS[m] if isinstance(m, str) else m
     rng = np.random.default_rng(seed + (0 if split == "eval" else 1000))
     if m.layout == "NCHW":
