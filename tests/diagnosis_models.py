@@ -7,6 +7,10 @@
 * :func:`build_pair`: two convs joined by a chosen activation (or a fork), for equalization's rules.
 * :func:`build_outlier_channel`: conv -> relu -> conv -> relu -> conv where one channel of the
   first conv's output is an outlier the calibration data never shows (clipped at that layer only).
+* :func:`build_offset_input`: an input that is a small variation on a large offset (as openwakeword's
+  log-mel features, 5.6..12.2) into a first conv whose filters sum to zero (it removes the offset): the
+  int8 rounding of its weights, times the offset, is large against its output, so that conv's weights
+  are where the damage is.
 """
 
 from __future__ import annotations
@@ -129,3 +133,27 @@ def build_pair(path: PathLike, activation: str = "Relu", group: int = 1, fork: b
         nodes.append(helper.make_node("Identity", [joined], ["z"], name="fork"))
         outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8, 6, 6]))
     return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])], outputs, path)
+
+
+def build_offset_input(path: PathLike, seed: int = 0) -> Path:
+    """x [1,1,24,16] -> conv1 (zero-sum 3x3 filters) -> relu1 -> conv2 -> relu2 -> conv3 -> y [1,4,24,16]."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(scale=0.5, size=(8, 1, 3, 3))
+    inits = {"w1": w1 - w1.mean(axis=(1, 2, 3), keepdims=True), "b1": rng.normal(scale=0.05, size=8),
+             "w2": rng.normal(scale=0.3, size=(8, 8, 3, 3)), "b2": rng.normal(scale=0.05, size=8),
+             "w3": rng.normal(scale=0.3, size=(4, 8, 1, 1)), "b3": np.zeros(4)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "w3", "b3"], ["y"], name="conv3")]
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 24, 16])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 24, 16])], path)
+
+
+def offset_samples(count: int, seed: int = 0) -> np.ndarray:
+    """(count, 1, 1, 24, 16): 8 plus rows of slow sines of amplitude 0.3, plus noise of 0.05."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, 16)
+    rows = np.sin(2 * np.pi * (rng.uniform(1, 4, (count, 1, 1, 24, 1)) * t + rng.uniform(0, 1, (count, 1, 1, 24, 1))))
+    return (8 + 0.3 * rows + 0.05 * rng.standard_normal((count, 1, 1, 24, 16))).astype(np.float32)

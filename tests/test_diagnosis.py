@@ -15,7 +15,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from cli import load_report, qbench
-from diagnosis_models import build_outlier_channel, outlier_samples
+from diagnosis_models import build_offset_input, build_outlier_channel, offset_samples, outlier_samples
 
 FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--profile-runs", "0"]
 
@@ -88,3 +88,35 @@ def test_weights_in_the_report(outlier_run):
     # exactly, as with 7-bit weights, whose scale max|w|/64 is exact; --reduce-range auto on x86 without VNNI)
     first, second = by_layer["r1"]["channel_psnr_db"][:2]
     assert (first is None or first > 100) and 100 > second
+
+
+def test_an_offset_input_blames_the_first_conv_whose_weights_the_repair_needs(tmp_path, agent_cache):
+    """openwakeword's speech embedding model (log-mel input 5.6..12.2) showed it: the first conv's weight
+    rounding times the input's offset; keeping only those weights float gains the most, measured here."""
+    from qbench.host.quantize.qdq_edit import QdqGraph
+
+    model = build_offset_input(tmp_path / "offset.onnx")
+    x = offset_samples(8, seed=2)
+    np.savez(tmp_path / "eval.npz", x=x)
+    np.savez(tmp_path / "calib.npz", x=offset_samples(16, seed=1))
+    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
+                  "--accuracy-only", cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp_path / "out")
+    assert report["sensitive_layers"][0]["name"] == "r1"  # conv1's output (its Relu folded into it)
+
+    def outputs(path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"x": s})[0] for s in x]).astype(np.float64)
+
+    reference = outputs(model)
+
+    def output_psnr(path) -> float:  # the README's PSNR: peak = max|float|, pooled over the samples
+        return float(10 * np.log10(np.abs(reference).max() ** 2 / np.mean((outputs(path) - reference) ** 2)))
+
+    graph = QdqGraph(report["models"]["int8"]["path"], report["models"]["float"]["path"])
+    assert output_psnr(report["models"]["int8"]["path"]) == pytest.approx(report["outputs"][0]["psnr_db"], abs=1e-3)
+    gains = {conv: output_psnr(graph.write(tmp_path / f"{conv}.onnx", float_weights=[conv]))
+             for conv in ("conv1", "conv2", "conv3")}
+    assert max(gains, key=gains.get) == "conv1"
+    assert gains["conv1"] > report["outputs"][0]["psnr_db"] + 3 > gains["conv2"] + 2
