@@ -33,7 +33,7 @@ from qbench.host.quantize.hard_sigmoid import restore_gates
 from . import published
 
 HERE = Path(__file__).resolve().parent
-MODELS = ("pplcnet-orientation", "ppocr-cls", "ppocr-v4-det", "picodet-layout")
+MODELS = ("pplcnet-orientation", "ppocr-cls", "ppocr-v4-det", "picodet-layout", "oww-embedding")
 TIMING = ["--runs", "10", "--warmup", "2", "--min-seconds", "0.5", "--profile-runs", "5", "--quiet", "--json"]
 
 
