@@ -103,7 +103,10 @@ def test_an_offset_input_blames_the_first_conv_whose_weights_the_repair_needs(tm
                   "--accuracy-only", cwd=tmp_path, cache=agent_cache)
     assert proc.returncode == 0, proc.stderr
     report = load_report(tmp_path / "out")
-    assert report["sensitive_layers"][0]["name"] == "r1"  # conv1's output (its Relu folded into it)
+    top, *rest = report["sensitive_layers"]
+    assert top["name"] == "r1"  # conv1's output (its Relu folded into it)
+    assert any(r.startswith("offset input: x lies in [7.") for r in top["reasons"])
+    assert not any(r.startswith("offset input") for layer in rest for r in layer["reasons"])  # r1 is not an offset
 
     def outputs(path) -> np.ndarray:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -36,6 +36,13 @@ Reasons, each with its threshold:
 - ``local error``: the same otherwise
 - ``error from upstream``: sqnr_db < UPSTREAM_SQNR_DB, a noisy input, and a score of 0
 - ``weight error``: worst live weight channel PSNR < WEIGHT_DB
+- ``offset input``: a layer with quantized weights and an own error source whose input (through ops
+  that only move or pad values: Pad, Reshape, Transpose...) varies by no more than its distance
+  from 0 (float_min and float_max of one sign, (max − min) / 2 ≤ min(|min|, |max|), so its mean is
+  at least its standard deviation): a variation on a large offset, as log-mel features. A layer that removes the offset (filters summing
+  to about 0) turns its weights' rounding, times the offset, into error that is large against its
+  output, although the weights themselves measure well; keeping its weights in float, or subtracting
+  the offset before the model, helps (the weights' int8 error needs no fix elsewhere)
 - op hints: Softmax; squeeze-and-excite = a Sigmoid/HardSigmoid gate with fewer elements than the
   Mul it feeds (a pooled branch broadcast over the main path), and that Mul. A SiLU's Sigmoid
   (x·sigmoid(x), as many elements as x) is not one.
@@ -65,6 +72,8 @@ HINT_DB = 3.0
 _SOFTMAX = {"Softmax", "LogSoftmax", "SOFTMAX", "LOG_SOFTMAX"}
 _GATES = {"Sigmoid", "HardSigmoid", "LOGISTIC", "HARD_SIGMOID"}
 _MUL = {"Mul", "MUL"}
+# ops that only move values (or pad them with constants): an input's range is seen through them
+_MOVES = {"Pad", "Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze", "PAD", "RESHAPE", "TRANSPOSE"}
 REMEDIES = "percentile or entropy calibration, int16 activations, per-channel activation scales if the runtime has them"
 
 
@@ -106,6 +115,20 @@ class _Graph:
 
     def inputs_sqnr(self, layer: dict) -> float | None:
         return inputs_sqnr(layer, self.by_name)
+
+    def offset_input(self, layer: dict) -> tuple[str, float, float] | None:
+        """(name, min, max) of an input of ``layer`` that is a small variation on a large offset, looked
+        for through ops that only move or pad values; None when there is none."""
+        for name in layer.get("parents", []):
+            source = self.by_name.get(name)
+            while source is not None and source.get("op_type") in _MOVES and len(source.get("parents", [])) == 1:
+                source = self.by_name.get(source["parents"][0])
+            if source is None or source.get("float_min") is None or source.get("float_max") is None:
+                continue
+            lo, hi = source["float_min"], source["float_max"]
+            if lo * hi > 0 and min(abs(lo), abs(hi)) >= (hi - lo) / 2:
+                return source["name"], lo, hi
+        return None
 
     def is_se_gate(self, layer: dict) -> bool:
         """A Sigmoid/HardSigmoid whose values a Mul broadcasts over a larger tensor (a pooled branch)."""
@@ -151,6 +174,12 @@ def _assess(layer: dict[str, Any], weight_db: float | None, graph: _Graph) -> tu
                        f"{_db(layer.get('local_sqnr_db'))}")
     if weight_db is not None and weight_db < WEIGHT_DB:
         reasons.append(f"weight error: worst channel {weight_db:.1f} dB")
+    offset = graph.offset_input(layer) if weight_db is not None and scores and score > 0 else None
+    if offset is not None:
+        name, lo, hi = offset
+        reasons.append(f"offset input: {name} lies in [{lo:.3g}, {hi:.3g}], a variation on an offset, so "
+                       "the rounding of this layer's weights times that offset is large against its output; keep its "
+                       "weights in float, or subtract the offset before the model")
     hint = _hint(layer, graph)
     if hint and score > 0:
         score += HINT_DB
