@@ -15,7 +15,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 from cli import load_report, qbench
-from diagnosis_models import build_offset_input, build_outlier_channel, offset_samples, outlier_samples
+from diagnosis_models import (build_offset_input, build_outlier_channel, build_sigmoid_tail, offset_samples,
+                              outlier_samples)
 
 FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--profile-runs", "0"]
 
@@ -123,3 +124,38 @@ def test_an_offset_input_blames_the_first_conv_whose_weights_the_repair_needs(tm
              for conv in ("conv1", "conv2", "conv3")}
     assert max(gains, key=gains.get) == "conv1"
     assert gains["conv1"] > report["outputs"][0]["psnr_db"] + 3 > gains["conv2"] + 2
+
+
+def test_a_sigmoid_in_its_exponential_tail_passes_error_on_and_is_not_the_culprit(tmp_path, agent_cache):
+    """openwakeword's wake-word heads showed it: their score Sigmoid (outputs 1e-6..4e-4) was ranked first with a
+    sudden drop of 18 dB, while keeping it in float changes nothing; the error is the logits', magnified."""
+    from qbench.host.quantize.qdq_edit import QdqGraph
+
+    model = build_sigmoid_tail(tmp_path / "tail.onnx")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, 1, 64)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((32, 1, 64)).astype(np.float32))
+    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
+                  "--accuracy-only", cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp_path / "out")
+    score = {layer["name"]: layer for layer in report["layers"]}["y"]
+    assert score["drop_db"] > 10 and not score["drop"]  # SQNR does fall through it, by its inputs' error
+    assert score["local_sqnr_db"] > score["sqnr_db"] + 10  # its own rounding: under a tenth of what it holds
+    ranked = {r["name"]: r for r in report["sensitive_layers"]}
+    assert "y" not in ranked or ranked["y"]["score"] == 0
+
+    def outputs(path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"x": s})[0] for s in x]).astype(np.float64)
+
+    reference = outputs(model)
+
+    def output_psnr(path) -> float:
+        return float(10 * np.log10(np.abs(reference).max() ** 2 / np.mean((outputs(path) - reference) ** 2)))
+
+    graph = QdqGraph(report["models"]["int8"]["path"], report["models"]["float"]["path"])
+    base = output_psnr(report["models"]["int8"]["path"])
+    assert abs(output_psnr(graph.write(tmp_path / "y.onnx", float_tensors=["y"])) - base) < 1.0
+    assert output_psnr(graph.write(tmp_path / "fc.onnx", float_tensors=["logits"], float_weights=["fc3"])) > base + 1

@@ -89,13 +89,18 @@ def test_drops_compare_sqnr_against_the_weakest_noisy_parent():
          "parents": ["b"]},
         {"name": "clips", "op_type": "Sigmoid", "psnr_db": 30.0, "sqnr_db": 22.0, "local_sqnr_db": 60.0,
          "clipped_fraction": 0.02, "parents": ["b"]},
+        # its own rounding (local 29 dB) is a sizeable part of its error (SQNR 22 dB): a drop of its own
+        {"name": "rounds", "op_type": "Add", "psnr_db": 30.0, "sqnr_db": 22.0, "local_sqnr_db": 29.0,
+         "parents": ["b"]},
     ]
     metrics.flag_drops(layers, threshold_db=6.0)
-    assert [x["drop"] for x in layers] == [False, True, False, False, False, False, True, False, True]
+    assert [x["drop"] for x in layers] == [False, True, False, False, False, False, False, False, True, True]
     assert layers[1]["drop_db"] == 10.0 and layers[2]["drop_db"] == 1.0
     assert layers[0]["drop_db"] is None and layers[3]["drop_db"] is None
     assert layers[5]["drop_db"] is None  # fed only by a noise-free input: judged by its own figures
-    assert layers[6]["drop_db"] == 20.0  # against its noisy parent only; local 35 < 30 + 10: its own rounding counts
+    # against its noisy parent only; local 35 < 30 + 10, but its own rounding is 25 dB below the error it holds
+    # (SQNR 10 dB): b's error, magnified where the Add cancels signal, not its own
+    assert layers[6]["drop_db"] == 20.0
     assert layers[7]["drop_db"] == 8.0
 
 

@@ -107,3 +107,48 @@ def test_another_calibrations_range_replaces_a_pairs_own(models, tmp_path):
     top = np.iinfo(np.asarray(zero_point).dtype).max  # activations are stored as uint8 (int8 + 128)
     assert values.max() <= (top - int(zero_point)) * float(scale) + 1e-6
     np.testing.assert_allclose(values / float(scale), np.round(values / float(scale)), atol=1e-6)
+
+
+def _build_with_branch(path):
+    """x -> fc1 -> h; If (sum(h) > 0): then h * gain, else relu(h) -> fc2 -> y. ``gain`` is an initializer only
+    the then-branch reads, and both branches read ``h`` from the enclosing graph (as openwakeword's heads do)."""
+    rng = np.random.default_rng(3)
+    then_branch = helper.make_graph([helper.make_node("Mul", ["h", "gain"], ["then_out"], name="then_mul")],
+                                    "then_branch", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [1, 8])])
+    else_branch = helper.make_graph([helper.make_node("Relu", ["h"], ["else_out"], name="else_relu")],
+                                    "else_branch", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [1, 8])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("ReduceSum", ["h"], ["total"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["total", "zero"], ["positive"], name="is_positive"),
+             helper.make_node("If", ["positive"], ["branch"], name="branch", then_branch=then_branch,
+                              else_branch=else_branch),
+             helper.make_node("MatMul", ["branch", "w2"], ["y"], name="fc2")]
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 8)) * 0.4).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((8, 4)) * 0.4).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.full(8, 0.5, np.float32), "gain"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    graph = helper.make_graph(nodes, "branch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_edits_keep_what_if_branches_read_from_the_enclosing_graph(tmp_path):
+    float_path = _build_with_branch(tmp_path / "float.onnx")
+    rng = np.random.default_rng(4)
+    int8 = quantize_onnx(float_path, tmp_path / "int8.onnx", {"x": rng.standard_normal((8, 1, 16)).astype(np.float32)})
+    graph = QdqGraph(int8, float_path)
+    x = rng.standard_normal((6, 1, 16)).astype(np.float32)
+
+    def outputs(path):
+        s = session(path)
+        return np.concatenate([s.run(None, {"x": sample})[0] for sample in x])
+
+    reference = outputs(float_path)
+    every_pair = graph.write(tmp_path / "all.onnx", float_tensors=list(graph.pairs),
+                             float_weights=[op.name for op in graph.ops if op.weights])
+    # the branch's own initializer survives, and with every pair and weight float the model is the float one
+    assert "gain" in {t.name for t in onnx.load(str(every_pair)).graph.initializer}
+    np.testing.assert_allclose(outputs(every_pair), reference, rtol=1e-5, atol=1e-5)
+    for tensor in graph.pairs:  # each edit alone loads and runs
+        assert outputs(graph.write(tmp_path / "one.onnx", float_tensors=[tensor])).shape == reference.shape

@@ -116,7 +116,8 @@ def exact_figures(s: PairStats) -> dict[str, Any]:
 #: exactly, such as a 0..255 image; int8 rounding of a full-range signal gives about 50 dB)
 EXACT_SQNR_DB = 90.0
 #: a layer's own rounding counts as a source of error when its local SQNR is less than this far above
-#: its inputs' SQNR (own noise power at least a tenth of the inherited one: it adds 0.4 dB or more)
+#: its inputs' SQNR (own noise power at least a tenth of the inherited one: it adds 0.4 dB or more), and
+#: less than this far above its own SQNR (its rounding at least a tenth of the error it holds)
 OWN_MARGIN_DB = 10.0
 #: ... or when more than this fraction of its values are clipped
 OWN_CLIPPED = 0.01
@@ -160,14 +161,22 @@ def inputs_sqnr(layer: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> fl
 def adds_own_error(layer: dict[str, Any], inputs: float | None) -> bool:
     """Whether the layer has an error source of its own: weights (:data:`WEIGHTED_OPS`, or
     ``weight_psnr_db`` set: a conv fused with its activation), clipping (more than
-    :data:`OWN_CLIPPED` of its values), or output rounding not buried under its inputs' noise
-    (local SQNR < inputs' SQNR + :data:`OWN_MARGIN_DB`; any local SQNR when it has no noisy input)."""
+    :data:`OWN_CLIPPED` of its values), or output rounding that is neither buried under its inputs'
+    noise (local SQNR < inputs' SQNR + :data:`OWN_MARGIN_DB`; any local SQNR when it has no noisy
+    input) nor a small part of the error the layer holds (local SQNR < its SQNR + :data:`OWN_MARGIN_DB`).
+
+    The second test is for ops that magnify the relative error they inherit: a Sigmoid in its
+    exponential tail (a wake-word score near 0: sigmoid(z) ~ e^z turns z's absolute error into the
+    output's relative error), where SQNR falls by 18 dB through an op whose own rounding is 17 dB
+    below the error it passes on."""
     if layer.get("op_type") in WEIGHTED_OPS or layer.get("weight_psnr_db") is not None:
         return True
     if (layer.get("clipped_fraction") or 0.0) > OWN_CLIPPED:
         return True
-    local = layer.get("local_sqnr_db")
-    return local is not None and (inputs is None or local < inputs + OWN_MARGIN_DB)
+    local, sqnr = layer.get("local_sqnr_db"), layer.get("sqnr_db")
+    if local is None or (sqnr is not None and local >= sqnr + OWN_MARGIN_DB):
+        return False
+    return inputs is None or local < inputs + OWN_MARGIN_DB
 
 
 def noisy_sqnr(parent: dict[str, Any] | None) -> float | None:

@@ -6,7 +6,8 @@ while the error stays the same. The score of a layer, in dB, is the error it add
 
     score = 0 when drop_db < VISIBLE_DB (its SQNR is no worse than its inputs': nothing it adds shows),
             or when it has no error source of its own (metrics.adds_own_error: no weights, no clipping,
-            local SQNR ≥ inputs' SQNR + 10 dB: a squashing op that compresses signal more than error)
+            local SQNR ≥ inputs' SQNR + 10 dB, a squashing op that compresses signal more than error, or
+            local SQNR ≥ its own SQNR + 10 dB, an op that magnifies the error it inherits)
     else    max(0, drop_db)
           + max(0, LOCAL_SQNR_DB − local_sqnr_db), when its own error is not buried: local_sqnr_db is
             below its inputs' SQNR (or it has no noisy input)

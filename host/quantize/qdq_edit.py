@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import UserError
 from .float_ops import keep_float
-from .graph_maps import producers_of, readers_of
+from .graph_maps import producers_of, readers_of, reads, subgraph_nodes
 from .hard_sigmoid import gates_as_add, restore_gates
 from .trial_graph import Op
 
@@ -196,12 +196,17 @@ class _Edit:
 
     def _rename(self, old: str, new: str) -> None:
         for n in self.graph.node:
-            for k, i in enumerate(n.input):
-                if i == old:
-                    n.input[k] = new
             for k, o in enumerate(n.output):
                 if o == old:
                     n.output[k] = new
+        self._reroute(old, new)
+
+    def _reroute(self, old: str, new: str) -> None:
+        """Every reader of ``old`` reads ``new``, inside If/Loop/Scan bodies too."""
+        for n in [*self.graph.node, *(inner for node in self.graph.node for inner in subgraph_nodes(node))]:
+            for k, i in enumerate(n.input):
+                if i == old:
+                    n.input[k] = new
 
     def remove_pair(self, pair: Pair, dropped) -> None:
         q = self.nodes[pair.quantize]
@@ -219,10 +224,7 @@ class _Edit:
                 self._rename(source, out)
                 source = out
             else:
-                for n in self.graph.node:
-                    for k, i in enumerate(n.input):
-                        if i == out:
-                            n.input[k] = source
+                self._reroute(out, source)
 
     def _restore(self, node):
         import onnx
@@ -307,7 +309,7 @@ class _Edit:
         del self.graph.node[:]
         self.graph.node.extend(_topological(kept, {i.name for i in self.graph.input} | set(self.inits)
                                             | {t.name for t in self.graph.initializer}))
-        used = {i for n in self.graph.node for i in n.input}
+        used = {i for n in self.graph.node for i in reads(n)}
         keep = [t for t in self.graph.initializer if t.name in used or t.name in self.outputs]
         del self.graph.initializer[:]
         self.graph.initializer.extend(keep)
@@ -320,13 +322,13 @@ def _topological(nodes: list, available: set[str]) -> list:
     while pending:
         rest = []
         for n in pending:
-            if all(i in ready for i in n.input):
+            if all(i in ready for i in reads(n)):
                 ordered.append(n)
                 ready.update(n.output)
             else:
                 rest.append(n)
         if len(rest) == len(pending):
-            ordered.extend(rest)  # inputs from outside (subgraph captures): keep their order
+            ordered.extend(rest)  # inputs from outside the graph: keep their order
             break
         pending = rest
     return ordered
