@@ -37,13 +37,13 @@ Reasons, each with its threshold:
 - ``local error``: the same otherwise
 - ``error from upstream``: sqnr_db < UPSTREAM_SQNR_DB, a noisy input, and a score of 0
 - ``weight error``: worst live weight channel PSNR < WEIGHT_DB
-- ``offset input``: a layer with quantized weights and an own error source whose input (through ops
-  that only move or pad values: Pad, Reshape, Transpose...) varies by no more than its distance
-  from 0 (float_min and float_max of one sign, (max − min) / 2 ≤ min(|min|, |max|), so its mean is
-  at least its standard deviation): a variation on a large offset, as log-mel features. A layer that removes the offset (filters summing
-  to about 0) turns its weights' rounding, times the offset, into error that is large against its
-  output, although the weights themselves measure well; keeping its weights in float, or subtracting
-  the offset before the model, helps (the weights' int8 error needs no fix elsewhere)
+- ``offset input``: a scoring layer with quantized weights whose input (through ops that only move
+  or pad values: Pad, Reshape, Transpose...) varies by no more than its distance from 0 (float_min
+  and float_max of one sign, (max − min) / 2 ≤ min(|min|, |max|), so its mean is at least its
+  standard deviation): a variation on a large offset, as log-mel features. A layer that removes the
+  offset (filters summing to about 0) turns its weights' rounding, times the offset, into error
+  that is large against its output, although the weights themselves measure well; keeping its
+  weights in float, or subtracting the offset before the model, helps
 - op hints: Softmax; squeeze-and-excite = a Sigmoid/HardSigmoid gate with fewer elements than the
   Mul it feeds (a pooled branch broadcast over the main path), and that Mul. A SiLU's Sigmoid
   (x·sigmoid(x), as many elements as x) is not one.
