@@ -7,9 +7,10 @@ import the state without importing the session back.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -23,6 +24,19 @@ if TYPE_CHECKING:
 
 #: ``state.error["code"]`` of a run the user interrupted (Ctrl-C); its report's status is ``interrupted``
 INTERRUPTED = "interrupted"
+
+class Deferred:
+    """A value computed once, by the first thread that asks for it; the others wait for it."""
+
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        self._compute, self._lock, self._done, self._value = compute, threading.Lock(), False, None
+
+    def result(self) -> Any:
+        with self._lock:
+            if not self._done:
+                self._value, self._done = self._compute(), True
+            return self._value
+
 
 @dataclass
 class RunSettings:
@@ -82,7 +96,8 @@ class RunState:
     capture: CaptureReply | None = None
     error: dict[str, str] | None = None
     equalization: dict[str, Any] | None = None  # quantize.equalize's report section, with --equalize
-    int8_kernels: dict[str, Any] | None = None  # ONNX: quantize.kernels.int8_kernels of the int8 model
+    # ONNX: quantize.kernels.int8_kernels of the int8 model (None if it failed), computed on first ask
+    int8_kernels: Deferred | None = None
     prefetch: Prefetch | None = None  # report work started at the capture stage
 
 

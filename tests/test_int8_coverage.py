@@ -203,3 +203,27 @@ def test_published_ppocr_classifier_runs_in_int8_kernels(tmp_path, agent_cache):
     assert report["int8_coverage"]["basis"] == "kernel time"
     assert report["summary"]["int8_coverage"] >= 0.9
     assert report["int8_coverage"]["macs"]["fraction"] == 1.0
+
+
+def test_the_kernel_analysis_waits_for_its_first_ask_and_a_failure_is_a_note(tmp_path):
+    import threading
+
+    from qbench.host.formats.onnx import _analyze_kernels
+    from qbench.host.report.coverage import coverage_section
+    from qbench.host.run_state import Deferred, RunSettings, RunState
+
+    calls = []
+    deferred = Deferred(lambda: calls.append(1) or len(calls))
+    threads = [threading.Thread(target=deferred.result) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert deferred.result() == 1 and calls == [1]  # computed once, whoever asked first
+
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    state = RunState(RunSettings(model=tmp_path / "bad.onnx", out_dir=tmp_path))
+    _analyze_kernels(state, tmp_path / "bad.onnx")
+    assert state.notes == []  # nothing ran yet: the prefetch asks while the device captures, else the report
+    assert coverage_section(state) is None
+    assert len(state.notes) == 1 and state.notes[0].startswith("int8 coverage not analyzed on the host: ")

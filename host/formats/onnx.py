@@ -27,6 +27,7 @@ from ..quantize.equalize import equalize_file
 from ..quantize.kernels import int8_kernels
 from ..quantize.prepare import Prepared, prepare_float
 from ..quantize.qdq_edit import QdqGraph
+from ..run_state import Deferred
 from .base import RuntimeChoice, given_choices, refuse
 
 if TYPE_CHECKING:
@@ -175,12 +176,20 @@ class OnnxFormat:
 
 
 def _analyze_kernels(state: RunState, int8_path: Path) -> None:
-    """Which convolutions and matmuls the host's ONNX Runtime runs as int8 kernels (report's int8_coverage)."""
-    try:
-        state.int8_kernels = int8_kernels(int8_path)
-    except Exception as exc:  # noqa: BLE001 - the figure is a diagnostic: a model ORT refuses fails later, clearly
-        log.debug("int8 kernel analysis failed", exc_info=True)
-        state.notes.append(f"int8 coverage not analyzed on the host: {str(exc).splitlines()[0] if str(exc) else exc}")
+    """Which convolutions and matmuls the host's ONNX Runtime runs as int8 kernels (report's int8_coverage).
+
+    Deferred: building that session takes 0.3-0.7 s, which the report's prefetch spends while the device
+    captures (never while it times), else the report when it needs the figure."""
+
+    def analyze() -> dict[str, Any] | None:
+        try:
+            return int8_kernels(int8_path)
+        except Exception as exc:  # noqa: BLE001 - the figure is a diagnostic: a model ORT refuses fails later, clearly
+            log.debug("int8 kernel analysis failed", exc_info=True)
+            state.notes.append(f"int8 coverage not analyzed on the host: {str(exc).splitlines()[0] if str(exc) else exc}")
+            return None
+
+    state.int8_kernels = Deferred(analyze)
 
 
 def _ort_overrides(overrides: Mapping[str, list[dict[str, str]]]) -> dict | None:

@@ -39,7 +39,7 @@ def coverage_section(state: RunState) -> Optional[dict[str, Any]]:
     (from the device's profile), ``macs`` ({int8, total, fraction}, as the host's ONNX Runtime fuses
     the model), ``float_nodes`` (name, op_type, macs, kernel, reason) and, below :data:`LOW`, a
     ``note``. None for TFLite or when neither source is there."""
-    kernels = state.int8_kernels
+    kernels = state.int8_kernels.result() if state.int8_kernels is not None else None
     bench = state.benchmarks.get("int8")
     timed = kernel_time_share(bench.profile) if bench is not None and bench.profile else None
     if kernels is None and timed is None:

@@ -1,8 +1,10 @@
 """Report work that needs only the two model files, started while the device measures.
 
 During the capture stage the host waits for the agent. ``start`` spends that time on the weight
-figures (``compare.weights``: they depend on the model files alone) and on loading the HTML
-writer (importing plotly and building a first figure take a few tenths of a second).
+figures (``compare.weights``: they depend on the model files alone), on the int8 model's kernel
+analysis (``state.int8_kernels``: a host ONNX Runtime session of it, 0.3-0.7 s) and on loading the
+HTML writer (importing plotly and building a first figure take a few tenths of a second). None of it
+overlaps the timing runs, which come before the capture.
 ``start_on_progress`` starts it once the agent reports progress: started with the request, its
 work (the interpreter lock, a core) delayed the request and its input samples by 20-50 ms.
 ``weight_table`` hands the figures to the report when they are for the run's files, else computes
@@ -53,6 +55,8 @@ def start(state: RunState) -> Optional[Prefetch]:
         except BaseException as exc:  # noqa: BLE001 - weight_table() raises it again in the run's thread
             error = exc
         try:
+            if state.int8_kernels is not None:
+                state.int8_kernels.result()  # its own errors become a note of the run
             _load_html_writer()
         finally:  # resolved last, so that the report's own HTML never overlaps the loading
             if error is not None:
