@@ -19,6 +19,7 @@ Tests and benchmarks use :func:`model` and :func:`samples`. The cache lives in
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -166,6 +167,7 @@ def _speech(seconds: float, rng: np.random.Generator, rate: int = 16000) -> np.n
     return (out / np.abs(out).max() * 0.5 * 32767).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=None)  # one session per model, not one per chunk of audio
 def _oww_session(name: str):
     import onnxruntime as ort
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 #: ``state.error["code"]`` of a run the user interrupted (Ctrl-C); its report's status is ``interrupted``
 INTERRUPTED = "interrupted"
 
+
 class Deferred:
     """A value computed once, by the first thread that asks for it; the others wait for it."""
 
