@@ -2,8 +2,10 @@
 
 Remedies, each a real, measured trial on the device:
 
-1. **calibration method, per model**: the float model is calibrated with each of ``methods``
-   (same calibration samples); the method whose int8 model has the best output PSNR is the base.
+1. **calibration method and bias correction, per model**: the float model is calibrated with each of
+   ``methods`` (same calibration samples), and each of those int8 models is also measured with its
+   biases corrected for its weights' mean output shift (ONNX; :mod:`~qbench.host.quantize.bias_correction`);
+   the variant whose int8 model has the best output PSNR is the base.
 2. **calibration method, per tensor**: for the :data:`RANGE_BLOCKS` blocks with the largest
    only-int8 error, each other method's ranges for that block's tensors alone (like
    ``TensorQuantOverrides`` rmin/rmax; TFLite: that method's QSVs for those tensors); a block keeps the method
@@ -148,15 +150,20 @@ class Repair:
                 self.say(f"calibrate: {method}")
                 graphs[method] = trials.calibrated(out / "methods" / method / trials.int8_name,
                                                    trials.settings(method))
+            variants = {(m, False): g for m, g in graphs.items()}
+            for method in self.methods:
+                corrected = trials.bias_corrected(graphs[method], out / "methods" / f"{method}+bias" / trials.int8_name)
+                if corrected is not None:
+                    variants[(method, True)] = corrected
         models = {m: g.path.resolve() for m, g in graphs.items()}
         inputs = trials.eval_samples()
         with clock("search"), Evaluator(trials.transport(), prepared.path, inputs, trials.base.runner,
                                         trials.base.timeout_s, trials.ui.progress,
                                         trials.format.output_structures(prepared.path)) as evaluator:
-            method_rows, method = self._pick_method(evaluator, models)
-            graph = graphs[method]
+            method_rows, (method, corrected) = self._pick_method(evaluator, variants)
+            graph = variants[method, corrected]
             others = self._other_ranges(graphs, method)
-            del graphs
+            del graphs, variants
             sweep_trials = EditTrials(graph, make_blocks(graph, self.blocks), evaluator, out / "trials", others)
             points, sensitivity = self._search(sweep_trials)
             points += self._without_ranges(sweep_trials, _choose(points, self.target))
@@ -168,12 +175,14 @@ class Repair:
             report = trials.measure("verify", chosen.model, out / "verify", method)
         met = self.target.met_report(report)
         payload = {
-            "target": self.target.to_dict(), "met": met, "method": method, "methods": method_rows,
+            "target": self.target.to_dict(), "met": met, "method": method, "bias_correction": corrected,
+            "methods": method_rows,
             "blocks": [{"block": b.index, "ops": b.ops} for b in sweep_trials.blocks],
             "ranges": self.range_rows,
             "chosen": chosen.row(), "pareto": [p.row() for p in points], "trials": evaluator.trials,
             "stop": "target met" if met else _why_not(points, self.target),
-            "settings": {**trials.settings(method), "edits": _edits(chosen, sweep_trials, models)},
+            "settings": {**trials.settings(method), **({"bias_correction": True} if corrected else {}),
+                         "edits": _edits(chosen, sweep_trials, models)},
             "phases_s": clock.seconds,
         }
         if sensitivity is not None:
@@ -181,15 +190,19 @@ class Repair:
         path, published = trials.publish(report, chosen.model, "fix", payload)
         return RepairResult(met, path, published, points)
 
-    def _pick_method(self, evaluator: Evaluator, models: dict[str, Path]) -> tuple[list[dict], str]:
-        figures = evaluator.evaluate(list(models.values()))
-        rows = [{"method": m, "output_psnr_db": _json(f.psnr_db), "model": str(p), "error": f.error}
-                for (m, p), f in zip(models.items(), figures)]
-        scored = [(f.psnr_db if f.psnr_db is not None else -math.inf, -k, m)
-                  for k, (m, f) in enumerate(zip(models, figures))]
+    def _pick_method(self, evaluator: Evaluator, variants: dict[tuple[str, bool], Any]
+                     ) -> tuple[list[dict], tuple[str, bool]]:
+        """The (method, bias corrected) variant with the best output PSNR; the first of equals, so a
+        correction that changes nothing is not chosen."""
+        figures = evaluator.evaluate([g.path.resolve() for g in variants.values()])
+        rows = [{"method": m, "bias_correction": c, "output_psnr_db": _json(f.psnr_db), "model": str(g.path),
+                 "error": f.error} for ((m, c), g), f in zip(variants.items(), figures)]
+        scored = [(f.psnr_db if f.psnr_db is not None else -math.inf, -k, v)
+                  for k, (v, f) in enumerate(zip(variants, figures))]
         best = max(scored)[2]
-        self.say("calibration: " + ", ".join(f"{r['method']} {_fmt(r['output_psnr_db'])} dB" for r in rows)
-                 + f" -> {best}")
+        self.say("calibration: " + ", ".join(f"{_variant(r['method'], r['bias_correction'])} "
+                                              f"{_fmt(r['output_psnr_db'])} dB" for r in rows)
+                 + f" -> {_variant(*best)}")
         return rows, best
 
     def _other_ranges(self, graphs: dict[str, Any], method: str) -> dict[str, dict[str, Any]]:
@@ -397,6 +410,10 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def _variant(method: str, corrected: bool) -> str:
+    return f"{method}+bias correction" if corrected else method
 
 
 def _json(value: float | None) -> float | None:

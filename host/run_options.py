@@ -64,6 +64,9 @@ class RunOptions:
     equalize: Annotated[bool, typer.Option(
         "--equalize", rich_help_panel=QUANTIZATION,
         help="cross-layer weight equalization before quantizing (ONNX)")] = False
+    bias_correction: Annotated[bool, typer.Option(
+        "--bias-correction", rich_help_panel=QUANTIZATION,
+        help="ONNX: correct each conv/Gemm bias by the mean output shift its int8 weights cause on the calibration data")] = False
     per_tensor: Annotated[bool, typer.Option(
         "--per-tensor", rich_help_panel=QUANTIZATION,
         help="ONNX: one scale per weight tensor, not per channel")] = False
@@ -199,6 +202,7 @@ class RunOptions:
             seed=self.seed, runner=runner,
             timing=TimingConfig(warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds),
             profile_runs=self.profile_runs, accuracy_only=self.accuracy_only, capture_delegate=self.capture_delegate, equalize=self.equalize,
+            bias_correction=self.bias_correction,
             per_channel=not self.per_tensor, reduce_range=self.reduce_range, memory_budget_mb=self.memory_budget_mb(), drop_db=self.drop_db,
             histogram_bins=self.histogram_bins, save_tensors=self.save_tensors,
             worst=self.worst, timeout_s=self.timeout, debug=debug,

@@ -70,6 +70,7 @@ class RunSettings:
     time_float: bool = True  # False: a caller that already timed this float model skips it
     accuracy_only: bool = False  # no timing, memory or profile runs: the per-layer capture only
     equalize: bool = False  # cross-layer weight equalization of the float model before quantizing
+    bias_correction: bool = False  # ONNX: correct each layer's bias by its weights' mean output shift (quantize.bias_correction)
     per_channel: bool = True  # per-channel weight scales; False: one scale per weight tensor
     # ONNX: 7-bit weights (x86 without VNNI: no int16 saturation in u8s8 kernels); None: auto, decided from
     # the device's CPU before qbench quantizes (quantize.reduce_range), which fills in both fields
@@ -97,6 +98,7 @@ class RunState:
     capture: CaptureReply | None = None
     error: dict[str, str] | None = None
     equalization: dict[str, Any] | None = None  # quantize.equalize's report section, with --equalize
+    bias_correction: dict[str, Any] | None = None  # quantize.bias_correction's report section, with --bias-correction
     # ONNX: quantize.kernels.int8_kernels of the int8 model (None if it failed), computed on first ask
     int8_kernels: Deferred | None = None
     prefetch: Prefetch | None = None  # report work started at the capture stage

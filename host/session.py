@@ -104,6 +104,8 @@ def checked_format(settings: RunSettings) -> ModelFormat:
                         f"is a {format_of(settings.int8).name} model: give both models in the same format")
     if settings.equalize and settings.int8 is not None:
         raise UserError("--equalize rescales the float model before qbench quantizes it: not with --int8")
+    if settings.bias_correction and settings.int8 is not None:
+        raise UserError("--bias-correction corrects the int8 model qbench makes: not with --int8")
     if settings.runner is None:
         settings.runner = fmt.runner(Device(name=settings.device), RuntimeChoice())
     fmt.check(settings)

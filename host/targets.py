@@ -123,7 +123,8 @@ def pair_settings(base: RunSettings, float_path: Path, int8_path: Path) -> RunSe
     """The settings every target shares: the pair :func:`qbench.host.session.prepare_pair` made of ``base``,
     given as the int8 model, so that nothing is left to quantize or equalize and every target measures
     the very same files (reported under the user's model)."""
-    return dataclasses.replace(base, model=float_path, int8=int8_path, equalize=False, return_outputs=True,
+    return dataclasses.replace(base, model=float_path, int8=int8_path, equalize=False, bias_correction=False,
+                               return_outputs=True,
                                user_model=base.model)
 
 

@@ -149,6 +149,13 @@ class Trials:
         self.ui.stage("quantize")
         return self.format.calibrated(settings, Path(out_path), self.calibration, self.base.debug)
 
+    def bias_corrected(self, graph: TrialGraph, out_path: Path) -> TrialGraph | None:
+        """``graph`` with corrected biases over these calibration samples (None: the format has no such
+        correction, or the base settings corrected every quantization already)."""
+        if self.base.bias_correction:
+            return None
+        return self.format.bias_corrected(graph, Path(out_path), self.calibration)
+
     def measure(self, label: str, int8_path: Path, out_dir: Path, method: str) -> dict[str, Any]:
         """Runs the prepared float model and ``int8_path`` on the device; writes and returns the report.
 

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cli import load_report, qbench
 from fix_checks import DATA, FAST, run_fix, sha
+from qbench.host.formats.onnx import OnnxFormat
 from qbench.host.quantize.onnx import quantize_onnx
 from qbench.host.quantize.qdq_edit import QdqGraph
 
@@ -194,10 +195,11 @@ def test_fix_settings_reproduce_the_final_model(fixed):
     out, _, report = fixed
     section = report["fix"]
     settings = section["settings"]
-    (base,) = [Path(m["model"]) for m in section["methods"] if m["method"] == settings["method"] == section["method"]]
-    again = quantize_onnx(settings["float_path"], out.parent / "again-base.onnx", dict(np.load(settings["calibration"])),
-                          method=settings["method"], activation_type=settings["activation_type"],
-                          per_channel=settings["per_channel"], reduce_range=settings["reduce_range"])
+    corrected = settings.get("bias_correction", False)
+    (base,) = [Path(m["model"]) for m in section["methods"]
+               if m["method"] == settings["method"] == section["method"] and m["bias_correction"] == corrected]
+    # the format's own quantization, as the settings say (the bias correction included when chosen)
+    again = OnnxFormat().quantize(settings, out.parent / "again-base.onnx", dict(np.load(settings["calibration"])), False)
     assert sha(again) == sha(base)
     edits = settings["edits"]
     ranges = {t: QdqGraph(edits["range_models"][m], settings["float_path"]).ranges()[t]

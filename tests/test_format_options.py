@@ -12,6 +12,7 @@ from models import build_convnet
 COMMANDS = {"run": [], "compare": [], "calibrate": [], "fix": ["--target-psnr", "40"]}
 #: (option and value, the commands that have it)
 ONNX_ONLY = [(["--provider", "CPUExecutionProvider"], ("run", "compare")), (["--equalize"], tuple(COMMANDS)),
+             (["--bias-correction"], tuple(COMMANDS)),
              (["--per-tensor"], tuple(COMMANDS)), (["--activation-type", "uint8"], tuple(COMMANDS)),
              (["--calibration-method", "entropy"], ("run", "compare", "fix"))]
 TFLITE_ONLY = [(["--delegate", "xnnpack"], ("run", "compare")), (["--delegate-path", "/lib/none.so"], tuple(COMMANDS)),

@@ -58,11 +58,12 @@ def fix(
         render_pareto(section, Console())
         verdict = "[green]met[/]" if result.met else f"[red]not met[/] ({section['stop']})"
         chosen = section["chosen"]
-        console.print(f"target {target.text()} {verdict}; {section['method']} calibration, {chosen['family']}: "
+        console.print(f"target {target.text()} {verdict}; {calibration(section)}, {chosen['family']}: "
                       f"float blocks {chosen['float_blocks'] or 'none'}, int16 blocks {chosen['int16_blocks'] or 'none'}, "
                       f"{100 * chosen['int8_share']:.0f}% of ops in int8; {section['trials']} trials on the device")
     summary: dict[str, Any] = {"met": result.met, "output_psnr_db": result.report.get("summary", {}).get("output_psnr_db"),
-                               "method": section["method"], "chosen": section["chosen"], "trials": section["trials"]}
+                               "method": section["method"], "bias_correction": section["bias_correction"],
+                               "chosen": section["chosen"], "trials": section["trials"]}
     passed = finish(result.report, result.report_path, opts, summary)
     if not (result.met and passed):
         raise typer.Exit(gates.GATE_FAILED)
@@ -72,9 +73,15 @@ def _names(given: str, option: str, offered: tuple[str, ...]) -> tuple[str, ...]
     return check_names(tuple(n.strip() for n in given.split(",") if n.strip()), option, offered)
 
 
+def calibration(section: dict[str, Any]) -> str:
+    """The base's calibration, in words."""
+    corrected = " with bias correction" if section.get("bias_correction") else ""
+    return f"{section['method']} calibration{corrected}"
+
+
 def render_pareto(section: dict[str, Any], console: Console) -> None:
     """One row per measured configuration; the Pareto front timed and starred, the chosen one marked."""
-    table = Table(title=f"fix: target {Target.from_dict(section['target']).text()}, {section['method']} calibration "
+    table = Table(title=f"fix: target {Target.from_dict(section['target']).text()}, {calibration(section)} "
                         f"(measured on the device)", header_style="bold")
     for column in ("family", "blocks moved", "out PSNR dB", "predicted dB", "top-1", "verdict", "int8 share", "int8 ms",
                    "pareto"):

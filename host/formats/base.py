@@ -152,6 +152,12 @@ class ModelFormat(Protocol):
         """Quantizes as :meth:`quantize` does, and keeps what that calibration found: the returned graph
         writes every trial model of a fix search or sensitivity sweep without calibrating again."""
 
+    def bias_corrected(self, graph: TrialGraph, out_path: Path,
+                       calibration: Mapping[str, np.ndarray]) -> TrialGraph | None:
+        """A copy of ``graph`` at ``out_path`` whose biases are corrected for its weights' mean output shift
+        (:mod:`~qbench.host.quantize.bias_correction`), its ranges unchanged; None when the format's
+        quantizer has no such correction."""
+
     def output_structures(self, float_path: Path) -> dict[str, StructureRequest]:
         """What the agent measures of each float output's structure, by output name (the verdicts' figures)."""
 

@@ -10,6 +10,7 @@ named by its ``onnxruntime.quantization.QuantType`` member).
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -23,6 +24,7 @@ from ..errors import UserError
 from ..models import ModelInfo, inspect_model
 from ..quantize import onnx as onnx_quant
 from ..quantize import reduce_range
+from ..quantize.bias_correction import correct_file
 from ..quantize.equalize import equalize_file
 from ..quantize.kernels import int8_kernels
 from ..quantize.prepare import Prepared, prepare_float
@@ -86,6 +88,10 @@ class OnnxFormat:
             onnx_quant.quantize_onnx(float_path, int8_path, calibration(), method=s.calibration_method,
                                      activation_type=s.activation_type, per_channel=s.per_channel,
                                      reduce_range=s.reduce_range, debug=s.debug)
+            if s.bias_correction:
+                state.bias_correction = correct_file(int8_path, float_path, calibration())
+                ui.note(_bias_note(state.bias_correction))
+                state.notes.append(_bias_note(state.bias_correction))
             state.int8_info = inspect_model(int8_path)
         _analyze_kernels(state, int8_path)
         state.stage = "match"
@@ -153,16 +159,27 @@ class OnnxFormat:
             "reduce_range": base.reduce_range,
             "nodes_to_exclude": [],
             "tensor_overrides": {},
+            "bias_correction": base.bias_correction,
         }
 
     def quantize(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
                  debug: bool) -> Path:
-        return onnx_quant.quantize_onnx(
+        path = onnx_quant.quantize_onnx(
             settings["float_path"], out_path, calibration, method=settings["method"],
             activation_type=settings["activation_type"], per_channel=settings["per_channel"],
             reduce_range=bool(settings.get("reduce_range")), nodes_to_exclude=settings["nodes_to_exclude"],
             tensor_overrides=_ort_overrides(settings["tensor_overrides"]), debug=debug,
         )
+        if settings.get("bias_correction"):
+            correct_file(path, Path(settings["float_path"]), calibration)
+        return path
+
+    def bias_corrected(self, graph: QdqGraph, out_path: Path, calibration: Mapping[str, np.ndarray]) -> QdqGraph:
+        """A copy of ``graph``'s model with corrected biases (quantize.bias_correction); the same ranges."""
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(graph.path, out_path)
+        correct_file(out_path, graph.float_path, calibration)
+        return QdqGraph(out_path, graph.float_path)
 
     def calibrated(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
                    debug: bool) -> QdqGraph:
@@ -190,6 +207,12 @@ def _analyze_kernels(state: RunState, int8_path: Path) -> None:
             return None
 
     state.int8_kernels = Deferred(analyze)
+
+
+def _bias_note(section: Mapping[str, Any]) -> str:
+    skipped = f", {len(section['skipped'])} left as they were (report.json)" if section["skipped"] else ""
+    return (f"bias correction: {section['layers']} layer(s) corrected by their int8 weights' mean output shift "
+            f"over {section['samples']} calibration samples{skipped}")
 
 
 def _ort_overrides(overrides: Mapping[str, list[dict[str, str]]]) -> dict | None:

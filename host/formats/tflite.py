@@ -71,9 +71,10 @@ class TFLiteFormat:
         if not isinstance(settings.runner, LiteRTRunnerConfig):
             raise UserError(f"a TFLite model runs on LiteRT, not with a {settings.runner.runtime} runner")
         refuse([option for option, given in (("--equalize", settings.equalize),
+                                             ("--bias-correction", settings.bias_correction),
                                              ("--per-tensor", not settings.per_channel),
                                              ("--reduce-range", settings.reduce_range)) if given],
-               "TFLite", "ai-edge-quantizer quantizes weights per channel and does not equalize")
+               "TFLite", "ai-edge-quantizer quantizes weights per channel, and neither equalizes nor corrects biases")
         if settings.activation_type not in RECIPES:
             raise UserError(f"--activation-type for a TFLite model is int8 or int16, not {settings.activation_type!r}")
         tflite_quant.check_method(settings.calibration_method)
@@ -180,6 +181,9 @@ class TFLiteFormat:
         qsvs = tflite_quant.calibrate_prepared(prepared, float_path.name, calibration, recipe, settings["ranges"], debug)
         path = tflite_quant.quantize_calibrated(prepared, float_path.name, out_path, recipe, qsvs, debug)
         return RecipeGraph(prepared, float_path.name, settings["recipe"], settings["method"], qsvs, path, debug)
+
+    def bias_corrected(self, graph: RecipeGraph, out_path: Path, calibration: Mapping[str, np.ndarray]) -> None:
+        return None  # ai-edge-quantizer has no bias correction
 
     def output_structures(self, float_path: Path) -> dict[str, StructureRequest]:
         return tflite_output_structures(float_path)

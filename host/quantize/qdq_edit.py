@@ -74,7 +74,7 @@ class QdqGraph:
         import onnx
 
         self.path = Path(int8_path)
-
+        self.float_path = Path(float_path)
         self.model = onnx.load(str(int8_path))
         self.float_model = onnx.load(str(float_path))
         restore_gates(self.model, self.float_model)

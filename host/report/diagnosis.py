@@ -1,4 +1,5 @@
-"""The diagnosis sections of report.json: weight error, the sensitive-layer ranking, equalization."""
+"""The diagnosis sections of report.json: weight error, the sensitive-layer ranking, equalization,
+bias correction."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from . import prefetch
 
 
 def add_diagnosis(report: dict[str, Any], state: RunState) -> None:
-    """Adds ``weights`` (unless :func:`add_weights` did), ``sensitive_layers`` and ``equalization``."""
+    """Adds ``weights`` (unless :func:`add_weights` did), ``sensitive_layers``, ``equalization`` and ``bias_correction``."""
     layers = report.get("layers", [])
     if "weights" not in report and "weights_error" not in report:
         add_weights(report, state)
@@ -18,6 +19,8 @@ def add_diagnosis(report: dict[str, Any], state: RunState) -> None:
         report["sensitive_layers"] = sensitivity.rank_sensitive(layers, report.get("weights"))
     if state.equalization is not None:
         report["equalization"] = state.equalization
+    if state.bias_correction is not None:
+        report["bias_correction"] = state.bias_correction
 
 
 def add_weights(report: dict[str, Any], state: RunState) -> None:
