@@ -57,6 +57,7 @@ test: $(STAMP) system-deps models openvino
 bench: $(STAMP) models
 	$(BIN)/python -m benchmarks.run_all
 	$(BIN)/python -m benchmarks.int8_coverage
+	$(BIN)/python -m benchmarks.bias_correction
 
 clean:
 	rm -rf $(VENV) $(OPENVINO_ENV) demo qbench-out
