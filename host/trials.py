@@ -171,7 +171,7 @@ class Trials:
         first = self._float_benchmark is None
         settings = dataclasses.replace(
             self.base, model=self.prepared.path, int8=Path(int8_path), out_dir=Path(out_dir), user_model=self.base.model,
-            calibration_method=method, time_float=first, equalize=False,
+            calibration_method=method, time_float=first, equalize=False, bias_correction=False,
             runner=dataclasses.replace(self.base.runner),
         )
         self.ui.label = label

@@ -158,6 +158,22 @@ def test_fix_takes_the_bias_correction_when_it_meets_the_target_all_int8(offset_
     assert "minmax calibration with bias correction" in proc.stdout
 
 
+def test_fix_with_bias_correction_given_corrects_every_variant_once(offset_pair, agent_cache):
+    tmp, model, calibration, plain, corrected, _ = offset_pair
+    x = offset_samples(8, seed=2)
+    np.savez(tmp / "eval.npz", x=x)
+    np.savez(tmp / "calib.npz", **calibration)
+    proc = qbench("fix", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--target-psnr", "1",
+                  "--methods", "minmax", "--bias-correction", "--out", "fixed", *FAST, cwd=tmp, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    section = load_report(tmp / "fixed")["fix"]
+    [row] = section["methods"]  # no second correction of the corrected model
+    assert section["settings"]["bias_correction"] and not row["bias_correction"]
+    # corrected once: the figure of quantize + correct_file, not that of a second correction on top
+    assert row["output_psnr_db"] == pytest.approx(_psnr(corrected, model, x), abs=0.05)
+    assert _psnr(tmp / row["model"], model, x) > _psnr(plain, model, x) + 3
+
+
 @pytest.mark.slow
 def test_bias_correction_repairs_a_published_wake_word_head(tmp_path):
     """oww-hey-jarvis: its first Gemm's weights times the embeddings' offsets are the damage (README)."""

@@ -43,8 +43,7 @@ _SKIPPED = ("MatMul", "ConvTranspose")
 @dataclass
 class _Layer:
     node: Any  # the weighted op of the QDQ graph
-    weight: np.ndarray  # the float model's weights
-    delta: np.ndarray  # dequantized int8 weights minus ``weight``
+    delta: np.ndarray  # dequantized int8 weights minus the float model's
     bias: Any  # the int32 bias initializer
     bias_scale: np.ndarray
     input: str  # the float model's tensor the layer reads
@@ -56,8 +55,8 @@ def correct_biases(model, float_model, calibration: Mapping[str, np.ndarray]) ->
 
     Returns:
         the report's ``bias_correction`` section: ``layers`` (corrected), ``skipped`` (weighted ops
-        left as they were, with why), ``largest`` (the five largest shifts relative to the bias:
-        layer, max |shift|, max |b|).
+        left as they were, with why), ``largest`` (the five layers of the largest shifts: layer,
+        max |shift|, max |b|), ``samples``.
     """
     layers, skipped = _layers(model, float_model)
     means = _input_means(float_model, [layer.input for layer in layers], calibration)
@@ -113,7 +112,7 @@ def _layers(model, float_model) -> tuple[list[_Layer], list[dict[str, str]]]:
             skipped.append({"layer": node.name, "why": why})
             continue
         weight = _array(float_inits[twin.input[1]]).astype(np.float64)
-        layers.append(_Layer(node, weight, _dequantized(weight_dq, inits) - weight, inits[bias_dq.input[0]],
+        layers.append(_Layer(node, _dequantized(weight_dq, inits) - weight, inits[bias_dq.input[0]],
                              _dequantized_scale(bias_dq, inits), twin.input[0]))
     return layers, skipped
 
