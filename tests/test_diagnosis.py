@@ -159,3 +159,44 @@ def test_a_sigmoid_in_its_exponential_tail_passes_error_on_and_is_not_the_culpri
     base = output_psnr(report["models"]["int8"]["path"])
     assert abs(output_psnr(graph.write(tmp_path / "y.onnx", float_tensors=["y"])) - base) < 1.0
     assert output_psnr(graph.write(tmp_path / "fc.onnx", float_tensors=["logits"], float_weights=["fc3"])) > base + 1
+
+
+def _account_by_hand(report: dict) -> tuple[float, float]:
+    """(SQNR lost from the first noisy layer to the worst output, the ranking's scores summed), from the report."""
+    entry = next(x["sqnr_db"] for x in report["layers"]
+                 if x.get("sqnr_db") is not None and not x.get("exact") and x["sqnr_db"] < 90)
+    worst = min(o["sqnr_db"] for o in report["outputs"])
+    return entry - worst, sum(x["score"] for x in report["sensitive_layers"])
+
+
+def test_a_ranking_that_explains_the_output_says_nothing_more(outlier_run):
+    report, _, _, proc = outlier_run
+    lost, scores = _account_by_hand(report)
+    account = report["ranking_account"]
+    assert account["sqnr_lost_db"] == pytest.approx(lost, abs=1e-3) and account["scores_db"] == pytest.approx(scores, abs=1e-3)
+    assert account["explains"] and scores >= 0.75 * lost
+    assert "ranking:" not in proc.stdout
+
+
+def test_a_ranking_that_does_not_explain_the_output_says_so(tmp_path, agent_cache):
+    """Gemms on features each on its own offset, into a Sigmoid's exponential tail: the weights' mean shift and
+    the tail's magnification make the output's error, and no layer's own drop adds up to it."""
+    model = build_sigmoid_tail(tmp_path / "tail.onnx")
+
+    def features(count: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return (3 + np.linspace(-2, 2, 64) + 0.5 * rng.standard_normal((count, 1, 64))).astype(np.float32)
+
+    np.savez(tmp_path / "eval.npz", x=features(16, 2))
+    np.savez(tmp_path / "calib.npz", x=features(32, 1))
+    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
+                  "--accuracy-only", cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp_path / "out")
+    lost, scores = _account_by_hand(report)
+    account = report["ranking_account"]
+    assert account["sqnr_lost_db"] == pytest.approx(lost, abs=1e-3) and lost > 10
+    assert not account["explains"] and scores < 0.75 * lost
+    assert "ranking: the sensitive layers' own errors add up to" in " ".join(proc.stdout.split())
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "the sensitive layers&#x27; own errors add up to" in html or "the sensitive layers' own errors add up to" in html

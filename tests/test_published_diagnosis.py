@@ -89,6 +89,7 @@ def test_ppocr_det_drops_and_ranking_point_where_sqnr_falls(tmp_path, agent_cach
     order = report["layers"]
     assert order[0]["sqnr_db"] > 35 and min(x["sqnr_db"] for x in order[:20] if x.get("sqnr_db") is not None) < 10
     assert top5[0]["index"] < 20 and sum(x["index"] < 60 for x in top5) >= 4
+    assert report["ranking_account"]["explains"]  # the scores add up to the SQNR lost (2.9x, README)
 
 
 def test_speech_embedding_behind_an_offset_input_blames_its_first_conv(tmp_path, agent_cache):
@@ -112,3 +113,17 @@ def test_speech_embedding_behind_an_offset_input_blames_its_first_conv(tmp_path,
     repaired = {i: output_psnr(graph.write(tmp_path / f"conv{i}.onnx", float_weights=[convs[i].name]))
                 for i in (0, 1, len(convs) // 2, len(convs) - 1)}
     assert max(repaired, key=repaired.get) == 0 and repaired[0] > report["outputs"][0]["psnr_db"] + 1
+
+
+def test_wake_word_head_whose_ranking_does_not_explain_its_output_says_so(tmp_path, agent_cache):
+    """oww-hey-jarvis (4 calibration windows): the sweep's worst block is the final Gemm's (README), the ranking's
+    top the second Gemm; the ranking's scores add up to half the SQNR lost, and the run says so."""
+    _, _, proc, report = _published_run("oww-hey-jarvis", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    account = report["ranking_account"]
+    entry = next(x for x in report["layers"] if x.get("sqnr_db") is not None and not x.get("exact") and x["sqnr_db"] < 90)
+    assert account["entry_layer"] == entry["name"]
+    assert account["sqnr_lost_db"] == pytest.approx(entry["sqnr_db"] - min(o["sqnr_db"] for o in report["outputs"]), abs=1e-3)
+    assert account["scores_db"] == pytest.approx(sum(x["score"] for x in report["sensitive_layers"]), abs=1e-3)
+    assert not account["explains"] and account["sqnr_lost_db"] > 10
+    assert "ranking: the sensitive layers' own errors add up to" in " ".join(proc.stdout.split())

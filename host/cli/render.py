@@ -140,18 +140,20 @@ def _render_nonfinite(names: list[str], by_name: dict[str, Any], console: Consol
 
 
 def _render_sensitive(report: dict[str, Any], by_name: dict[str, Any], console: Console) -> None:
-    """The top of the sensitive-layer ranking, with its reasons (the full list is in report.json)."""
+    """The top of the sensitive-layer ranking, with its reasons (the full list is in report.json), and what
+    it does not explain."""
     ranked = [x for x in report.get("sensitive_layers", []) if x["score"] > 0]
-    if not ranked:
-        return
-    table = Table(title="sensitive layers (score: dB the layer adds itself)", header_style="bold")
-    for col in ("#", "layer", "op", "PSNR", "SQNR", "score", "why"):
-        table.add_column(col, justify="left" if col in ("layer", "op", "why") else "right", no_wrap=col == "layer")
-    for x in ranked[: max(report.get("settings", {}).get("worst", 5), 1)]:
-        index = by_name.get(x["name"], {}).get("index")
-        table.add_row("" if index is None else str(index), short_name(x["name"]), x["op_type"] or "", _db(x.get("psnr_db")), _db(x.get("sqnr_db")), f"{x['score']:.1f}",
-                      "; ".join(x["reasons"]))
-    console.print(table)
+    if ranked:
+        table = Table(title="sensitive layers (score: dB the layer adds itself)", header_style="bold")
+        for col in ("#", "layer", "op", "PSNR", "SQNR", "score", "why"):
+            table.add_column(col, justify="left" if col in ("layer", "op", "why") else "right", no_wrap=col == "layer")
+        for x in ranked[: max(report.get("settings", {}).get("worst", 5), 1)]:
+            index = by_name.get(x["name"], {}).get("index")
+            table.add_row("" if index is None else str(index), short_name(x["name"]), x["op_type"] or "", _db(x.get("psnr_db")), _db(x.get("sqnr_db")), f"{x['score']:.1f}",
+                          "; ".join(x["reasons"]))
+        console.print(table)
+    for line in alerts.ranking_unexplained(report):
+        console.print(f"[bold yellow]ranking:[/] {escape(line)}")
 
 
 class RichUI(UI):

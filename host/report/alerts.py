@@ -13,6 +13,10 @@
   ARM or VNNI CPU's; 7-bit weights (``--reduce-range``) avoid it. qbench takes them itself for such a
   device (``--reduce-range`` auto), so the warning is for the int8 models it did not quantize so:
   ``--no-reduce-range``, ``--int8`` (the user's own), ``compare``'s shared pair.
+* A ranking that does not explain the output: the sensitive layers' scores add up to less than half of the
+  SQNR lost between where noise enters and the worst output (``ranking_account``, see
+  :func:`qbench.host.compare.sensitivity.account`), so no layer's own error accounts for the damage and the
+  ranking's top is not where it is; the device sweep measures it.
 * int8 slower than float: the speedup (``latency.speedup``) is below 1. Where the device profiled both models
   (``profile.families``), the warning says which computations took more kernel time in int8, so that a slow
   int8 model is told apart from int8 that does not pay: the kernels that grew (a convolution slower as an
@@ -93,10 +97,24 @@ def int8_slower(report: Mapping[str, Any]) -> list[str]:
     return [f"{head}: {kernels}; most of it added by {', '.join(parts)} (report.json profile.families)."]
 
 
+def ranking_unexplained(report: Mapping[str, Any]) -> list[str]:
+    """The warning for a sensitive-layer ranking whose scores do not account for the output's error."""
+    account = report.get("ranking_account") or {}
+    if not account or account.get("explains"):
+        return []
+    return [f"the sensitive layers' own errors add up to {account['scores_db']:.1f} dB of the "
+            f"{account['sqnr_lost_db']:.1f} dB SQNR lost between where quantization noise enters "
+            f"({account['entry_layer']}, {account['entry_sqnr_db']:.1f} dB) and the worst output ({account['output_sqnr_db']:.1f} dB): the damage comes from how errors propagate and "
+            "combine (an op that magnifies them, a mean shift, errors that cancel), which per-layer figures do not "
+            "show, so the ranking's top need not be where the damage is; qbench sensitivity measures each block "
+            "on the device, and qbench fix repairs from it (bias correction included)."]
+
+
 def run_warnings(report: Mapping[str, Any]) -> list[str]:
     """Every warning of this module for ``report``: random calibration, int16 saturation, int8 slower than float,
-    noisy timings."""
-    return random_calibration(report) + int16_saturation(report) + int8_slower(report) + noisy_timings(report)
+    noisy timings, a ranking that does not explain the output."""
+    return (random_calibration(report) + int16_saturation(report) + int8_slower(report) + noisy_timings(report)
+            + ranking_unexplained(report))
 
 
 def plain_notes(report: Mapping[str, Any]) -> list[str]:

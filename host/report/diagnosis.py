@@ -11,12 +11,16 @@ from . import prefetch
 
 
 def add_diagnosis(report: dict[str, Any], state: RunState) -> None:
-    """Adds ``weights`` (unless :func:`add_weights` did), ``sensitive_layers``, ``equalization`` and ``bias_correction``."""
+    """Adds ``weights`` (unless :func:`add_weights` did), ``sensitive_layers``, ``ranking_account``,
+    ``equalization`` and ``bias_correction``."""
     layers = report.get("layers", [])
     if "weights" not in report and "weights_error" not in report:
         add_weights(report, state)
     if layers:
         report["sensitive_layers"] = sensitivity.rank_sensitive(layers, report.get("weights"))
+        ranking = sensitivity.account(layers, report.get("outputs", []), report["sensitive_layers"])
+        if ranking is not None:
+            report["ranking_account"] = ranking
     if state.equalization is not None:
         report["equalization"] = state.equalization
     if state.bias_correction is not None:
