@@ -36,6 +36,7 @@ from .compare.output_quant import int8_output_qparams
 from .errors import RunFailed, UserError
 from .finish import COMPARE_JSON, record_published, write_compare, write_run
 from .inventory import Device, load_inventory
+from .ranking_sweep import measure_if_unexplained
 from .run_state import INTERRUPTED, UI, RunSettings
 from .fix_target import Target
 from .repair import FAMILIES, Repair, check_names
@@ -95,7 +96,9 @@ def run(model: PathLike, device: str = "local", int8: Optional[PathLike] = None,
     runner = runner_for(Path(model), dev, opts, providers, delegate)
     with _folder(opts, out) as keep:
         settings = _settings(opts, model, device, runner)
-        state = session.run(settings, transport_for(dev, opts.accept_new_host, opts.lab(inventory)), _WarningsUI())
+        ui = _WarningsUI()
+        state = session.run(settings, transport_for(dev, opts.accept_new_host, opts.lab(inventory)), ui)
+        measure_if_unexplained(state, lambda: transport_for(dev, opts.accept_new_host, opts.lab(inventory)), ui)
         finished = write_run(state, dev, opts.gates(), _store(db), write=keep)
     report = Report.from_dict(finished.report, finished.path, finished.run_id)
     if state.error:

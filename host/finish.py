@@ -49,7 +49,7 @@ def write_run(state: RunState, device: Device, gates: Gates, store: Optional[Res
               write: bool = True) -> FinishedRun:
     """The report of ``state``; written with its artifacts into the run's directory unless ``write`` is False,
     recorded in ``store`` (when given) if complete or interrupted, and checked against ``gates``."""
-    report = build_report(state)
+    report = state.report if state.report is not None else build_report(state)
     report["device"]["emulated"] = bool(device.emulation)
     report["gates"] = gates.to_dict()
     text, compact = json_text.encode(report)  # report.json's and the database's copy: the numbers written once

@@ -164,6 +164,7 @@ class Sensitivity:
     rows: list[dict[str, Any]] = field(default_factory=list)
     only: dict[str, list[list[float]]] = field(default_factory=dict)  # precision -> per block, per output MSE
     peaks: list[float] = field(default_factory=list)
+    figures: tuple[str, ...] = ()  # of SWEEPS, those measured (the others are null in the rows)
 
     def predict(self, config: Config) -> float:
         """Predicted output PSNR of ``config``: per output, peak² over the sum of its blocks' "only" MSEs."""
@@ -176,7 +177,7 @@ class Sensitivity:
         return worst
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline_psnr_db": _num(self.baseline.psnr_db), "blocks": self.rows}
+        return {"baseline_psnr_db": _num(self.baseline.psnr_db), "figures": list(self.figures), "blocks": self.rows}
 
 
 SWEEPS = ("only_int8", "only_int16", "keep_float")
@@ -198,7 +199,8 @@ def sweep(trials: EditTrials, progress: Callable[[str], None] = lambda _: None,
     progress(f"sensitivity: {len(configs)} trials over {len(blocks)} blocks")
     results = [f for _, f in trials.measure(configs)]
     baseline = results[0]
-    result = Sensitivity(baseline, blocks, peaks=[o["peak"] for o in baseline.outputs], only={"int8": [], "int16": []})
+    result = Sensitivity(baseline, blocks, peaks=[o["peak"] for o in baseline.outputs], only={"int8": [], "int16": []},
+                         figures=tuple(figures))
     for b in blocks:
         got = dict(zip(figures, results[1 + len(figures) * b.index: 1 + len(figures) * (b.index + 1)]))
         for precision in ("int8", "int16"):

@@ -63,7 +63,7 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
         agent.abandon()
         raise
     try:
-        inputs = _samples(state, ui)
+        inputs = state.samples = _samples(state, ui)
     except KeyboardInterrupt:
         return _interrupted(state, agent)
     except BaseException:

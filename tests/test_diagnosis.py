@@ -197,6 +197,38 @@ def test_a_ranking_that_does_not_explain_the_output_says_so(tmp_path, agent_cach
     account = report["ranking_account"]
     assert account["sqnr_lost_db"] == pytest.approx(lost, abs=1e-3) and lost > 10
     assert not account["explains"] and scores < 0.75 * lost
-    assert "ranking: the sensitive layers' own errors add up to" in " ".join(proc.stdout.split())
+    printed = " ".join(proc.stdout.split())
+    assert "ranking: the sensitive layers' own errors add up to" in printed
     html = (tmp_path / "out" / "report.html").read_text()
     assert "the sensitive layers&#x27; own errors add up to" in html or "the sensitive layers' own errors add up to" in html
+    # so the run measured where the damage is: each block alone int8, each alone float, on the device
+    sweep = report["sensitivity"]
+    assert sweep["figures"] == ["only_int8", "keep_float"] and sweep["trials"] == 1 + 2 * len(sweep["blocks"])
+    worst = min(sweep["blocks"], key=lambda r: r["only_int8_psnr_db"])
+    measured = account["measured"]
+    assert (measured["block"], measured["only_int8_psnr_db"]) == (worst["block"], worst["only_int8_psnr_db"])
+    assert f"block {worst['block']} ({worst['first_op']} .. {worst['last_op']}" in printed
+    reference = _run_outputs(model, tmp_path / "eval.npz")
+    figures = [_psnr_of(reference, _run_outputs(path, tmp_path / "eval.npz"))
+               for path in sorted((tmp_path / "out" / "ranking_sweep").glob("trial-*.onnx"))]
+    assert min(abs(f - worst["only_int8_psnr_db"]) for f in figures) < 1e-3  # plain ONNX Runtime agrees
+    # a given int8 model is not swept: the run says what measures it
+    given = qbench("run", str(model), "--int8", str(tmp_path / "out" / "model.int8.onnx"), "--data", "eval.npz",
+                   "--out", "given", "--accuracy-only", cwd=tmp_path, cache=agent_cache)
+    assert given.returncode == 0, given.stderr
+    again = load_report(tmp_path / "given")
+    assert "sensitivity" not in again and again["ranking_account"]["measured"]["skipped"].startswith("not measured")
+    assert "qbench sensitivity measures each block on the device (not measured in this run" in " ".join(given.stdout.split())
+
+
+def _run_outputs(path, data) -> np.ndarray:
+    x = np.load(data)["x"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {"x": s})[0] for s in x]).astype(np.float64)
+
+
+def _psnr_of(reference: np.ndarray, values: np.ndarray) -> float:
+    """The README's PSNR: peak = max|float|, pooled over the samples."""
+    return float(10 * np.log10(np.abs(reference).max() ** 2 / np.mean((values - reference) ** 2)))

@@ -117,7 +117,7 @@ def test_speech_embedding_behind_an_offset_input_blames_its_first_conv(tmp_path,
 
 def test_wake_word_head_whose_ranking_does_not_explain_its_output_says_so(tmp_path, agent_cache):
     """oww-hey-jarvis (4 calibration windows): the sweep's worst block is the final Gemm's (README), the ranking's
-    top the second Gemm; the ranking's scores add up to half the SQNR lost, and the run says so."""
+    top the second Gemm; the ranking's scores add up to half the SQNR lost, and the run says so and measures."""
     _, _, proc, report = _published_run("oww-hey-jarvis", tmp_path, agent_cache)
     assert proc.returncode == 0, proc.stderr
     account = report["ranking_account"]
@@ -127,3 +127,5 @@ def test_wake_word_head_whose_ranking_does_not_explain_its_output_says_so(tmp_pa
     assert account["scores_db"] == pytest.approx(sum(x["score"] for x in report["sensitive_layers"]), abs=1e-3)
     assert not account["explains"] and account["sqnr_lost_db"] > 10
     assert "ranking: the sensitive layers' own errors add up to" in " ".join(proc.stdout.split())
+    # so the run measured: the final Gemm's block, as `qbench sensitivity --blocks 8` finds it (README)
+    assert account["measured"]["first_op"] == "Gemm_27" and account["measured"]["keep_float_gain_db"] > 5

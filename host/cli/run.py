@@ -14,6 +14,7 @@ from .. import gates
 from ..errors import UserError
 from ..finish import write_run
 from ..inventory import load_inventory
+from ..ranking_sweep import measure_if_unexplained
 from ..session import run as run_session
 from ..store.db import ResultsStore
 from ..targets import run_retrying
@@ -24,6 +25,7 @@ from .main import app
 from ..run_options import DEVICE, RunOptions, runner_for
 from .options import device_option, with_run_options
 from .render import RichUI, render_report
+from .sensitivity import render_sensitivity
 
 
 @app.command()
@@ -48,6 +50,7 @@ def run(
     settings = opts.settings(model, device, runner, main.DEBUG)
     try:
         state = run_retrying(lambda on: run_session(settings, on, ui), transport)
+        measure_if_unexplained(state, lambda: transport_for(dev, opts.accept_new_host, opts.lab(inventory)), ui)
     finally:
         ui.close()
     result = write_run(state, dev, opts.gates(), ResultsStore(opts.db))
@@ -62,6 +65,8 @@ def run(
                           **({"error": report["error"]} if "error" in report else {})}))
     else:
         render_report(report, Console())
+        if "sensitivity" in report:  # measured by ranking_sweep
+            render_sensitivity(report["sensitivity"], Console())
         for check in checks:
             Console(stderr=True).print(f"[bold red]gate failed:[/] {check.message}")
         lines = [f"report: {path} ({', '.join(p.name for p in written.values())})"]

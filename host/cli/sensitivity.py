@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import gates
-from ..sensitivity_sweep import measure
+from ..sensitivity_sweep import SWEEPS, measure
 from .main import app
 from ..run_options import RunOptions
 from .options import device_option, with_run_options
@@ -57,9 +57,14 @@ def render_sensitivity(section: dict[str, Any], console: Console) -> None:
         value = row["only_int8_psnr_db"]
         return float("inf") if value is None else value
 
+    measured = set(section.get("figures") or SWEEPS)
+
+    def cell(row: dict[str, Any], name: str) -> str:
+        return _db(row[f"{name}_psnr_db"]) if name in measured else "–"  # not measured, not exact
+
     for row in sorted(section["blocks"], key=damage):
-        table.add_row(str(row["block"]), str(row["ops"]), row["label"], _db(row["only_int8_psnr_db"]),
-                      _db(row["only_int16_psnr_db"]), _db(row["keep_float_psnr_db"]), fmt(row["gain_db"], signed=True))
+        table.add_row(str(row["block"]), str(row["ops"]), row["label"], cell(row, "only_int8"), cell(row, "only_int16"),
+                      cell(row, "keep_float"), fmt(row["gain_db"], signed=True) if "keep_float" in measured else "–")
     console.print(table)
     found = section.get("bisect")
     if found:

@@ -152,6 +152,11 @@ class ModelFormat(Protocol):
         """Quantizes as :meth:`quantize` does, and keeps what that calibration found: the returned graph
         writes every trial model of a fix search or sensitivity sweep without calibrating again."""
 
+    def run_trial_graph(self, state: RunState) -> TrialGraph | None:
+        """The trial graph of the int8 model a finished run made itself (no second calibration), for
+        measurements after the run; None when there is none (a user's own int8 model, or a format whose
+        trial graph needs the calibration's state, which a run does not keep)."""
+
     def bias_corrected(self, graph: TrialGraph, out_path: Path,
                        calibration: Mapping[str, np.ndarray]) -> TrialGraph | None:
         """A copy of ``graph`` at ``out_path`` whose biases are corrected for its weights' mean output shift

@@ -174,6 +174,11 @@ class OnnxFormat:
             correct_file(path, Path(settings["float_path"]), calibration)
         return path
 
+    def run_trial_graph(self, state: RunState) -> QdqGraph | None:
+        if state.settings.int8 is not None or state.int8_info is None or state.float_info is None:
+            return None
+        return QdqGraph(Path(state.int8_info.path), Path(state.float_info.path))
+
     def bias_corrected(self, graph: QdqGraph, out_path: Path, calibration: Mapping[str, np.ndarray]) -> QdqGraph:
         """A copy of ``graph``'s model with corrected biases (quantize.bias_correction); the same ranges."""
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -182,6 +182,9 @@ class TFLiteFormat:
         path = tflite_quant.quantize_calibrated(prepared, float_path.name, out_path, recipe, qsvs, debug)
         return RecipeGraph(prepared, float_path.name, settings["recipe"], settings["method"], qsvs, path, debug)
 
+    def run_trial_graph(self, state: RunState) -> None:
+        return None  # a RecipeGraph needs the calibration's QSVs (quantize.tflite_edit), which a run does not keep
+
     def bias_corrected(self, graph: RecipeGraph, out_path: Path, calibration: Mapping[str, np.ndarray]) -> None:
         return None  # ai-edge-quantizer has no bias correction
 

@@ -102,12 +102,23 @@ def ranking_unexplained(report: Mapping[str, Any]) -> list[str]:
     account = report.get("ranking_account") or {}
     if not account or account.get("explains"):
         return []
-    return [f"the sensitive layers' own errors add up to {account['scores_db']:.1f} dB of the "
+    head = (f"the sensitive layers' own errors add up to {account['scores_db']:.1f} dB of the "
             f"{account['sqnr_lost_db']:.1f} dB SQNR lost between where quantization noise enters "
-            f"({account['entry_layer']}, {account['entry_sqnr_db']:.1f} dB) and the worst output ({account['output_sqnr_db']:.1f} dB): the damage comes from how errors propagate and "
-            "combine (an op that magnifies them, a mean shift, errors that cancel), which per-layer figures do not "
-            "show, so the ranking's top need not be where the damage is; qbench sensitivity measures each block "
-            "on the device, and qbench fix repairs from it (bias correction included)."]
+            f"({account['entry_layer']}, {account['entry_sqnr_db']:.1f} dB) and the worst output "
+            f"({account['output_sqnr_db']:.1f} dB): the damage comes from how errors propagate and combine (an op "
+            "that magnifies them, a mean shift, errors that cancel), which per-layer figures do not show, so the "
+            "ranking's top need not be where the damage is")
+    measured = account.get("measured") or {}
+    if "block" in measured:
+        gain = measured["keep_float_gain_db"]
+        return [f"{head}. Measured on the device instead (report.json sensitivity): block {measured['block']} "
+                f"({measured['first_op']} .. {measured['last_op']}, {measured['ops']} ops) costs the output most, "
+                f"{measured['only_int8_psnr_db']:.2f} dB when it alone is int8"
+                + ("" if gain is None else f"; keeping it alone float changes the output by {gain:+.2f} dB")
+                + "; qbench fix repairs from such measurements (bias correction included)."]
+    why = f" ({measured['skipped']})" if "skipped" in measured else ""
+    return [f"{head}; qbench sensitivity measures each block on the device{why}, and qbench fix repairs from it "
+            "(bias correction included)."]
 
 
 def run_warnings(report: Mapping[str, Any]) -> list[str]:
