@@ -129,3 +129,18 @@ def test_wake_word_head_whose_ranking_does_not_explain_its_output_says_so(tmp_pa
     assert "ranking: the sensitive layers' own errors add up to" in " ".join(proc.stdout.split())
     # so the run measured: the final Gemm's block, as `qbench sensitivity --blocks 8` finds it (README)
     assert account["measured"]["first_op"] == "Gemm_27" and account["measured"]["keep_float_gain_db"] > 5
+
+
+def test_yolox_whose_objectness_its_boxes_outweigh_is_degraded(tmp_path, agent_cache):
+    """yolox-det [1, 3549, 6]: boxes, objectness, one class, in one value range. The output's pooled SQNR is above
+    20 dB, but objectness alone is far below: the verdict says so, per field, as plain ONNX Runtime measures it."""
+    _, x, proc, report = _published_run("yolox-det", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    [out] = report["outputs"]
+    [f] = _run_ort(report["models"]["float"]["path"], x)
+    [q] = _run_ort(tmp_path / "out" / "model.int8.onnx", x)
+    field_sqnr = 10 * np.log10((f ** 2).sum(axis=(0, 1)) / ((f - q) ** 2).sum(axis=(0, 1)))
+    assert out["slices"]["sqnr_db"] == pytest.approx(list(field_sqnr), abs=1e-3)
+    assert out["sqnr_db"] > 20 and field_sqnr[4] < 10  # objectness
+    assert out["verdict"] == "degraded" and any(r.startswith("field(s) along axis 2") and "4 (" in r
+                                                for r in out["reasons"])

@@ -72,6 +72,37 @@ def test_a_rarely_seen_class_alone_does_not_break_the_scores():
     assert verdicts.judge({"kind": "float", "sqnr_db": 40.0, **figures})[0] == "ok"
 
 
+def _fields(rng, n: int = 3549) -> np.ndarray:
+    """[1, n, 6] as YOLOX writes them: 4 box fields up to about 2.5, objectness and one class score up to 0.8."""
+    boxes = rng.normal(0, 1.0, (1, n, 4)).clip(-2.5, 2.5)
+    scores = 0.8 / (1 + np.exp(-rng.normal(-4, 2, (1, n, 2))))
+    return np.concatenate([boxes, scores], axis=2).astype(np.float32)
+
+
+def test_a_field_its_neighbours_outweigh_is_judged_on_its_own():
+    """Objectness ruined (SQNR about 5 dB) inside an output whose pooled SQNR is above 20 dB: degraded."""
+    rng = np.random.default_rng(3)
+    f = _fields(rng)
+    q = np.round(f * 255) / 255  # every field on a fine step ...
+    noise = rng.normal(0, 1, f[..., 4].shape) * np.sqrt(np.mean(f[..., 4] ** 2) / 10 ** 0.5)
+    q[..., 4] = f[..., 4] + noise  # ... but objectness at 5 dB SQNR
+    figures = verdicts.structure_figures(_reduce(StructureRequest(), [(f, q.astype(np.float32))]))
+    sliced = figures["slices"]
+    assert sliced["axis"] == 2 and sliced["count"] == 6 and not sliced["groups"]  # one value range
+    err = ((f.astype(np.float64) - q.astype(np.float32)) ** 2).sum(axis=(0, 1))
+    field_sqnr = 10 * np.log10((f.astype(np.float64) ** 2).sum(axis=(0, 1)) / err)
+    assert sliced["sqnr_db"][4] == pytest.approx(field_sqnr[4], abs=1e-3) and field_sqnr[4] < 6
+    pooled = 10 * np.log10((f.astype(np.float64) ** 2).sum() / err.sum())
+    assert pooled > 20  # the pooled figure alone would pass
+    verdict, reasons = verdicts.judge({"kind": "float", "sqnr_db": float(pooled), **figures})
+    assert verdict == "degraded" and reasons == [
+        f"field(s) along axis 2 below 20 dB SQNR on their own: 4 ({field_sqnr[4]:.1f} dB)"]
+    # the same with a fine step for objectness too: every field above 20 dB
+    q[..., 4] = np.round(f[..., 4] * 255) / 255
+    fine = verdicts.structure_figures(_reduce(StructureRequest(), [(f, q.astype(np.float32))]))
+    assert verdicts.judge({"kind": "float", "sqnr_db": 40.0, **fine}) == ("ok", [])
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
