@@ -63,8 +63,8 @@ device sweep and by-hand repairs: tests/test_published_diagnosis.py); on the sma
 heads, where the output's error comes from how the layers' errors combine (a mean shift carried
 through LayerNorms, a Sigmoid tail that magnifies, errors that cancel), 0.15x and 0.43x (hey-jarvis,
 alexa: 32 calibration windows) and 0.50x (hey-jarvis, 4 windows), and the ranking's top is not the
-sweep's worst block. There, only a measurement on the device (``qbench sensitivity``, ``qbench fix``)
-says where the damage is.
+sweep's worst block. There, only a measurement on the device says where the damage is, which
+``qbench run`` then makes itself (:mod:`qbench.host.ranking_sweep`).
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@
   ARM or VNNI CPU's; 7-bit weights (``--reduce-range``) avoid it. qbench takes them itself for such a
   device (``--reduce-range`` auto), so the warning is for the int8 models it did not quantize so:
   ``--no-reduce-range``, ``--int8`` (the user's own), ``compare``'s shared pair.
-* A ranking that does not explain the output: the sensitive layers' scores add up to less than half of the
+* A ranking that does not explain the output: the sensitive layers' scores add up to less than 0.75 of the
   SQNR lost between where noise enters and the worst output (``ranking_account``, see
   :func:`qbench.host.compare.sensitivity.account`), so no layer's own error accounts for the damage and the
-  ranking's top is not where it is; the device sweep measures it.
+  ranking's top need not be where it is; the warning names the block the run then measured worst
+  (:mod:`qbench.host.ranking_sweep`), or says why it did not measure.
 * int8 slower than float: the speedup (``latency.speedup``) is below 1. Where the device profiled both models
   (``profile.families``), the warning says which computations took more kernel time in int8, so that a slow
   int8 model is told apart from int8 that does not pay: the kernels that grew (a convolution slower as an
