@@ -210,6 +210,8 @@ def sweep(trials: EditTrials, progress: Callable[[str], None] = lambda _: None,
         result.rows.append({
             "block": b.index, "label": b.label, "ops": len(b.ops), "first_op": b.ops[0], "last_op": b.ops[-1],
             **{f"{name}_psnr_db": _num(got[name].psnr_db) if name in got else None for name in SWEEPS},
+            # the output verdicts of each trial: a field the pooled PSNR hides (verdicts) shows here
+            **{f"{name}_verdict": got[name].verdict if name in got else None for name in SWEEPS},
             "gain_db": _num(None if keep is None or keep.psnr_db is None or baseline.psnr_db is None
                             else keep.psnr_db - baseline.psnr_db),
         })
@@ -217,6 +219,16 @@ def sweep(trials: EditTrials, progress: Callable[[str], None] = lambda _: None,
         if errors:
             result.rows[-1]["errors"] = errors
     return result
+
+
+_SEVERITY = {"broken": 0, "degraded": 1}
+
+
+def damage(row: Mapping[str, Any]) -> tuple[int, float]:
+    """A sweep row's sort key, the most damaging first: its only-int8 verdict (broken, degraded, then the
+    rest), then its only-int8 output PSNR, lowest first (exact last)."""
+    value = row["only_int8_psnr_db"]
+    return _SEVERITY.get(row.get("only_int8_verdict"), 2), math.inf if value is None else value
 
 
 def _mses(figures: Figures) -> list[float]:
@@ -291,7 +303,8 @@ def measure(trials, blocks: int = 24, bisect_target: float | None = None, from_e
     graph = trials.calibrated(out / "quantized" / trials.int8_name, trials.settings(method))
     int8 = graph.path
     with Evaluator(trials.transport(), prepared.path, trials.eval_samples(), trials.base.runner,
-                   trials.base.timeout_s, trials.ui.progress) as evaluator:
+                   trials.base.timeout_s, trials.ui.progress,
+                   trials.format.output_structures(prepared.path)) as evaluator:  # each trial's verdicts too
         sweep_trials = EditTrials(graph, make_blocks(graph, blocks), evaluator, out / "trials")
         section = sweep(sweep_trials, say).to_dict()
         if bisect_target is not None:

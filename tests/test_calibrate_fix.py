@@ -233,6 +233,9 @@ def test_sensitivity_sweep_and_bisection(workdir, agent_cache):
     rows = {r["first_op"]: r for r in section["blocks"]}
     assert [r["ops"] for r in rows.values()] == [1] * len(rows)  # fewer ops than --blocks: one op per block
     assert min(rows.values(), key=lambda r: r["only_int8_psnr_db"])["first_op"] == "logits"
+    # each trial carries its verdicts, judged as its report would be (None would mean not judged)
+    assert {r["only_int8_verdict"] for r in rows.values()} <= {"ok", "degraded", "broken"}
+    assert {r["keep_float_verdict"] for r in rows.values()} <= {"ok", "degraded", "broken"}
     # one trial rebuilt here and measured with plain ORT: only `logits` int8, everything else float
     graph = QdqGraph(out / "quantized" / "model.int8.onnx", out / "float.prepared.onnx")
     (block,) = [op for op in graph.ops if op.name == "logits"]

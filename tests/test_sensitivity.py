@@ -118,3 +118,15 @@ def test_op_hints_add_to_a_measured_score_only():
 def test_missing_figures_count_nothing():
     layers = [_layer("float_op", op_type="Resize", psnr_db=None), _layer("bare")]
     assert rank_sensitive(layers) == []
+
+
+def test_sweep_rows_order_by_verdict_then_psnr():
+    """A block whose int8 alone makes an output degraded comes before one that only lowers the pooled PSNR."""
+    from qbench.host.sensitivity_sweep import damage
+
+    rows = [{"block": 0, "only_int8_psnr_db": 30.0, "only_int8_verdict": "ok"},
+            {"block": 1, "only_int8_psnr_db": None, "only_int8_verdict": "ok"},
+            {"block": 2, "only_int8_psnr_db": 45.0, "only_int8_verdict": "degraded"},
+            {"block": 3, "only_int8_psnr_db": 50.0, "only_int8_verdict": "broken"},
+            {"block": 4, "only_int8_psnr_db": 25.0}]  # a sweep from before verdicts: by PSNR
+    assert [r["block"] for r in sorted(rows, key=damage)] == [3, 2, 4, 0, 1]

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import gates
-from ..sensitivity_sweep import SWEEPS, measure
+from ..sensitivity_sweep import SWEEPS, damage, measure
 from .main import app
 from ..run_options import RunOptions
 from .options import device_option, with_run_options
@@ -46,21 +46,21 @@ def sensitivity(
 
 
 def render_sensitivity(section: dict[str, Any], console: Console) -> None:
-    """One row per block, the most damaging (lowest only-int8 PSNR) first; then the bisection, if any."""
+    """One row per block, the most damaging (worst only-int8 verdict, then lowest only-int8 PSNR) first; then the
+    bisection, if any."""
     table = Table(title=f"sensitivity per block ({section['method']} calibration, all-int8 output PSNR "
                         f"{fmt(section['baseline_psnr_db'])} dB; {section['trials']} trials on the device)",
                   header_style="bold")
     for column in ("block", "ops", "first .. last op", "only int8 dB", "only int16 dB", "keep float dB", "gain dB"):
         table.add_column(column, justify="left" if column == "first .. last op" else "right")
 
-    def damage(row: dict[str, Any]) -> float:
-        value = row["only_int8_psnr_db"]
-        return float("inf") if value is None else value
-
     measured = set(section.get("figures") or SWEEPS)
 
     def cell(row: dict[str, Any], name: str) -> str:
-        return _db(row[f"{name}_psnr_db"]) if name in measured else "–"  # not measured, not exact
+        if name not in measured:
+            return "–"  # not measured, not exact
+        verdict = row.get(f"{name}_verdict")
+        return _db(row[f"{name}_psnr_db"]) + (f" {verdict}" if verdict not in (None, "ok") else "")
 
     for row in sorted(section["blocks"], key=damage):
         table.add_row(str(row["block"]), str(row["ops"]), row["label"], cell(row, "only_int8"), cell(row, "only_int16"),

@@ -49,10 +49,10 @@ def _chart(rows: list[Mapping[str, Any]]) -> go.Figure:
 
 
 def _table(rows: list[Mapping[str, Any]]) -> str:
-    body = [(r["block"], r["ops"], r["label"], num_cell(r["only_int8_psnr_db"]), num_cell(r["only_int16_psnr_db"]),
-             num_cell(r["keep_float_psnr_db"]), num_cell(r["gain_db"])) for r in rows]
-    return table(("block", "ops", "first .. last op", "only int8 dB", "only int16 dB", "keep float dB", "gain dB"),
-                 body, sortable=True)
+    body = [(r["block"], r["ops"], r["label"], num_cell(r["only_int8_psnr_db"]), r.get("only_int8_verdict") or "",
+             num_cell(r["only_int16_psnr_db"]), num_cell(r["keep_float_psnr_db"]), num_cell(r["gain_db"])) for r in rows]
+    return table(("block", "ops", "first .. last op", "only int8 dB", "only int8 verdict", "only int16 dB",
+                  "keep float dB", "gain dB"), body, sortable=True)
 
 
 def _pareto(fix: Mapping[str, Any]) -> str:
