@@ -136,12 +136,20 @@ class Located:
     """Where a tensor of the user's model is in the graph ORT deploys.
 
     ``tensor``: the deployed graph's tensor with its values; ``to_original``: the axes that put it back in
-    the original layout (``numpy.transpose``), None when it already is (ORT's NHWC kernels write
-    channels last).
+    the original layout (``numpy.transpose``; :data:`CHANNELS_LAST` for a channels-last kernel's output,
+    whose rank only the values tell: :func:`original_axes`), None when it already is (ORT's NHWC kernels
+    write channels last).
     """
 
     tensor: str
     to_original: list[int] | None = None
+
+
+def original_axes(to_original: list[int], ndim: int) -> list[int]:
+    """The ``numpy.transpose`` axes of :attr:`Located.to_original` for a tensor of ``ndim`` dimensions."""
+    if to_original is CHANNELS_LAST:  # (N, spatial..., C) back to (N, C, spatial...): 1-D convolutions too
+        return [0, ndim - 1, *range(1, ndim - 1)]
+    return to_original
 
 
 def locate(original: list[Node], optimized: list[Node], names: list[str], interface: set[str] = frozenset()
@@ -185,7 +193,8 @@ def locate(original: list[Node], optimized: list[Node], names: list[str], interf
                 node = producer.get(where)
                 fused[name] = f"held in another layout by {node.op_type} {node.name}" if node else "in another layout"
             else:
-                found[name] = Located(where, None if axes is None else sorted(range(len(axes)), key=axes.__getitem__))
+                found[name] = Located(where, None if axes is None else axes if axes is CHANNELS_LAST
+                                      else sorted(range(len(axes)), key=axes.__getitem__))
             continue
         downstream = _first_downstream(name, consumers, image)
         if downstream is not None and downstream in producer:
@@ -268,6 +277,9 @@ def _twins(original: list[Node], optimized: list[Node]) -> dict[str, Node]:
 
 
 _UNKNOWN: list[int] = []  # a layout marker: permuted in a way not followed here
+#: a layout marker: a channels-last kernel's output, (N, spatial..., C), of a rank the graph does not say
+#: (NhwcConv of a Conv1d writes (N, L, C)); the first Transpose ORT puts after it, or the values, say
+CHANNELS_LAST: list[int] = [-1]
 #: ops that write their input's layout: element-wise ones, quantize/dequantize, and the rank-keeping ones whose
 #: axes ORT's transpose optimizer rewrites when it pushes a Transpose through them (Softmax axis 1 -> 3)
 _LAYOUT_KEEPING = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -293,24 +305,39 @@ def _layouts(optimized: list[Node], twins: dict[str, Node]) -> dict[str, list[in
     for node in optimized:  # ORT saves its graphs in topological order
         seen = [layout[i] for i in node.inputs if layout.get(i) is not None]
         if node.ints.get("channels_last") == [1] or node.op_type in _NHWC:
-            out = [0, 2, 3, 1]
+            out = CHANNELS_LAST
         elif node.op_type == "Transpose" and id(node) in made_here and "perm" in node.ints:
             axes = seen[0] if seen else None
-            if axes is _UNKNOWN:
+            perm = node.ints["perm"]
+            if axes is CHANNELS_LAST:  # the perm's length is the rank
+                axes = [0, *range(2, len(perm)), 1]
+            if axes is _UNKNOWN or (axes and len(axes) != len(perm)):
                 out = _UNKNOWN
             else:
-                perm = node.ints["perm"]
                 out = [(axes[p] if axes else p) for p in perm]
                 out = None if out == sorted(out) else out
         elif not seen:
             continue
-        elif _keeps_layout(node) and all(s is seen[0] or s == seen[0] for s in seen):
-            out = seen[0]
+        elif _keeps_layout(node) and _agreed(seen) is not None:
+            out = _agreed(seen)
         else:
             out = _UNKNOWN
         for name in node.outputs:
             layout[name] = out
     return layout
+
+
+def _agreed(seen: list[list[int]]) -> list[int] | None:
+    """The layout all of ``seen`` hold (a channels-last marker agrees with the explicit channels-last axes of
+    any rank), None when they differ or one is unknown."""
+    explicit = [s for s in seen if s is not CHANNELS_LAST]
+    if not explicit:
+        return CHANNELS_LAST
+    first = explicit[0]
+    if first is _UNKNOWN:
+        return None
+    last = [0, *range(2, len(first)), 1]
+    return first if all(s == first or (s is CHANNELS_LAST and first == last) for s in seen) else None
 
 
 def _keeps_layout(node: Node) -> bool:

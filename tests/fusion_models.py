@@ -94,3 +94,23 @@ def samples(count: int, seed: int = 0) -> np.ndarray:
     """Inputs in the int8 input's range ([-0.2, 2.3] for scale 0.0097, zero point -108)."""
     rng = np.random.default_rng(seed)
     return rng.uniform(-0.2, 2.3, (count, *INPUT_SHAPE)).astype(np.float32)
+
+
+def build_conv1d_float(path: Path, seed: int = 0) -> Path:
+    """x [1,4,64] -> Conv1d (8 filters of 3) -> Relu -> Conv1d (4 of 3) -> y: a speech model's front end
+    (silero VAD's encoder). Quantized, ORT's NHWC transformer runs both as channels-last QLinearConvs of 3-D
+    tensors, (N, L, C)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 4, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="conv2", pads=[1, 1])]
+    graph = helper.make_graph(nodes, "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = IR_VERSION
+    onnx.save(model, str(path))
+    return Path(path)

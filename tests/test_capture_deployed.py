@@ -107,10 +107,42 @@ def test_locate_maps_renamed_channels_last_and_shared_tensors_of_the_deployed_gr
     writer = {out: n for n in deployed for out in n.outputs}
     assert writer[found["x_q"].tensor].name == "x_quant" and found["x_q"].to_original is None  # renamed output
     assert writer[found["conv_q"].tensor].op_type == "QLinearConv"  # the QDQ unit's output, channels last
-    assert found["conv_q"].to_original == [0, 3, 1, 2]
+    assert onnx_graph.original_axes(found["conv_q"].to_original, 4) == [0, 3, 1, 2]
     assert found["y"].tensor == "y" and found["y"].to_original is None  # a model output keeps its layout
     assert fused["b"].startswith("fused into QLinearConv ")  # the bias lives inside the kernel
     assert fused["r_q"] == "held in another layout by QuantizeLinear relu_quant"
+
+
+def test_channels_last_one_d_convolutions_are_put_back_in_their_layout(tmp_path, agent_cache):
+    """A Conv1d's channels-last kernel writes (N, L, C): the capture transposes it back by the tensor's own rank
+    (it assumed 4-D and failed on silero VAD: "axes don't match array")."""
+    from qbench.host.quantize.onnx import quantize_onnx
+
+    model = fusion_models.build_conv1d_float(tmp_path / "c1d.onnx")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 1, 4, 64)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(8, 1, 4, 64)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=x)
+    int8 = quantize_onnx(model, tmp_path / "c1d.int8.onnx", dict(np.load(tmp_path / "calib.npz")))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "deployed.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    original, interface = onnx_graph.read_graph(int8.read_bytes())
+    deployed, _ = onnx_graph.read_graph((tmp_path / "deployed.onnx").read_bytes())
+    found, _ = onnx_graph.locate(original, deployed, [o for n in original for o in n.outputs], set(interface))
+    last = [name for name, loc in found.items() if loc.to_original is onnx_graph.CHANNELS_LAST]
+    assert last and onnx_graph.original_axes(found[last[0]].to_original, 3) == [0, 2, 1]  # the pattern is there
+    proc = qbench("run", str(model), "--int8", str(int8), "--data", "eval.npz", "--accuracy-only", "--out", "out",
+                  cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp_path / "out")
+    assert report["capture"]["fidelity_max_abs_diff"] == 0 and report["capture"]["passes"] == 1
+    f_sess, q_sess = plain_session(model), plain_session(int8)
+    f = np.concatenate([f_sess.run(None, {"x": s})[0] for s in x]).astype(np.float64)
+    q = np.concatenate([q_sess.run(None, {"x": s})[0] for s in x]).astype(np.float64)
+    expected = 10 * np.log10(np.abs(f).max() ** 2 / np.mean((f - q) ** 2))
+    assert report["outputs"][0]["psnr_db"] == pytest.approx(expected, abs=1e-3)
 
 
 # ---- a real published model through a real agent ------------------------------------------------------

@@ -184,7 +184,8 @@ class OnnxRuntimeRunner(Runner):
         out = {o.name: deployed[o.name] for o in self._own}
         for name, loc in self._located.items():  # the user's names, in the user's layout
             value = deployed[loc.tensor]
-            out[name] = value if loc.to_original is None else np.ascontiguousarray(value.transpose(loc.to_original))
+            out[name] = value if loc.to_original is None else np.ascontiguousarray(
+                value.transpose(onnx_graph.original_axes(loc.to_original, value.ndim)))
         return out
 
     def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int, on_run) -> list[OpTime]:
