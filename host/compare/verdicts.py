@@ -129,9 +129,10 @@ def _field_level(sliced: dict[str, Any]) -> list[tuple[str, str]]:
     if sliced["count"] > FIELDS:
         return []
     peaks, sqnrs = sliced["peak"], sliced["sqnr_db"]
-    # a group of one slice is judged as a group already
-    groups = [g["slices"] for g in sliced.get("groups") or [] if len(g["slices"]) > 1] if sliced.get("groups") \
-        else [list(range(sliced["count"]))]
+    if sliced.get("groups"):  # a group of one slice is judged as a group already
+        groups = [g["slices"] for g in sliced["groups"] if len(g["slices"]) > 1]
+    else:
+        groups = [list(range(sliced["count"]))]
     low = sorted(((sqnrs[i], i) for idx in groups for i in idx
                   if sqnrs[i] is not None and sqnrs[i] < DEGRADED_SQNR_DB
                   and peaks[i] * SPREAD >= max(peaks[j] for j in idx)))
