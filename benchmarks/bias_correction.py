@@ -25,6 +25,7 @@ import numpy as np
 
 from . import published
 from .fix_published import plain_psnr
+from .qbench_cli import QBENCH
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("oww-hey-jarvis", "oww-alexa", "oww-embedding", "ppocr-cls", "pplcnet-orientation", "ddddocr-rec",
@@ -37,7 +38,7 @@ SAMPLES = {"oww-hey-jarvis": (32, 16), "oww-alexa": (32, 16),
 
 
 def _run(model, folder: Path, out: str, *extra: str) -> dict:
-    cmd = [sys.executable, "-c", "from qbench.host.cli.main import main; main()", "run", str(model.path),
+    cmd = [QBENCH, "run", str(model.path),
            "--input-shape", model.input_shape, "--data", "eval.npz", "--calibration", "calib.npz", "--accuracy-only",
            "--histogram-bins", "0", "--quiet", "--json", "--out", out, *extra]
     start = time.perf_counter()

@@ -9,12 +9,12 @@ import shutil
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
 from cli import load_report, qbench
 from diagnosis_models import build_offset_input, build_sigmoid_tail, offset_samples
+from plain_ort import session as plain_session
 from published_models import fetched
 from qbench.host.quantize.bias_correction import correct_file
 from qbench.host.quantize.onnx import quantize_onnx
@@ -29,9 +29,7 @@ def _features(count: int, seed: int) -> np.ndarray:
 
 
 def _outputs(path, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = plain_session(path)
     return np.concatenate([session.run(None, {"x": s})[0] for s in x]).astype(np.float64)
 
 
@@ -186,11 +184,8 @@ def test_bias_correction_repairs_a_published_wake_word_head(tmp_path):
     correct_file(corrected, m.path, calibration)
 
     def psnr(path) -> float:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        runs = {p: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (m.path, path)}
-        f, q = (np.concatenate([s.run(None, {m.input_name: a})[0] for a in x]).astype(np.float64)
-                for s in runs.values())
+        f, q = (np.concatenate([plain_session(p).run(None, {m.input_name: a})[0] for a in x]).astype(np.float64)
+                for p in (m.path, path))
         return float(10 * np.log10(np.abs(f).max() ** 2 / np.mean((q - f) ** 2)))
 
     assert psnr(corrected) > psnr(plain) + 6

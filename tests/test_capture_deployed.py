@@ -95,14 +95,20 @@ def test_graph_reader_finds_nodes_and_attributes_of_a_built_model(tmp_path):
     assert next(n for n in nodes if n.name == "dwconv").ints["pads"] == [2, 2, 2, 2]
 
 
-def test_locate_maps_renamed_channels_last_and_shared_tensors_of_the_deployed_graph(tmp_path):
-    int8 = fusion_models.build_affine_dwconv_int8(tmp_path / "int8.onnx")
+def _deployed_graphs(int8, tmp_path):
+    """(the int8 model's nodes, its interface, the nodes of the graph ORT deploys for it), as the agent reads them."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.optimized_model_filepath = str(tmp_path / "deployed.onnx")
     ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
     original, interface = onnx_graph.read_graph(int8.read_bytes())
     deployed, _ = onnx_graph.read_graph((tmp_path / "deployed.onnx").read_bytes())
+    return original, interface, deployed
+
+
+def test_locate_maps_renamed_channels_last_and_shared_tensors_of_the_deployed_graph(tmp_path):
+    int8 = fusion_models.build_affine_dwconv_int8(tmp_path / "int8.onnx")
+    original, interface, deployed = _deployed_graphs(int8, tmp_path)
     found, fused = onnx_graph.locate(original, deployed, ["x_q", "a_q", "conv_q", "r_q", "y", "b"], set(interface))
     writer = {out: n for n in deployed for out in n.outputs}
     assert writer[found["x_q"].tensor].name == "x_quant" and found["x_q"].to_original is None  # renamed output
@@ -124,12 +130,7 @@ def test_channels_last_one_d_convolutions_are_put_back_in_their_layout(tmp_path,
     np.savez(tmp_path / "calib.npz", x=rng.normal(size=(8, 1, 4, 64)).astype(np.float32))
     np.savez(tmp_path / "eval.npz", x=x)
     int8 = quantize_onnx(model, tmp_path / "c1d.int8.onnx", dict(np.load(tmp_path / "calib.npz")))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.optimized_model_filepath = str(tmp_path / "deployed.onnx")
-    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
-    original, interface = onnx_graph.read_graph(int8.read_bytes())
-    deployed, _ = onnx_graph.read_graph((tmp_path / "deployed.onnx").read_bytes())
+    original, interface, deployed = _deployed_graphs(int8, tmp_path)
     found, _ = onnx_graph.locate(original, deployed, [o for n in original for o in n.outputs], set(interface))
     last = [name for name, loc in found.items() if loc.to_original is onnx_graph.CHANNELS_LAST]
     assert last and onnx_graph.original_axes(found[last[0]].to_original, 3) == [0, 2, 1]  # the pattern is there

@@ -15,6 +15,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from cli import load_report, qbench
+from plain_ort import session as plain_session
 from diagnosis_models import (build_offset_input, build_outlier_channel, build_sigmoid_tail, offset_samples,
                               outlier_samples)
 
@@ -223,9 +224,7 @@ def test_a_ranking_that_does_not_explain_the_output_says_so(tmp_path, agent_cach
 
 def _run_outputs(path, data) -> np.ndarray:
     x = np.load(data)["x"]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = plain_session(path)
     return np.concatenate([session.run(None, {"x": s})[0] for s in x]).astype(np.float64)
 
 

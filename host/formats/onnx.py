@@ -90,8 +90,9 @@ class OnnxFormat:
                                      reduce_range=s.reduce_range, debug=s.debug)
             if s.bias_correction:
                 state.bias_correction = correct_file(int8_path, float_path, calibration())
-                ui.note(_bias_note(state.bias_correction))
-                state.notes.append(_bias_note(state.bias_correction))
+                note = _bias_note(state.bias_correction)
+                ui.note(note)
+                state.notes.append(note)
             state.int8_info = inspect_model(int8_path)
         _analyze_kernels(state, int8_path)
         state.stage = "match"
