@@ -180,9 +180,15 @@ def locate(original: list[Node], optimized: list[Node], names: list[str], interf
     # when ORT cancelled a user's Transpose against one of its own: it is then not undone for any.
     shared = Counter(list(slots.values()) + [n for n in own if n not in slots])
     cancelled = any(n.op_type == "Transpose" and n.name not in twins for n in original)
+    levels_then = _holds_levels(original)
+    levels_now = _holds_levels(optimized)
     found, fused = {}, {}
     for name in names:
         where = image(name)
+        if where is not None and levels_now.get(where) and not levels_then.get(name):
+            fused[name] = (f"held as the int8 levels of {levels_now[where]}: ONNX Runtime moved that "
+                           f"quantization ahead of {producer[where].op_type} {producer[where].name}")
+            continue
         if where is not None:
             axes = layouts.get(where)
             if where in interface:
@@ -338,6 +344,30 @@ def _agreed(seen: list[list[int]]) -> list[int] | None:
         return None
     last = [0, *range(2, len(first)), 1]
     return first if all(s == first or (s is CHANNELS_LAST and first == last) for s in seen) else None
+
+
+#: ops that move or pick their first input's elements without computing on them: ORT runs them on int8
+#: levels as well as on floats, and moves a QuantizeLinear ahead of them (QDQ propagation)
+_MOVES_DATA = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather", "GatherElements",
+               "Concat", "Split", "Pad", "MaxPool", "NhwcMaxPool", "Resize", "DepthToSpace", "SpaceToDepth",
+               "Expand", "Tile", "Identity"}
+
+
+def _holds_levels(nodes: list[Node]) -> dict[str, str]:
+    """The tensors that hold quantized integer levels, each with the QuantizeLinear (or integer kernel)
+    whose levels they are: that node's outputs, and what data-moving ops make of them."""
+    levels: dict[str, str] = {}
+    for node in nodes:  # topological order
+        if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") or node.op_type.startswith("QLinear") \
+                or node.op_type == "QGemm":
+            source = f"{node.op_type} {node.name}"
+        elif node.op_type in _MOVES_DATA and node.inputs and node.inputs[0] in levels:
+            source = levels[node.inputs[0]]
+        else:
+            continue
+        for out in node.outputs:
+            levels[out] = source
+    return levels
 
 
 def _keeps_layout(node: Node) -> bool:

@@ -2,7 +2,9 @@
 
 The file format is what ``numpy.savez`` writes: one array per model input, keyed by the input's
 name, each with a leading sample axis, so its shape is ``(N, *input_shape)`` with the same N for
-every input. Arrays are never unpickled (``allow_pickle=False``).
+every input. An input whose batch dim is 1 or dynamic also takes its samples stacked along that
+dim, ``(N, *input_shape[1:])``: how a user who feeds the model batches saves them, and a shape
+that cannot mean anything else. Arrays are never unpickled (``allow_pickle=False``).
 """
 
 from __future__ import annotations
@@ -159,6 +161,8 @@ def _checked(path: Path, array: np.ndarray, spec: InputSpec) -> np.ndarray:
             f"{path}: array {spec.name!r} has dtype {array.dtype} (not numeric); input {spec.name!r} "
             f"is {spec.dtype} with shape {_expected(spec)}"
         )
+    if spec.shape is not None and batch_stacked(array.shape, spec.shape):
+        array = array[:, None]
     if spec.shape is not None and not _shape_fits(array.shape, spec.shape):
         hint = ""
         if _shape_fits((1, *array.shape), spec.shape):
@@ -180,6 +184,15 @@ def _check_finite(path: Path, name: str, array: np.ndarray) -> None:
     more = f" (and {samples.size - 1} more of the {array.shape[0]} samples)" if samples.size > 1 else ""
     raise UserError(f"{path}: input {name!r} holds {kinds} in sample {int(samples[0])}{more}: "
                     "qbench compares the models on finite inputs only")
+
+
+def batch_stacked(actual: tuple, dims: tuple) -> bool:
+    """Whether ``actual`` holds batch-1 samples stacked along the batch dim of an input shaped ``dims``.
+
+    That is ``(N, *dims[1:])`` where ``dims[0]`` is 1 or dynamic (None or a name).
+    """
+    return (len(dims) >= 1 and len(actual) == len(dims) and (not isinstance(dims[0], int) or dims[0] == 1)
+            and _shape_fits((actual[0], 1, *actual[1:]), dims))
 
 
 def _shape_fits(actual: tuple, dims: tuple) -> bool:

@@ -114,3 +114,36 @@ def build_conv1d_float(path: Path, seed: int = 0) -> Path:
     model.ir_version = IR_VERSION
     onnx.save(model, str(path))
     return Path(path)
+
+
+def build_audio_front_end_float(path: Path, seed: int = 0) -> Path:
+    """basic-pitch's front end (spotify's basic-pitch 0.4.0 wheel, nmp.onnx): audio [1, L, 1] -> Reshape to
+    [1, 1, L] -> Slice (its strided_slice) -> four Conv1d filter banks that share one bias initializer ``bank``, one of them writing a
+    tensor named ``bank1`` -> Concat -> y.
+
+    Two patterns of that real model: onnxruntime's quantizer copies the shared bias per node as
+    ``bank0``, ``bank1``, ... after the initializers' names only, so its int8 model has two tensors
+    ``bank1`` and does not load; and ONNX Runtime moves the input's QuantizeLinear ahead of the Slice and
+    the Reshape, so the deployed graph holds the Reshape's output as int8 levels.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(np.array([1, 1, -1], np.int64), "flat_shape"),
+             numpy_helper.from_array(np.full(6, 0.01, np.float32), "bank"),
+             numpy_helper.from_array(np.array([0], np.int64), "start"),
+             numpy_helper.from_array(np.array([256], np.int64), "end"),
+             numpy_helper.from_array(np.array([2], np.int64), "axis")]
+    nodes = [helper.make_node("Reshape", ["audio", "flat_shape"], ["flat"], name="flatten_audio"),
+             helper.make_node("Slice", ["flat", "start", "end", "axis"], ["window"], name="strided_slice")]
+    outs = ["bank_a", "bank1", "bank_c", "bank_d"]
+    for k, out in enumerate(outs):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.2, (6, 1, 16)).astype(np.float32), f"w{k}"))
+        nodes.append(helper.make_node("Conv", ["window", f"w{k}", "bank"], [out], name=f"filters_{k}", strides=[4]))
+    nodes.append(helper.make_node("Concat", outs, ["y"], name="stack", axis=1))
+    graph = helper.make_graph(nodes, "audio_front_end",
+                              [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 256, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 24, 61])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return Path(path)

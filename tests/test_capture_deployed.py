@@ -146,6 +146,48 @@ def test_channels_last_one_d_convolutions_are_put_back_in_their_layout(tmp_path,
     assert report["outputs"][0]["psnr_db"] == pytest.approx(expected, abs=1e-3)
 
 
+def test_an_audio_front_end_with_a_shared_bias_and_a_quantization_ort_moves(tmp_path, agent_cache):
+    """basic-pitch's pattern (fusion_models.build_audio_front_end_float): qbench's int8 model loads, and the
+    Reshape output that the deployed graph holds as int8 levels is reported so, never compared as floats
+    (it was: PSNR -44 dB, levels against audio samples)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    model = fusion_models.build_audio_front_end_float(tmp_path / "front.onnx")
+    rng = np.random.default_rng(2)
+    calib = rng.normal(0, 0.3, (6, 256, 1)).astype(np.float32)  # stacked along the batch dim, as users save audio
+    x = rng.normal(0, 0.3, (3, 256, 1)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", audio=calib)
+    np.savez(tmp_path / "eval.npz", audio=x)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter({"audio": sample[None]} for sample in calib)
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    plain = tmp_path / "plain.int8.onnx"  # the precondition: onnxruntime's own quantizer makes two tensors 'bank1'
+    quantize_static(str(model), str(plain), Reader(), quant_format=QuantFormat.QDQ)
+    with pytest.raises(Exception, match="Concat"):
+        ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
+
+    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--accuracy-only",
+                  "--out", "out", cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = load_report(tmp_path / "out")
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert layers["flat"]["psnr_db"] is None
+    assert layers["flat"]["status"].startswith("held as the int8 levels of QuantizeLinear ")
+    assert "ahead of Reshape flatten_audio" in layers["flat"]["status"]
+    int8 = tmp_path / "out" / "model.int8.onnx"
+    f_sess, q_sess = plain_session(model), plain_session(int8)
+    f = np.stack([f_sess.run(None, {"audio": s[None]})[0] for s in x]).astype(np.float64)
+    q = np.stack([q_sess.run(None, {"audio": s[None]})[0] for s in x]).astype(np.float64)
+    expected = 10 * np.log10(np.abs(f).max() ** 2 / np.mean((f - q) ** 2))
+    assert report["outputs"][0]["psnr_db"] == pytest.approx(expected, abs=1e-3)
+    assert layers["bank1"]["psnr_db"] is not None
+
+
 # ---- a real published model through a real agent ------------------------------------------------------
 
 

@@ -89,10 +89,21 @@ def test_wrong_shape_names_key_and_expected_shape(tmp_path):
 
 
 def test_missing_sample_axis_gets_a_hint(tmp_path):
-    arrays = _good()
-    arrays["x"] = np.zeros((1, 16), np.float32)
+    spec = [InputSpec("x", "float32", (2, 16))]
     with pytest.raises(UserError, match=r"without the leading sample axis"):
-        load_samples(_npz(tmp_path, **arrays), INPUTS)
+        load_samples(_npz(tmp_path, x=np.zeros((2, 16), np.float32)), spec)
+
+
+@pytest.mark.parametrize("batch", [1, None, "batch"])
+def test_samples_stacked_along_the_batch_dim(tmp_path, batch):
+    # How a user who feeds the model batches saves them (a real audio model's [unk__749, 43844, 1])
+    spec = [InputSpec("audio", "float32", (batch, 40, 1))]
+    audio = np.random.default_rng(0).standard_normal((5, 40, 1)).astype(np.float32)
+    samples = load_samples(_npz(tmp_path, audio=audio), spec)["audio"]
+    assert samples.shape == (5, 1, 40, 1)
+    np.testing.assert_array_equal(samples[3, 0], audio[3])
+    with pytest.raises(UserError, match=r"has shape \(5, 41, 1\), expected \(N, "):
+        load_samples(_npz(tmp_path, audio=np.zeros((5, 41, 1), np.float32)), spec)
 
 
 def test_sample_counts_must_agree(tmp_path):

@@ -102,9 +102,16 @@ def test_dynamic_dims_come_from_the_data_samples(tmp_path):
     assert inspect_model(prepared.path).inputs[0].shape == (1, 3, 12, 20)
 
 
+def test_dynamic_dims_come_from_samples_stacked_along_the_batch_dim(tmp_path):
+    original = build_dynamic_opset11(tmp_path / "dyn.onnx")  # x: [N,3,H,W]
+    np.savez(tmp_path / "eval.npz", x=np.zeros((2, 3, 12, 20), np.float32))
+    settings = RunSettings(model=original, out_dir=tmp_path / "out", data=tmp_path / "eval.npz")
+    assert OnnxFormat().prepare_float(settings).input_shapes == {"x": [1, 3, 12, 20]}
+
+
 def test_data_shapes_that_do_not_fit_leave_the_default_and_given_shapes_win(tmp_path):
     original = build_dynamic_opset11(tmp_path / "dyn.onnx")
-    wrong_rank = prepare_float(original, {}, tmp_path / "a", data_shapes={"x": (3, 12, 20)})
+    wrong_rank = prepare_float(original, {}, tmp_path / "a", data_shapes={"x": (12, 20)})
     assert wrong_rank.input_shapes == {"x": [1, 3, 1, 1]}
     wrong_channels = prepare_float(original, {}, tmp_path / "b", data_shapes={"x": (1, 4, 12, 20)})
     assert wrong_channels.input_shapes == {"x": [1, 3, 1, 1]}

@@ -1,7 +1,8 @@
 """Keeps ONNX files loadable by the installed ONNX Runtime and reportable layer by layer.
 
 onnx writes the newest IR version it knows (1.23 writes IR 14) while onnxruntime 1.31 loads up to
-IR 13, and real exporters leave nodes unnamed although layers are reported by node name.
+IR 13, real exporters leave nodes unnamed although layers are reported by node name, and
+onnxruntime's quantizer names the copies of a shared bias into tensor names the graph already has.
 """
 
 from __future__ import annotations
@@ -106,6 +107,44 @@ def name_nodes(graph) -> int:
             elif attribute.type == AttributeProto.GRAPHS:
                 renamed += sum(name_nodes(g) for g in attribute.graphs)
     return renamed
+
+
+def unshare_biases(graph) -> int:
+    """Gives every Conv/ConvTranspose/Gemm that shares its bias initializer with another node a copy of its own.
+
+    A bias's int32 scale is its node's input scale times its weight scale, so onnxruntime's QDQ
+    quantizer copies a shared bias per node, naming the copy ``{bias}{n}`` after the initializers
+    only. When another tensor already has that name, the int8 model does not load: basic-pitch's
+    CQT convolutions share one bias ``.../conv1d_25`` beside a conv output ``.../conv1d_252``. The
+    copies made here take names no tensor of the graph has. Returns how many copies were made.
+    """
+    from onnx import TensorProto
+
+    initializers = {t.name: t for t in graph.initializer}
+    taken = set(initializers) | {name for node in graph.node for name in (*node.input, *node.output)}
+    taken |= {v.name for v in (*graph.input, *graph.output)}
+    seen: set[str] = set()
+    copies = 0
+    for node in graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 3:
+            continue
+        bias = node.input[2]
+        if bias not in initializers:
+            continue
+        if bias not in seen:
+            seen.add(bias)
+            continue
+        suffix = 1
+        while f"{bias}_bias{suffix}" in taken:
+            suffix += 1
+        copy = TensorProto()
+        copy.CopyFrom(initializers[bias])
+        copy.name = f"{bias}_bias{suffix}"
+        taken.add(copy.name)
+        graph.initializer.append(copy)
+        node.input[2] = copy.name
+        copies += 1
+    return copies
 
 
 def load_error(model) -> Optional[str]:

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Union
 
+from qbench.host.data import batch_stacked
 from qbench.host.errors import UserError
 from qbench.host.models import InputSpec, default_opset, inspect_model, onnx_inputs
-from qbench.host.quantize.compat import check_loads, clamp_ir_version, first_line, load_error, name_nodes
+from qbench.host.quantize.compat import (
+    check_loads, clamp_ir_version, first_line, load_error, name_nodes, unshare_biases,
+)
 from qbench.host.quantize.fold import conv_transpose_as_conv, fuse_hardswish
 from qbench.host.quantize.quiet import quiet_runtime
 
@@ -94,7 +97,8 @@ def resolve_input_shapes(
         given: ``--input-shape`` values by input name.
         model_name: for messages.
         data_shapes: one sample's shape per array of ``--data`` / ``--calibration``
-            (:func:`qbench.host.data.sample_shapes`); used for an input whose shape fits it.
+            (:func:`qbench.host.data.sample_shapes`); used for an input whose shape fits it, or whose
+            batch dim of 1 or dynamic the samples were stacked along (:func:`qbench.host.data.batch_stacked`).
 
     Returns:
         The static shape of every input, and notes on the dims taken from the data or defaulted to 1.
@@ -122,6 +126,8 @@ def resolve_input_shapes(
                 f"--input-shape {spec.name}:D0,D1,..."
             )
         from_data = data_shapes.get(spec.name)
+        if from_data is not None and batch_stacked((0, *from_data), spec.shape):
+            from_data = (1, *from_data)
         if not spec.is_static and from_data is not None and _fits(from_data, spec.shape):
             resolved[spec.name] = list(from_data)
             notes.append(f"input {spec.name!r} {spec.shape_text()}: dynamic dims taken from the data's samples -> "
@@ -234,6 +240,10 @@ def prepare_float(
     renamed = name_nodes(model.graph)
     if renamed:
         notes.append(f"named {renamed} node(s) that onnxruntime's pre-processing left unnamed")
+    copies = unshare_biases(model.graph)
+    if copies:
+        notes.append(f"gave {copies} convolution(s) sharing a bias initializer a copy of their own: the int8 bias "
+                     "scale is per node")
     ir_note = clamp_ir_version(model, name) or ir_note
     if ir_note:
         notes.append(ir_note)
