@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass
 class Node:
@@ -143,6 +145,25 @@ class Located:
 
     tensor: str
     to_original: list[int] | None = None
+    #: for :data:`FROM_SHAPE`: what the tensor is when its shape cannot tell the layout either
+    note: str = ""
+
+
+def from_shape(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``value`` put in the layout of a tensor shaped ``shape`` when the shapes alone decide it, else None.
+
+    For a tensor ORT holds in a layout the graph does not tell (:data:`FROM_SHAPE`): a transpose of the
+    original when its shape is a permutation of ``shape``. Axes of size 1 carry no order, so the
+    transpose is decided when the other dims of ``shape`` are all different, and not when two are equal
+    (a square image's H and W).
+    """
+    if sorted(value.shape) != sorted(shape):
+        return None
+    wanted = [d for d in shape if d != 1]
+    held = [d for d in value.shape if d != 1]
+    if len(set(wanted)) != len(wanted):
+        return None
+    return np.ascontiguousarray(value.reshape(held).transpose([held.index(d) for d in wanted]).reshape(shape))
 
 
 def original_axes(to_original: list[int], ndim: int) -> list[int]:
@@ -197,7 +218,8 @@ def locate(original: list[Node], optimized: list[Node], names: list[str], interf
                 axes = _UNKNOWN
             if axes is _UNKNOWN:
                 node = producer.get(where)
-                fused[name] = f"held in another layout by {node.op_type} {node.name}" if node else "in another layout"
+                found[name] = Located(where, FROM_SHAPE, f"held in another layout by {node.op_type} {node.name}"
+                                      if node else "in another layout")
             else:
                 found[name] = Located(where, None if axes is None else axes if axes is CHANNELS_LAST
                                       else sorted(range(len(axes)), key=axes.__getitem__))
@@ -209,8 +231,10 @@ def locate(original: list[Node], optimized: list[Node], names: list[str], interf
     return found, fused
 
 
-#: quantized-operator kernels ORT makes from DQ -> op -> Q: where the op's k-th input went
-_QUANTIZED_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QLinearAdd": 3, "QLinearMul": 3, "QGemm": 3}
+#: quantized-operator kernels ORT makes from DQ -> op -> Q: where the op's k-th input went (offset + k * step:
+#: each input is followed by its scale and zero point; QLinearConcat's output scale and zero point come first)
+_QUANTIZED_INPUT = {"QLinearConv": (0, 3), "QLinearMatMul": (0, 3), "QLinearAdd": (0, 3), "QLinearMul": (0, 3),
+                    "QGemm": (0, 3), "QLinearConcat": (2, 3)}
 
 
 def _own_names(original: list[Node], optimized: list[Node], twins: dict[str, Node]) -> set[str]:
@@ -241,7 +265,8 @@ def _slots(original: list[Node], twins: dict[str, Node], present: set[str]) -> d
     and domain must match), or extends it (``<name>_token_N``, ``<name>/MatMulAddFusion``) when a
     fusion replaced it. A QDQ node unit (DequantizeLinear -> op -> QuantizeLinear) that became one
     integer kernel reads the DequantizeLinear's input and writes the QuantizeLinear's output in the
-    op's slots (slot k of QLinearConv & co: 3k, past each input's scale and zero point).
+    op's slots (slot k of QLinearConv & co: 3k, past each input's scale and zero point; of QLinearConcat
+    2 + 3k: mapped as 3k, the ppocr-v4-det's upsampled maps took each other's values).
     """
     producer = {out: node for node in original for out in node.outputs}
     consumers = _consumers(original)
@@ -251,13 +276,14 @@ def _slots(original: list[Node], twins: dict[str, Node], present: set[str]) -> d
         if twin is None:
             continue
         same = twin.op_type == node.op_type and twin.domain == node.domain
-        step = 1 if same else _QUANTIZED_INPUT.get(twin.op_type, 1)
+        offset, step = (0, 1) if same else _QUANTIZED_INPUT.get(twin.op_type, (0, 1))
         for k, old in enumerate(node.inputs):
             source = producer.get(old)
             if not same and source is not None and source.op_type == "DequantizeLinear":
                 old = source.inputs[0]
-            if old and k * step < len(twin.inputs) and twin.inputs[k * step]:
-                slots.setdefault(old, twin.inputs[k * step])
+            slot = offset + k * step
+            if old and slot < len(twin.inputs) and twin.inputs[slot]:
+                slots.setdefault(old, twin.inputs[slot])
         for old, new in zip(node.outputs, twin.outputs):
             readers = consumers.get(old, [])
             if not same and len(readers) == 1 and readers[0].op_type == "QuantizeLinear":
@@ -286,6 +312,9 @@ _UNKNOWN: list[int] = []  # a layout marker: permuted in a way not followed here
 #: a layout marker: a channels-last kernel's output, (N, spatial..., C), of a rank the graph does not say
 #: (NhwcConv of a Conv1d writes (N, L, C)); the first Transpose ORT puts after it, or the values, say
 CHANNELS_LAST: list[int] = [-1]
+#: a layout marker: a permutation of the original the graph does not tell (ORT cancelled a user's Transpose
+#: against one of its own, or pushed one through an op this reader does not follow); :func:`from_shape`
+FROM_SHAPE: list[int] = [-2]
 #: ops that write their input's layout: element-wise ones, quantize/dequantize, and the rank-keeping ones whose
 #: axes ORT's transpose optimizer rewrites when it pushes a Transpose through them (Softmax axis 1 -> 3)
 _LAYOUT_KEEPING = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",

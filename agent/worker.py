@@ -217,8 +217,16 @@ def run_capture(job: dict, jobdir: Path) -> CaptureReply:
                         q_out, first = first, None  # sample 0 ran for the fidelity check: not held twice
                     else:
                         q_out = int8_runner.infer(feed)
-                pairs = [(f_out[req.pairs[i].float_name], _as_written(q_out[req.pairs[i].int8_name], req.pairs[i]))
-                         for i in observed]
+                pairs, kept = [], []
+                for i in observed:
+                    f = f_out[req.pairs[i].float_name]
+                    q, why = int8_runner.in_layout_of(req.pairs[i].int8_name, q_out[req.pairs[i].int8_name], f.shape)
+                    if q is None:  # shapes are the same for every sample: decided on the first
+                        accs[i].s.fused = why
+                        continue
+                    pairs.append((f, _as_written(q, req.pairs[i])))
+                    kept.append(i)
+                observed = kept
                 with phase("reduce"):
                     reducer.reduce([(accs[i], f, q) for i, (f, q) in zip(observed, pairs)])
                     structure.update(structures, observed, pairs)

@@ -44,6 +44,8 @@ WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "nudenet": ("nudenet==3.4.2", ("nudenet/320n.onnx",)),
     "openwakeword": ("openwakeword==0.4.0", tuple(f"openwakeword/resources/models/{name}.onnx" for name in (
         "embedding_model", "melspectrogram", "alexa_v0.1", "hey_jarvis_v0.1"))),
+    "basic_pitch": ("basic-pitch==0.4.0", tuple(f"basic_pitch/saved_models/icassp_2022/nmp.{ext}"
+                                               for ext in ("onnx", "tflite"))),
     "mediapipe": ("mediapipe==0.10.14", ("mediapipe/modules/",)),
     "skimage": ("scikit-image==0.25.2", ("skimage/data/",)),
 }
@@ -167,6 +169,23 @@ def _speech(seconds: float, rng: np.random.Generator, rate: int = 16000) -> np.n
     return (out / np.abs(out).max() * 0.5 * 32767).astype(np.float32)
 
 
+def _music(samples: int, rng: np.random.Generator, rate: int = 22050) -> np.ndarray:
+    """Music-like mono audio in [-1, 1] (what basic-pitch loads with librosa): plucked notes of a few
+    octaves, 1 to 4 at a time, each with decaying harmonics, over a little noise."""
+    t = np.arange(samples) / rate
+    out = np.zeros(samples)
+    for _ in range(int(rng.integers(4, 12))):
+        pitch = 440.0 * 2 ** (int(rng.integers(-30, 22)) / 12)
+        onset, length = rng.uniform(0, t[-1] * 0.9), rng.uniform(0.15, 1.2)
+        since = t - onset
+        envelope = np.where((since >= 0) & (since < length), np.exp(-np.clip(since, 0, None) * rng.uniform(2, 7)), 0)
+        envelope *= np.clip(since / 0.005, 0, 1)  # a 5 ms attack, not a click
+        for k in range(1, 8):
+            out += envelope * np.sin(2 * np.pi * pitch * k * t + rng.uniform(0, 2 * np.pi)) * rng.uniform(0.3, 1) / k
+    out += 0.002 * rng.standard_normal(samples)
+    return (out / np.abs(out).max() * rng.uniform(0.3, 0.9)).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=None)  # one session per model, not one per chunk of audio
 def _oww_session(name: str):
     import onnxruntime as ort
@@ -207,11 +226,11 @@ class Published:
 
     name: str
     file: str  # relative to the cache
-    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword
+    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber
     input_name: str
     shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
     layout: str  # NCHW | NHWC
-    source: str  # photos | pages | lines | speech (log-mel windows) | embeddings (of speech)
+    source: str  # photos | pages | lines | speech (log-mel windows) | embeddings (of speech) | music (audio)
     normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     notes: str = ""
 
@@ -272,6 +291,10 @@ MODELS: dict[str, Published] = {m.name: m for m in [
               (1, 76, 32, 1), "NHWC", "speech", _raw, "openwakeword speech embedding: log-mel windows in, 96 values out"),
     Published("oww-alexa", "openwakeword/resources/models/alexa_v0.1.onnx", "wakeword", "onnx::Flatten_0",
               (1, 16, 96), "NHWC", "embeddings", _raw, "openwakeword wake-word head: 3 Gemms, a Sigmoid score"),
+    *[Published(f"basic-pitch{suffix}", f"basic_pitch/saved_models/icassp_2022/nmp.{ext}", "transcriber",
+                "serving_default_input_2:0", (1, 43844, 1), "NHWC", "music", _raw,
+                f"spotify basic-pitch note transcription ({fmt}): CQT and log in the graph, 3 sigmoid posteriorgrams")
+      for suffix, ext, fmt in (("", "onnx", "ONNX"), ("-tflite", "tflite", "TFLite"))],
     Published("oww-hey-jarvis", "openwakeword/resources/models/hey_jarvis_v0.1.onnx", "wakeword", "x.1",
               (1, 16, 96), "NHWC", "embeddings", _raw, "openwakeword wake-word head: LayerNorms, an If with a verifier"),
     *[Published(f"mp-{stem}", f"mediapipe/modules/{folder}/{stem}.tflite", kind, name, (1, h, w, 3), "NHWC", "photos",
@@ -318,6 +341,8 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
         h, w = m.shape[2], m.shape[3]
     else:
         h, w = m.shape[1], m.shape[2]
+    if m.source == "music":
+        return {m.input_name: np.stack([_music(m.shape[1], rng)[:, None] for _ in range(count)])}
     if m.source == "embeddings":
         raw = _embedding_windows(count, rng, m.shape[1])
     elif m.source == "speech":

@@ -14,6 +14,9 @@
 * :func:`build_sigmoid_tail`: a Gemm whose logits lie far below 0 (-14..-8, a wake-word score that does not
   fire) into a Sigmoid: sigmoid(z) ~ e^z turns the logits' absolute error into the output's relative error,
   so SQNR falls by about 18 dB through an op whose own rounding is a small part of that error.
+* :func:`build_log_power`: basic-pitch's front end (a filter bank, the power of its outputs, a Log): the
+  power's int8 step crushes its many small values, which the Log turns into large errors; SQNR falls
+  through the Log, which adds almost no rounding of its own.
 """
 
 from __future__ import annotations
@@ -176,3 +179,31 @@ def build_sigmoid_tail(path: PathLike, seed: int = 0) -> Path:
              helper.make_node("Sigmoid", ["logits"], ["y"], name="score")]
     return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], path)
+
+
+def build_log_power(path: PathLike, seed: int = 0) -> Path:
+    """audio [1,1,256] -> Conv1d filter bank (8 of 16 taps, stride 4) -> power (Mul) -> + 1e-4 -> Log -> 1x1
+    Conv1d (4) -> y [1,4,61]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(16)
+    bank = np.stack([np.cos(2 * np.pi * f * t / 32) * np.hanning(16) for f in range(1, 9)])[:, None, :]
+    inits = {"bank": bank, "bank_b": np.zeros(8), "eps": np.array(1e-4), "mix": rng.normal(0, 0.3, (4, 8, 1)),
+             "mix_b": np.zeros(4)}
+    nodes = [helper.make_node("Conv", ["audio", "bank", "bank_b"], ["bands"], name="filter_bank", strides=[4]),
+             helper.make_node("Mul", ["bands", "bands"], ["power"], name="power"),
+             helper.make_node("Add", ["power", "eps"], ["floored"], name="floor"),
+             helper.make_node("Log", ["floored"], ["log_power"], name="log"),
+             helper.make_node("Conv", ["log_power", "mix", "mix_b"], ["y"], name="mix")]
+    return _save(nodes, inits, [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 1, 256])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 61])], path)
+
+
+def tones(count: int, seed: int) -> np.ndarray:
+    """``count`` windows of 256 samples, (count, 1, 1, 256): a few decaying tones each, amplitudes over 40 dB."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(256)
+    out = np.zeros((count, 256))
+    for row in out:
+        for _ in range(3):
+            row += 10 ** rng.uniform(-2, 0) * np.sin(2 * np.pi * rng.uniform(0.02, 0.3) * t + rng.uniform(0, 6))
+    return out[:, None, None, :].astype(np.float32)

@@ -147,3 +147,35 @@ def build_audio_front_end_float(path: Path, seed: int = 0) -> Path:
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def build_fpn_float(path: Path, seed: int = 0) -> Path:
+    """PP-OCR's detector neck: x [1,4,32,24] -> three convolutions at strides 1, 2, 4 -> the coarser two
+    upsampled (nearest Resize) to the finest -> Concat -> 1x1 Conv -> y. Quantized, ORT runs the Concat as a
+    QLinearConcat, whose inputs sit at 2 + 3k (its output scale and zero point first)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(np.array([], np.float32), "no_roi"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (8, 24, 1, 1)).astype(np.float32), "w_out")]
+    nodes, merged = [], []
+    for k, stride in enumerate((1, 2, 4)):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32), f"w{k}"))
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), f"b{k}"))
+        nodes.append(helper.make_node("Conv", ["x", f"w{k}", f"b{k}"], [f"level{k}"], name=f"conv{k}",
+                                      strides=[stride, stride], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"level{k}"], [f"act{k}"], name=f"relu{k}"))
+        if stride == 1:
+            merged.append(f"act{k}")
+            continue
+        inits.append(numpy_helper.from_array(np.array([1, 1, stride, stride], np.float32), f"scales{k}"))
+        nodes.append(helper.make_node("Resize", [f"act{k}", "no_roi", f"scales{k}"], [f"up{k}"], name=f"upsample{k}",
+                                      mode="nearest"))
+        merged.append(f"up{k}")
+    nodes.append(helper.make_node("Concat", merged, ["merged"], name="concat", axis=1))
+    nodes.append(helper.make_node("Conv", ["merged", "w_out"], ["y"], name="conv_out"))
+    graph = helper.make_graph(nodes, "fpn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 32, 24])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 24])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -86,7 +86,9 @@ class Runner(abc.ABC):
 
     After :meth:`load`, :attr:`unobservable` lists the extra outputs the runtime cannot expose
     (inside a delegate partition), and :attr:`fused` the ones the deployed graph no longer has, with
-    why (``"fused into QLinearConv <node>"``); :meth:`infer` leaves both out.
+    why (``"fused into QLinearConv <node>"``); :meth:`infer` leaves both out. An extra output that the
+    runtime holds in a layout only its counterpart's shape can tell comes out of :meth:`infer` as held;
+    :meth:`in_layout_of` puts it back.
     """
 
     def __init__(self, model_path: str, config: RunnerConfig, extra_outputs: Sequence[str] = ()):
@@ -129,6 +131,12 @@ class Runner(abc.ABC):
         """What a delegate took: ``{delegate, delegated_ops, total_ops, fraction}``, {} without delegates."""
         self._check_loaded()
         return {}
+
+    def in_layout_of(self, name: str, value: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
+        """Extra output ``name`` in the layout of its counterpart shaped ``shape``: ``(value, "")``, or
+        ``(None, why)`` when the layout cannot be told. Runtimes that hold every tensor as the model
+        says return it as it is."""
+        return value, ""
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once. Returns the model outputs and every extra output, by name.

@@ -67,6 +67,7 @@ class OnnxRuntimeRunner(Runner):
 
     _save_to: str | None = None
     _located: dict[str, onnx_graph.Located] = {}
+    _from_shape: dict[str, str] = {}  # located tensors in a layout their counterpart's shape tells: why if not
 
     def save_deployed_graph(self, path: str) -> bool:
         self._save_to = path
@@ -147,6 +148,7 @@ class OnnxRuntimeRunner(Runner):
             if name not in found and name not in self.fused:
                 self.fused[name] = "not in the deployed graph"
         self._located = found
+        self._from_shape = {name: loc.note for name, loc in found.items() if loc.to_original is onnx_graph.FROM_SHAPE}
         exposed = list(dict.fromkeys(loc.tensor for loc in found.values()))
         return append_outputs(deployed_bytes, exposed), exposed
 
@@ -184,9 +186,15 @@ class OnnxRuntimeRunner(Runner):
         out = {o.name: deployed[o.name] for o in self._own}
         for name, loc in self._located.items():  # the user's names, in the user's layout
             value = deployed[loc.tensor]
-            out[name] = value if loc.to_original is None else np.ascontiguousarray(
-                value.transpose(onnx_graph.original_axes(loc.to_original, value.ndim)))
+            out[name] = value if loc.to_original is None or loc.to_original is onnx_graph.FROM_SHAPE \
+                else np.ascontiguousarray(value.transpose(onnx_graph.original_axes(loc.to_original, value.ndim)))
         return out
+
+    def in_layout_of(self, name: str, value: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
+        if name not in self._from_shape:
+            return value, ""
+        placed = onnx_graph.from_shape(value, shape)
+        return (placed, "") if placed is not None else (None, self._from_shape[name])
 
     def _profile_impl(self, feeds: Sequence[Mapping[str, np.ndarray]], runs: int, on_run) -> list[OpTime]:
         """A second session of the unmodified model with ORT's profiler on; its trace file is deleted."""

@@ -109,6 +109,11 @@ def ranking_unexplained(report: Mapping[str, Any]) -> list[str]:
             f"({account['output_sqnr_db']:.1f} dB): the damage comes from how errors propagate and combine (an op "
             "that magnifies them, a mean shift, errors that cancel), which per-layer figures do not show, so the "
             "ranking's top need not be where the damage is")
+    magnifiers = account.get("magnifiers") or []
+    if magnifiers:
+        named = ", ".join(f"{m['op_type']} {m['name']} ({m['drop_db']:.1f} dB)" for m in magnifiers)
+        head += (f"; here {named} magnif{'ies' if len(magnifiers) == 1 else 'y'} the error inherited without adding "
+                 "error of its own (a Log near 0, a Sigmoid's tail), which the rounding of every tensor before it feeds")
     measured = account.get("measured") or {}
     if "block" in measured:
         gain = measured["keep_float_gain_db"]
