@@ -241,8 +241,11 @@ def _own_names(original: list[Node], optimized: list[Node], twins: dict[str, Nod
     """The original tensor names the optimized graph still uses for the same values.
 
     ORT renames some outputs after their node (``p2o.Mul.0`` writes ``p2o.Mul.0``, not ``p2o.Mul.1``), so
-    a name can come back on another tensor: it is the same tensor only when its writer is the original
-    writer's node (or a node ORT made, which has no original name).
+    a name can come back on another tensor: it is the same tensor when its writer is the original
+    writer's node, or a node ORT made (which has no original name), or when it is not named after its
+    writer. A fusion keeps the names of what it replaces: ppocr-v4-rec's three Slices of one tensor and
+    their QuantizeLinears became one Split (``p2o.Slice.8/GatherSliceToSplitFusion``) that writes the three
+    QuantizeLinears' tensors.
     """
     writer = {out: node.name for node in original for out in node.outputs}
     original_names = set(writer.values())
@@ -253,7 +256,7 @@ def _own_names(original: list[Node], optimized: list[Node], twins: dict[str, Nod
         for out in node.outputs:
             if out not in writer:
                 continue
-            if origin == writer[out] or (origin is None and node.name not in original_names):
+            if origin == writer[out] or (origin is None and node.name not in original_names) or out != node.name:
                 own.add(out)
     return own
 

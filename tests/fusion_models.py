@@ -179,3 +179,28 @@ def build_fpn_float(path: Path, seed: int = 0) -> Path:
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def build_qkv_slices_float(path: Path, seed: int = 0) -> Path:
+    """An SVTR attention's input (PP-OCR recognizers): x [1,16,8] -> MatMul to q, k, v side by side [1,16,24]
+    -> three Slices of 8 along the last axis -> q @ k^T -> @ v -> y. Quantized, ORT fuses the three Slices and
+    their QuantizeLinears into one Split named after one of them, which writes the QuantizeLinears' tensors."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 24)).astype(np.float32), "w_qkv")]
+    nodes = [helper.make_node("MatMul", ["x", "w_qkv"], ["qkv"], name="to_qkv")]
+    for k, part in enumerate("qkv"):
+        inits += [numpy_helper.from_array(np.array([8 * k], np.int64), f"{part}_start"),
+                  numpy_helper.from_array(np.array([8 * k + 8], np.int64), f"{part}_end")]
+        nodes.append(helper.make_node("Slice", ["qkv", f"{part}_start", f"{part}_end", "last"], [part],
+                                      name=f"slice_{part}"))
+    inits.append(numpy_helper.from_array(np.array([2], np.int64), "last"))
+    nodes += [helper.make_node("Transpose", ["k"], ["k_t"], name="k_t", perm=[0, 2, 1]),
+              helper.make_node("MatMul", ["q", "k_t"], ["scores"], name="scores"),
+              helper.make_node("MatMul", ["scores", "v"], ["y"], name="attend")]
+    graph = helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return Path(path)

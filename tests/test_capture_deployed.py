@@ -209,21 +209,37 @@ def test_a_concat_of_upsampled_maps_compares_each_layer_with_its_own_tensor(tmp_
     """ppocr-v4-det's neck (fusion_models.build_fpn_float): each upsampled map was read from its neighbour's
     tensor in the deployed QLinearConcat (-9.9 dB SQNR for a map plain ORT puts at 7.5 dB). Every layer's SQNR
     now agrees with the QDQ arithmetic run by plain ORT (plain_ort.qdq_layer_sqnr)."""
+    model = fusion_models.build_fpn_float(tmp_path / "fpn.onnx")
+    deployed = _layers_agree_with_the_qdq_arithmetic(tmp_path, agent_cache, model, (4, 32, 24), {"up1", "up2", "merged"})
+    assert any(n.op_type == "QLinearConcat" for n in deployed)  # the pattern is there
+
+
+def test_slices_that_ort_fuses_into_one_split_are_read_from_their_own_outputs(tmp_path, agent_cache):
+    """ppocr-v4-rec's and v6-rec's attention inputs (fusion_models.build_qkv_slices_float): the Split named after
+    the last Slice wrote that Slice's tensor as its first output, so the capture read q for v (-5.5 dB SQNR for a
+    slice plain ORT puts at 4.4 dB)."""
+    model = fusion_models.build_qkv_slices_float(tmp_path / "qkv.onnx")
+    deployed = _layers_agree_with_the_qdq_arithmetic(tmp_path, agent_cache, model, (16, 8), {"q", "k", "v"})
+    assert any(n.op_type == "Split" and n.name.startswith("slice_v/") for n in deployed)  # the pattern is there
+
+
+def _layers_agree_with_the_qdq_arithmetic(tmp_path: Path, agent_cache: Path, model: Path, shape: tuple, names: set):
+    """qbench's own int8 model of ``model`` captured by a real agent: every compared layer's SQNR within 2 dB of
+    plain ORT's QDQ arithmetic (a layer read from another tensor is off by 10 dB and more), ``names`` among them.
+    Returns the nodes of the graph ORT deploys."""
     from qbench.host.quantize.onnx import quantize_onnx
 
-    model = fusion_models.build_fpn_float(tmp_path / "fpn.onnx")
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(3, 1, 4, 32, 24)).astype(np.float32)
+    x = rng.normal(size=(3, 1, *shape)).astype(np.float32)
     np.savez(tmp_path / "eval.npz", x=x)
-    int8 = quantize_onnx(model, tmp_path / "fpn.int8.onnx", {"x": rng.normal(size=(8, 1, 4, 32, 24)).astype(np.float32)})
-    _, _, deployed = _deployed_graphs(int8, tmp_path)
-    assert any(n.op_type == "QLinearConcat" for n in deployed)  # the pattern is there
+    int8 = quantize_onnx(model, tmp_path / "int8.onnx", {"x": rng.normal(size=(8, 1, *shape)).astype(np.float32)})
     report = _run(tmp_path, agent_cache, str(model), "--int8", str(int8), "--data", str(tmp_path / "eval.npz"))
     reference = plain_ort.qdq_layer_sqnr(model, int8, [{"x": s} for s in x])
     compared = {x["name"]: x["sqnr_db"] for x in report["layers"] if x.get("sqnr_db") is not None}
-    assert {"up1", "up2", "merged"} <= set(compared) & set(reference)
+    assert names <= set(compared) & set(reference)
     for name in set(compared) & set(reference):
         assert compared[name] == pytest.approx(reference[name], abs=2.0), name
+    return _deployed_graphs(int8, tmp_path)[2]
 
 
 # ---- a real published model through a real agent ------------------------------------------------------
