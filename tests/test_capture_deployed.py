@@ -267,6 +267,12 @@ def test_ppocr_rec_capture_is_one_pass_with_fidelity_zero_and_plain_ort_psnr(tmp
     float_model = tmp_path / "out" / "float.prepared.onnx"
     checked = _check_layers_against_plain_ort(report, float_model, int8, data)
     assert checked >= 3
+    # every compared layer, against the QDQ arithmetic: its attention Slices were read from each other's tensors
+    reference = plain_ort.qdq_layer_sqnr(float_model, int8, [{k: v[i] for k, v in data.items()} for i in range(2)])
+    compared = {x["name"]: x["sqnr_db"] for x in report["layers"] if x.get("sqnr_db") is not None}
+    assert len(set(compared) & set(reference)) > 200 and len(fused) <= 4
+    for name in set(compared) & set(reference):
+        assert compared[name] == pytest.approx(reference[name], abs=2.0), name
 
 
 def _check_layers_against_plain_ort(report: dict, float_model: Path, int8: Path, data: dict) -> int:
