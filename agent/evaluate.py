@@ -22,7 +22,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from qbench.protocols.messages import (
-    CapturePair, EvaluateReply, EvaluateRequest, ModelEvaluation, OutputError, StructureRequest, from_dict,
+    NONFINITE_OUTPUT, CapturePair, EvaluateReply, EvaluateRequest, ModelEvaluation, OutputError, StructureRequest,
+    from_dict,
 )
 
 from . import memory
@@ -100,7 +101,7 @@ class _Sums:
         f = ref.astype(np.float64).ravel()
         d = np.asarray(got).astype(np.float64).ravel() - f
         if not (np.all(np.isfinite(f)) and np.all(np.isfinite(d))):
-            self.error = "non-finite values"
+            self.error = NONFINITE_OUTPUT
             return
         if self.structure is not None:
             self.structure.update(ref, np.asarray(got))

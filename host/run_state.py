@@ -97,6 +97,7 @@ class RunState:
     outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     capture: CaptureReply | None = None
     error: dict[str, str] | None = None
+    cause: BaseException | None = None  # the exception behind ``error``: --debug shows its traceback
     equalization: dict[str, Any] | None = None  # quantize.equalize's report section, with --equalize
     bias_correction: dict[str, Any] | None = None  # quantize.bias_correction's report section, with --bias-correction
     # ONNX: quantize.kernels.int8_kernels of the int8 model (None if it failed), computed on first ask

@@ -18,6 +18,9 @@ Per block, like AIMET QuantAnalyzer's two per-layer sweeps:
   block int8, and its gain over the all-int8 baseline;
 * ``only_int16_psnr_db``: output PSNR when only this block is int16, every other block float.
 
+A figure is null when its output is exact, and also when the output held NaN or infinity: such figures
+are listed in the row's ``nonfinite`` (their verdict is ``broken``).
+
 Quantization errors of different blocks add up in power, nearly: the output MSE of a
 configuration is predicted as the sum over blocks of their "only" MSEs (:meth:`Sensitivity.predict`).
 :func:`bisect` finds, like Polygraphy's ``debug precision``, the fewest ops from the start (or end)
@@ -177,7 +180,10 @@ class Sensitivity:
         return worst
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline_psnr_db": _num(self.baseline.psnr_db), "figures": list(self.figures), "blocks": self.rows}
+        section = {"baseline_psnr_db": _num(self.baseline.psnr_db), "figures": list(self.figures), "blocks": self.rows}
+        if self.baseline.psnr_db == -math.inf:
+            section["baseline_nonfinite"] = True
+        return section
 
 
 SWEEPS = ("only_int8", "only_int16", "keep_float")
@@ -218,6 +224,9 @@ def sweep(trials: EditTrials, progress: Callable[[str], None] = lambda _: None,
         errors = [f.error for f in got.values() if f.error]
         if errors:
             result.rows[-1]["errors"] = errors
+        nonfinite = [name for name, f in got.items() if f.psnr_db == -math.inf]
+        if nonfinite:  # JSON has no -inf: these figures are null, and listed here
+            result.rows[-1]["nonfinite"] = nonfinite
     return result
 
 
@@ -226,8 +235,10 @@ _SEVERITY = {"broken": 0, "degraded": 1}
 
 def damage(row: Mapping[str, Any]) -> tuple[int, float]:
     """A sweep row's sort key, the most damaging first: its only-int8 verdict (broken, degraded, then the
-    rest), then its only-int8 output PSNR, lowest first (exact last)."""
+    rest), then its only-int8 output PSNR, lowest first (non-finite first, exact last)."""
     value = row["only_int8_psnr_db"]
+    if "only_int8" in row.get("nonfinite", ()):
+        value = -math.inf
     return _SEVERITY.get(row.get("only_int8_verdict"), 2), math.inf if value is None else value
 
 

@@ -56,6 +56,7 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
     except UserError as exc:
         agent.abandon()
         state.error = {"stage": state.stage, "code": "error", "message": str(exc), "files": _kept_files(settings)}
+        state.cause = exc
         return state
     except KeyboardInterrupt:
         return _interrupted(state, agent)
@@ -75,6 +76,7 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
         info = getattr(exc, "info", None)
         state.error = {"stage": state.stage, "code": getattr(info, "code", "error"), "message": str(
             getattr(info, "message", exc))}
+        state.cause = exc
         tail = transport.stderr_tail(10)
         if tail:
             state.error["agent_stderr"] = tail

@@ -432,6 +432,11 @@ class OutputError:
     structure: StructureStats | None = None  # 2.1: outputs the request named in ``structure``
 
 
+#: ``OutputError.error`` of an output whose values (candidate or reference) hold NaN or infinity: a
+#: measurement, not a failure; the host judges the candidate broken
+NONFINITE_OUTPUT = "non-finite values"
+
+
 @dataclass
 class ModelEvaluation:
     outputs: list[OutputError] = field(default_factory=list)

@@ -7,6 +7,9 @@
   ``ratio = Div(t, t)``, both left in float. On :func:`tiny_positive_samples` (values of 1e-4..1e-3
   beside a 1.0) the float model is finite, but int8 rounds the small ``t`` to 0: ``log`` becomes
   -inf and ``ratio`` NaN (0/0) on every element but the first of each sample.
+* :func:`build_cancelling_variance`: a normalisation whose variance is E[x²] − E[x]², as magika's LayerNorm
+  (Google's file-type detector) computes it, on :func:`offset_features` (a variation on an offset): the
+  int8 rounding of the two means leaves a difference below 0, whose Sqrt is NaN.
 """
 
 from __future__ import annotations
@@ -53,6 +56,28 @@ def tiny_positive_samples(n: int, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).uniform(1e-4, 1e-3, (n, 1, 16)).astype(np.float32)
     x[:, 0, 0] = 1.0
     return x
+
+
+def build_cancelling_variance(path: PathLike) -> Path:
+    """x [1,64] -> (x − mean) / Sqrt(mean(x²) − mean²) -> y [1,64]."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], name="mean", axes=[1]),
+             helper.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+             helper.make_node("ReduceMean", ["sq"], ["mean_sq"], name="mean_sq", axes=[1]),
+             helper.make_node("Mul", ["mean", "mean"], ["sq_mean"], name="sq_mean"),
+             helper.make_node("Sub", ["mean_sq", "sq_mean"], ["var"], name="variance"),
+             helper.make_node("Sqrt", ["var"], ["std"], name="std"),
+             helper.make_node("Sub", ["x", "mean"], ["centred"], name="centre"),
+             helper.make_node("Div", ["centred", "std"], ["y"], name="normalise")]
+    graph = helper.make_graph(nodes, "cancelling_variance", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+    return _save(graph, path, 13)
+
+
+def offset_features(n: int, seed: int) -> np.ndarray:
+    """(n, 1, 64) rows each around its own offset (2..6), spread 0.05..0.5."""
+    rng = np.random.default_rng(seed)
+    spread = rng.uniform(0.05, 0.5, (n, 1, 1))
+    return (rng.uniform(2, 6, (n, 1, 1)) + spread * rng.standard_normal((n, 1, 64))).astype(np.float32)
 
 
 def build_dynamic_quantized(float_path: PathLike, path: PathLike) -> Path:

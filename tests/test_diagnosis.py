@@ -267,3 +267,30 @@ def _run_outputs(path, data, name: str = "x") -> np.ndarray:
 def _psnr_of(reference: np.ndarray, values: np.ndarray) -> float:
     """The README's PSNR: peak = max|float|, pooled over the samples."""
     return float(10 * np.log10(np.abs(reference).max() ** 2 / np.mean((values - reference) ** 2)))
+
+
+def test_the_run_names_the_block_whose_float_repairs_most_when_another_costs_most_alone():
+    """A variance computed as E[x^2] - E[x]^2 (magika's LayerNorm) cancels the rounding of what comes before it:
+    the block that costs most alone in int8 is then not the one whose float repairs (figures of such a sweep)."""
+    from qbench.host.ranking_sweep import _worst
+    from qbench.host.report.alerts import ranking_unexplained
+
+    def row(block, only_int8, verdict, keep, gain, **extra):
+        return {"block": block, "first_op": f"op{block}", "last_op": f"op{block}b", "ops": 8, "label": "",
+                "only_int8_psnr_db": only_int8, "only_int8_verdict": verdict, "keep_float_psnr_db": keep,
+                "keep_float_verdict": "ok" if keep and keep > 30 else "broken", "gain_db": gain, **extra}
+
+    section = {"blocks": [row(0, 143.3, "ok", 20.5, 0.06), row(1, 31.8, "degraded", 20.6, 0.08),
+                          row(2, None, None, 70.9, 50.4), row(3, 124.7, "ok", 23.1, 2.6)]}
+    measured = _worst(section)
+    assert measured["block"] == 1 and measured["best_repair"]["block"] == 2
+    account = {"explains": False, "scores_db": 46.6, "sqnr_lost_db": 39.0, "entry_layer": "e", "entry_sqnr_db": 36.2,
+               "output_sqnr_db": -2.8, "measured": measured}
+    [line] = ranking_unexplained({"ranking_account": account})
+    assert "keeping block 2 (op2 .. op2b, 8 ops) alone float repairs most: +50.40 dB (70.90 dB, ok)" in line
+    # a NaN output alone in int8 is the most damaging, never "exact"
+    section["blocks"][2].update(only_int8_verdict="broken", nonfinite=["only_int8"])
+    measured = _worst(section)
+    assert measured["block"] == 2 and measured["only_int8_nonfinite"] and "best_repair" not in measured
+    [line] = ranking_unexplained({"ranking_account": {**account, "measured": measured}})
+    assert "costs the output most, NaN or infinity in the output when it alone is int8" in line

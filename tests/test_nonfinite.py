@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from cli import load_report, qbench
-from input_models import build_nan_after_quantization, tiny_positive_samples
+from input_models import build_cancelling_variance, build_nan_after_quantization, offset_features, tiny_positive_samples
 from plain_ort import session as _session
 from qbench.agent.capture import PairAccumulator
 from qbench.host.compare import metrics
 from qbench.host.gates import Gates, failures
+from qbench.host.sensitivity_sweep import damage
 from qbench.protocols.messages import CapturePair, PairStats, QParams
 
 FAST = ["--accuracy-only", "--quiet", "--histogram-bins", "0"]
@@ -92,7 +93,9 @@ def test_int8_model_that_outputs_nan_fails_the_psnr_gate(nan_model, agent_cache)
     assert outputs["ratio"]["nonfinite"]["int8_nan"] == int(np.isnan(ratio).sum()) == 45
     for out in outputs.values():
         assert out["psnr_db"] is None and out["exact"] is False
+        assert out["verdict"] == "broken" and out["reasons"][0].startswith("NaN or infinity in the output (int8 model")
     summary = report["summary"]
+    assert summary["verdict"] == "broken"
     assert summary["output_psnr_db"] is None and summary["outputs_exact"] is False
     assert summary["nonfinite_outputs"] == ["log", "ratio"] and summary["nonfinite_layers"] == ["log", "ratio"]
     layers = {x["name"]: x for x in report["layers"]}
@@ -123,3 +126,27 @@ def test_inf_in_calibration_data_is_refused(nan_model, agent_cache):
                   *FAST, cwd=tmp, cache=agent_cache)
     assert proc.returncode == 1 and "inf_calib.npz: input 'x' holds inf in sample 3" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_block_whose_int8_alone_gives_nan_is_the_most_damaging_not_exact(tmp_path, agent_cache):
+    """magika (Google's file-type detector) computes a LayerNorm variance as E[x^2] - E[x]^2: that block alone in
+    int8 made its Rsqrt's input negative, and the sweep called the trial's NaN output "exact" and ranked the block
+    last. input_models.build_cancelling_variance is the pattern; plain ONNX Runtime checks the trials."""
+    model = build_cancelling_variance(tmp_path / "var.onnx")
+    np.savez(tmp_path / "calib.npz", x=offset_features(16, 1))
+    np.savez(tmp_path / "eval.npz", x=offset_features(8, 2))
+    proc = qbench("sensitivity", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
+                  "--blocks", "8", cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    section = load_report(tmp_path / "out")["sensitivity"]
+    blocks = section["blocks"]
+    assert section["baseline_nonfinite"] and section["baseline_psnr_db"] is None
+    first = blocks[0] if blocks[0]["block"] == 0 else next(b for b in blocks if b["block"] == 0)
+    assert first["first_op"] == "mean" and first["nonfinite"] == ["only_int8"]
+    assert first["only_int8_psnr_db"] is None and first["only_int8_verdict"] == "broken"
+    assert min(blocks, key=damage)["block"] == 0  # ranked the most damaging
+    assert "all-int8 output PSNR non-finite" in " ".join(proc.stdout.split())
+    x = np.load(tmp_path / "eval.npz")["x"]
+    trials = sorted((tmp_path / "out").rglob("trial-*.onnx"))
+    outs = [np.stack([_session(t).run(None, {"x": s})[0] for s in x]) for t in trials]
+    assert trials and any(np.isnan(o).any() for o in outs)  # plain ONNX Runtime: some trial does give NaN

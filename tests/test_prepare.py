@@ -267,3 +267,42 @@ def test_name_nodes_fills_gaps_and_duplicates():
     assert name_nodes(graph) == 2
     names = [n.name for n in graph.node]
     assert names == ["Relu_0_1", "Relu_0", "dup", "Relu_3"]
+
+
+def test_a_gemm_bias_of_shape_1_n_is_written_as_n_so_the_quantizer_takes_it(tmp_path):
+    """magika's final Gemm (bias [1, 214]): onnxruntime's per-channel quantizer indexes the bias by channel and
+    stopped with "The truth value of an array with more than one element is ambiguous"."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from qbench.host.quantize.onnx import quantize_onnx
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(1, 8)).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "gemm_bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "gemm.onnx"))
+    calib = rng.normal(size=(8, 1, 16)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter({"x": s} for s in calib)
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    with pytest.raises(ValueError, match="truth value of an array"):  # the precondition: ORT's own quantizer fails
+        quantize_static(str(tmp_path / "gemm.onnx"), str(tmp_path / "plain.onnx"), Reader(),
+                        quant_format=QuantFormat.QDQ, per_channel=True)
+    prepared = prepare_float(tmp_path / "gemm.onnx", {}, tmp_path / "out")
+    assert any("Gemm bias(es) of shape [1, N] as [N]" in n for n in prepared.notes)
+    int8 = quantize_onnx(prepared.path, tmp_path / "gemm.int8.onnx", {"x": calib})
+    x = calib[0]
+    f = ort.InferenceSession(str(tmp_path / "gemm.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    q = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert 10 * np.log10(np.sum(f ** 2) / np.sum((f - q) ** 2)) > 20

@@ -173,3 +173,18 @@ def test_basic_pitch_whose_log_magnifies_the_front_ends_rounding_is_measured(tmp
     assert len(checked) > 50
     for name in checked:
         assert layers[name]["sqnr_db"] == pytest.approx(reference[name], abs=2.0), name
+
+
+def test_magika_on_real_files_quantizes_and_keeps_every_content_type(tmp_path, agent_cache):
+    """Google's magika (bytes in, 214 content types out): its final Gemm's [1, 214] bias stopped onnxruntime's
+    quantizer before qbench wrote it as [214]. On real files (its own Python and JSON, photos) the int8 model
+    names every file's type as the float model does, and the verdict says ok."""
+    m, x, proc, report = _published_run("magika", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    assert any("Gemm bias(es) of shape [1, N]" in n for n in report["notes"])
+    [f] = _run_ort(report["models"]["float"]["path"], x)
+    [q] = _run_ort(tmp_path / "out" / "model.int8.onnx", x)
+    assert (f.argmax(-1) == q.argmax(-1)).all() and len(set(f.argmax(-1))) == len(f)  # different files, same types
+    [out] = report["outputs"]
+    assert out["verdict"] == "ok" and out["sqnr_db"] == pytest.approx(
+        10 * np.log10((f ** 2).sum() / ((f - q) ** 2).sum()), abs=1e-3)

@@ -79,6 +79,6 @@ def run(
         first_line = (state.error["message"].splitlines() or [""])[0]
         files = state.error.get("files")
         kept = f"; kept {', '.join(files)}" if files else ""
-        raise UserError(f"{state.error['stage']} failed: {first_line} (partial report in {path}{kept})")
+        raise UserError(f"{state.error['stage']} failed: {first_line} (partial report in {path}{kept})") from state.cause
     if checks:
         raise typer.Exit(gates.GATE_FAILED)

@@ -48,8 +48,9 @@ def sensitivity(
 def render_sensitivity(section: dict[str, Any], console: Console) -> None:
     """One row per block, the most damaging (worst only-int8 verdict, then lowest only-int8 PSNR) first; then the
     bisection, if any."""
+    baseline = "non-finite" if section.get("baseline_nonfinite") else f"{fmt(section['baseline_psnr_db'])} dB"
     table = Table(title=f"sensitivity per block ({section['method']} calibration, all-int8 output PSNR "
-                        f"{fmt(section['baseline_psnr_db'])} dB; {section['trials']} trials on the device)",
+                        f"{baseline}; {section['trials']} trials on the device)",
                   header_style="bold")
     for column in ("block", "ops", "first .. last op", "only int8 dB", "only int16 dB", "keep float dB", "gain dB"):
         table.add_column(column, justify="left" if column == "first .. last op" else "right")
@@ -60,7 +61,8 @@ def render_sensitivity(section: dict[str, Any], console: Console) -> None:
         if name not in measured:
             return "–"  # not measured, not exact
         verdict = row.get(f"{name}_verdict")
-        return _db(row[f"{name}_psnr_db"]) + (f" {verdict}" if verdict not in (None, "ok") else "")
+        figure = "non-finite" if name in row.get("nonfinite", ()) else _db(row[f"{name}_psnr_db"])
+        return figure + (f" {verdict}" if verdict not in (None, "ok") else "")
 
     for row in sorted(section["blocks"], key=damage):
         table.add_row(str(row["block"]), str(row["ops"]), row["label"], cell(row, "only_int8"), cell(row, "only_int16"),

@@ -25,6 +25,7 @@ Verdict, the worst that applies (``broken`` > ``degraded`` > ``ok``), each with 
 
 | figure | broken | degraded |
 |--------|--------|----------|
+| NaN or infinity in the output (either model) | any | |
 | output SQNR | < BROKEN_SQNR_DB (1 dB: error as large as the signal) | < DEGRADED_SQNR_DB (20 dB) |
 | a slice group | destroyed, or its SQNR < BROKEN_SQNR_DB | SQNR < DEGRADED_SQNR_DB |
 | a field (a slice of an axis of at most FIELDS) | SQNR < BROKEN_SQNR_DB | SQNR < DEGRADED_SQNR_DB |
@@ -41,7 +42,7 @@ from typing import Any, Iterable
 
 from qbench.protocols.messages import SliceStats, StructureStats
 
-from .metrics import sqnr_db
+from .metrics import nonfinite_text, sqnr_db
 
 SPREAD = 10.0
 FIELDS = 16
@@ -77,6 +78,8 @@ def structure_figures(st: StructureStats | None) -> dict[str, Any]:
 def judge(output: dict[str, Any]) -> tuple[str, list[str]]:
     """(verdict, reasons) of one report output entry carrying :func:`structure_figures`."""
     found: list[tuple[str, str]] = []
+    if output.get("nonfinite"):  # no figure exists for NaN or infinity, and no value of them is usable
+        found.append(("broken", f"NaN or infinity in the output ({nonfinite_text(output['nonfinite'])})"))
     if output.get("kind") == "float" and output.get("error") is None:
         found += _sqnr_level("output", output.get("sqnr_db"), output.get("exact"))
     sliced = output.get("slices") or {}

@@ -2,7 +2,8 @@
 
 onnx writes the newest IR version it knows (1.23 writes IR 14) while onnxruntime 1.31 loads up to
 IR 13, real exporters leave nodes unnamed although layers are reported by node name, and
-onnxruntime's quantizer names the copies of a shared bias into tensor names the graph already has.
+onnxruntime's quantizer names the copies of a shared bias into tensor names the graph already has and
+fails on a Gemm's 2-D bias.
 """
 
 from __future__ import annotations
@@ -145,6 +146,41 @@ def unshare_biases(graph) -> int:
         node.input[2] = copy.name
         copies += 1
     return copies
+
+
+def flatten_gemm_biases(graph) -> int:
+    """Writes every Gemm bias initializer of shape ``[1, N]`` as ``[N]``, the same broadcast; returns how many.
+
+    onnxruntime's quantizer checks a per-channel bias's int32 range channel by channel with ``bias[i]``,
+    which is a row of a 2-D bias: magika's final Gemm (bias ``[1, 214]``) stopped the quantization with
+    "The truth value of an array with more than one element is ambiguous". A bias that other nodes read
+    too gets a reshaped copy of its own.
+    """
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    taken = set(initializers) | set(readers) | {name for node in graph.node for name in node.output}
+    flattened = 0
+    for node in graph.node:
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
+        tensor = initializers.get(bias)
+        if tensor is None or len(tensor.dims) != 2 or tensor.dims[0] != 1:
+            continue
+        if readers[bias] > 1:
+            copy = type(tensor)()
+            copy.CopyFrom(tensor)
+            suffix = 1
+            while f"{bias}_flat{suffix}" in taken:
+                suffix += 1
+            copy.name = f"{bias}_flat{suffix}"
+            taken.add(copy.name)
+            graph.initializer.append(copy)
+            node.input[2], tensor = copy.name, copy
+        tensor.dims[:] = [tensor.dims[1]]
+        flattened += 1
+    return flattened
 
 
 def load_error(model) -> Optional[str]:

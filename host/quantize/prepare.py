@@ -20,7 +20,7 @@ from qbench.host.data import batch_stacked
 from qbench.host.errors import UserError
 from qbench.host.models import InputSpec, default_opset, inspect_model, onnx_inputs
 from qbench.host.quantize.compat import (
-    check_loads, clamp_ir_version, first_line, load_error, name_nodes, unshare_biases,
+    check_loads, clamp_ir_version, first_line, flatten_gemm_biases, load_error, name_nodes, unshare_biases,
 )
 from qbench.host.quantize.fold import conv_transpose_as_conv, fuse_hardswish
 from qbench.host.quantize.quiet import quiet_runtime
@@ -240,6 +240,10 @@ def prepare_float(
     renamed = name_nodes(model.graph)
     if renamed:
         notes.append(f"named {renamed} node(s) that onnxruntime's pre-processing left unnamed")
+    flattened = flatten_gemm_biases(model.graph)
+    if flattened:
+        notes.append(f"wrote {flattened} Gemm bias(es) of shape [1, N] as [N], the same broadcast: onnxruntime's "
+                     "quantizer reads a per-channel bias channel by channel")
     copies = unshare_biases(model.graph)
     if copies:
         notes.append(f"gave {copies} convolution(s) sharing a bias initializer a copy of their own: the int8 bias "

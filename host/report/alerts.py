@@ -119,12 +119,23 @@ def ranking_unexplained(report: Mapping[str, Any]) -> list[str]:
         gain = measured["keep_float_gain_db"]
         return [f"{head}. Measured on the device instead (report.json sensitivity): block {measured['block']} "
                 f"({measured['first_op']} .. {measured['last_op']}, {measured['ops']} ops) costs the output most, "
-                f"{measured['only_int8_psnr_db']:.2f} dB when it alone is int8"
+                + ("NaN or infinity in the output" if measured.get("only_int8_nonfinite") else
+                   f"{measured['only_int8_psnr_db']:.2f} dB") + " when it alone is int8"
                 + ("" if gain is None else f"; keeping it alone float changes the output by {gain:+.2f} dB")
+                + _best_repair(measured.get("best_repair"))
                 + "; qbench fix repairs from such measurements (bias correction included)."]
     why = f" ({measured['skipped']})" if "skipped" in measured else ""
     return [f"{head}; qbench sensitivity measures each block on the device{why}, and qbench fix repairs from it "
             "(bias correction included)."]
+
+
+def _best_repair(best: Mapping[str, Any] | None) -> str:
+    if not best:
+        return ""
+    verdict = f", {best['keep_float_verdict']}" if best.get("keep_float_verdict") else ""
+    figure = "exact" if best["keep_float_psnr_db"] is None else f"{best['keep_float_psnr_db']:.2f} dB"
+    return (f"; keeping block {best['block']} ({best['first_op']} .. {best['last_op']}, {best['ops']} ops) alone "
+            f"float repairs most: {best['gain_db']:+.2f} dB ({figure}{verdict})")
 
 
 def run_warnings(report: Mapping[str, Any]) -> list[str]:

@@ -49,8 +49,11 @@ def _chart(rows: list[Mapping[str, Any]]) -> go.Figure:
 
 
 def _table(rows: list[Mapping[str, Any]]) -> str:
-    body = [(r["block"], r["ops"], r["label"], num_cell(r["only_int8_psnr_db"]), r.get("only_int8_verdict") or "",
-             num_cell(r["only_int16_psnr_db"]), num_cell(r["keep_float_psnr_db"]), num_cell(r["gain_db"])) for r in rows]
+    def figure(r: Mapping[str, Any], name: str) -> tuple:
+        return ("non-finite", "-1e9", "num") if name in r.get("nonfinite", ()) else num_cell(r[f"{name}_psnr_db"])
+
+    body = [(r["block"], r["ops"], r["label"], figure(r, "only_int8"), r.get("only_int8_verdict") or "",
+             figure(r, "only_int16"), figure(r, "keep_float"), num_cell(r["gain_db"])) for r in rows]
     return table(("block", "ops", "first .. last op", "only int8 dB", "only int8 verdict", "only int16 dB",
                   "keep float dB", "gain dB"), body, sortable=True)
 
