@@ -249,11 +249,13 @@ class Published:
 
     name: str
     file: str  # relative to the cache
-    kind: str  # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber | filetype
+    # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber | filetype
+    kind: str
     input_name: str
     shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
     layout: str  # NCHW | NHWC
-    source: str  # photos | pages | lines | speech (log-mel windows) | embeddings (of speech) | music (audio) | files (bytes)
+    # photos | pages | lines | speech (log-mel windows) | embeddings (of speech) | music (audio) | files (bytes)
+    source: str
     normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     notes: str = ""
 

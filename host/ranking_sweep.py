@@ -11,9 +11,9 @@ of the run's own int8 model, evaluated on the run's samples in one more agent. T
 ``sensitivity`` section, as ``qbench sensitivity`` writes it, and ``ranking_account.measured``: the
 block whose int8 costs the output most (the lowest only-int8 PSNR) and what keeping it float gains,
 and, when another block's float gains more (by :data:`REPAIR_DB` at least), that block as
-``best_repair``. The two differ where the damage needs error from elsewhere to arise: magika's
-LayerNorm computes a variance as E[x²] − E[x]², which cancels the rounding of every tensor before it
-into a 28 dB SQNR loss; that block alone int8 is exact, alone float it gains 50 dB.
+``best_repair``. The two differ where the damage needs error from elsewhere to arise: a variance
+computed as E[x²] − E[x]² (magika's LayerNorms) cancels the rounding of the tensors before it into a
+large error, which that block's own rounding alone need not cause.
 
 A run of a user's own int8 model, or of a TFLite model (whose trial graph needs the calibration's
 state), is not swept; ``ranking_account.measured.skipped`` says why and names ``qbench sensitivity``,

@@ -118,8 +118,8 @@ def build_conv1d_float(path: Path, seed: int = 0) -> Path:
 
 def build_audio_front_end_float(path: Path, seed: int = 0) -> Path:
     """basic-pitch's front end (spotify's basic-pitch 0.4.0 wheel, nmp.onnx): audio [1, L, 1] -> Reshape to
-    [1, 1, L] -> Slice (its strided_slice) -> four Conv1d filter banks that share one bias initializer ``bank``, one of them writing a
-    tensor named ``bank1`` -> Concat -> y.
+    [1, 1, L] -> Slice (its strided_slice) -> four Conv1d filter banks that share one bias initializer
+    ``bank``, one of them writing a tensor named ``bank1`` -> Concat -> y.
 
     Two patterns of that real model: onnxruntime's quantizer copies the shared bias per node as
     ``bank0``, ``bank1``, ... after the initializers' names only, so its int8 model has two tensors

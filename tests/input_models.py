@@ -68,7 +68,8 @@ def build_cancelling_variance(path: PathLike) -> Path:
              helper.make_node("Sqrt", ["var"], ["std"], name="std"),
              helper.make_node("Sub", ["x", "mean"], ["centred"], name="centre"),
              helper.make_node("Div", ["centred", "std"], ["y"], name="normalise")]
-    graph = helper.make_graph(nodes, "cancelling_variance", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+    graph = helper.make_graph(nodes, "cancelling_variance",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
     return _save(graph, path, 13)
 

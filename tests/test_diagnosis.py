@@ -275,7 +275,7 @@ def _psnr_of(reference: np.ndarray, values: np.ndarray) -> float:
 
 def test_the_run_names_the_block_whose_float_repairs_most_when_another_costs_most_alone():
     """A variance computed as E[x^2] - E[x]^2 (magika's LayerNorm) cancels the rounding of what comes before it:
-    the block that costs most alone in int8 is then not the one whose float repairs (figures of such a sweep)."""
+    the block that costs most alone in int8 need not be the one whose float repairs (a sweep's rows, by hand)."""
     from qbench.host.ranking_sweep import _worst
     from qbench.host.report.alerts import ranking_unexplained
 

@@ -55,12 +55,13 @@ What the ranking accounts for (:func:`account`): ``sqnr_lost_db`` = entry SQNR â
 SQNR, the entry SQNR being that of the first layer, in graph order, with quantization noise (the
 quantized input, or the first layer after an exact one);
 ``scores_db`` = the sum of every listed layer's score; ``magnified_db`` = the sum of the SQNR drops of
-the magnifiers (:func:`_magnifiers`: a Log, Sqrt, Div, Exp, Pow or Sigmoid whose SQNR falls at least
-:data:`MAGNIFIED_DB` below its inputs' with no error source of its own). The ranking ``explains`` the
+the magnifiers (:func:`_magnifiers`: a Log, Sqrt, Reciprocal, Div, Exp, Pow or Sigmoid whose SQNR falls
+at least :data:`MAGNIFIED_DB` below its inputs' with no error source of its own). The ranking ``explains`` the
 output's error unless more than :data:`LOST_DB` dB were lost and either the scores add up to less than
 :data:`EXPLAINED_SHARE` of it or the magnifiers' drops to at least the rest (1 âˆ’ EXPLAINED_SHARE) of it:
 a magnifier weighs the error of some values far above that of others (a Log the error of the small
-ones), which no layer's SQNR, dominated by the large values, shows. The dB do not add exactly; the threshold is where the published
+ones), which no layer's SQNR, dominated by the large values, shows. The dB do not add exactly; the
+threshold is where the published
 models part: on 24 of them (11 ONNX, 13 TFLite; min/max int8 by qbench) the scores add up to
 0.99-7.1x the loss (on ppocr-v4-det and oww-embedding the ranking's top is also checked against the
 device sweep and by-hand repairs: tests/test_published_diagnosis.py); on the small fully connected wake-word

@@ -119,8 +119,6 @@ def unshare_biases(graph) -> int:
     CQT convolutions share one bias ``.../conv1d_25`` beside a conv output ``.../conv1d_252``. The
     copies made here take names no tensor of the graph has. Returns how many copies were made.
     """
-    from onnx import TensorProto
-
     initializers = {t.name: t for t in graph.initializer}
     taken = set(initializers) | {name for node in graph.node for name in (*node.input, *node.output)}
     taken |= {v.name for v in (*graph.input, *graph.output)}
@@ -135,17 +133,22 @@ def unshare_biases(graph) -> int:
         if bias not in seen:
             seen.add(bias)
             continue
-        suffix = 1
-        while f"{bias}_bias{suffix}" in taken:
-            suffix += 1
-        copy = TensorProto()
-        copy.CopyFrom(initializers[bias])
-        copy.name = f"{bias}_bias{suffix}"
-        taken.add(copy.name)
-        graph.initializer.append(copy)
-        node.input[2] = copy.name
+        node.input[2] = _copy(graph, initializers[bias], f"{bias}_bias", taken).name
         copies += 1
     return copies
+
+
+def _copy(graph, tensor, stem: str, taken: set[str]):
+    """A copy of initializer ``tensor`` added to ``graph`` under ``{stem}{n}``, the first such name not in ``taken``."""
+    suffix = 1
+    while f"{stem}{suffix}" in taken:
+        suffix += 1
+    copy = type(tensor)()
+    copy.CopyFrom(tensor)
+    copy.name = f"{stem}{suffix}"
+    taken.add(copy.name)
+    graph.initializer.append(copy)
+    return copy
 
 
 def flatten_gemm_biases(graph) -> int:
@@ -169,15 +172,8 @@ def flatten_gemm_biases(graph) -> int:
         if tensor is None or len(tensor.dims) != 2 or tensor.dims[0] != 1:
             continue
         if readers[bias] > 1:
-            copy = type(tensor)()
-            copy.CopyFrom(tensor)
-            suffix = 1
-            while f"{bias}_flat{suffix}" in taken:
-                suffix += 1
-            copy.name = f"{bias}_flat{suffix}"
-            taken.add(copy.name)
-            graph.initializer.append(copy)
-            node.input[2], tensor = copy.name, copy
+            tensor = _copy(graph, tensor, f"{bias}_flat", taken)
+            node.input[2] = tensor.name
         tensor.dims[:] = [tensor.dims[1]]
         flattened += 1
     return flattened
