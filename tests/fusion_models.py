@@ -90,6 +90,14 @@ def _save(nodes: list, tensors: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
+def _write(graph, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
 def samples(count: int, seed: int = 0) -> np.ndarray:
     """Inputs in the int8 input's range ([-0.2, 2.3] for scale 0.0097, zero point -108)."""
     rng = np.random.default_rng(seed)
@@ -110,10 +118,7 @@ def build_conv1d_float(path: Path, seed: int = 0) -> Path:
              helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="conv2", pads=[1, 1])]
     graph = helper.make_graph(nodes, "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = IR_VERSION
-    onnx.save(model, str(path))
-    return Path(path)
+    return _write(graph, path)
 
 
 def build_audio_front_end_float(path: Path, seed: int = 0) -> Path:
@@ -142,11 +147,7 @@ def build_audio_front_end_float(path: Path, seed: int = 0) -> Path:
     graph = helper.make_graph(nodes, "audio_front_end",
                               [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 256, 1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 24, 61])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return Path(path)
+    return _write(graph, path)
 
 
 def build_fpn_float(path: Path, seed: int = 0) -> Path:
@@ -174,11 +175,7 @@ def build_fpn_float(path: Path, seed: int = 0) -> Path:
     nodes.append(helper.make_node("Conv", ["merged", "w_out"], ["y"], name="conv_out"))
     graph = helper.make_graph(nodes, "fpn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 32, 24])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 24])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return Path(path)
+    return _write(graph, path)
 
 
 def build_qkv_slices_float(path: Path, seed: int = 0) -> Path:
@@ -199,8 +196,4 @@ def build_qkv_slices_float(path: Path, seed: int = 0) -> Path:
               helper.make_node("MatMul", ["scores", "v"], ["y"], name="attend")]
     graph = helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return Path(path)
+    return _write(graph, path)

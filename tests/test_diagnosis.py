@@ -101,10 +101,7 @@ def test_an_offset_input_blames_the_first_conv_whose_weights_the_repair_needs(tm
     x = offset_samples(8, seed=2)
     np.savez(tmp_path / "eval.npz", x=x)
     np.savez(tmp_path / "calib.npz", x=offset_samples(16, seed=1))
-    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
-                  "--accuracy-only", cwd=tmp_path, cache=agent_cache)
-    assert proc.returncode == 0, proc.stderr
-    report = load_report(tmp_path / "out")
+    proc, report = _accuracy_run(model, tmp_path, agent_cache)
     top, *rest = report["sensitive_layers"]
     assert top["name"] == "r1"  # conv1's output (its Relu folded into it)
     assert any(r.startswith("offset input: x lies in [7.") for r in top["reasons"])
@@ -137,10 +134,7 @@ def test_a_sigmoid_in_its_exponential_tail_passes_error_on_and_is_not_the_culpri
     x = rng.standard_normal((16, 1, 64)).astype(np.float32)
     np.savez(tmp_path / "eval.npz", x=x)
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((32, 1, 64)).astype(np.float32))
-    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
-                  "--accuracy-only", cwd=tmp_path, cache=agent_cache)
-    assert proc.returncode == 0, proc.stderr
-    report = load_report(tmp_path / "out")
+    proc, report = _accuracy_run(model, tmp_path, agent_cache)
     score = {layer["name"]: layer for layer in report["layers"]}["y"]
     assert score["drop_db"] > 10 and not score["drop"]  # SQNR does fall through it, by its inputs' error
     assert score["local_sqnr_db"] > score["sqnr_db"] + 10  # its own rounding: under a tenth of what it holds
@@ -190,10 +184,7 @@ def test_a_ranking_that_does_not_explain_the_output_says_so(tmp_path, agent_cach
 
     np.savez(tmp_path / "eval.npz", x=features(16, 2))
     np.savez(tmp_path / "calib.npz", x=features(32, 1))
-    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
-                  "--accuracy-only", cwd=tmp_path, cache=agent_cache)
-    assert proc.returncode == 0, proc.stderr
-    report = load_report(tmp_path / "out")
+    proc, report = _accuracy_run(model, tmp_path, agent_cache)
     lost, scores = _account_by_hand(report)
     account = report["ranking_account"]
     assert account["sqnr_lost_db"] == pytest.approx(lost, abs=1e-3) and lost > 10
@@ -232,10 +223,7 @@ def test_a_log_that_magnifies_its_inputs_rounding_makes_the_run_measure(tmp_path
     model = build_log_power(tmp_path / "log.onnx")
     np.savez(tmp_path / "eval.npz", audio=tones(8, 1))
     np.savez(tmp_path / "calib.npz", audio=tones(16, 2))
-    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
-                  "--accuracy-only", cwd=tmp_path, cache=agent_cache)
-    assert proc.returncode == 0, proc.stderr
-    report = load_report(tmp_path / "out")
+    proc, report = _accuracy_run(model, tmp_path, agent_cache)
     log = {layer["name"]: layer for layer in report["layers"]}["log_power"]
     assert log["drop_db"] > 10 and log["local_sqnr_db"] > log["sqnr_db"] + 10  # it passes on what it inherits
     lost, scores = _account_by_hand(report)
@@ -260,6 +248,14 @@ def test_a_log_that_magnifies_its_inputs_rounding_makes_the_run_measure(tmp_path
     graph = QdqGraph(report["models"]["int8"]["path"], report["models"]["float"]["path"])
     kept = graph.write(tmp_path / "chain.onnx", float_tensors=["power", "floored"])
     assert _psnr_of(reference, _run_outputs(kept, tmp_path / "eval.npz", "audio")) > base + 10
+
+
+def _accuracy_run(model, tmp_path, agent_cache):
+    """``qbench run --accuracy-only`` of ``model`` on tmp_path's eval.npz and calib.npz: (the process, its report)."""
+    proc = qbench("run", str(model), "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
+                  "--accuracy-only", cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    return proc, load_report(tmp_path / "out")
 
 
 def _run_outputs(path, data, name: str = "x") -> np.ndarray:
