@@ -46,12 +46,14 @@ WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
         "embedding_model", "melspectrogram", "alexa_v0.1", "hey_jarvis_v0.1"))),
     "basic_pitch": ("basic-pitch==0.4.0", tuple(f"basic_pitch/saved_models/icassp_2022/nmp.{ext}"
                                                for ext in ("onnx", "tflite"))),
+    "pyopen_wakeword": ("pyopen-wakeword==1.1.0", ("pyopen_wakeword/models/embedding_model.tflite",)),
     "mediapipe": ("mediapipe==0.10.14", ("mediapipe/modules/",)),
     "magika": ("magika==1.0.3", ("magika/",)),  # its model, and its Python files and JSON as inputs
     "skimage": ("scikit-image==0.25.2", ("skimage/data/",)),
 }
 #: the platform-specific wheels (magika's holds its Rust command-line tool) by the tag they are asked for by
-_PLATFORMS = {"mediapipe": "manylinux2014_x86_64", "magika": "manylinux_2_28_x86_64"}
+_PLATFORMS = {"mediapipe": "manylinux2014_x86_64", "magika": "manylinux_2_28_x86_64",
+              "pyopen_wakeword": "manylinux_2_35_x86_64"}
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -314,6 +316,9 @@ MODELS: dict[str, Published] = {m.name: m for m in [
               (1, 3, 320, 320), "NCHW", "photos", _unit, "YOLOv8n: 4 box rows and 18 class rows in one output"),
     Published("oww-embedding", "openwakeword/resources/models/embedding_model.onnx", "embedding", "input_1",
               (1, 76, 32, 1), "NHWC", "speech", _raw, "openwakeword speech embedding: log-mel windows in, 96 values out"),
+    Published("oww-embedding-tflite", "pyopen_wakeword/models/embedding_model.tflite", "embedding",
+              "serving_default_input_1:0", (1, 76, 32, 1), "NHWC", "speech", _raw,
+              "the same speech embedding as .tflite (pyopen-wakeword): LeakyRelu then Maximum(x, -0.4)"),
     Published("oww-alexa", "openwakeword/resources/models/alexa_v0.1.onnx", "wakeword", "onnx::Flatten_0",
               (1, 16, 96), "NHWC", "embeddings", _raw, "openwakeword wake-word head: 3 Gemms, a Sigmoid score"),
     Published("magika", "magika/models/standard_v3_3/model.onnx", "filetype", "bytes", (1, 2048), "NHWC", "files",

@@ -188,3 +188,29 @@ def test_magika_on_real_files_quantizes_and_keeps_every_content_type(tmp_path, a
     [out] = report["outputs"]
     assert out["verdict"] == "ok" and out["sqnr_db"] == pytest.approx(
         10 * np.log10((f ** 2).sum() / ((f - q) ** 2).sum()), abs=1e-3)
+
+
+def test_the_tflite_speech_embedding_blames_the_first_conv_as_its_onnx_twin(tmp_path, agent_cache):
+    """The same openwakeword embedding as .tflite (pyopen-wakeword's wheel), quantized by ai-edge-quantizer, which
+    gives each LeakyRelu the range of the Maximum(x, -0.4) after it: the LeakyRelus clip 12-22 % of their values and
+    ranked first, four of the top five. What the Maximum discards is no damage; the top is the first convolution,
+    with the offset input its ONNX twin's sweep and by-hand repair point at (the test above)."""
+    _, _, proc, report = _published_run("oww-embedding-tflite", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    top, second = report["sensitive_layers"][:2]
+    assert top["op_type"] == "CONV_2D" and any(r.startswith("offset input: serving_default_input_1") for r in top["reasons"])
+    assert top["score"] > 3 * second["score"]
+    layers = {x["name"]: x for x in report["layers"]}
+    leaky = [x for x in report["layers"] if x["op_type"] == "LEAKY_RELU" and (x.get("clipped_fraction") or 0) > 0.1]
+    assert len(leaky) >= 10 and not any(x["drop"] for x in leaky)
+    undone = 0
+    for x in leaky:  # the part of the drop that survives is what the Maximum after it keeps
+        after = next(y for y in report["layers"] if y.get("parents") == [x["name"]])
+        assert after["op_type"] == "MAXIMUM"
+        if after["sqnr_db"] <= x["sqnr_db"] + 1:  # it takes back less than 1 dB: the drop stands as it is
+            assert x.get("drop_kept_db") is None
+            continue
+        inputs = min(layers[p]["sqnr_db"] for p in x["parents"])
+        assert x["drop_kept_db"] == pytest.approx(max(0.0, inputs - after["sqnr_db"]), abs=1e-3)
+        undone += 1
+    assert undone >= 10

@@ -130,3 +130,40 @@ def test_sweep_rows_order_by_verdict_then_psnr():
             {"block": 3, "only_int8_psnr_db": 50.0, "only_int8_verdict": "broken"},
             {"block": 4, "only_int8_psnr_db": 25.0}]  # a sweep from before verdicts: by PSNR
     assert [r["block"] for r in sorted(rows, key=damage)] == [3, 2, 4, 0, 1]
+
+
+def test_a_clip_that_the_next_clamp_discards_is_no_damage():
+    """openwakeword's TFLite speech embedding (pyopen-wakeword): ai-edge-quantizer gives each LeakyRelu the range of
+    the Maximum(x, -0.4) after it, so 16-22 % of its values clip and its SQNR falls, and the Maximum takes it back;
+    the LeakyRelus topped the ranking, above the first convolution that the ONNX twin's sweep finds (figures of that
+    model's report)."""
+    from qbench.host.compare.metrics import flag_drops
+
+    def stage(k: int, conv_sqnr: float, leaky_sqnr: float, max_sqnr: float, parent: str) -> list[dict]:
+        return [_layer(f"conv{k}", parents=[parent], sqnr_db=conv_sqnr, local_sqnr_db=33.0, weight_psnr_db=45.0),
+                _layer(f"leaky{k}", op_type="LEAKY_RELU", parents=[f"conv{k}"], sqnr_db=leaky_sqnr,
+                       local_sqnr_db=16.0, clipped_fraction=0.16, crest_db=12.0),
+                _layer(f"max{k}", op_type="MAXIMUM", parents=[f"leaky{k}"], sqnr_db=max_sqnr, local_sqnr_db=34.0)]
+
+    layers = [_layer("input", op_type="INPUT", sqnr_db=50.8, local_sqnr_db=50.8),
+              *stage(1, 24.19, 15.32, 23.56, "input"), *stage(2, 19.61, 13.10, 16.37, "max1")]
+    flag_drops(layers, 6.0)
+    by = {x["name"]: x for x in layers}
+    assert by["leaky1"]["drop_db"] == pytest.approx(8.87) and by["leaky1"]["drop_kept_db"] == pytest.approx(0.63)
+    assert not by["leaky1"]["drop"] and by["conv1"]["drop"]  # the conv's 26.6 dB fall is where it breaks
+    assert by["leaky2"]["drop_kept_db"] == pytest.approx(3.24) and not by["leaky2"]["drop"]
+    ranked = {x["name"]: x for x in rank_sensitive(layers)}
+    assert rank_sensitive(layers)[0]["name"] == "conv1"
+    assert "leaky1" not in ranked or ranked["leaky1"]["score"] == 0
+    assert ranked["leaky2"]["score"] == pytest.approx(3.24)  # what survives the Maximum, and nothing for the clip
+    assert ranked["leaky2"]["reasons"][0].startswith("partly undone: SQNR 6.5 dB below its inputs', 3.2 dB of it "
+                                                     "left at max2")
+    # an Add raises SQNR by adding signal, not by discarding error: its input keeps its whole drop
+    layers[-1].update(op_type="ADD", parents=["leaky2", "max1"])
+    flag_drops(layers, 6.0)
+    leaky2 = {x["name"]: x for x in layers}["leaky2"]
+    assert "drop_kept_db" not in leaky2 and leaky2["drop_db"] == pytest.approx(6.51)
+    # nor does a Relu with weights: in an ONNX QDQ model that is a Conv folded into its Relu, which adds signal
+    layers[-1].update(op_type="Relu", parents=["leaky2"], weight_psnr_db=45.0)
+    flag_drops(layers, 6.0)
+    assert "drop_kept_db" not in {x["name"]: x for x in layers}["leaky2"]

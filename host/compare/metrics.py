@@ -121,6 +121,13 @@ EXACT_SQNR_DB = 90.0
 OWN_MARGIN_DB = 10.0
 #: ... or when more than this fraction of its values are clipped
 OWN_CLIPPED = 0.01
+#: a layer's consumers undo (part of) its drop when every one's SQNR is more than this above the layer's
+UNDONE_MARGIN_DB = 1.0
+#: element-wise clamps: they discard what lies beyond their bound, error included
+CLAMPS = {"Relu", "Clip", "Max", "Min", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "MAXIMUM", "MINIMUM"}
+#: the clamps whose bound is a constant input, which the weight figures count as a weight; any other clamp with
+#: weights is a convolution folded into its activation (ONNX QDQ: the Conv's output is the Relu's tensor)
+_BOUNDED = {"Max", "Min", "MAXIMUM", "MINIMUM"}
 #: ops that compute with quantized weights: their weight rounding is a source of error of their own
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "CONV_2D",
                 "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "CONV_3D", "BATCH_MATMUL"}
@@ -137,19 +144,52 @@ def flag_drops(layers: list[dict[str, Any]], threshold_db: float) -> None:
     Undefined (None) when the layer has no SQNR (exact, or no signal) or no noisy parent: a layer fed
     only by exact inputs is judged by its own figures (local SQNR).
 
-    A layer is a sudden drop when drop_db is above ``threshold_db`` and it has an error source of
+    A layer is a sudden drop when drop_db is above ``threshold_db``, it has an error source of
     its own (:func:`adds_own_error`): a squashing op (Sigmoid, a Clip of a wide range) compresses
     the signal more than the error it inherits, so SQNR can fall through it by several dB although it
-    adds nothing (its local SQNR is far above its inputs').
+    adds nothing (its local SQNR is far above its inputs'); for a layer whose consumers undo part of
+    its drop (:func:`drop_kept`), the part they keep, ``drop_kept_db``, must be above the threshold.
     """
     by_name = {layer["name"]: layer for layer in layers}
+    consumers: dict[str, list[dict[str, Any]]] = {}
     for layer in layers:
+        for parent in layer.get("parents", []):
+            consumers.setdefault(parent, []).append(layer)
+    for layer in layers:
+        layer.pop("drop_kept_db", None)
         inputs = inputs_sqnr(layer, by_name)
         if layer.get("sqnr_db") is None or inputs is None:
             layer["drop_db"], layer["drop"] = None, False
             continue
         layer["drop_db"] = round(inputs - layer["sqnr_db"], 4)
-        layer["drop"] = layer["drop_db"] > threshold_db and adds_own_error(layer, inputs)
+        kept = drop_kept(layer, inputs, consumers.get(layer["name"], []))
+        if kept is not None:
+            layer["drop_kept_db"] = round(kept, 4)
+        layer["drop"] = (layer["drop_db"] if kept is None else kept) > threshold_db and adds_own_error(layer, inputs)
+
+
+def drop_kept(layer: dict[str, Any], inputs: float, consumers: list[dict[str, Any]]) -> float | None:
+    """How much of the drop of a layer that clips (more than :data:`OWN_CLIPPED` of its values) survives its
+    consumers, inputs' SQNR − the lowest consumer's, when every consumer is a clamp of it alone whose SQNR is
+    back above the layer's by more than :data:`UNDONE_MARGIN_DB`; else None.
+
+    An int8 range may clip values a consumer discards anyway: ai-edge-quantizer gives a LeakyRelu the
+    range of the ``Maximum(x, -0.4)`` after it (openwakeword's TFLite speech embedding), so 16-22 % of
+    the LeakyRelu's values clip and its SQNR falls 4-9 dB, of which the Maximum takes back all or all but
+    3 dB. Only what survives is damage. Only a clamp of this layer alone (:data:`CLAMPS`) discards what the
+    layer's range clipped: an Add or a Concat raises SQNR by adding signal, and the error passes through
+    it whole."""
+    if (layer.get("clipped_fraction") or 0.0) <= OWN_CLIPPED or not consumers or any(
+            c.get("sqnr_db") is None or c.get("op_type") not in CLAMPS or len(c.get("parents", [])) != 1
+            or (c.get("weight_psnr_db") is not None and c["op_type"] not in _BOUNDED) for c in consumers):
+        return None
+    lowest = min(c["sqnr_db"] for c in consumers)
+    if lowest <= layer["sqnr_db"] + UNDONE_MARGIN_DB:
+        return None
+    return max(0.0, inputs - lowest)
+    if all(c.get("sqnr_db") is not None and c["sqnr_db"] >= inputs - UNDONE_MARGIN_DB for c in consumers):
+        return consumers[0]["name"]
+    return None
 
 
 def inputs_sqnr(layer: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> float | None:

@@ -206,11 +206,18 @@ def _assess(layer: dict[str, Any], weight_db: float | None, graph: _Graph) -> tu
     reasons: list[str] = []
     drop_db, sqnr = layer.get("drop_db"), layer.get("sqnr_db")
     inputs = graph.inputs_sqnr(layer)
-    scores = (drop_db is None or drop_db >= VISIBLE_DB) and adds_own_error(layer, inputs)
-    score = max(0.0, drop_db or 0.0) if scores else 0.0
+    kept = layer.get("drop_kept_db")
+    scores = ((drop_db is None or drop_db >= VISIBLE_DB) and (kept is None or kept >= VISIBLE_DB)
+              and adds_own_error(layer, inputs))
+    score = max(0.0, drop_db if kept is None else kept) if scores and drop_db is not None else 0.0
+    if kept is not None and drop_db is not None and drop_db >= VISIBLE_DB:
+        consumers = graph.consumers.get(layer["name"], [])
+        reasons.append(f"{'undone' if kept < VISIBLE_DB else 'partly undone'}: SQNR {drop_db:.1f} dB below its "
+                       f"inputs', {kept:.1f} dB of it left at {', '.join(c['name'] for c in consumers)}, which "
+                       "discards what this layer's int8 range clips or rounds")
     if layer.get("drop"):
-        reasons.append(f"sudden drop: SQNR {drop_db:.1f} dB below its inputs'")
-    elif drop_db is not None and drop_db >= VISIBLE_DB:
+        reasons.append(f"sudden drop: SQNR {drop_db if kept is None else kept:.1f} dB below its inputs'")
+    elif kept is None and drop_db is not None and drop_db >= VISIBLE_DB:
         reasons.append(f"drop: SQNR {drop_db:.1f} dB below its inputs'" if scores else
                        f"squashed: SQNR {drop_db:.1f} dB below its inputs', but it adds no error of its own "
                        f"(local SQNR {_db(layer.get('local_sqnr_db'))}): the op compresses the signal more than "
@@ -221,7 +228,7 @@ def _assess(layer: dict[str, Any], weight_db: float | None, graph: _Graph) -> tu
     ratio = _range_ratio(layer)
     if ratio is not None and ratio > WIDE_RANGE:
         reasons.append(f"wide range: int8 range {ratio:.1f}x the values seen")
-    own = _own_error(layer, inputs)
+    own = _own_error(layer, inputs) if kept is None else None  # what the consumers discard is not its error
     if own is not None and scores:
         score += own[0]
     if weight_db is not None and weight_db < WEIGHT_DB and scores:
