@@ -47,6 +47,7 @@ WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "basic_pitch": ("basic-pitch==0.4.0", tuple(f"basic_pitch/saved_models/icassp_2022/nmp.{ext}"
                                                for ext in ("onnx", "tflite"))),
     "pyopen_wakeword": ("pyopen-wakeword==1.1.0", ("pyopen_wakeword/models/embedding_model.tflite",)),
+    "faster_whisper": ("faster-whisper==1.2.1", ("faster_whisper/assets/silero_vad_v6.onnx",)),
     "mediapipe": ("mediapipe==0.10.14", ("mediapipe/modules/",)),
     "magika": ("magika==1.0.3", ("magika/",)),  # its model, and its Python files and JSON as inputs
     "skimage": ("scikit-image==0.25.2", ("skimage/data/",)),
@@ -251,15 +252,17 @@ class Published:
 
     name: str
     file: str  # relative to the cache
-    # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber | filetype
+    # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber | filetype | vad
     kind: str
     input_name: str
     shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
     layout: str  # NCHW | NHWC
-    # photos | pages | lines | speech (log-mel windows) | embeddings (of speech) | music (audio) | files (bytes)
+    # photos | pages | lines | speech (log-mel windows) | embeddings (of speech) | music (audio) | files (bytes) | chunks (of audio)
     source: str
     normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     notes: str = ""
+    #: recurrent state inputs, fed zeros (a stream's first chunk): (name, shape with batch)
+    states: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def path(self) -> Path:
@@ -316,6 +319,9 @@ MODELS: dict[str, Published] = {m.name: m for m in [
               (1, 3, 320, 320), "NCHW", "photos", _unit, "YOLOv8n: 4 box rows and 18 class rows in one output"),
     Published("oww-embedding", "openwakeword/resources/models/embedding_model.onnx", "embedding", "input_1",
               (1, 76, 32, 1), "NHWC", "speech", _raw, "openwakeword speech embedding: log-mel windows in, 96 values out"),
+    Published("silero-vad", "faster_whisper/assets/silero_vad_v6.onnx", "vad", "input", (1, 576), "NHWC", "chunks",
+              _raw, "silero VAD v6 (faster-whisper's wheel): STFT as a Conv, magnitude, LSTM, speech probability",
+              states=(("h", (1, 1, 128)), ("c", (1, 1, 128)))),
     Published("oww-embedding-tflite", "pyopen_wakeword/models/embedding_model.tflite", "embedding",
               "serving_default_input_1:0", (1, 76, 32, 1), "NHWC", "speech", _raw,
               "the same speech embedding as .tflite (pyopen-wakeword): LeakyRelu then Maximum(x, -0.4)"),
@@ -369,6 +375,10 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
         raise ValueError(f"split {split!r}: one of {', '.join(SPLITS)}")
     m = MODELS[m] if isinstance(m, str) else m
     rng = np.random.default_rng(seed + (0 if split == "eval" else 1000))
+    if m.source == "chunks":  # mono 16 kHz audio in [-1, 1] (silero VAD's input), one window per sample
+        audio = _speech(count * m.shape[1] / 16000 + 0.5, rng) / 32768.0
+        chunks = audio[: count * m.shape[1]].reshape(count, 1, m.shape[1]).astype(np.float32)
+        return {m.input_name: chunks[:, 0], **{name: np.zeros((count, *shape[1:]), np.float32) for name, shape in m.states}}
     if m.source == "files":
         return {m.input_name: np.stack(_file_features(split, count))}
     if m.source == "music":

@@ -214,3 +214,21 @@ def test_the_tflite_speech_embedding_blames_the_first_conv_as_its_onnx_twin(tmp_
         assert x["drop_kept_db"] == pytest.approx(max(0.0, inputs - after["sqnr_db"]), abs=1e-3)
         undone += 1
     assert undone >= 10
+
+
+def test_silero_vad_whose_stft_magnitude_magnifies_is_measured_and_repaired(tmp_path, agent_cache):
+    """silero VAD v6 (faster-whisper's wheel): an STFT as a Conv, its magnitude through a Sqrt (a magnifier, like
+    basic-pitch's Log), an LSTM, one speech probability per 576-sample window, and h/c state inputs. The run
+    measures where the damage is (the feature extractor, before the LSTM), and `qbench fix` repairs: every
+    window's speech decision (0.5) then agrees with the float model's, by plain ONNX Runtime."""
+    m, x, proc, report = _published_run("silero-vad", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    account = report["ranking_account"]
+    assert not account["explains"] and account["magnifiers"][0]["op_type"] == "Sqrt"
+    assert "/encoder/feature_extractor/" in account["measured"]["last_op"] + account["measured"]["first_op"]
+    fixed = qbench("fix", str(m.path), "--input-shape", m.input_shape, "--data", "eval.npz", "--calibration",
+                   "calib.npz", "--target-psnr", "30", "--out", "fix", cwd=tmp_path, cache=agent_cache, timeout=900)
+    assert fixed.returncode == 0, fixed.stderr
+    f = _run_ort(report["models"]["float"]["path"], x)[0]
+    q = _run_ort(tmp_path / "fix" / "model.int8.onnx", x)[0]
+    assert ((f > 0.5) == (q > 0.5)).all() and 10 * np.log10(np.abs(f).max() ** 2 / np.mean((f - q) ** 2)) >= 30
