@@ -188,6 +188,7 @@ def test_magika_on_real_files_quantizes_and_keeps_every_content_type(tmp_path, a
     [out] = report["outputs"]
     assert out["verdict"] == "ok" and out["sqnr_db"] == pytest.approx(
         10 * np.log10((f ** 2).sum() / ((f - q) ** 2).sum()), abs=1e-3)
+    assert out["top1_agreement"] == 1.0  # its softmax is written out (exp / sum): still read by argmax
 
 
 def test_the_tflite_speech_embedding_blames_the_first_conv_as_its_onnx_twin(tmp_path, agent_cache):

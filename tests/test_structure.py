@@ -154,3 +154,28 @@ def test_top1_thresholds(top1, verdict):
     out = {"kind": "float", "sqnr_db": 30.0, "top1_agreement": top1, "topk_agreement": 1.0, "top_k": 5,
            "positions": 100}
     assert verdicts.judge(out)[0] == verdict
+
+
+def test_a_softmax_written_out_is_read_by_argmax():
+    """jax2tf writes softmax as exp(x - max) / sum (magika, Google's file-type detector): the output is a class output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from qbench.host.compare.matching import output_structures
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"], name="dense"),
+             helper.make_node("ReduceMax", ["logits"], ["top"], name="max", axes=[-1]),
+             helper.make_node("Sub", ["logits", "top"], ["shifted"], name="shift"),
+             helper.make_node("Exp", ["shifted"], ["e"], name="exp"),
+             helper.make_node("ReduceSum", ["e", "axes"], ["total"], name="sum"),
+             helper.make_node("Div", ["e", "total"], ["probs"], name="normalise"),
+             helper.make_node("Div", ["logits", "total"], ["ratio"], name="not_a_softmax")]
+    graph = helper.make_graph(nodes, "written_softmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 5]),
+                               helper.make_tensor_value_info("ratio", TensorProto.FLOAT, [1, 5])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [8, 5], [0.1] * 40),
+                               helper.make_tensor("axes", TensorProto.INT64, [1], [-1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    requests = output_structures(onnx.load_from_string(model.SerializeToString()))
+    assert requests["probs"].class_axis == -1
+    assert requests["ratio"].class_axis is None

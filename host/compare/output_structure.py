@@ -4,7 +4,8 @@ Every float output gets per-slice sums (along every axis of 2..64 entries). An o
 argmax gets class figures too:
 
 - its producer (through shape-only ops: Identity, Reshape, Flatten, Squeeze, Unsqueeze, Cast) is a
-  Softmax/LogSoftmax over the last axis, or a Gemm/MatMul/FullyConnected (logits): class axis =
+  Softmax/LogSoftmax over the last axis, a softmax written out as ``Div(Exp(x), ...)`` (ONNX: how
+  jax2tf exports it, magika's), or a Gemm/MatMul/FullyConnected (logits): class axis =
   the last axis (top-1/top-5 agreement), and a CTC reading (blank 0, the PaddleOCR and ddddocr
   convention) along the longest other axis when it has at least 8 entries
 - its producer is an ArgMax (an integer output): the indices themselves are read as CTC sequences
@@ -48,6 +49,9 @@ def onnx_producers(graph, name: str) -> list[tuple[str, bool]]:
     chain = []
     node = graph.producer.get(name)
     while node is not None:
+        if node.op_type == "Div" and getattr(graph.producer.get(node.input[0]), "op_type", None) == "Exp":
+            chain.append(("Softmax", True))  # exp(x − max) / Σ exp: the class axis is the last, as jax2tf writes it
+            break
         chain.append((node.op_type, _onnx_on_last_axis(graph, node)))
         if node.op_type not in PASS_THROUGH or not node.input:
             break
