@@ -364,7 +364,8 @@ SPLITS = ("calib", "eval")
 
 
 def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) -> dict[str, np.ndarray]:
-    """``count`` real-looking samples for ``m`` as one batch: ``{input: (count, *shape[1:])}``.
+    """``count`` real-looking samples for ``m`` as one batch: ``{input: (count, *shape[1:])}``, and zeros for
+    its state inputs.
 
     qbench's ``--data`` wants ``(N, *input_shape)``: see :func:`data`.
 
@@ -377,8 +378,8 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
     rng = np.random.default_rng(seed + (0 if split == "eval" else 1000))
     if m.source == "chunks":  # mono 16 kHz audio in [-1, 1] (silero VAD's input), one window per sample
         audio = _speech(count * m.shape[1] / 16000 + 0.5, rng) / 32768.0
-        chunks = audio[: count * m.shape[1]].reshape(count, 1, m.shape[1]).astype(np.float32)
-        return {m.input_name: chunks[:, 0], **{name: np.zeros((count, *shape[1:]), np.float32) for name, shape in m.states}}
+        chunks = audio[: count * m.shape[1]].reshape(count, m.shape[1]).astype(np.float32)
+        return {m.input_name: chunks, **{name: np.zeros((count, *shape[1:]), np.float32) for name, shape in m.states}}
     if m.source == "files":
         return {m.input_name: np.stack(_file_features(split, count))}
     if m.source == "music":
