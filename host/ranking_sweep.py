@@ -15,13 +15,15 @@ and, when another block's float gains more (by :data:`REPAIR_DB` at least), that
 computed as E[x²] − E[x]² (magika's LayerNorms) cancels the rounding of the tensors before it into a
 large error, which that block's own rounding alone need not cause.
 
-A run of a user's own int8 model, or of a TFLite model (whose trial graph needs the calibration's
-state), is not swept; ``ranking_account.measured.skipped`` says why and names ``qbench sensitivity``,
-as it says why when the sweep failed or was interrupted (the run's own figures stand).
+A run of a user's own int8 model is not swept (a TFLite trial graph needs the quantizer's calibration,
+which qbench keeps only for the model it made); ``ranking_account.measured.skipped`` says why and names
+``qbench sensitivity``, as it says why when the sweep failed or was interrupted (the run's own figures
+stand).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
@@ -55,14 +57,15 @@ def measure_if_unexplained(state: RunState, transport: Callable[[], AgentTranspo
     fmt = format_of(state.settings.model)
     graph = fmt.run_trial_graph(state)
     if graph is None:
-        account["measured"] = {"skipped": "not measured in this run: a given int8 model, or TFLite"}
+        account["measured"] = {"skipped": "not measured in this run: a given int8 model"}
         return
     s = state.settings
+    reference = Path(state.float_info.path)
     ui.stage("ranking sweep")
     ui.note(f"the ranking does not account for the output's error: measuring {BLOCKS} blocks on the device")
     try:
-        with Evaluator(transport(), graph.float_path, state.samples, s.runner, s.timeout_s, ui.progress,
-                       fmt.output_structures(graph.float_path)) as evaluator:
+        with Evaluator(transport(), reference, state.samples, s.runner, s.timeout_s, ui.progress,
+                       fmt.output_structures(reference)) as evaluator:
             trials = EditTrials(graph, make_blocks(graph, BLOCKS), evaluator, s.out_dir / "ranking_sweep")
             section = sweep(trials, lambda _: None, FIGURES).to_dict()
             section["trials"] = evaluator.trials

@@ -102,6 +102,8 @@ class RunState:
     bias_correction: dict[str, Any] | None = None  # quantize.bias_correction's report section, with --bias-correction
     # ONNX: quantize.kernels.int8_kernels of the int8 model (None if it failed), computed on first ask
     int8_kernels: Deferred | None = None
+    # TFLite: the trial graph of the int8 model qbench made (the quantizer's calibration, kept), built on first ask
+    calibrated: Callable[[], Any] | None = None
     prefetch: Prefetch | None = None  # report work started at the capture stage
     samples: dict[str, np.ndarray] | None = None  # the evaluation samples, {input: (N, *shape)}
     report: dict[str, Any] | None = None  # built ahead of finish.write_run (ranking_sweep), which then reuses it

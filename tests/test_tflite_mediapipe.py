@@ -167,3 +167,28 @@ def test_calibrate_compares_activation_ranges_on_the_device(tmp_path, agent_cach
         here[method] = min(_psnr(a, b) for a, b in zip(f, q))
         assert row["output_psnr_db"] == pytest.approx(here[method], abs=1.0), method
     assert here["minmax"] > here["moving-average"] + 5
+
+
+def test_a_tflite_run_whose_ranking_does_not_explain_its_output_measures_itself(tmp_path, agent_cache):
+    """mp-hand_landmark_full: its handedness Sigmoid magnifies the error of the logit before it, so the run measures
+    the blocks itself, as for ONNX, from the calibration ai-edge-quantizer made for the run (its trial models
+    written by recipe). One trial's figure is recomputed with plain LiteRT."""
+    m = _model("mp-hand_landmark_full")
+    for split, count in (("calib", 4), ("eval", 2)):
+        np.savez(tmp_path / f"{split}.npz", **_data(m, count, split))
+    proc = qbench("run", str(m.path), "--data", "eval.npz", "--calibration", "calib.npz", "--accuracy-only",
+                  "--out", "out", cwd=tmp_path, cache=agent_cache, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp_path / "out")
+    account = report["ranking_account"]
+    assert not account["explains"] and account["magnifiers"][0]["op_type"] == "LOGISTIC"
+    sweep = report["sensitivity"]
+    assert sweep["figures"] == ["only_int8", "keep_float"] and sweep["trials"] == 1 + 2 * len(sweep["blocks"])
+    assert account["measured"]["block"] in [b["block"] for b in sweep["blocks"]]
+    samples = np.load(tmp_path / "eval.npz")[m.input_name]
+    xnnpack = tfl.OpResolverType.AUTO  # the agent's kernels: LiteRT's default delegate
+    reference = _outputs(Path(report["models"]["float"]["path"]).read_bytes(), samples, xnnpack)
+    trials = sorted((tmp_path / "out" / "ranking_sweep").glob("trial-*.tflite"))
+    figures = [min(_psnr(f, q) for f, q in zip(reference, _outputs(t.read_bytes(), samples, xnnpack))) for t in trials]
+    measured = [b["only_int8_psnr_db"] for b in sweep["blocks"] if b["only_int8_psnr_db"] is not None]
+    assert min(abs(f - measured[0]) for f in figures) < 0.01  # plain LiteRT agrees

@@ -154,8 +154,7 @@ class ModelFormat(Protocol):
 
     def run_trial_graph(self, state: RunState) -> TrialGraph | None:
         """The trial graph of the int8 model a finished run made itself (no second calibration), for
-        measurements after the run; None when there is none (a user's own int8 model, or a format whose
-        trial graph needs the calibration's state, which a run does not keep)."""
+        measurements after the run; None when there is none (a user's own int8 model)."""
 
     def bias_corrected(self, graph: TrialGraph, out_path: Path,
                        calibration: Mapping[str, np.ndarray]) -> TrialGraph | None:

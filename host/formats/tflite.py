@@ -99,6 +99,8 @@ class TFLiteFormat:
                 ui.note(note)
                 state.notes.append(note)
             int8 = inspect_model(result.path)
+            state.calibrated = lambda: RecipeGraph(result.prepared, Path(s.model).name, RECIPES[s.activation_type],
+                                                   s.calibration_method, result.qsvs, result.path, s.debug)
         state.int8_info = int8
         state.stage = "match"
         state.matching = match_tflite(float_info.path, int8.path)
@@ -182,8 +184,8 @@ class TFLiteFormat:
         path = tflite_quant.quantize_calibrated(prepared, float_path.name, out_path, recipe, qsvs, debug)
         return RecipeGraph(prepared, float_path.name, settings["recipe"], settings["method"], qsvs, path, debug)
 
-    def run_trial_graph(self, state: RunState) -> None:
-        return None  # a RecipeGraph needs the calibration's QSVs (quantize.tflite_edit), which a run does not keep
+    def run_trial_graph(self, state: RunState) -> RecipeGraph | None:
+        return None if state.settings.int8 is not None or state.calibrated is None else state.calibrated()
 
     def bias_corrected(self, graph: RecipeGraph, out_path: Path, calibration: Mapping[str, np.ndarray]) -> None:
         return None  # ai-edge-quantizer has no bias correction

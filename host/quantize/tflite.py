@@ -93,11 +93,15 @@ class QuantizedTFLite:
         notes: what :func:`prepare_tflite` changed.
         float_model: the float reference to compare against when the user's needs XNNPACK (see
             :attr:`PreparedTFLite.rewritten_from`), checked against it; else None.
+        prepared: the model as the quantizer took it, and ``qsvs`` its calibration: what trial models
+            are written from (:class:`~.tflite_edit.RecipeGraph`).
     """
 
     path: Path
     notes: list[str] = field(default_factory=list)
     float_model: bytes | None = None
+    prepared: PreparedTFLite | None = None
+    qsvs: dict | None = None
 
 
 def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
@@ -342,7 +346,7 @@ def _quantize(
     quantize_calibrated(prepared, name, output, recipe, qsvs, debug)
     checks.check_loads(Path(output).read_bytes(), name, Path(output), first, xnnpack=bool(prepared.xnnpack_ops))
     return QuantizedTFLite(Path(output), prepared.notes,
-                           prepared.reference if prepared.rewritten_from is not None else None)
+                           prepared.reference if prepared.rewritten_from is not None else None, prepared, qsvs)
 
 
 def calibrate_prepared(prepared: PreparedTFLite, name: str, calibration: Mapping[str, np.ndarray],
