@@ -141,7 +141,7 @@ def test_a_block_whose_int8_alone_gives_nan_is_the_most_damaging_not_exact(tmp_p
     section = load_report(tmp_path / "out")["sensitivity"]
     blocks = section["blocks"]
     assert section["baseline_nonfinite"] and section["baseline_psnr_db"] is None
-    first = blocks[0] if blocks[0]["block"] == 0 else next(b for b in blocks if b["block"] == 0)
+    first = next(b for b in blocks if b["block"] == 0)
     assert first["first_op"] == "mean" and first["nonfinite"] == ["only_int8"]
     assert first["only_int8_psnr_db"] is None and first["only_int8_verdict"] == "broken"
     assert min(blocks, key=damage)["block"] == 0  # ranked the most damaging
