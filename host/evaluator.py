@@ -60,10 +60,12 @@ class Figures:
         if result.error or broken:
             return cls(None, None, outputs, result.error or f"{broken[0].name}: {broken[0].error}")
         nonfinite = {o.name for o in result.outputs if o.error == NONFINITE_OUTPUT}
-        psnr = [-math.inf if o.name in nonfinite else math.inf if o.mse == 0 else o.psnr_db for o in result.outputs
-                if o.psnr_db is not None or o.mse == 0 or o.name in nonfinite]
-        sqnr = [-math.inf if o.name in nonfinite else math.inf if o.mse == 0 else o.sqnr_db for o in result.outputs
-                if o.sqnr_db is not None or o.mse == 0 or o.name in nonfinite]
+
+        def figures(attr: str) -> list[float]:  # -inf when non-finite, inf when exact, none when undefined
+            return [-math.inf if o.name in nonfinite else math.inf if o.mse == 0 else getattr(o, attr)
+                    for o in result.outputs if getattr(o, attr) is not None or o.mse == 0 or o.name in nonfinite]
+
+        psnr, sqnr = figures("psnr_db"), figures("sqnr_db")
         for entry, o in zip(outputs, result.outputs):
             entry.pop("structure", None)
             if o.name in nonfinite:

@@ -31,7 +31,7 @@ from .evaluator import Evaluator
 from .formats import format_of
 from .report.build import build_report
 from .run_state import UI, RunState
-from .sensitivity_sweep import EditTrials, damage, make_blocks, sweep
+from .sensitivity_sweep import EditTrials, damage, make_blocks, nonfinite, sweep
 from .transport.base import AgentTransport
 
 BLOCKS = 8
@@ -80,13 +80,13 @@ def measure_if_unexplained(state: RunState, transport: Callable[[], AgentTranspo
 def _worst(section: dict[str, Any]) -> dict[str, Any]:
     """The block whose int8 alone costs the output most (the worst verdict, then the lowest PSNR), and the gain
     of keeping it alone float."""
-    rows = [r for r in section["blocks"] if r["only_int8_psnr_db"] is not None or "only_int8" in r.get("nonfinite", ())]
+    rows = [r for r in section["blocks"] if r["only_int8_psnr_db"] is not None or nonfinite(r, "only_int8")]
     if not rows:
         return {"skipped": "every block alone int8 is exact"}
     worst = min(rows, key=damage)
     measured = {"block": worst["block"], "first_op": worst["first_op"], "last_op": worst["last_op"],
                 "ops": worst["ops"], "only_int8_psnr_db": worst["only_int8_psnr_db"],
-                "only_int8_nonfinite": "only_int8" in worst.get("nonfinite", ()),
+                "only_int8_nonfinite": nonfinite(worst, "only_int8"),
                 "only_int8_verdict": worst["only_int8_verdict"], "keep_float_gain_db": worst["gain_db"]}
     gains = [r for r in section["blocks"] if r["gain_db"] is not None]
     best = max(gains, key=lambda r: r["gain_db"], default=None)

@@ -233,11 +233,17 @@ def sweep(trials: EditTrials, progress: Callable[[str], None] = lambda _: None,
 _SEVERITY = {"broken": 0, "degraded": 1}
 
 
+def nonfinite(row: Mapping[str, Any], figure: str) -> bool:
+    """Whether a sweep row's ``figure`` (``only_int8`` ...) is null because its trial's output held NaN or
+    infinity, not because it is exact."""
+    return figure in row.get("nonfinite", ())
+
+
 def damage(row: Mapping[str, Any]) -> tuple[int, float]:
     """A sweep row's sort key, the most damaging first: its only-int8 verdict (broken, degraded, then the
     rest), then its only-int8 output PSNR, lowest first (non-finite first, exact last)."""
     value = row["only_int8_psnr_db"]
-    if "only_int8" in row.get("nonfinite", ()):
+    if nonfinite(row, "only_int8"):
         value = -math.inf
     return _SEVERITY.get(row.get("only_int8_verdict"), 2), math.inf if value is None else value
 

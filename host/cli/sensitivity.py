@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import gates
-from ..sensitivity_sweep import SWEEPS, damage, measure
+from ..sensitivity_sweep import SWEEPS, damage, measure, nonfinite
 from .main import app
 from ..run_options import RunOptions
 from .options import device_option, with_run_options
@@ -61,7 +61,7 @@ def render_sensitivity(section: dict[str, Any], console: Console) -> None:
         if name not in measured:
             return "–"  # not measured, not exact
         verdict = row.get(f"{name}_verdict")
-        figure = "non-finite" if name in row.get("nonfinite", ()) else _db(row[f"{name}_psnr_db"])
+        figure = "non-finite" if nonfinite(row, name) else _db(row[f"{name}_psnr_db"])
         return figure + (f" {verdict}" if verdict not in (None, "ok") else "")
 
     for row in sorted(section["blocks"], key=damage):
