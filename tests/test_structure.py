@@ -149,6 +149,50 @@ def test_index_outputs_are_read_as_sequences():
     assert (st.sequences, st.sequences_equal, st.edit_distance, st.float_symbols) == (1, 0, 1, 3)  # 4 2 6 vs 4 2 2
 
 
+def test_decisions_of_a_probability_output_match_numpy():
+    rng = np.random.default_rng(4)
+    f = (1 / (1 + np.exp(-rng.normal(size=(2, 1, 300))))).astype(np.float32)
+    q = np.clip(np.round(f * 255 + rng.normal(scale=20, size=f.shape)), 0, 255).astype(np.uint8)
+    st = _reduce(StructureRequest(threshold=0.5), [(f[0], q[0]), (f[1], q[1])], QParams([1 / 255], [0], dtype="uint8"))
+    pf, pq = f > 0.5, q.astype(np.float64) / 255 > 0.5
+    assert (st.decisions, st.float_positive, st.int8_positive, st.both_positive) == (
+        600, int(pf.sum()), int(pq.sum()), int((pf & pq).sum()))
+    figures = verdicts.structure_figures(st)
+    assert figures["decision_f1"] == pytest.approx(2 * (pf & pq).sum() / (pf.sum() + pq.sum()), abs=5e-5)
+
+
+@pytest.mark.parametrize("both, verdict", [(19, "ok"), (15, "degraded"), (5, "broken")])
+def test_decision_f1_thresholds(both, verdict):
+    """20 float positives and 20 int8 ones, ``both`` of them shared: F1 0.95, 0.75, 0.25."""
+    st = from_dict(PairStats, {"structure": {"decisions": 1000, "float_positive": 20, "int8_positive": 20,
+                                             "both_positive": both}}).structure
+    assert verdicts.judge({"kind": "float", "sqnr_db": 30.0, **verdicts.structure_figures(st)})[0] == verdict
+
+
+def test_decisions_without_a_float_positive_have_no_f1_and_no_verdict():
+    st = _reduce(StructureRequest(threshold=0.5), [(np.full((1, 8), 0.2, np.float32), np.full((1, 8), 0.7, np.float32))])
+    figures = verdicts.structure_figures(st)
+    assert figures["decision_f1"] is None and figures["decisions"]["int8_positive"] == 8
+    assert verdicts.judge({"kind": "float", "sqnr_db": 30.0, **figures}) == ("ok", [])
+
+
+def test_a_sigmoid_output_asks_for_decisions():
+    from qbench.host.compare import output_structure
+
+    assert output_structure.request([("Reshape", False), ("Sigmoid", False)]).threshold == 0.5
+    assert output_structure.request([("LOGISTIC", False)]).threshold == 0.5
+    assert output_structure.request([("Relu", False), ("Sigmoid", False)]).threshold is None
+
+
+def test_scores_of_a_decoder_loop_keep_their_repeats():
+    from qbench.host.compare import output_structure
+
+    assert not output_structure.request([("SOFTMAX", True), ("RESHAPE", False), ("WHILE", False)]).collapse_repeats
+    assert not output_structure.request([("Softmax", True), ("Loop", False)]).collapse_repeats
+    assert output_structure.request([("Softmax", True), ("MatMul", False)]).collapse_repeats
+    assert structure.ctc_symbols(np.array([0, 3, 3, 0, 3]), blank=0, collapse=False) == [3, 3, 3]
+
+
 @pytest.mark.parametrize("top1, verdict", [(0.95, "ok"), (0.8, "degraded"), (0.3, "broken")])
 def test_top1_thresholds(top1, verdict):
     out = {"kind": "float", "sqnr_db": 30.0, "top1_agreement": top1, "topk_agreement": 1.0, "top_k": 5,

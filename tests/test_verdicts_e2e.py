@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 
 from cli import load_report, qbench
-from qbench.agent.structure import ctc_symbols
+from qbench.agent.structure import ctc_symbols, levenshtein
 from verdict_models import (BOXES, blind_int8, build_argmax_head, build_capped_activations, build_image_detector,
-                            dark_images, text_samples)
+                            build_loop_decoder, build_probability_head, coarse_int8, dark_images, frame_samples, text_samples)
 
 FAST = ["--accuracy-only", "--histogram-bins", "0"]
 
@@ -125,3 +125,40 @@ def test_ctc_recognizer_that_reads_nothing_is_broken_and_gated(tmp_path, agent_c
     assert out["int8_reads"] == 0 and out["float_reads"] == 4
     assert out["verdict"] == "broken" and out["reasons"][-1].startswith("int8 reads no text")
     assert proc.returncode == 3 and "top-1 agreement 0.000 < 0.9" in proc.stdout + proc.stderr
+
+
+def test_probabilities_that_lose_their_decisions_are_broken_whatever_the_sqnr(tmp_path, agent_cache):
+    """Probabilities near 0.5 within 0.07 of the float ones (SQNR 22 dB): most positives fall to 0.5 or below."""
+    model = build_probability_head(tmp_path / "head.onnx")
+    int8 = coarse_int8(model, tmp_path / "coarse.onnx", "logits", 0.5)
+    x = frame_samples(4, seed=1)
+    np.savez(tmp_path / "eval.npz", x=x)
+    proc = qbench("run", str(model), "--int8", str(int8), "--data", "eval.npz", "--out", "out", *FAST,
+                  "--fail-on-broken", cwd=tmp_path, cache=agent_cache)
+    [out] = load_report(tmp_path / "out")["outputs"]
+    f, q = _outputs(model, x, "probs") > 0.5, _outputs(int8, x, "probs") > 0.5
+    assert out["sqnr_db"] > 20
+    assert out["decisions"] == {"threshold": 0.5, "elements": f.size, "float_positive": int(f.sum()),
+                                "int8_positive": int(q.sum()), "both_positive": int((f & q).sum())}
+    assert out["decision_f1"] == pytest.approx(2 * (f & q).sum() / (f.sum() + q.sum()), abs=5e-5)
+    assert out["verdict"] == "broken" and out["reasons"][-1].startswith("decisions above 0.5: F1 0.48")
+    assert proc.returncode == 3 and "broken" in proc.stdout + proc.stderr
+
+
+def test_an_autoregressive_decoder_is_read_with_its_repeats(tmp_path, agent_cache):
+    """Scores from a Loop (SLANet's table tokens): int8 changes how often a symbol repeats in one of 8
+    sequences, which a CTC reading would not see (it collapses repeats): the decoded reading does."""
+    model = build_loop_decoder(tmp_path / "decoder.onnx")
+    int8 = coarse_int8(model, tmp_path / "coarse.onnx", "start", 1.0)
+    x = np.random.default_rng(1).normal(size=(8, 1, 16)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x)
+    proc = qbench("run", str(model), "--int8", str(int8), "--data", "eval.npz", "--out", "out", *FAST,
+                  cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    [out] = load_report(tmp_path / "out")["outputs"]
+    f, q = _outputs(model, x, "probs").argmax(-1), _outputs(int8, x, "probs").argmax(-1)
+    assert all(ctc_symbols(a, 0) == ctc_symbols(b, 0) for a, b in zip(f, q))  # the pattern: CTC sees no change
+    reads = [(ctc_symbols(a, 0, collapse=False), ctc_symbols(b, 0, collapse=False)) for a, b in zip(f, q)]
+    assert out["reading"] == "decoded" and out["sequences"] == 8
+    assert out["sequence_agreement"] == pytest.approx(np.mean([a == b for a, b in reads]), abs=5e-5) == 7 / 8
+    assert out["cer"] == pytest.approx(sum(levenshtein(a, b) for a, b in reads) / sum(len(a) for a, _ in reads), abs=5e-5)

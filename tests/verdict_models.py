@@ -8,6 +8,13 @@
 * :func:`build_argmax_head`: logits over thousands of classes for 16 time steps, then Softmax: read
   by argmax (top-1) and as a CTC sequence; :func:`blind_int8` is its int8 model with a logits scale
   so coarse that every logit rounds to 0: the int8 model reads no text.
+* :func:`build_loop_decoder`: an autoregressive decoder in a Loop whose per-step scores go through a
+  Softmax; its symbols repeat (each lasts about 3 steps), so a CTC reading, which collapses repeats,
+  would miss an int8 model that changes how many times a symbol repeats (:func:`coarse_int8` of its
+  start state at scale 1).
+* :func:`build_probability_head`: a voice-activity-like head, Gemm to one logit per frame near 0,
+  then Sigmoid; with :func:`coarse_int8` of its logits at scale 0.5 the probabilities stay within 0.07 of
+  the float ones (SQNR above 20 dB) while most positive decisions (p > 0.5) are lost.
 """
 
 from __future__ import annotations
@@ -105,19 +112,74 @@ def text_samples(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, 1, STEPS, 32)).astype(np.float32)
 
 
+FRAMES = 64
+DECODER_STEPS = 24
+SYMBOLS = 8
+
+
+def build_loop_decoder(path: PathLike, seed: int = 0) -> Path:
+    """x [1,16] -> start (MatMul, [1,2]) -> Loop of 24 steps (state rotated by 2π/24, scores = state · W over 8
+    symbols at angles 2πk/8) -> Reshape [1,24,8] -> probs (Softmax)."""
+    rng = np.random.default_rng(seed)
+    turn = 2 * np.pi / DECODER_STEPS
+    angles = 2 * np.pi * np.arange(SYMBOLS) / SYMBOLS
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["state_in", "rotate"], ["state_out"], name="rotate_state"),
+         helper.make_node("MatMul", ["state_out", "symbols"], ["scores"], name="score"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going")],
+        "step",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, SYMBOLS])],
+        [numpy_helper.from_array(_f32([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]]), "rotate"),
+         numpy_helper.from_array(_f32(4.0 * np.stack([np.cos(angles), np.sin(angles)])), "symbols")])
+    inits = {"w": _f32(rng.normal(scale=1.0, size=(16, 2))), "steps": np.array(DECODER_STEPS, np.int64),
+             "go": np.array(True), "shape": np.array([1, DECODER_STEPS, SYMBOLS], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["start"], name="start"),
+             helper.make_node("Loop", ["steps", "go", "start"], ["final", "step_scores"], name="decode", body=body),
+             helper.make_node("Reshape", ["step_scores", "shape"], ["scores"], name="sequence"),
+             helper.make_node("Softmax", ["scores"], ["probs"], name="probs", axis=-1)]
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                 [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, DECODER_STEPS, SYMBOLS])], path, opset=13)
+
+
+def build_probability_head(path: PathLike, seed: int = 0) -> Path:
+    """x [1,64,16] -> logits (MatMul to one value per frame, about ±0.3) -> probs (Sigmoid) [1,64,1]."""
+    rng = np.random.default_rng(seed)
+    inits = {"w": _f32(rng.normal(scale=0.3 / 4, size=(16, 1)))}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"], name="logits"),
+             helper.make_node("Sigmoid", ["logits"], ["probs"], name="probs")]
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, FRAMES, 16])],
+                 [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, FRAMES, 1])], path, opset=13)
+
+
+def frame_samples(count: int, seed: int = 0) -> np.ndarray:
+    """``(count, 1, 64, 16)`` inputs of :func:`build_probability_head`."""
+    return np.random.default_rng(seed).normal(size=(count, 1, FRAMES, 16)).astype(np.float32)
+
+
 def blind_int8(float_path: PathLike, path: PathLike) -> Path:
     """The int8 model of :func:`build_argmax_head` whose logits are quantized with scale 1000 (all round to 0)."""
+    return coarse_int8(float_path, path, "logits", 1000.0)
+
+
+def coarse_int8(float_path: PathLike, path: PathLike, tensor: str, scale: float) -> Path:
+    """A float model's int8 stand-in: ``tensor`` alone quantized (QuantizeLinear/DequantizeLinear, int8) at ``scale``."""
     model = onnx.load(str(float_path))
     g = model.graph
-    g.initializer.extend([numpy_helper.from_array(_f32(1000.0), "logits_scale"),
-                          numpy_helper.from_array(np.array(0, np.int8), "logits_zero_point")])
+    g.initializer.extend([numpy_helper.from_array(_f32(scale), f"{tensor}_scale"),
+                          numpy_helper.from_array(np.array(0, np.int8), f"{tensor}_zero_point")])
     nodes = list(g.node)
-    softmax = nodes[1]
-    softmax.input[0] = "logits_dq"
-    q = helper.make_node("QuantizeLinear", ["logits", "logits_scale", "logits_zero_point"], ["logits_q"], name="q")
-    dq = helper.make_node("DequantizeLinear", ["logits_q", "logits_scale", "logits_zero_point"], ["logits_dq"], name="dq")
+    for node in nodes:
+        node.input[:] = [f"{tensor}_dq" if i == tensor else i for i in node.input]
+    at = next(k for k, n in enumerate(nodes) if tensor in n.output) + 1
+    qdq = [helper.make_node("QuantizeLinear", [tensor, f"{tensor}_scale", f"{tensor}_zero_point"], [f"{tensor}_q"], name="q"),
+           helper.make_node("DequantizeLinear", [f"{tensor}_q", f"{tensor}_scale", f"{tensor}_zero_point"],
+                            [f"{tensor}_dq"], name="dq")]
     del g.node[:]
-    g.node.extend([nodes[0], q, dq, softmax])
+    g.node.extend(nodes[:at] + qdq + nodes[at:])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return Path(path)

@@ -25,7 +25,8 @@ def _db(value: float | None, exact: bool = False) -> str:
 
 
 def _output_cell(out: dict[str, Any]) -> str:
-    """PSNR and SQNR (or the element match of an exact output), then the verdict."""
+    """PSNR and SQNR (or the element match of an exact output), the decisions' F1 of a probability output,
+    then the verdict."""
     if out.get("kind") == "exact":
         cell = "identical" if out.get("exact") else f"{out.get('mismatches')} of {out.get('elements')} differ"
     elif out.get("nonfinite"):
@@ -34,6 +35,8 @@ def _output_cell(out: dict[str, Any]) -> str:
         cell = f"PSNR {_db(out.get('psnr_db'), out.get('exact', False))}"
         if out.get("sqnr_db") is not None:
             cell += f" · SQNR {_db(out['sqnr_db'])}"
+    if out.get("decision_f1") is not None:
+        cell += f" · decisions F1 {out['decision_f1']:.2f}"
     return cell + (f" · {_VERDICT_STYLE[out['verdict']]}" if out.get("verdict") in _VERDICT_STYLE else "")
 
 

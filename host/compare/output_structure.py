@@ -7,8 +7,13 @@ argmax gets class figures too:
   Softmax/LogSoftmax over the last axis, a softmax written out as ``Div(Exp(x), ...)`` (ONNX: how
   jax2tf exports it, magika's), or a Gemm/MatMul/FullyConnected (logits): class axis =
   the last axis (top-1/top-5 agreement), and a CTC reading (blank 0, the PaddleOCR and ddddocr
-  convention) along the longest other axis when it has at least 8 entries
+  convention) along the longest other axis when it has at least 8 entries; when the scores come out of
+  a Loop or Scan (ONNX) or a WHILE (TFLite), an autoregressive decoder's (SLANet's table tokens), the
+  reading keeps repeats: a repeated symbol there is a symbol (index 0, PaddleOCR's start token and
+  the rows a decoder leaves zero after its end, is dropped)
 - its producer is an ArgMax (an integer output): the indices themselves are read as CTC sequences
+- its producer is a Sigmoid (a probability: a detector's text map, a voice-activity or presence
+  flag, a note activation): the decisions value > :data:`DECISION_THRESHOLD` of both models
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"
 SCORES = {"Softmax", "LogSoftmax", "SOFTMAX", "LOG_SOFTMAX"}
 LOGITS = {"Gemm", "MatMul", "FULLY_CONNECTED", "BATCH_MATMUL"}
 INDICES = {"ArgMax", "ARG_MAX"}
+DECODERS = {"Loop", "Scan", "WHILE"}
+PROBABILITIES = {"Sigmoid", "LOGISTIC"}
 CTC_BLANK = 0
+#: a probability above it is a positive decision: the convention of a sigmoid output without a tuned threshold
+DECISION_THRESHOLD = 0.5
 
 
 def request(producers: Sequence[tuple[str, bool]]) -> StructureRequest:
@@ -33,19 +42,23 @@ def request(producers: Sequence[tuple[str, bool]]) -> StructureRequest:
         producers: the ops that make the output, nearest first, each ``(op type, whether it works on
             the last axis)``; the second matters for Softmax/LogSoftmax/ArgMax only.
     """
-    for op, on_last_axis in producers:
+    for k, (op, on_last_axis) in enumerate(producers):
         if op in PASS_THROUGH:
             continue
         if op in INDICES and on_last_axis:
             return StructureRequest(ctc_blank=CTC_BLANK, indices=True)
         if (op in SCORES and on_last_axis) or op in LOGITS:
-            return StructureRequest(class_axis=-1, ctc_blank=CTC_BLANK)
+            scored_by = next((o for o, _ in producers[k + 1:] if o not in PASS_THROUGH), None)
+            return StructureRequest(class_axis=-1, ctc_blank=CTC_BLANK, collapse_repeats=scored_by not in DECODERS)
+        if op in PROBABILITIES:
+            return StructureRequest(threshold=DECISION_THRESHOLD)
         break
     return StructureRequest()
 
 
 def onnx_producers(graph, name: str) -> list[tuple[str, bool]]:
-    """The producer chain of ``name`` in a matching ``_Graph`` (nearest first, up to the first real op)."""
+    """The producer chain of ``name`` in a matching ``_Graph`` (nearest first, up to the first real op, or
+    the second when the first is a Softmax: what computes the scores)."""
     chain = []
     node = graph.producer.get(name)
     while node is not None:
@@ -53,7 +66,7 @@ def onnx_producers(graph, name: str) -> list[tuple[str, bool]]:
             chain.append(("Softmax", True))  # exp(x − max) / Σ exp: the class axis is the last, as jax2tf writes it
             break
         chain.append((node.op_type, _onnx_on_last_axis(graph, node)))
-        if node.op_type not in PASS_THROUGH or not node.input:
+        if _chain_ends(chain) or not node.input:
             break
         node = graph.producer.get(node.input[0])
     return chain
@@ -69,13 +82,20 @@ def _onnx_on_last_axis(graph, node) -> bool:
 
 
 def tflite_producers(graph, tensor: int) -> list[tuple[str, bool]]:
-    """The producer chain of tensor index ``tensor`` in a ``TFLiteGraph`` (TFLite's SOFTMAX is over the last axis)."""
+    """The producer chain of tensor index ``tensor`` in a ``TFLiteGraph``, as :func:`onnx_producers` (TFLite's SOFTMAX
+    is over the last axis)."""
     chain = []
     k = graph.producer.get(tensor)
     while k is not None:
         op = graph.ops[k]
         chain.append((op.type, op.type in SCORES))
-        if op.type not in PASS_THROUGH or not op.inputs:
+        if _chain_ends(chain) or not op.inputs:
             break
         k = graph.producer.get(op.inputs[0])
     return chain
+
+
+def _chain_ends(chain: list[tuple[str, bool]]) -> bool:
+    """Whether a producer chain reached its last op: a real op, unless it is the only one and a Softmax."""
+    real = [op for op, _ in chain if op not in PASS_THROUGH]
+    return bool(real) and (len(real) > 1 or real[0] not in SCORES)

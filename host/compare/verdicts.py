@@ -16,8 +16,13 @@ From the agent's ``StructureStats`` of an output (counts and sums only; see agen
   objectness at 4.7 dB SQNR, half its detections above 0.3 lost, inside an output at 27 dB.
 - **top-1 / top-k agreement** along the class axis: the share of positions where the int8 argmax
   is the float argmax / where the float argmax is among the int8 model's k largest (k = 5).
+- **decisions** of a probability output (a Sigmoid's; threshold :data:`DECISION_THRESHOLD`): the
+  elements each model decides positive (value > threshold), and ``decision_f1`` = 2·|F ∧ Q| / (|F| + |Q|),
+  the F1 score of the int8 model's positives against the float model's. Agreement over all elements
+  would say little: the negatives dominate (basic-pitch's note activations agree on 99 % of their
+  elements while F1 is 0.52-0.66). Undefined (None) when the float model decides no positive.
 - **CTC reading**: each sequence is the argmax along the class axis, repeats collapsed, blank (0)
-  dropped. ``sequence_agreement`` = sequences read identically / sequences; ``cer`` = Σ Levenshtein
+  dropped; an autoregressive decoder's (``reading`` ``decoded``) keeps its repeats. ``sequence_agreement`` = sequences read identically / sequences; ``cer`` = Σ Levenshtein
   distance / Σ float sequence length; ``float_reads`` / ``int8_reads`` = sequences with at least one
   symbol.
 
@@ -30,6 +35,7 @@ Verdict, the worst that applies (``broken`` > ``degraded`` > ``ok``), each with 
 | a slice group | destroyed, or its SQNR < BROKEN_SQNR_DB | SQNR < DEGRADED_SQNR_DB |
 | a field (a slice of an axis of at most FIELDS) | SQNR < BROKEN_SQNR_DB | SQNR < DEGRADED_SQNR_DB |
 | top-1 agreement (no CTC reading) | < BROKEN_TOP1 (0.5) | < DEGRADED_TOP1 (0.9) |
+| decision F1 (float decides some positive) | < BROKEN_F1 (0.5) | < DEGRADED_F1 (0.9) |
 | CTC, float reads text | int8 reads none, or cer ≥ BROKEN_CER (0.5) | cer > DEGRADED_CER (0.05) |
 
 PSNR is not used: it is normalised by the output's peak, which a few large values (boxes) set.
@@ -43,6 +49,7 @@ from typing import Any, Iterable
 from qbench.protocols.messages import SliceStats, StructureStats
 
 from .metrics import nonfinite_text, sqnr_db
+from .output_structure import DECISION_THRESHOLD
 
 SPREAD = 10.0
 FIELDS = 16
@@ -52,6 +59,8 @@ BROKEN_TOP1 = 0.5
 DEGRADED_TOP1 = 0.9
 BROKEN_CER = 0.5
 DEGRADED_CER = 0.05
+BROKEN_F1 = 0.5
+DEGRADED_F1 = 0.9
 _ORDER = {"ok": 0, "degraded": 1, "broken": 2}
 
 
@@ -69,9 +78,16 @@ def structure_figures(st: StructureStats | None) -> dict[str, Any]:
         out.update(top1_agreement=_round(st.top1_agree / st.positions), top_k=st.top_k,
                    topk_agreement=_round(st.topk_agree / st.positions), positions=st.positions)
     if st.sequences:
-        out.update(sequences=st.sequences, sequence_agreement=_round(st.sequences_equal / st.sequences),
+        out.update(reading="decoded" if st.repeats_kept else "ctc",
+                   sequences=st.sequences, sequence_agreement=_round(st.sequences_equal / st.sequences),
                    float_reads=st.float_nonempty, int8_reads=st.int8_nonempty,
                    cer=_round(st.edit_distance / st.float_symbols) if st.float_symbols else None)
+    if st.decisions:
+        both, shown = st.both_positive, st.float_positive + st.int8_positive
+        out["decisions"] = {"threshold": DECISION_THRESHOLD, "elements": st.decisions,
+                            "float_positive": st.float_positive, "int8_positive": st.int8_positive,
+                            "both_positive": both}
+        out["decision_f1"] = _round(2 * both / shown) if st.float_positive else None
     return out
 
 
@@ -95,6 +111,8 @@ def judge(output: dict[str, Any]) -> tuple[str, list[str]]:
         if level:
             found.append((level, f"top-1 agreement {top1:.1%} over {output['positions']} positions "
                                  f"(top-{output['top_k']}: {output['topk_agreement']:.1%})"))
+    if output.get("decision_f1") is not None:
+        found += _decision_level(output["decisions"], output["decision_f1"])
     verdict = max((level for level, _ in found), key=_ORDER.get, default="ok")
     return verdict, [reason for _, reason in found]
 
@@ -146,13 +164,24 @@ def _field_level(sliced: dict[str, Any]) -> list[tuple[str, str]]:
     return [(level, f"field(s) along axis {sliced['axis']} below {DEGRADED_SQNR_DB:g} dB SQNR on their own: {shown}")]
 
 
+def _decision_level(d: dict[str, Any], f1: float) -> list[tuple[str, str]]:
+    level = "broken" if f1 < BROKEN_F1 else "degraded" if f1 < DEGRADED_F1 else None
+    if level is None:
+        return []
+    return [(level, f"decisions above {d['threshold']:g}: F1 {f1:.2f} against the float model's "
+                    f"(positives: float {d['float_positive']}, int8 {d['int8_positive']}, both "
+                    f"{d['both_positive']}, of {d['elements']} elements)")]
+
+
 def _ctc_level(output: dict[str, Any]) -> list[tuple[str, str]]:
     n, reads, cer = output["sequences"], output["float_reads"], output.get("cer")
     if not reads:
         return []  # the float model reads nothing here: no reading to compare against
     if not output["int8_reads"]:
         return [("broken", f"int8 reads no text: the float model reads text in {reads} of {n} sequences")]
-    text = f"CTC reading: {output['sequence_agreement']:.0%} of {n} sequences identical, character error rate {cer:.1%}"
+    what, rate = (("decoded sequences (repeats kept)", "symbol") if output.get("reading") == "decoded"
+                  else ("CTC reading", "character"))
+    text = f"{what}: {output['sequence_agreement']:.0%} of {n} sequences identical, {rate} error rate {cer:.1%}"
     if cer >= BROKEN_CER:
         return [("broken", text)]
     return [("degraded", text)] if cer > DEGRADED_CER else []

@@ -51,6 +51,8 @@ class Output:
         max_abs_error: the largest absolute difference.
         verdict: ``ok``, ``degraded`` or ``broken``; ``reasons`` says why.
         top1_agreement: for outputs read by argmax, the fraction of positions whose argmax agrees.
+        decision_f1: for probability outputs (a Sigmoid's), the F1 score of the int8 model's decisions
+            value > 0.5 against the float model's; None when the float model decides no positive.
     """
 
     name: str
@@ -62,6 +64,7 @@ class Output:
     verdict: Optional[str] = None
     reasons: tuple[str, ...] = ()
     top1_agreement: Optional[float] = None
+    decision_f1: Optional[float] = None
 
 
 @dataclass(frozen=True)
