@@ -149,11 +149,15 @@ def _kept_files(settings: RunSettings) -> list[str]:
 
 
 def _static_inputs(state: RunState) -> list[InputSpec]:
-    """The float model's inputs with every dim fixed (user's --input-shape, else 1); resolved once."""
+    """The float model's inputs with every dim fixed (user's --input-shape, else the data's, else 1); resolved once.
+
+    The prepared model's inputs are dynamic still where it did not load with static shapes (an If whose
+    branches' shapes ORT cannot infer: silero VAD v5): their dims come from the data, as in preparation."""
     if state.inputs is None:
-        info = state.float_info
-        shapes, notes = resolve_input_shapes(info.inputs, state.settings.input_shapes, Path(info.path).name)
-        state.notes.extend(notes)
+        info, s = state.float_info, state.settings
+        shapes, notes = resolve_input_shapes(info.inputs, s.input_shapes, Path(info.path).name,
+                                             data_mod.sample_shapes(s.data, s.calibration))
+        state.notes.extend(n for n in notes if n not in state.notes)
         state.inputs = [InputSpec(name=i.name, dtype=i.dtype, shape=tuple(shapes[i.name])) for i in info.inputs]
     return state.inputs
 

@@ -306,3 +306,18 @@ def test_a_gemm_bias_of_shape_1_n_is_written_as_n_so_the_quantizer_takes_it(tmp_
     f = ort.InferenceSession(str(tmp_path / "gemm.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     q = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert 10 * np.log10(np.sum(f ** 2) / np.sum((f - q) ** 2)) > 20
+
+
+def test_a_prepared_model_left_dynamic_takes_its_sample_shapes_from_the_data(tmp_path):
+    """silero VAD v5 (an If around the whole graph) does not load with static shapes, so its prepared model
+    keeps dynamic inputs: the samples' shapes must still come from the data, not default to 1."""
+    from qbench.host import session
+    from qbench.host.run_state import RunState
+
+    original = build_dynamic_opset11(tmp_path / "dyn.onnx")
+    np.savez(tmp_path / "eval.npz", x=np.zeros((2, 1, 3, 12, 20), np.float32))
+    state = RunState(RunSettings(model=original, out_dir=tmp_path / "out", data=tmp_path / "eval.npz"))
+    state.float_info = inspect_model(original)  # dynamic, as such a prepared model stays
+    assert [spec.shape for spec in session._static_inputs(state)] == [(1, 3, 12, 20)]
+    session._static_inputs(state)
+    assert sum("dynamic dims taken from the data's samples" in n for n in state.notes) == 1
