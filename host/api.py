@@ -42,7 +42,7 @@ from .fix_target import Target
 from .repair import FAMILIES, Repair, check_names
 from .report.typed import Comparison, Report
 from .store.db import ResultsStore
-from .targets import pair_settings, plan_targets, run_targets, target_settings
+from .targets import device_hellos, pair_settings, plan_targets, run_targets, target_settings
 from .transport.factory import transport_for
 from .trials import Trials
 
@@ -143,10 +143,14 @@ def compare(model: PathLike, device: Union[str, Sequence[str]] = "local", int8: 
     with _folder(opts, out) as keep:
         base = _settings(opts, model, targets[0].device.name, dataclasses.replace(targets[0].runner), suffix="compare")
         folder = base.out_dir
-        prepared, float_path, int8_path = session.prepare_pair(base, ui)
+
+        def transport(t):
+            return transport_for(t.device, opts.accept_new_host, lab)
+
+        prepared, float_path, int8_path = session.prepare_pair(
+            base, ui, lambda: device_hellos(targets, transport, base.timeout_s))
         pair = pair_settings(base, float_path, int8_path)
-        runs = run_targets(targets, lambda t: target_settings(pair, t),
-                           lambda t: transport_for(t.device, opts.accept_new_host, lab), lambda t: ui)
+        runs = run_targets(targets, lambda t: target_settings(pair, t), transport, lambda t: ui)
         doc = write_compare(runs, prepared, opts.gates(), _store(db), folder, int8_output_qparams(int8_path), keep)
     result = Comparison.from_dict(doc, folder / COMPARE_JSON if keep else None)
     failed = [run.target.label for run in runs if run.failure]

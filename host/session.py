@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def run(settings: RunSettings, transport: AgentTransport, ui: UI | None = None) 
         # quantizing waits for the device's hello when it needs it (--reduce-range auto), so the agent's
         # start-up still overlaps the float model's preparation; an agent that did not start gives None
         # (the int8 model is still made and kept, and the connect stage fails with the agent's error)
-        float_path, int8_path = _prepare_models(state, fmt, ui, lambda: agent.result()[1])
+        float_path, int8_path = _prepare_models(state, fmt, ui, lambda: {settings.device: agent.result()[1]})
     except UserError as exc:
         agent.abandon()
         state.error = {"stage": state.stage, "code": "error", "message": str(exc), "files": _kept_files(settings)}
@@ -114,11 +114,13 @@ def checked_format(settings: RunSettings) -> ModelFormat:
     return fmt
 
 
-def prepare_pair(settings: RunSettings, ui: UI | None = None) -> tuple[RunState, Path, Path]:
+def prepare_pair(settings: RunSettings, ui: UI | None = None,
+                 hellos: Callable[[], Mapping[str, HelloReply | None]] = dict) -> tuple[RunState, Path, Path]:
     """The float and int8 models a run of ``settings`` would measure, made once (quantized unless ``int8``).
 
     `compare` gives this pair to every target's run as ``model`` and ``int8``, so that every
-    target measures the very same files.
+    target measures the very same files; ``hellos`` gives its targets' hellos by device
+    (:func:`qbench.host.targets.device_hellos`), asked for only when the quantization depends on them.
 
     Returns:
         The preparation's state (notes, equalization), and the float and int8 model paths.
@@ -129,18 +131,17 @@ def prepare_pair(settings: RunSettings, ui: UI | None = None) -> tuple[RunState,
     fmt = checked_format(settings)
     state = RunState(settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    # no device yet: the pair is made for every target of compare (reduce_range auto: 8-bit weights)
-    float_path, int8_path = _prepare_models(state, fmt, ui or UI(), lambda: None)
+    float_path, int8_path = _prepare_models(state, fmt, ui or UI(), hellos)
     return state, float_path, int8_path
 
 
-def _prepare_models(state: RunState, fmt: ModelFormat, ui: UI, hello: Callable[[], HelloReply | None]
-                    ) -> tuple[Path, Path]:
+def _prepare_models(state: RunState, fmt: ModelFormat, ui: UI,
+                    hellos: Callable[[], Mapping[str, HelloReply | None]]) -> tuple[Path, Path]:
     s = state.settings
     state.stage = "prepare"
     ui.stage("prepare")
     int8 = inspect_model(s.int8) if s.int8 is not None else None
-    return fmt.prepare(state, ui, int8, lambda: _calibration(state, ui), hello)
+    return fmt.prepare(state, ui, int8, lambda: _calibration(state, ui), hellos)
 
 
 def _kept_files(settings: RunSettings) -> list[str]:

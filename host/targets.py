@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from qbench.protocols.messages import RunnerConfig
+from qbench.protocols.messages import HelloReply, RunnerConfig
 
 from . import session
 from .errors import UserError
@@ -145,6 +145,24 @@ def run_retrying(run_on: Callable[[AgentTransport], RunState], transport: AgentT
     retried = run_on(again)
     retried.notes.append(f"retried once on {again.label} after an infrastructure failure: {why}")
     return retried
+
+
+def device_hellos(targets: list[Target], transport_for: Callable[[Target], AgentTransport],
+                  timeout_s: float) -> dict[str, HelloReply | None]:
+    """Each target device's hello, by device name: what ``compare`` quantizes its shared pair for.
+
+    One agent per device, started for its hello alone (all at once, a thread each) and stopped after,
+    as a run's own agent would be. A device whose agent does not start gives None; its run then says why.
+    """
+    firsts: dict[str, Target] = {}
+    for target in targets:
+        firsts.setdefault(target.device.name, target)
+    starts = {name: session.AgentStart(transport_for(t), timeout_s, [t.runner.runtime]) for name, t in firsts.items()}
+    hellos: dict[str, HelloReply | None] = {}
+    for name, start in starts.items():
+        hellos[name] = start.result()[1]
+        start.abandon()
+    return hellos
 
 
 def run_targets(targets: list[Target], settings_for: Callable[[Target], RunSettings],

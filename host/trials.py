@@ -95,7 +95,8 @@ class Trials:
         prepared = self.format.prepare_float(s)
         for note in prepared.notes:
             self.ui.note(note)
-        self.format.device_settings(s, self._device_hello, self.ui)  # every trial quantizes with that choice
+        # every trial quantizes with that choice
+        self.format.device_settings(s, lambda: {s.device: self._device_hello()}, self.ui)
         if s.calibration is not None:
             self.calibration = data_mod.load_samples(s.calibration, prepared.inputs)
             self.calibration_source = str(Path(s.calibration).resolve())

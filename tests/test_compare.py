@@ -120,6 +120,9 @@ def test_every_target_measures_the_same_pair(work, two_devices):
         report = json.loads((out / target["label"] / "report.json").read_text())
         assert report["status"] == "ok" and report["models"] == doc["models"]
         assert report["settings"]["runner"]["threads"] == threads
+        # quantized for both devices' CPUs, asked before quantizing (the same CPU here: one choice for both)
+        assert report["settings"]["reduce_range_reason"].startswith("auto: ")
+        assert "(one, two)" in report["settings"]["reduce_range_reason"]
         assert (out / target["label"] / "report.html").is_file()
         # Recorded in the results store, as `run` does.
         assert ResultsStore(work / "results.db").get(target["run_id"])["device"]["name"] == target["label"]

@@ -66,16 +66,28 @@ def _hello(machine: str, features: list[str]) -> HelloReply:
     ("aarch64", [], False),  # a qemu-emulated arm64 device (tests/test_emulate_arm64.py) reports none
 ])
 def test_auto_takes_7_bit_weights_exactly_on_x86_without_vnni(machine, features, reduced):
-    chosen, reason = choose(None, _hello(machine, features))
+    chosen, reason = choose(None, {"board": _hello(machine, features)})
     assert chosen is reduced and reason.startswith("auto: ")
     assert ("without VNNI" in reason) == reduced
-    assert choose(True, _hello(machine, features)) == (True, "asked for (--reduce-range)")
-    assert choose(False, _hello(machine, features)) == (False, "asked for (--no-reduce-range)")
+    assert choose(True, {"board": _hello(machine, features)}) == (True, "asked for (--reduce-range)")
+    assert choose(False, {"board": _hello(machine, features)}) == (False, "asked for (--no-reduce-range)")
 
 
 def test_auto_keeps_8_bit_weights_when_no_device_answered():
-    chosen, reason = choose(None, None)
-    assert chosen is False and "no device's CPU was known" in reason
+    for hellos in ({}, {"board": None}, {"a": None, "b": None}):
+        chosen, reason = choose(None, hellos)
+        assert chosen is False and "no device's CPU was known" in reason
+
+
+def test_one_int8_file_for_several_devices_takes_7_bit_weights_only_if_all_saturate():
+    """compare measures one int8 file on every target: 7-bit weights where every device's kernels saturate."""
+    old, vnni, arm = _hello("x86_64", ["avx2"]), _hello("x86_64", ["avx2", "avx512_vnni"]), _hello("aarch64", ["asimd"])
+    chosen, reason = choose(None, {"epyc": old, "zen2": old, "pi4": None})
+    assert chosen is True and "every device (epyc, zen2)" in reason and "pi4 did not answer" in reason
+    chosen, reason = choose(None, {"xeon": vnni, "pi4": arm})
+    assert chosen is False and "no device's int8 kernels saturate int16 sums (pi4, xeon)" in reason
+    chosen, reason = choose(None, {"epyc": old, "pi4": arm})
+    assert chosen is False and "x86 without VNNI: epyc; others: pi4" in reason and "lower the figures of epyc" in reason
 
 
 def _this_cpu_saturates() -> bool:

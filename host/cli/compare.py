@@ -17,7 +17,7 @@ from ..inventory import load_inventory
 from ..run_state import RunSettings
 from ..session import prepare_pair
 from ..store.db import ResultsStore
-from ..targets import Target, TargetRun, pair_settings, plan_targets, run_targets, target_settings
+from ..targets import Target, TargetRun, device_hellos, pair_settings, plan_targets, run_targets, target_settings
 from ..transport.factory import transport_for
 from . import main
 from .main import app
@@ -51,12 +51,14 @@ def compare(
     base = opts.settings(model, targets[0].device.name, dataclasses.replace(targets[0].runner), main.DEBUG, "compare")
     out_dir = base.out_dir
     ui = RichUI(err, opts.quiet)
+    lab = opts.lab(inventory)
     try:
-        prepared, float_path, int8_path = prepare_pair(base, ui)
+        prepared, float_path, int8_path = prepare_pair(base, ui, lambda: device_hellos(
+            targets, lambda t: transport_for(t.device, opts.accept_new_host, lab), base.timeout_s))
     finally:
         ui.close()
     pair = pair_settings(base, float_path, int8_path)
-    runs = _run(targets, pair, opts, err, opts.lab(inventory))
+    runs = _run(targets, pair, opts, err, lab)
     doc = write_compare(runs, prepared, opts.gates(), ResultsStore(opts.db), out_dir, int8_output_qparams(int8_path))
     path = out_dir / COMPARE_JSON
     if opts.as_json:

@@ -110,7 +110,7 @@ class ModelFormat(Protocol):
 
     def prepare(self, state: RunState, ui: UI, int8: ModelInfo | None,
                 calibration: Callable[[], dict[str, np.ndarray]],
-                hello: Callable[[], HelloReply | None]) -> tuple[Path, Path]:
+                hellos: Callable[[], Mapping[str, HelloReply | None]]) -> tuple[Path, Path]:
         """Prepares the float model, quantizes it unless ``int8`` is given (after :meth:`device_settings`),
         and matches the pair's tensors into ``state.matching``; fills ``state.float_info``, ``int8_info``
         and ``notes``.
@@ -119,10 +119,12 @@ class ModelFormat(Protocol):
             The float and int8 model paths to upload.
         """
 
-    def device_settings(self, settings: RunSettings, hello: Callable[[], HelloReply | None], ui: UI) -> None:
-        """Fills in the quantization settings the device decides (ONNX: ``reduce_range`` auto) and says
-        them in one line, before quantizing. ``hello`` waits for the device agent's hello (None: no single
-        device is known); it is called only when a setting needs it."""
+    def device_settings(self, settings: RunSettings, hellos: Callable[[], Mapping[str, HelloReply | None]],
+                        ui: UI) -> None:
+        """Fills in the quantization settings the devices decide (ONNX: ``reduce_range`` auto) and says
+        them in one line, before quantizing. ``hellos`` waits for the hello of each device the int8 model
+        is made for, by name (None for an agent that did not start; several for ``compare``); it is
+        called only when a setting needs it."""
 
     def weight_table(self, float_path: Path, int8_path: Path) -> WeightTable:
         """The figures of every integer weight of ``int8_path`` against ``float_path``."""

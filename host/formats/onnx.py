@@ -71,7 +71,7 @@ class OnnxFormat:
 
     def prepare(self, state: RunState, ui: UI, int8: ModelInfo | None,
                 calibration: Callable[[], dict[str, np.ndarray]],
-                hello: Callable[[], HelloReply | None]) -> tuple[Path, Path]:
+                hellos: Callable[[], Mapping[str, HelloReply | None]]) -> tuple[Path, Path]:
         s = state.settings
         if int8 is not None:
             # A user's own int8 model names its tensors after the float model as given: compare
@@ -81,7 +81,7 @@ class OnnxFormat:
         else:
             float_path = self._prepared(state, ui)
             state.float_info = inspect_model(float_path)
-            self.device_settings(s, hello, ui)
+            self.device_settings(s, hellos, ui)
             state.stage = "quantize"
             ui.stage("quantize")
             int8_path = s.out_dir / self.int8_name
@@ -109,13 +109,14 @@ class OnnxFormat:
             state.notes.append(state.matching.control_flow.note())
         return float_path, int8_path
 
-    def device_settings(self, settings: RunSettings, hello: Callable[[], HelloReply | None], ui: UI) -> None:
-        """``reduce_range`` auto: 7-bit weights on x86 without VNNI, as the device's hello says
+    def device_settings(self, settings: RunSettings, hellos: Callable[[], Mapping[str, HelloReply | None]],
+                        ui: UI) -> None:
+        """``reduce_range`` auto: 7-bit weights on x86 without VNNI, as the devices' hellos say
         (:func:`qbench.host.quantize.reduce_range.choose`)."""
         if settings.reduce_range_reason is not None:
             return  # decided already: the settings a command's trials share
         settings.reduce_range, settings.reduce_range_reason = reduce_range.choose(
-            settings.reduce_range, hello() if settings.reduce_range is None else None)
+            settings.reduce_range, hellos() if settings.reduce_range is None else {})
         bits = "7-bit weights (reduce range on)" if settings.reduce_range else "8-bit weights (reduce range off)"
         ui.note(f"{bits}: {settings.reduce_range_reason}")
 

@@ -81,7 +81,7 @@ class TFLiteFormat:
 
     def prepare(self, state: RunState, ui: UI, int8: ModelInfo | None,
                 calibration: Callable[[], dict[str, np.ndarray]],
-                hello: Callable[[], HelloReply | None]) -> tuple[Path, Path]:
+                hellos: Callable[[], Mapping[str, HelloReply | None]]) -> tuple[Path, Path]:
         s = state.settings
         float_info = state.float_info = inspect_model(s.model)
         if int8 is None:
@@ -106,7 +106,8 @@ class TFLiteFormat:
         state.matching = match_tflite(float_info.path, int8.path)
         return Path(float_info.path), Path(int8.path)
 
-    def device_settings(self, settings: RunSettings, hello: Callable[[], HelloReply | None], ui: UI) -> None:
+    def device_settings(self, settings: RunSettings, hellos: Callable[[], Mapping[str, HelloReply | None]],
+                        ui: UI) -> None:
         """ai-edge-quantizer's recipes decide nothing by the device."""
 
     def weight_table(self, float_path: Path, int8_path: Path) -> weights.WeightTable:

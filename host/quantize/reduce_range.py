@@ -7,11 +7,14 @@ range and costs several dB of output PSNR (pplcnet-orientation: 35.8 dB with 8-b
 with 7-bit ones, on an AMD EPYC). Auto therefore takes 7-bit weights exactly where those kernels run,
 as the device's agent reports its CPU (``hello_reply.machine`` and ``cpu_features``), and full 8-bit
 weights everywhere else (ARM, VNNI CPUs, and CPUs whose features are unknown).
+
+``compare`` measures one int8 file on all its targets, so it asks every target's agent first and
+decides once for all of them.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from qbench.protocols.messages import HelloReply
 
@@ -25,21 +28,41 @@ def saturates(machine: str, features: Sequence[str]) -> bool:
     return machine == "x86_64" and "avx2" in features and not any(f in features for f in VNNI)
 
 
-def choose(requested: bool | None, hello: HelloReply | None) -> tuple[bool, str]:
+def choose(requested: bool | None, hellos: Mapping[str, HelloReply | None]) -> tuple[bool, str]:
     """Whether to quantize weights to 7 bits, and why, in words for the report and the terminal.
 
     Args:
         requested: True (``--reduce-range``) or False (``--no-reduce-range``) decide; None is auto,
-            decided from ``hello``.
-        hello: the device agent's hello reply; None when no device answered before quantizing (``compare``
-            quantizes one model for all its targets; an agent that did not start): then auto keeps 8-bit weights.
+            decided from ``hellos``.
+        hellos: the hello reply of each device the int8 model is made for, by device name (one for a
+            run; every target's for ``compare``, which measures one int8 file on all of them); None
+            for an agent that did not answer. Auto takes 7-bit weights only when every device that
+            answered runs kernels that saturate; none answered: 8-bit weights.
     """
     if requested is not None:
         return requested, f"asked for ({'--reduce-range' if requested else '--no-reduce-range'})"
-    if hello is None:
-        return False, ("auto: no device's CPU was known when quantizing (compare quantizes before reaching its "
-                       "targets, or the agent did not start): 8-bit weights; --reduce-range for x86 devices "
-                       "without VNNI")
+    known = {name: hello for name, hello in hellos.items() if hello is not None}
+    if not known:
+        return False, ("auto: no device's CPU was known when quantizing (the agent did not start): 8-bit weights; "
+                       "--reduce-range for x86 devices without VNNI")
+    if len(hellos) == 1:
+        return _for_one(next(iter(known.values())))
+    saturating = sorted(name for name, hello in known.items() if saturates(hello.machine, list(hello.cpu_features)))
+    silent = sorted(set(hellos) - set(known))
+    unknown = f"; {', '.join(silent)} did not answer before quantizing" if silent else ""
+    if len(saturating) == len(known):
+        return True, (f"auto: every device ({', '.join(saturating)}) is x86 without VNNI, whose int8 kernels "
+                      f"saturate int16 sums with 8-bit weights{unknown}")
+    if not saturating:
+        return False, (f"auto: no device's int8 kernels saturate int16 sums ({', '.join(sorted(known))}): "
+                       f"8-bit weights{unknown}")
+    others = sorted(set(known) - set(saturating))
+    return False, (f"auto: the devices differ (x86 without VNNI: {', '.join(saturating)}; others: {', '.join(others)}) "
+                   f"and measure one int8 file: 8-bit weights, whose int16 sums lower the figures of "
+                   f"{', '.join(saturating)}; compare those alone for 7-bit weights{unknown}")
+
+
+def _for_one(hello: HelloReply) -> tuple[bool, str]:
     features = list(hello.cpu_features)
     if saturates(hello.machine, features):
         return True, (f"auto: x86 without VNNI ({' '.join(features)}), whose int8 kernels saturate int16 sums "
