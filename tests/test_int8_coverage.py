@@ -227,3 +227,26 @@ def test_the_kernel_analysis_waits_for_its_first_ask_and_a_failure_is_a_note(tmp
     assert state.notes == []  # nothing ran yet: the prefetch asks while the device captures, else the report
     assert coverage_section(state) is None
     assert len(state.notes) == 1 and state.notes[0].startswith("int8 coverage not analyzed on the host: ")
+
+
+def test_matmuls_in_a_loop_body_are_float_and_the_loop_is_not_counted_twice(tmp_path, agent_cache):
+    """SLANet's decoder: its MatMuls run in a Loop body, which the quantizer leaves float. Coverage names
+    them; the profile's Loop entry, whose time holds those kernels, is not added to them again."""
+    from verdict_models import build_loop_decoder
+
+    model = build_loop_decoder(tmp_path / "decoder.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "eval.npz", x=rng.normal(size=(2, 1, 16)).astype(np.float32))
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(8, 1, 16)).astype(np.float32))
+    common = ["--data", "eval.npz", "--calibration", "calib.npz", *FAST]
+    proc = qbench("run", str(model), "--profile-runs", "2", "--out", "profiled", *common, cwd=tmp_path, cache=agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp_path / "profiled")
+    body = [n for n in report["int8_coverage"]["float_nodes"] if "inside the body of Loop decode" in n["reason"]]
+    assert sorted(n["name"] for n in body) == ["rotate_state", "score"] and all(n["macs"] is None for n in body)
+    assert any(e["op_type"] == "Loop" for e in report["profile"]["int8"])
+    assert "Loop" not in [f["family"] for f in report["profile"]["families"]]
+    proc = qbench("run", str(model), "--accuracy-only", "--out", "macs", *common, cwd=tmp_path, cache=agent_cache)
+    cov = load_report(tmp_path / "macs")["int8_coverage"]
+    assert cov["basis"] == "MACs" and "counting only the ops whose MACs are known" in cov["note"]
+    assert "2 MatMul (rotate_state, score): inside the body of Loop decode" in cov["note"]

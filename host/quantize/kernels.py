@@ -5,7 +5,9 @@ DequantizeLinear -> Conv -> QuantizeLinear group it accepts into ``QLinearConv``
 MatMul, Gemm), and leaves the others as a float kernel between DequantizeLinear and
 QuantizeLinear. :func:`int8_kernels` loads the model with the host's ONNX Runtime, reads the graph
 that it saves after optimization, and says for every convolution and matrix product which kernel
-runs it, its multiply-accumulates (from the shapes) and, for those left in float, why.
+runs it, its multiply-accumulates (from the shapes) and, for those left in float, why. Those in the
+bodies of If, Loop and Scan nodes are float (the quantizer leaves bodies alone), with no MACs figure:
+how often a body runs is decided at run time (SLANet's decoder Loop: up to 501 steps).
 """
 
 from __future__ import annotations
@@ -60,11 +62,24 @@ def int8_kernels(int8_path: Union[str, Path]) -> dict[str, Any]:
         if not entry["int8"]:
             entry["reason"] = _why_float(node, producers, consumers, model)
         nodes.append(entry)
+    nodes += [{"name": node.name, "op_type": node.op_type, "macs": None, "kernel": node.op_type, "int8": False,
+               "reason": f"inside the body of {owner.op_type} {owner.name}, which ONNX Runtime's quantizer leaves "
+                         "in float"} for owner, node in _body_nodes(model.graph) if node.op_type in COMPUTE_OPS]
     known = [n for n in nodes if n["macs"] is not None]
     total = sum(n["macs"] for n in known)
     int8 = sum(n["macs"] for n in known if n["int8"])
     return {"nodes": nodes, "macs_int8": int8, "macs_total": total, "fraction": int8 / total if total else None,
             "runtime": f"onnxruntime {onnxruntime.__version__} (host, CPUExecutionProvider)"}
+
+
+def _body_nodes(graph, owner=None):
+    """(the top-level control-flow node, node) for every node in the graph attributes of ``graph``'s nodes."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                for inner in body.node:
+                    yield owner or node, inner
+                yield from _body_nodes(body, owner or node)
 
 
 def _optimized_kernels(path: Path) -> dict[str, str]:

@@ -37,8 +37,9 @@ def kernel_time_share(profile: list[dict[str, Any]]) -> Optional[dict[str, Any]]
 def coverage_section(state: RunState) -> Optional[dict[str, Any]]:
     """``int8_coverage``: ``fraction`` and its ``basis`` ("kernel time" or "MACs"), ``kernel_time``
     (from the device's profile), ``macs`` ({int8, total, fraction}, as the host's ONNX Runtime fuses
-    the model), ``float_nodes`` (name, op_type, macs, kernel, reason) and, below :data:`LOW`, a
-    ``note``. None for TFLite or when neither source is there."""
+    the model), ``float_nodes`` (name, op_type, macs, kernel, reason) and, below :data:`LOW` or when
+    the MACs basis leaves out float ops of unknown MACs (those in control-flow bodies), a ``note``.
+    None for TFLite or when neither source is there."""
     kernels = state.int8_kernels.result() if state.int8_kernels is not None else None
     bench = state.benchmarks.get("int8")
     timed = kernel_time_share(bench.profile) if bench is not None and bench.profile else None
@@ -54,14 +55,17 @@ def coverage_section(state: RunState) -> Optional[dict[str, Any]]:
                                   for n in kernels["nodes"] if not n["int8"]]
         if timed is None:
             section.update(fraction=kernels["fraction"], basis="MACs")
-    if section.get("fraction") is not None and section["fraction"] < LOW:
+    uncounted = section["basis"] == "MACs" and any(n["macs"] is None for n in section.get("float_nodes", []))
+    if section.get("fraction") is not None and (section["fraction"] < LOW or uncounted):
         section["note"] = low_coverage_note(section)
     return section
 
 
 def low_coverage_note(section: dict[str, Any]) -> str:
     """One sentence: the share, and the ops that stayed float grouped by reason (a few names each)."""
-    head = f"only {section['fraction']:.0%} of convolution/matmul {section['basis']} runs in int8 kernels"
+    share = f"{section['fraction']:.0%} of convolution/matmul {section['basis']}"
+    head = (f"only {share} runs in int8 kernels" if section["fraction"] < LOW
+            else f"{share} runs in int8 kernels, counting only the ops whose MACs are known")
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for node in section.get("float_nodes", []):
         groups[node["reason"]].append(node)

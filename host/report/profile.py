@@ -33,6 +33,8 @@ def profile_section(profile_runs: int, benchmarks: Mapping[str, BenchmarkReply])
 
 
 QUANTIZE_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+#: a control-flow node's time holds its bodies' kernels, which the profile lists on their own
+CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 LAYOUT_OPS = {"Transpose", "ReorderInput", "ReorderOutput"}
 # prefixes and suffixes of ONNX Runtime's fused, layout-changed and quantized kernels of one computation
 _AFFIXES = re.compile(r"^(?:QLinear|Nhwc|Fused|Q(?=[A-Z][a-z]))+|(?:Integer(?:ToFloat)?)$")
@@ -51,10 +53,12 @@ def op_family(op_type: str) -> str:
 def families(float_ops: list[Mapping[str, Any]], int8_ops: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """``[{family, float_ms, int8_ms}]``: kernel time per inference, the sum over the family's op types of each
     one's ``median_ms`` over the profiled runs (``mean_ms`` from an agent older than protocol 2.2), the most
-    int8 time added first."""
+    int8 time added first. Control-flow nodes (:data:`CONTROL_FLOW_OPS`) are left out: their bodies' kernels count."""
     totals: dict[str, dict[str, float]] = {}
     for kind, ops in (("float_ms", float_ops), ("int8_ms", int8_ops)):
         for op in ops:
+            if op["op_type"] in CONTROL_FLOW_OPS:
+                continue
             entry = totals.setdefault(op_family(op["op_type"]), {"float_ms": 0.0, "int8_ms": 0.0})
             per_run = op.get("median_ms")
             entry[kind] += float(op.get("mean_ms") or 0.0) if per_run is None else float(per_run)
