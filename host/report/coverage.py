@@ -83,5 +83,6 @@ def coverage_line(report: dict[str, Any]) -> Optional[str]:
     section = report.get("int8_coverage")
     if not section or section.get("fraction") is None:
         return None
-    line = f"int8 coverage: {section['fraction']:.0%} of convolution/matmul {section['basis']} in int8 kernels"
-    return line + (f" — {section['note']}" if section.get("note") else "")
+    if section.get("note"):  # it says the share too
+        return f"int8 coverage: {section['note']}"
+    return f"int8 coverage: {section['fraction']:.0%} of convolution/matmul {section['basis']} in int8 kernels"
