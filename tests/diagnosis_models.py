@@ -207,3 +207,27 @@ def tones(count: int, seed: int) -> np.ndarray:
         for _ in range(3):
             row += 10 ** rng.uniform(-2, 0) * np.sin(2 * np.pi * rng.uniform(0.02, 0.3) * t + rng.uniform(0, 6))
     return out[:, None, None, :].astype(np.float32)
+
+
+FAINT = [3, 11, 19, 27]
+
+
+def build_faint_channels(path: PathLike, seed: int = 0) -> Path:
+    """x [1,8,12,12] -> conv1 (3x3) -> relu1 -> proj (1x1, 32 channels of weights about 1e-5; 4 of them
+    (:data:`FAINT`) about 3e-8 with a bias of 0.5, as PP-OCRv5's detector has) -> y [1,32,12,12].
+
+    ONNX Runtime's quantizer widens a weight channel's scale until its bias fits int32 at
+    input scale × weight scale, so the faint channels' weights round to a level or two: a low PSNR
+    against their own peak, and nothing lost in the output."""
+    rng = np.random.default_rng(seed)
+    w2 = rng.normal(scale=1e-5, size=(32, 8, 1, 1))
+    w2[FAINT] *= 3e-3
+    b2 = rng.normal(scale=1e-4, size=32)
+    b2[FAINT] = 0.5
+    inits = {"w1": rng.normal(scale=0.3, size=(8, 8, 3, 3)), "b1": rng.normal(scale=0.05, size=8),
+             "w2": w2, "b2": b2}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="proj")]
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 12, 12])], path)

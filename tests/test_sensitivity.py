@@ -86,6 +86,18 @@ def test_weights_argument_gives_the_worst_channel_per_layer():
     assert rank_sensitive(layers, [{"layer": "b", "psnr_db": 30.0, "channel_psnr_db": []}])[0]["score"] == 10.0
 
 
+def test_faint_weight_channels_count_by_their_effective_psnr():
+    """PP-OCRv5's detector: a 1x1 conv whose SQNR falls 1.3 dB, with channels at 12 dB against their own tiny
+    peak but 52 dB against the median channel's (the figures of its report). Its score is its drop alone."""
+    layers = [_layer("Add.149", op_type="Add", sqnr_db=8.43, local_sqnr_db=36.1),
+              _layer("Add.151", sqnr_db=7.16, local_sqnr_db=33.0, drop_db=1.27, parents=["Add.149"])]
+    faint = {"layer": "Add.151", "psnr_db": 77.8, "channel_psnr_db": [51.9, 12.04, 55.6], "effective_psnr_db": 52.4}
+    [entry] = rank_sensitive(layers, [faint])
+    assert entry["score"] == pytest.approx(1.27) and "weight error" not in _reasons(entry)
+    older = {k: v for k, v in faint.items() if k != "effective_psnr_db"}  # a report from before the figure
+    assert rank_sensitive(layers, [older])[0]["score"] == pytest.approx(1.27 + WEIGHT_DB - 12.04)
+
+
 def test_squeeze_and_excite_needs_a_pooled_gate():
     """A Sigmoid that gates a larger tensor through a Mul is SE; SiLU's x * sigmoid(x) is not."""
     layers = [

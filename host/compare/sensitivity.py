@@ -11,7 +11,8 @@ while the error stays the same. The score of a layer, in dB, is the error it add
     else    max(0, drop_db)
           + max(0, LOCAL_SQNR_DB − local_sqnr_db), when its own error is not buried: local_sqnr_db is
             below its inputs' SQNR (or it has no noisy input)
-          + max(0, WEIGHT_DB − worst live weight channel PSNR)
+          + max(0, WEIGHT_DB − the weights' effective PSNR: the worst live channel's error against the
+                   larger of its own peak and the median channel's, compare.weights)
           + HINT_DB if the op is a known culprit and the sum above is > 0
 
 A term whose figure is missing counts 0. ``drop_db`` is how far the layer's SQNR falls below its
@@ -36,7 +37,7 @@ Reasons, each with its threshold:
   names the remedies for that tensor
 - ``local error``: the same otherwise
 - ``error from upstream``: sqnr_db < UPSTREAM_SQNR_DB, a noisy input, and a score of 0
-- ``weight error``: worst live weight channel PSNR < WEIGHT_DB
+- ``weight error``: the weights' effective PSNR < WEIGHT_DB
 - ``offset input``: a scoring layer with quantized weights whose input (through ops that only move
   or pad values: Pad, Reshape, Transpose...) varies by no more than its distance from 0 (float_min
   and float_max of one sign, (max − min) / 2 ≤ min(|min|, |max|), so its mean is at least its
@@ -118,8 +119,8 @@ def rank_sensitive(layers: list[dict], weights: list[dict] | None = None, limit:
         layers: report["layers"] entries (name, op_type, sqnr_db, local_sqnr_db, crest_db, drop,
             drop_db, clipped_fraction, rmse_over_step, float_min/max, quant_min/max, elements,
             parents; any may be missing).
-        weights: report["weights"] entries; when None, the layers' own ``weight_worst_channel_psnr_db``
-            (or ``weight_psnr_db``) is used.
+        weights: report["weights"] entries; when None, the layers' own ``weight_effective_psnr_db``
+            (a report older than it: ``weight_worst_channel_psnr_db``, or ``weight_psnr_db``) is used.
         limit: keep at most this many.
 
     Returns:
@@ -243,7 +244,8 @@ def _assess(layer: dict[str, Any], weight_db: float | None, graph: _Graph) -> tu
         reasons.append(f"error from upstream: SQNR {sqnr:.1f} dB cumulative, local SQNR "
                        f"{_db(layer.get('local_sqnr_db'))}")
     if weight_db is not None and weight_db < WEIGHT_DB:
-        reasons.append(f"weight error: worst channel {weight_db:.1f} dB")
+        reasons.append(f"weight error: worst channel {weight_db:.1f} dB (its error against the larger of its "
+                       "peak and the median channel's)")
     offset = graph.offset_input(layer) if weight_db is not None and scores and score > 0 else None
     if offset is not None:
         name, lo, hi = offset
@@ -298,12 +300,13 @@ def _weight_db_by_layer(layers: list[dict], weights: list[dict] | None) -> dict[
     out: dict[str, float] = {}
     if weights is None:
         for layer in layers:
-            value = layer.get("weight_worst_channel_psnr_db", layer.get("weight_psnr_db"))
+            value = layer.get("weight_effective_psnr_db",
+                              layer.get("weight_worst_channel_psnr_db", layer.get("weight_psnr_db")))
             if value is not None:
                 out[layer["name"]] = value
         return out
     for w in weights:
-        value = worst_psnr_db(w)
+        value = w.get("effective_psnr_db", worst_psnr_db(w))
         if w.get("layer") is not None and value is not None:
             out[w["layer"]] = min(value, out.get(w["layer"], math.inf))
     return out
