@@ -231,3 +231,4 @@ def build_faint_channels(path: PathLike, seed: int = 0) -> Path:
              helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="proj")]
     return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 12, 12])], path)
+

@@ -7,6 +7,7 @@ import pytest
 
 from qbench.agent.capture import PairAccumulator, dequantize
 from qbench.host.compare import metrics
+from qbench.host.compare.sensitivity import rank_sensitive
 from qbench.protocols.messages import CapturePair, PairStats, QParams
 
 
@@ -109,3 +110,36 @@ def test_per_channel_without_an_axis_uses_the_onnx_default_channel_axis():
     q = np.array([[[10], [6]]], np.int8)  # channels on axis 1
     np.testing.assert_allclose(dequantize(q, qp), [[[1.0], [1.0]]])
     assert qp.levels() == (-128, 127) and QParams([1.0], [0], dtype="uint8").levels() == (0, 255)
+
+
+def _se_branch(join_op: str) -> list[dict]:
+    """PP-OCRv6's tiny detector's squeeze-and-excite block, with its report's SQNRs: the squeeze conv after
+    the pool clips and drops 10.4 dB; its gate joins the main path (15.95 dB) in a product at 14.23 dB."""
+    return [
+        {"name": "main", "op_type": "Conv", "sqnr_db": 15.945, "local_sqnr_db": 30.0, "parents": []},
+        {"name": "pool", "op_type": "GlobalAveragePool", "sqnr_db": 23.65, "local_sqnr_db": 44.0, "parents": ["main"]},
+        {"name": "squeeze", "op_type": "Conv", "sqnr_db": 13.26, "local_sqnr_db": 16.6, "clipped_fraction": 0.078,
+         "parents": ["pool"]},
+        {"name": "excite", "op_type": "Conv", "sqnr_db": 13.33, "local_sqnr_db": 23.5, "parents": ["squeeze"]},
+        {"name": "gate", "op_type": "HardSigmoid", "sqnr_db": 15.36, "local_sqnr_db": 55.9, "parents": ["excite"]},
+        {"name": "scaled", "op_type": join_op, "sqnr_db": 14.23, "local_sqnr_db": 32.7, "parents": ["main", "gate"]},
+    ]
+
+
+def test_a_side_branch_keeps_only_what_survives_where_it_joins():
+    layers = _se_branch("Mul")
+    metrics.flag_drops(layers, threshold_db=6.0)
+    squeeze = layers[2]
+    assert squeeze["drop_db"] == pytest.approx(10.39) and squeeze["joined_at"] == "scaled"
+    assert squeeze["drop_joined_db"] == pytest.approx(15.945 - 14.23) and not squeeze["drop"]
+    assert "joined_at" not in layers[0]  # the main path has more than one reader: no branch
+    ranked = {x["name"]: x for x in rank_sensitive(layers)}
+    assert ranked["squeeze"]["score"] == pytest.approx(15.945 - 14.23)  # its drop and own error count at the join
+    assert ranked["squeeze"]["reasons"][0].startswith("diluted: SQNR 10.4 dB below its inputs', 1.7 dB of it left")
+
+
+def test_a_concat_does_not_dilute_the_branch_it_holds():
+    """YOLO's class scores concatenated beside their boxes: the pooled SQNR of the Concat is the boxes'."""
+    layers = _se_branch("Concat")
+    metrics.flag_drops(layers, threshold_db=6.0)
+    assert "drop_joined_db" not in layers[2] and layers[2]["drop"]

