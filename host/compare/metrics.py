@@ -216,7 +216,7 @@ def drop_joined(layer: dict[str, Any], by_name: dict[str, dict[str, Any]],
     slices judge them). A squeeze-and-excite branch is one: in
     PP-OCRv6's tiny detector the squeeze conv after a GlobalAveragePool clips 7.8 % of its 64 values and
     its SQNR falls 10.4 dB, but its gate's product with the main path is 1.7 dB below the main path, and
-    the device finds that block alone int8 costs the output 0.5 dB where the stem costs 16."""
+    the device finds that block alone int8 leaves the output at 37.9 dB, the stem's at 22.5 (all int8: 22.7)."""
     node = layer
     while True:
         readers = consumers.get(node["name"], [])
@@ -225,7 +225,7 @@ def drop_joined(layer: dict[str, Any], by_name: dict[str, dict[str, Any]],
         join = readers[0]
         noisy = [p for p in join.get("parents", []) if p != node["name"] and noisy_sqnr(by_name.get(p)) is not None]
         if noisy:
-            if join.get("op_type") not in MIXING or join.get("sqnr_db") is None or layer.get("drop_db") is None:
+            if join.get("op_type") not in MIXING or join.get("sqnr_db") is None:
                 return None
             kept = max(0.0, min(noisy_sqnr(by_name[p]) for p in noisy) - join["sqnr_db"])
             return (kept, join["name"]) if kept < layer["drop_db"] - UNDONE_MARGIN_DB else None

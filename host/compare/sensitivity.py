@@ -27,6 +27,9 @@ Reasons, each with its threshold:
 - ``sudden drop``: ``drop`` flag set (drop_db above the run's ``--drop-db``, an own error source);
   ``drop`` when drop_db is at least VISIBLE_DB but not above that threshold; ``squashed`` when drop_db
   is at least VISIBLE_DB and the layer has no error source of its own (score 0)
+- ``diluted``: a side branch's drop that mostly does not survive where the branch joins the main path
+  (metrics.drop_joined); ``drop_joined_db`` stands for drop_db, and its own error terms do not count
+  (what survives the join is all of it)
 - ``clipping``: clipped_fraction > CLIP_FRACTION
 - ``wide range``: the int8 range (quant_max − quant_min) > WIDE_RANGE × the values seen (float_max − float_min)
 - ``bad step``: rmse_over_step > STEP_RATIO (rounding alone gives 1/√12 ≈ 0.29), unless the error
