@@ -20,9 +20,10 @@ From the agent's ``StructureStats`` of an output (counts and sums only; see agen
   elements each model decides positive (value > threshold), and ``decision_f1`` = 2·|F ∧ Q| / (|F| + |Q|),
   the F1 score of the int8 model's positives against the float model's. Agreement over all elements
   would say little: the negatives dominate (basic-pitch's note activations agree on 99 % of their
-  elements while F1 is 0.52-0.66). Undefined (None) when the float model decides no positive.
+  elements while F1 is 0.49-0.69). Undefined (None) when the float model decides no positive.
 - **CTC reading**: each sequence is the argmax along the class axis, repeats collapsed, blank (0)
-  dropped; an autoregressive decoder's (``reading`` ``decoded``) keeps its repeats. ``sequence_agreement`` = sequences read identically / sequences; ``cer`` = Σ Levenshtein
+  dropped; an autoregressive decoder's (``reading`` ``decoded``) keeps its repeats.
+  ``sequence_agreement`` = sequences read identically / sequences; ``cer`` = Σ Levenshtein
   distance / Σ float sequence length; ``float_reads`` / ``int8_reads`` = sequences with at least one
   symbol.
 
