@@ -58,6 +58,7 @@ bench: $(STAMP) models
 	$(BIN)/python -m benchmarks.run_all
 	$(BIN)/python -m benchmarks.int8_coverage
 	$(BIN)/python -m benchmarks.bias_correction
+	$(BIN)/python -m benchmarks.ranking_check
 
 clean:
 	rm -rf $(VENV) $(OPENVINO_ENV) demo qbench-out
