@@ -31,6 +31,7 @@ import onnx
 from qbench.host.quantize.hard_sigmoid import restore_gates
 
 from . import published
+from .report import append_run
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("pplcnet-orientation", "ppocr-cls", "ppocr-v4-det", "picodet-layout", "oww-embedding")
@@ -131,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = ("--threads", str(args.threads)) if args.threads else ()
     with tempfile.TemporaryDirectory(prefix="qbench-int8cov-") as tmp:
         results = [measure(name, args.rounds, Path(tmp), extra) for name in args.models.split(",")]
-    record = json.loads(args.json.read_text()) if args.json.is_file() else {"runs": []}
-    command = " ".join(["python -m benchmarks.int8_coverage", *(argv if argv is not None else sys.argv[1:])])
-    record["runs"].append({"command": command, "results": results})
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    append_run(args.json, "benchmarks.int8_coverage", argv, results)
     print(table(results))
     return 0
 

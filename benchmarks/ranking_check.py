@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from . import published
+from .report import append_run
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("ppocr-v4-det", "ppocr-v5-det", "ppocr-v6-tiny-det", "pplcnet-orientation", "yolov8n-nudenet",
@@ -105,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="qbench-ranking-") as tmp:
         results = [measure(name, args.blocks, Path(tmp)) for name in args.models.split(",")]
-    record = json.loads(args.json.read_text()) if args.json.is_file() else {"runs": []}
-    command = " ".join(["python -m benchmarks.ranking_check", *(argv if argv is not None else sys.argv[1:])])
-    record["runs"].append({"command": command, "results": results})
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    append_run(args.json, "benchmarks.ranking_check", argv, results)
     print(table(results))
     return 0
 

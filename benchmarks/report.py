@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
+
+
+def append_run(path: Path, module: str, argv: list[str] | None, results: list[dict[str, Any]]) -> None:
+    """Appends ``{command, results}`` to the ``runs`` of the JSON record at ``path`` (made when missing)."""
+    record = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+    command = " ".join([f"python -m {module}", *(argv if argv is not None else sys.argv[1:])])
+    record["runs"].append({"command": command, "results": results})
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def machine_facts() -> dict[str, Any]:
