@@ -10,7 +10,8 @@ the device, each block alone int8 (every other op float) and each alone float
 of the run's own int8 model, evaluated on the run's samples in one more agent. The report gets the
 ``sensitivity`` section, as ``qbench sensitivity`` writes it, and ``ranking_account.measured``: the
 block whose int8 costs the output most (the lowest only-int8 PSNR) and what keeping it float gains,
-and, when another block's float gains more (by :data:`REPAIR_DB` at least), that block as
+``ranking_top`` (the ranking's top layer and the block that computes it, so that the two conclusions
+can be set side by side), and, when another block's float gains more (by :data:`REPAIR_DB` at least), that block as
 ``best_repair``. The two differ where the damage needs error from elsewhere to arise: a variance
 computed as E[x²] − E[x]² (magika's LayerNorms) cancels the rounding of the tensors before it into a
 large error, which that block's own rounding alone need not cause.
@@ -66,7 +67,8 @@ def measure_if_unexplained(state: RunState, transport: Callable[[], AgentTranspo
     try:
         with Evaluator(transport(), reference, state.samples, s.runner, s.timeout_s, ui.progress,
                        fmt.output_structures(reference)) as evaluator:
-            trials = EditTrials(graph, make_blocks(graph, BLOCKS), evaluator, s.out_dir / "ranking_sweep")
+            blocks = make_blocks(graph, BLOCKS)
+            trials = EditTrials(graph, blocks, evaluator, s.out_dir / "ranking_sweep")
             section = sweep(trials, lambda _: None, FIGURES).to_dict()
             section["trials"] = evaluator.trials
     except (UserError, KeyboardInterrupt) as exc:  # the run's own figures stand; the report says what is missing
@@ -75,6 +77,12 @@ def measure_if_unexplained(state: RunState, transport: Callable[[], AgentTranspo
     section["method"] = s.calibration_method
     report["sensitivity"] = section
     account["measured"] = _worst(section)
+    top = next(iter(report.get("sensitive_layers") or []), None)
+    if top is not None and "block" in account["measured"]:
+        layer = next(x for x in report["layers"] if x["name"] == top["name"])
+        tensor = layer.get("prepared_name", layer["name"])  # blocks hold the model file's tensor names
+        account["measured"]["ranking_top"] = {"name": top["name"],
+                                              "block": next((b.index for b in blocks if tensor in b.tensors), None)}
 
 
 def _worst(section: dict[str, Any]) -> dict[str, Any]:

@@ -231,6 +231,17 @@ def test_a_ranking_that_does_not_explain_the_output_says_so(tmp_path, agent_cach
     measured = account["measured"]
     assert (measured["block"], measured["only_int8_psnr_db"]) == (worst["block"], worst["only_int8_psnr_db"])
     assert f"block {worst['block']} ({worst['first_op']} .. {worst['last_op']}" in printed
+    # the ranking's top beside it: the last block starting at or before the node that computes the top's tensor
+    # (a Relu folded into its Gemm has no block op of its own)
+    top = measured["ranking_top"]
+    assert top["name"] == report["sensitive_layers"][0]["name"]
+    nodes = list(onnx.load(report["models"]["float"]["path"]).graph.node)
+    position = {n.name: k for k, n in enumerate(nodes)}
+    maker = next(k for k, n in enumerate(nodes) if top["name"] in n.output)
+    row = [r for r in sweep["blocks"] if position[r["first_op"]] <= maker][-1]
+    assert top["block"] == row["block"]
+    if row["block"] != worst["block"]:
+        assert f"the ranking's top, {top['name']}, lies in block {row['block']}" in printed
     reference = _run_outputs(model, tmp_path / "eval.npz")
     figures = [_psnr_of(reference, _run_outputs(path, tmp_path / "eval.npz"))
                for path in sorted((tmp_path / "out" / "ranking_sweep").glob("trial-*.onnx"))]

@@ -122,11 +122,25 @@ def ranking_unexplained(report: Mapping[str, Any]) -> list[str]:
                 + ("NaN or infinity in the output" if measured.get("only_int8_nonfinite") else
                    f"{measured['only_int8_psnr_db']:.2f} dB") + " when it alone is int8"
                 + ("" if gain is None else f"; keeping it alone float changes the output by {gain:+.2f} dB")
+                + _ranking_top(measured, report)
                 + _best_repair(measured.get("best_repair"))
                 + "; qbench fix repairs from such measurements (bias correction included)."]
     why = f" ({measured['skipped']})" if "skipped" in measured else ""
     return [f"{head}; qbench sensitivity measures each block on the device{why}, and qbench fix repairs from it "
             "(bias correction included)."]
+
+
+def _ranking_top(measured: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    """Where the ranking's top lies among the measured blocks, when not in the worst one."""
+    top = measured.get("ranking_top") or {}
+    if top.get("block") is None or top["block"] == measured["block"]:
+        return ""
+    row = next(r for r in report["sensitivity"]["blocks"] if r["block"] == top["block"])
+    if "only_int8" in (row.get("nonfinite") or []):
+        figure = "NaN or infinity in the output"
+    else:
+        figure = "exact" if row["only_int8_psnr_db"] is None else f"{row['only_int8_psnr_db']:.2f} dB"
+    return f"; the ranking's top, {top['name']}, lies in block {top['block']} (alone int8: {figure})"
 
 
 def _best_repair(best: Mapping[str, Any] | None) -> str:
