@@ -120,7 +120,8 @@ class StructureAccumulator:
 
 
 def ctc_symbols(indices: np.ndarray, blank: int, collapse: bool = True) -> list[int]:
-    """The CTC reading of one argmax sequence: runs of one index collapsed (unless not ``collapse``), ``blank`` dropped."""
+    """The CTC reading of one argmax sequence: runs of one index collapsed (unless not ``collapse``),
+    ``blank`` dropped."""
     values = indices.tolist()
     return [v for i, v in enumerate(values) if v != blank and (not collapse or i == 0 or values[i - 1] != v)]
 

@@ -173,7 +173,8 @@ def _tables(count: int, rng: np.random.Generator, height: int, width: int) -> li
                 if ch < 8 or cw < 8 or rng.random() < 0.15:  # some cells are empty
                     continue
                 lh, lw = min(ch, 24), int(rng.integers(cw // 3 + 1, cw + 1))
-                img[ys[r] + 3: ys[r] + 3 + lh, xs[c] + 3: xs[c] + 3 + lw] = resize(lines[int(rng.integers(len(lines)))], lh, lw)
+                line = lines[int(rng.integers(len(lines)))]
+                img[ys[r] + 3: ys[r] + 3 + lh, xs[c] + 3: xs[c] + 3 + lw] = resize(line, lh, lw)
         if rng.random() < 0.7:
             for y in ys:
                 img[y:y + 2, xs[0]:xs[-1]] = 40
@@ -288,7 +289,8 @@ class Published:
     input_name: str
     shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
     layout: str  # NCHW | NHWC
-    # photos | pages | lines | tables | speech (log-mel windows) | embeddings (of speech) | music (audio) | files (bytes) | chunks (of audio)
+    # photos | pages | lines | tables | speech (log-mel windows) | embeddings (of speech) | music (audio)
+    # | files (bytes) | chunks (of audio)
     source: str
     normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     notes: str = ""

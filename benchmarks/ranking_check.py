@@ -4,8 +4,9 @@
     .venv/bin/python -m benchmarks.ranking_check --models ppocr-v6-tiny-det --blocks 16
 
 For each model: ``qbench run --accuracy-only`` quantizes it (real calibration data from
-benchmarks/published.py) and ranks its layers from the per-layer figures; ``qbench sensitivity`` with the same data (so the same
-int8 model) then measures every block of ops alone int8 on the device. The block holding the
+benchmarks/published.py) and ranks its layers from the per-layer figures; ``qbench sensitivity``
+with the same data (so the same int8 model) then measures every block of ops alone int8 on the
+device. The block holding the
 ranking's top layer is placed among the blocks ordered by their only-int8 output PSNR (1 = the block
 whose int8 alone costs the output most). A top in a block near 1 is a ranking that points where the
 damage is. Appends a run to ``benchmarks/ranking_check.json`` and prints a Markdown table. Not a

@@ -11,8 +11,8 @@ of the run's own int8 model, evaluated on the run's samples in one more agent. T
 ``sensitivity`` section, as ``qbench sensitivity`` writes it, and ``ranking_account.measured``: the
 block whose int8 costs the output most (the lowest only-int8 PSNR) and what keeping it float gains,
 ``ranking_top`` (the ranking's top layer and the block that computes it, so that the two conclusions
-can be set side by side), and, when another block's float gains more (by :data:`REPAIR_DB` at least), that block as
-``best_repair``. The two differ where the damage needs error from elsewhere to arise: a variance
+can be set side by side), and, when another block's float gains more (by :data:`REPAIR_DB` at least),
+that block as ``best_repair``. The two differ where the damage needs error from elsewhere to arise: a variance
 computed as E[x²] − E[x]² (magika's LayerNorms) cancels the rounding of the tensors before it into a
 large error, which that block's own rounding alone need not cause.
 

@@ -156,7 +156,8 @@ def test_coverage_from_the_profile_and_from_macs(plain_s8, agent_cache):
     cov = report["int8_coverage"]
     assert cov["basis"] == "MACs" and report["summary"]["int8_coverage"] == pytest.approx(1 - float_macs / total)
     assert "2 Conv (conv1, conv2): int8 activations" in cov["note"]
-    assert "int8 coverage: only 55% of convolution/matmul MACs runs in int8 kernels; float: 2 Conv" in " ".join(proc.stdout.split())
+    printed = " ".join(proc.stdout.split())
+    assert "int8 coverage: only 55% of convolution/matmul MACs runs in int8 kernels; float: 2 Conv" in printed
 
 
 def test_quantizer_failure_leaves_its_report_and_models(tmp_path, agent_cache):
