@@ -47,20 +47,23 @@ class StructureAccumulator:
             return
         first = self._shape is None
         self._shape = f.shape
-        if self.req.threshold is not None:
-            self._decisions(f, self._dequantized(q))
-        if self.req.indices:
-            self._ctc(f.astype(np.int64), self._dequantized(q).astype(np.int64))
-            return
         classes = self.req.class_axis % f.ndim if self.req.class_axis is not None and f.ndim else None
         if classes is not None and f.shape[classes] < 2:
             classes = None
-        if first:
+        if first and not self.req.indices:
             self.s.slices = [_empty_slices(a, f.shape[a]) for a in range(f.ndim)
                              if 2 <= f.shape[a] <= self.req.slice_max and a != classes]
-        if not self.s.slices and classes is None:
+        if self.req.threshold is None and not self.req.indices and not self.s.slices and classes is None:
             return  # nothing to measure: a large output is not converted for nothing
-        f64, q64 = f.astype(np.float64), np.asarray(self._dequantized(q), dtype=np.float64)
+        q = self._dequantized(q)  # once: every figure below reads the int8 model's real values
+        if self.req.threshold is not None:
+            self._decisions(f, q)
+        if self.req.indices:
+            self._ctc(f.astype(np.int64), q.astype(np.int64))
+            return
+        if not self.s.slices and classes is None:
+            return
+        f64, q64 = f.astype(np.float64), np.asarray(q, dtype=np.float64)
         self._slices(f64, q64)
         if classes is not None:
             self._classes(f64, q64, classes)

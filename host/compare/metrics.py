@@ -167,10 +167,6 @@ def flag_drops(layers: list[dict[str, Any]], threshold_db: float) -> None:
             layer["drop_db"], layer["drop"] = None, False
             continue
         layer["drop_db"] = round(inputs - layer["sqnr_db"], 4)
-    for layer in layers:
-        if layer["drop_db"] is None:
-            continue
-        inputs = inputs_sqnr(layer, by_name)
         kept = drop_kept(layer, inputs, consumers.get(layer["name"], []))
         if kept is not None:
             layer["drop_kept_db"] = round(kept, 4)

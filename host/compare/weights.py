@@ -179,11 +179,12 @@ def weight_entry(w: QuantizedWeight) -> dict[str, Any]:
         n = f.shape[w.channel_axis]
         peaks = np.moveaxis(magnitude, w.channel_axis, 0).reshape(n, -1).max(axis=1)
         mses = np.moveaxis(err, w.channel_axis, 0).reshape(n, -1).mean(axis=1)
-        live = peaks >= DEAD_FRACTION * float(np.median(peaks))
+        median = float(np.median(peaks))
+        live = peaks >= DEAD_FRACTION * median
         channels = [_round(psnr_db(p, m)) if alive else None
                     for p, m, alive in zip(peaks.tolist(), mses.tolist(), live)]
         dead = np.flatnonzero(~live).tolist()
-        typical = np.maximum(peaks, float(np.median(peaks)))
+        typical = np.maximum(peaks, median)
         effective = [v for v in (psnr_db(p, m) for p, m, alive in zip(typical.tolist(), mses.tolist(), live) if alive)
                      if v is not None]
     defined = [(v, i) for i, v in enumerate(channels) if v is not None]
