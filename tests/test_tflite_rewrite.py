@@ -343,3 +343,62 @@ def test_the_ops_a_delegate_left_out_are_named_by_the_agent_and_the_report(tmp_p
     assert coverage["delegated_ops"] == coverage["total_ops"] - 1
     assert coverage_text(coverage).endswith(
         "in 2 partition(s); LiteRT's builtin kernels ran the rest (RELU x1), each one a break between partitions")
+
+
+def _head_samples(n: int, seed: int) -> np.ndarray:
+    """Inputs of :func:`tflite_models.scored_if` whose scores fall on both sides of its IF's 0.5."""
+    return np.random.default_rng(seed).normal(0, 1, (n, 1, 16)).astype(np.float32)
+
+
+def test_an_if_with_repeated_argument_names_quantizes_with_its_branches_in_float(tmp_path):
+    """ai-edge-quantizer refuses repeated tensor names ("arg0 is not unique"), then fails on a branch op it
+    never calibrated; qbench renames the repeats and keeps the branches in float (openwakeword's hey_jarvis)."""
+    (tmp_path / "head.tflite").write_bytes(M.scored_if())
+    samples = _head_samples(16, seed=1)
+    result = quantize_tflite(tmp_path / "head.tflite", tmp_path / "head.int8.tflite", {"x": samples})
+    assert any("3 repeated tensor name(s) made unique" in n for n in result.notes)  # arg0, arg1, out
+    assert any("op(s) in 2 control-flow subgraph(s) kept in float" in n for n in result.notes)
+    from qbench.host.compare.tflite_matching import read_graph
+
+    int8 = read_graph(result.path)
+    assert int8.tensors[int8.by_name["head/logit"]].dtype == "int8"  # subgraph 0 is quantized
+    assert all(t.dtype in ("float32", "int32") for body in int8.bodies for t in body.tensors)
+    float_scores, int8_scores = ([_dequantized_output(path.read_bytes(), s).item() for s in samples]
+                                 for path in (tmp_path / "head.tflite", result.path))
+    assert min(float_scores) < 0.5 < max(float_scores)  # both branches ran
+    assert np.max(np.abs(np.array(float_scores) - np.array(int8_scores))) < 0.05
+
+
+def test_a_placeholder_default_input_shape_is_quantized_and_run_at_the_datas_shape(tmp_path):
+    """openwakeword's melspectrogram.tflite: input [1, -1], default [1, 1], at which neither the quantizer's
+    interpreters nor the agent's prepare; both allocate at the data's shape now, and the float model
+    compared is the user's with only that default changed."""
+    (tmp_path / "mel.tflite").write_bytes(M.placeholder_input())
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "eval.npz", audio=rng.normal(0, 1, (3, 1, 32)).astype(np.float32))
+    np.savez(tmp_path / "calib.npz", audio=rng.normal(0, 1, (8, 1, 32)).astype(np.float32))
+    proc = qbench("run", "mel.tflite", "--data", "eval.npz", "--calibration", "calib.npz", "--out", "out",
+                  *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(tmp_path / "out")
+    assert any("float reference: model.float.tflite, the model with the data's shape as the default of its "
+               "dynamic input(s) audio" in n for n in report["notes"])
+    reference = _interpreter_at(Path(report["models"]["float"]["path"]).read_bytes())
+    assert list(reference.get_input_details()[0]["shape_signature"]) == [1, -1]
+    # the reference computes what the user's model computes at the data's shape
+    user = tfl.Interpreter(model_content=(tmp_path / "mel.tflite").read_bytes(), experimental_op_resolver_type=PLAIN)
+    user.resize_tensor_input(user.get_input_details()[0]["index"], [1, 32])
+    user.allocate_tensors()
+    sample = np.load(tmp_path / "eval.npz")["audio"][0]
+    for interpreter in (user, reference):
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], sample)
+        interpreter.invoke()
+    np.testing.assert_array_equal(user.get_tensor(user.get_output_details()[0]["index"]),
+                                  reference.get_tensor(reference.get_output_details()[0]["index"]))
+    assert report["outputs"][0]["name"] == "frames" and report["outputs"][0]["sqnr_db"] > 20
+
+
+def _interpreter_at(model: bytes) -> tfl.Interpreter:
+    interpreter = tfl.Interpreter(model_content=model, experimental_op_resolver_type=PLAIN)
+    interpreter.allocate_tensors()  # at the default shape: the data's
+    return interpreter

@@ -14,6 +14,13 @@ No TensorFlow: :class:`Graph` assembles a model from the schema's object API. Th
   as in MediaPipe's older hair segmentation model (only XNNPACK runs those two ops).
 * :func:`sparse_conv`: conv whose float16 weights are stored sparse behind DENSIFY and DEQUANTIZE,
   as in MediaPipe's sparse face and pose detectors.
+* :func:`scored_if`: a wake-word head as openwakeword's .tflite heads are: FULLY_CONNECTED ->
+  LOGISTIC score, then an IF on score >= 0.5 whose then-branch scores again with a verifier
+  (FULLY_CONNECTED -> LOGISTIC) and whose else-branch passes the score through; both branches name
+  their arguments ``arg0`` and ``arg1``, which ai-edge-quantizer refuses as repeated names.
+* :func:`placeholder_input`: a dynamic input ([1, -1]) whose default shape is a placeholder ([1, 1]) at
+  which the model does not prepare (a 1x4 VALID convolution over a 1-sample signal), as in
+  openwakeword's melspectrogram.tflite.
 * :func:`unfused_block`: ops XNNPACK runs in float only, as MediaPipe's face detector and selfie
   segmentation have them: conv -> separate RELU, depthwise -> separate RELU6 -> HARD_SWISH, a
   whole-map AVERAGE_POOL_2D gating the main path (squeeze-and-excite), and a RELU whose input has a
@@ -44,6 +51,7 @@ _DTYPES = {
     np.dtype(np.int16): fb.TensorType.INT16,
     np.dtype(np.int32): fb.TensorType.INT32,
     np.dtype(np.int64): fb.TensorType.INT64,
+    np.dtype(np.bool_): fb.TensorType.BOOL,
 }
 
 
@@ -58,6 +66,19 @@ class Graph:
         self.operators: list[fb.OperatorT] = []
         self.opcodes: list[fb.OperatorCodeT] = []
         self.opcode_index: dict[int, int] = {}
+        self.bodies: list[tuple[Graph, list[int], list[int]]] = []  # subgraphs 1, 2, ...
+
+    def body(self) -> Graph:
+        """A new subgraph (an IF branch) sharing this model's buffers and operator codes; give its inputs
+        and outputs to :meth:`add_body`."""
+        child = Graph(self.legacy_opcodes, self.fp16_weights)
+        child.buffers, child.opcodes, child.opcode_index = self.buffers, self.opcodes, self.opcode_index
+        return child
+
+    def add_body(self, child: Graph, inputs: list[int], outputs: list[int]) -> int:
+        """Adds ``child`` as the next subgraph; returns its subgraph index."""
+        self.bodies.append((child, inputs, outputs))
+        return len(self.bodies)
 
     def tensor(self, name: str, shape, dtype=np.float32, data: np.ndarray | None = None, quant=None) -> int:
         """Adds a tensor (a constant when ``data`` is given); returns its index."""
@@ -116,18 +137,22 @@ class Graph:
         operator.customOptions = np.frombuffer(options, dtype=np.uint8)
         self.operators.append(operator)
 
-    def to_bytes(self, inputs: list[int], outputs: list[int], signature: str | None = "serving_default") -> bytes:
-        """Packs the model; ``signature=None`` writes no signature def (like many published models)."""
+    def _subgraph(self, inputs: list[int], outputs: list[int], name: str) -> fb.SubGraphT:
         subgraph = fb.SubGraphT()
         subgraph.tensors = self.tensors
         subgraph.inputs = list(inputs)
         subgraph.outputs = list(outputs)
         subgraph.operators = self.operators
-        subgraph.name = "main"
+        subgraph.name = name
+        return subgraph
+
+    def to_bytes(self, inputs: list[int], outputs: list[int], signature: str | None = "serving_default") -> bytes:
+        """Packs the model; ``signature=None`` writes no signature def (like many published models)."""
         model = fb.ModelT()
         model.version = 3
         model.operatorCodes = self.opcodes
-        model.subgraphs = [subgraph]
+        model.subgraphs = [self._subgraph(inputs, outputs, "main"),
+                           *(g._subgraph(i, o, f"body{k + 1}") for k, (g, i, o) in enumerate(self.bodies))]
         model.buffers = self.buffers
         model.description = "qbench test model"
         if signature is not None:
@@ -489,6 +514,67 @@ RENAMED = {"conv1": "model/conv1;Relu", "logits": "model/fc/BiasAdd"}
 
 
 UNFUSED_SHAPE = (1, 16, 16, 8)
+
+
+def _fc_options() -> fb.FullyConnectedOptionsT:
+    return fb.FullyConnectedOptionsT()
+
+
+def scored_if(seed: int = 0, features: int = 16) -> bytes:
+    """:func:`scored_if` of the module doc: input ``x`` [1, features], output ``score`` [1, 1]."""
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    x = g.tensor("x", (1, features))
+    w1 = g.const("head/w", rng.normal(0, 0.5, (1, features)).astype(np.float32))
+    b1 = g.const("head/b", np.array([-1.0], np.float32))
+    logit = g.tensor("head/logit", (1, 1))
+    g.op(fb.BuiltinOperator.FULLY_CONNECTED, [x, w1, b1], [logit], _fc_options())
+    p1 = g.tensor("head/score", (1, 1))
+    g.op(fb.BuiltinOperator.LOGISTIC, [logit], [p1])
+    half = g.const("half", np.array([0.5], np.float32))
+    cond = g.tensor("high", (1,), np.bool_)
+    g.op(fb.BuiltinOperator.GREATER_EQUAL, [p1, half], [cond])
+    branches = []
+    for verifier in (True, False):
+        b = g.body()
+        args = [b.tensor("arg0", (1, features)), b.tensor("arg1", (1, 1))]
+        out = b.tensor("out", (1, 1))
+        if verifier:
+            w2 = b.const("verifier/w", rng.normal(0, 0.5, (1, features)).astype(np.float32))
+            b2 = b.const("verifier/b", np.array([0.5], np.float32))
+            logit2 = b.tensor("verifier/logit", (1, 1))
+            b.op(fb.BuiltinOperator.FULLY_CONNECTED, [args[0], w2, b2], [logit2], _fc_options())
+            b.op(fb.BuiltinOperator.LOGISTIC, [logit2], [out])
+        else:
+            shape = b.const("shape", np.array([1, 1], np.int32))
+            b.op(fb.BuiltinOperator.RESHAPE, [args[1], shape], [out])
+        branches.append(g.add_body(b, args, [out]))
+    options = fb.IfOptionsT()
+    options.thenSubgraphIndex, options.elseSubgraphIndex = branches
+    score = g.tensor("score", (1, 1))
+    g.op(fb.BuiltinOperator.IF, [cond, x, p1], [score], options)
+    return g.to_bytes([x], [score])
+
+
+def placeholder_input(seed: int = 0) -> bytes:
+    """:func:`placeholder_input` of the module doc: input ``audio`` [1, -1] (default [1, 1]), output
+    ``frames`` [1, 1, -1, 2]."""
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    audio = g.tensor("audio", (1, 1))
+    g.tensors[audio].shapeSignature = [1, -1]
+    shape = g.const("image_shape", np.array([1, 1, -1, 1], np.int32))
+    image = g.tensor("image", (1, 1, 1, 1))
+    g.tensors[image].shapeSignature = [1, 1, -1, 1]
+    g.op(fb.BuiltinOperator.RESHAPE, [audio, shape], [image])
+    w = g.const("filters", rng.normal(0, 0.5, (2, 1, 4, 1)).astype(np.float32))
+    b = g.const("filters_bias", np.zeros(2, np.float32))
+    frames = g.tensor("frames", (1, 1, 1, 2))
+    g.tensors[frames].shapeSignature = [1, 1, -1, 2]
+    options = fb.Conv2DOptionsT()
+    options.padding, options.strideH, options.strideW = fb.Padding.VALID, 1, 1
+    g.op(fb.BuiltinOperator.CONV_2D, [image, w, b], [frames], options)
+    return g.to_bytes([audio], [frames])
 
 
 def unfused_block(seed: int = 0) -> bytes:

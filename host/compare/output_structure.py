@@ -14,10 +14,16 @@ argmax gets class figures too:
 - its producer is an ArgMax (an integer output): the indices themselves are read as CTC sequences
 - its producer is a Sigmoid (a probability: a detector's text map, a voice-activity or presence
   flag, a note activation): the decisions value > :data:`DECISION_THRESHOLD` of both models
+
+An output of an If (IF in TFLite) has the structure its branches agree on: the first real op that
+makes the output in each branch, followed out to the enclosing graph where a branch passes a value
+through (openwakeword's heads return their score, or run a verifier on it when it is high: a Sigmoid
+either way).
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Sequence
 
 from qbench.protocols.messages import StructureRequest
@@ -30,6 +36,7 @@ LOGITS = {"Gemm", "MatMul", "FULLY_CONNECTED", "BATCH_MATMUL"}
 INDICES = {"ArgMax", "ARG_MAX"}
 DECODERS = {"Loop", "Scan", "WHILE"}
 PROBABILITIES = {"Sigmoid", "LOGISTIC"}
+BRANCHING = {"If", "IF"}
 CTC_BLANK = 0
 #: a probability above it is a positive decision: the convention of a sigmoid output without a tuned threshold
 DECISION_THRESHOLD = 0.5
@@ -59,25 +66,42 @@ def request(producers: Sequence[tuple[str, bool]]) -> StructureRequest:
 def onnx_producers(graph, name: str) -> list[tuple[str, bool]]:
     """The producer chain of ``name`` in a matching ``_Graph`` (nearest first, up to the first real op, or
     the second when the first is a Softmax: what computes the scores)."""
+    return _onnx_chain(graph.producer, graph.types, name)
+
+
+def _onnx_chain(producer, types, name: str) -> list[tuple[str, bool]]:
     chain = []
-    node = graph.producer.get(name)
+    node = producer.get(name)
     while node is not None:
-        if node.op_type == "Div" and getattr(graph.producer.get(node.input[0]), "op_type", None) == "Exp":
+        if node.op_type == "Div" and getattr(producer.get(node.input[0]), "op_type", None) == "Exp":
             chain.append(("Softmax", True))  # exp(x − max) / Σ exp: the class axis is the last, as jax2tf writes it
             break
-        chain.append((node.op_type, _onnx_on_last_axis(graph, node)))
+        if node.op_type in BRANCHING:
+            slot = list(node.output).index(name)
+            branches = [a.g for a in node.attribute if a.type == a.GRAPH]
+            chain.append(_agreed([_onnx_chain(collections.ChainMap({o: n for n in g.node for o in n.output}, producer),
+                                              types, g.output[slot].name) for g in branches]))
+            break
+        chain.append((node.op_type, _onnx_on_last_axis(types, node)))
         if _chain_ends(chain) or not node.input:
             break
-        node = graph.producer.get(node.input[0])
+        name = node.input[0]
+        node = producer.get(name)
     return chain
 
 
-def _onnx_on_last_axis(graph, node) -> bool:
+def _agreed(chains: list[list[tuple[str, bool]]]) -> tuple[str, bool]:
+    """What an If's branches make: their first real op when all make the same, else the If itself."""
+    reals = {next((step for step in chain if step[0] not in PASS_THROUGH), None) for chain in chains}
+    return reals.pop() if len(reals) == 1 and None not in reals else ("If", False)
+
+
+def _onnx_on_last_axis(types, node) -> bool:
     axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if node.op_type != "ArgMax" else 0)
     if axis == -1:
         return True
     tensor = node.input[0] if node.input else ""
-    dims = graph.types.get(tensor, (0, None))[1]
+    dims = types.get(tensor, (0, None))[1]
     return dims is not None and axis == len(dims) - 1
 
 
@@ -88,11 +112,28 @@ def tflite_producers(graph, tensor: int) -> list[tuple[str, bool]]:
     k = graph.producer.get(tensor)
     while k is not None:
         op = graph.ops[k]
+        if op.type in BRANCHING and op.branches:
+            slot = op.outputs.index(tensor)
+            chain.append(_agreed([_tflite_branch(graph, op, graph.bodies[b - 1], slot) for b in op.branches]))
+            break
         chain.append((op.type, op.type in SCORES))
         if _chain_ends(chain) or not op.inputs:
             break
-        k = graph.producer.get(op.inputs[0])
+        tensor = op.inputs[0]
+        k = graph.producer.get(tensor)
     return chain
+
+
+def _tflite_branch(graph, op, body, slot: int) -> list[tuple[str, bool]]:
+    """The chain of an IF branch's output ``slot``, continued in ``graph`` where the branch passes its
+    j-th input through (the IF's input j + 1: its first is the condition)."""
+    tensor, moves = body.outputs[slot], []
+    while tensor in body.producer and body.ops[body.producer[tensor]].type in PASS_THROUGH:
+        moves.append((body.ops[body.producer[tensor]].type, False))
+        tensor = body.ops[body.producer[tensor]].inputs[0]
+    if tensor in body.inputs:
+        return moves + tflite_producers(graph, op.inputs[body.inputs.index(tensor) + 1])
+    return tflite_producers(body, body.outputs[slot])
 
 
 def _chain_ends(chain: list[tuple[str, bool]]) -> bool:

@@ -42,6 +42,7 @@ class Tensor:
     dtype: str
     constant: bool
     qparams: QParams | None
+    signature: list[int] = field(default_factory=list)  # the shape with -1 for dynamic dims
 
     @property
     def is_float(self) -> bool:
@@ -58,16 +59,19 @@ class Op:
     type: str
     inputs: list[int]
     outputs: list[int]
+    branches: tuple[int, ...] = ()  # an IF's then and else subgraphs
 
 
 @dataclass
 class TFLiteGraph:
-    """Subgraph 0 of a .tflite: tensors, ops in execution order, inputs and outputs (tensor indices)."""
+    """Subgraph 0 of a .tflite: tensors, ops in execution order, inputs and outputs (tensor indices);
+    ``bodies`` the other subgraphs (``bodies[i - 1]`` is subgraph i: IF branches, WHILE bodies)."""
 
     tensors: list[Tensor]
     ops: list[Op]
     inputs: list[int]
     outputs: list[int]
+    bodies: list[TFLiteGraph] = field(default_factory=list)
     producer: dict[int, int] = field(default_factory=dict)
     consumers: dict[int, list[int]] = field(default_factory=dict)
     by_name: dict[str, int] = field(default_factory=dict)
@@ -84,7 +88,7 @@ class TFLiteGraph:
 
 
 def read_graph(path: Union[str, Path]) -> TFLiteGraph:
-    """Reads subgraph 0 of a .tflite with the flatbuffer schema (lazy: weights are not copied)."""
+    """Reads a .tflite's subgraphs with the flatbuffer schema (lazy: weights are not copied)."""
     return parse_graph(Path(path).read_bytes(), Path(path).name)
 
 
@@ -99,7 +103,12 @@ def parse_graph(data: bytes, name: str) -> TFLiteGraph:
         raise UserError(f"{name} has no subgraph")
     codes = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
-    sg = model.Subgraphs(0)
+    graphs = [_parse_subgraph(fb, model, model.Subgraphs(i), codes, types) for i in range(model.SubgraphsLength())]
+    graphs[0].bodies = graphs[1:]
+    return graphs[0]
+
+
+def _parse_subgraph(fb, model, sg, codes: dict, types: dict) -> TFLiteGraph:
     tensors = []
     for i in range(sg.TensorsLength()):
         t = sg.Tensors(i)
@@ -110,6 +119,7 @@ def parse_graph(data: bytes, name: str) -> TFLiteGraph:
             dtype=_numpy_dtype(types.get(t.Type(), "")),
             constant=buf is not None and (buf.DataLength() > 0 or buf.Size() > 0),
             qparams=_qparams(t, types.get(t.Type(), "")),
+            signature=[int(d) for d in t.ShapeSignatureAsNumpy()] if t.ShapeSignatureLength() else [],
         ))
     ops = []
     for i in range(sg.OperatorsLength()):
@@ -119,8 +129,13 @@ def parse_graph(data: bytes, name: str) -> TFLiteGraph:
         name = codes.get(builtin, str(builtin))
         if name == "CUSTOM":
             name = (code.CustomCode() or b"CUSTOM").decode("utf-8", "replace")
+        branches: tuple[int, ...] = ()
+        if op.BuiltinOptionsType() == fb.BuiltinOptions.IfOptions:
+            options = fb.IfOptions()
+            options.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
+            branches = (options.ThenSubgraphIndex(), options.ElseSubgraphIndex())
         inputs = _indices(op.InputsAsNumpy(), op.InputsLength())
-        ops.append(Op(name, inputs, _indices(op.OutputsAsNumpy(), op.OutputsLength())))
+        ops.append(Op(name, inputs, _indices(op.OutputsAsNumpy(), op.OutputsLength()), branches))
     return TFLiteGraph(tensors, ops, _indices(sg.InputsAsNumpy(), sg.InputsLength()),
                        _indices(sg.OutputsAsNumpy(), sg.OutputsLength()))
 
@@ -219,7 +234,9 @@ def _fused_reason(f: TFLiteGraph, tensor: int, op: Op, int8_name: str) -> str | 
 
 
 def _check_same_network(f: TFLiteGraph, q: TFLiteGraph) -> None:
-    fin, qin = [f.tensors[i].shape for i in f.inputs], [q.tensors[i].shape for i in q.inputs]
+    # by the shape signatures: the default shape of a dynamic input is the data's in a model qbench
+    # quantized (see tflite_rewrite.default_input_shapes), a placeholder in the user's
+    fin, qin = ([t.signature or t.shape for t in (g.tensors[i] for i in g.inputs)] for g in (f, q))
     if fin != qin:
         raise UserError(f"the float and int8 models are not the same network: input shapes {fin} vs {qin}")
     fout, qout = [f.tensors[i].shape for i in f.outputs], [q.tensors[i].shape for i in q.outputs]

@@ -20,7 +20,11 @@ From the agent's ``StructureStats`` of an output (counts and sums only; see agen
   elements each model decides positive (value > threshold), and ``decision_f1`` = 2·|F ∧ Q| / (|F| + |Q|),
   the F1 score of the int8 model's positives against the float model's. Agreement over all elements
   would say little: the negatives dominate (basic-pitch's note activations agree on 99 % of their
-  elements while F1 is 0.49-0.69). Undefined (None) when the float model decides no positive.
+  elements while F1 is 0.49-0.69). Undefined (None) when neither model decides a positive; 0 when
+  only the int8 model does (false alarms). Where neither does, the output's values all lie below the
+  threshold, and the data exercises no decision: the output SQNR then measures the rounding of
+  near-zero scores (LiteRT's int8 LOGISTIC has a fixed step of 1/256, so every probability below
+  1/512 reads 0), and its level is at most ``degraded``, with a reason that says so.
 - **CTC reading**: each sequence is the argmax along the class axis, repeats collapsed, blank (0)
   dropped; an autoregressive decoder's (``reading`` ``decoded``) keeps its repeats.
   ``sequence_agreement`` = sequences read identically / sequences; ``cer`` = Σ Levenshtein
@@ -36,7 +40,7 @@ Verdict, the worst that applies (``broken`` > ``degraded`` > ``ok``), each with 
 | a slice group | destroyed, or its SQNR < BROKEN_SQNR_DB | SQNR < DEGRADED_SQNR_DB |
 | a field (a slice of an axis of at most FIELDS) | SQNR < BROKEN_SQNR_DB | SQNR < DEGRADED_SQNR_DB |
 | top-1 agreement (no CTC reading) | < BROKEN_TOP1 (0.5) | < DEGRADED_TOP1 (0.9) |
-| decision F1 (float decides some positive) | < BROKEN_F1 (0.5) | < DEGRADED_F1 (0.9) |
+| decision F1 (either model decides some positive) | < BROKEN_F1 (0.5) | < DEGRADED_F1 (0.9) |
 | CTC, float reads text | int8 reads none, or cer ≥ BROKEN_CER (0.5) | cer > DEGRADED_CER (0.05) |
 
 PSNR is not used: it is normalised by the output's peak, which a few large values (boxes) set.
@@ -88,7 +92,7 @@ def structure_figures(st: StructureStats | None) -> dict[str, Any]:
         out["decisions"] = {"threshold": DECISION_THRESHOLD, "elements": st.decisions,
                             "float_positive": st.float_positive, "int8_positive": st.int8_positive,
                             "both_positive": both}
-        out["decision_f1"] = _round(2 * both / shown) if st.float_positive else None
+        out["decision_f1"] = _round(2 * both / shown) if shown else None
     return out
 
 
@@ -98,7 +102,7 @@ def judge(output: dict[str, Any]) -> tuple[str, list[str]]:
     if output.get("nonfinite"):  # no figure exists for NaN or infinity, and no value of them is usable
         found.append(("broken", f"NaN or infinity in the output ({nonfinite_text(output['nonfinite'])})"))
     if output.get("kind") == "float" and output.get("error") is None:
-        found += _sqnr_level("output", output.get("sqnr_db"), output.get("exact"))
+        found += _untested(output, _sqnr_level("output", output.get("sqnr_db"), output.get("exact")))
     sliced = output.get("slices") or {}
     for group in sliced.get("groups", []):
         found += _group_level(sliced["axis"], group)
@@ -163,6 +167,20 @@ def _field_level(sliced: dict[str, Any]) -> list[tuple[str, str]]:
     level = "broken" if low[0][0] < BROKEN_SQNR_DB else "degraded"
     shown = ", ".join(f"{i} ({s:.1f} dB)" for s, i in low[:4]) + (" ..." if len(low) > 4 else "")
     return [(level, f"field(s) along axis {sliced['axis']} below {DEGRADED_SQNR_DB:g} dB SQNR on their own: {shown}")]
+
+
+def _untested(output: dict[str, Any], levels: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The output SQNR's levels, capped at degraded and said to be about sub-threshold values, for a
+    probability output on which neither model decides a positive (module doc)."""
+    d = output.get("decisions")
+    if not d or d["float_positive"] or d["int8_positive"]:
+        return levels
+    why = (f"no value exceeds the decision threshold {d['threshold']:g} in either model (float values up to "
+           f"{output.get('float_max', 0):.3g}): the decisions agree on all {d['elements']} elements, but the "
+           "data holds no positive to test them; give samples with some")
+    if not levels:
+        return [("ok", why)]
+    return [("degraded", f"{reason}, on values below the threshold; {why}") for _, reason in levels]
 
 
 def _decision_level(d: dict[str, Any], f1: float) -> list[tuple[str, str]]:

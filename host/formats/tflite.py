@@ -92,7 +92,7 @@ class TFLiteFormat:
                                                   method=s.calibration_method)
             notes = [f"quantizer input: {note}" for note in result.notes]
             if result.float_model is not None:
-                path, note = write_float_reference(s.out_dir, result.float_model)
+                path, note = write_float_reference(s.out_dir, result.prepared)
                 float_info = state.float_info = inspect_model(path)
                 notes.append(note)
             for note in notes:
@@ -153,11 +153,11 @@ class TFLiteFormat:
         shapes, notes = resolve_input_shapes(info.inputs, s.input_shapes, Path(s.model).name,
                                              sample_shapes(s.data, s.calibration))
         inputs = [InputSpec(name=i.name, dtype=i.dtype, shape=tuple(shapes[i.name])) for i in info.inputs]
-        prepared = tflite_quant.prepare_tflite(Path(s.model).read_bytes(), Path(s.model).name)
+        prepared = tflite_quant.prepare_tflite(Path(s.model).read_bytes(), Path(s.model).name, shapes)
         notes += [f"quantizer input: {note}" for note in prepared.notes]
         path = Path(s.model)
-        if prepared.rewritten_from is not None:  # plain LiteRT runs only the rewritten float model
-            path, note = write_float_reference(s.out_dir, prepared.reference)
+        if prepared.needs_reference:  # plain LiteRT runs only the rewritten or resized float model
+            path, note = write_float_reference(s.out_dir, prepared)
             notes.append(note)
         return Prepared(path=path, notes=notes, input_shapes=shapes, inputs=inputs)
 
@@ -179,7 +179,8 @@ class TFLiteFormat:
     def calibrated(self, settings: Mapping[str, Any], out_path: Path, calibration: Mapping[str, np.ndarray],
                    debug: bool) -> RecipeGraph:
         float_path = Path(settings["float_path"])
-        prepared = tflite_quant.prepare_tflite(float_path.read_bytes(), float_path.name)
+        prepared = tflite_quant.prepare_tflite(float_path.read_bytes(), float_path.name,
+                                               tflite_quant.calibration_shapes(calibration))
         recipe = settings["quantizer_recipe"]
         qsvs = tflite_quant.calibrate_prepared(prepared, float_path.name, calibration, recipe, settings["ranges"], debug)
         path = tflite_quant.quantize_calibrated(prepared, float_path.name, out_path, recipe, qsvs, debug)
@@ -199,14 +200,20 @@ class TFLiteFormat:
         return {"algorithm": algorithm, "activation_ranges": ranges}
 
 
-def write_float_reference(out_dir: Path, model: bytes) -> tuple[Path, str]:
-    """Writes the float model with its custom ops rewritten, the one compared when plain LiteRT
-    cannot run the user's; returns its path and the note that says so."""
+def write_float_reference(out_dir: Path, prepared: tflite_quant.PreparedTFLite) -> tuple[Path, str]:
+    """Writes the float model compared when plain LiteRT cannot run the user's as it is
+    (:attr:`~qbench.host.quantize.tflite.PreparedTFLite.needs_reference`); returns its path and the
+    note that says why."""
     path = Path(out_dir) / FLOAT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model)
-    return path, (f"float reference: {FLOAT_NAME}, the model with its custom ops rewritten (same outputs under "
-                  "XNNPACK; plain LiteRT cannot run the given one)")
+    path.write_bytes(prepared.reference)
+    why = []
+    if prepared.rewritten_from is not None:
+        why.append("its custom ops rewritten (same outputs under XNNPACK; plain LiteRT cannot run the given one)")
+    if prepared.resized_inputs:
+        why.append(f"the data's shape as the default of its dynamic input(s) {', '.join(prepared.resized_inputs)} "
+                   "(the given one does not load at its own default)")
+    return path, f"float reference: {FLOAT_NAME}, the model with {' and '.join(why)}"
 
 
 def _delegate_fields(device: Device, choice: RuntimeChoice) -> dict[str, Any]:

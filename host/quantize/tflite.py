@@ -9,6 +9,8 @@ with the flatbuffer schema that ships with ai-edge-litert (no TensorFlow):
   reads ``builtin_code`` (0, ADD) and quantizes every op as an ADD;
 * MediaPipe's ``Convolution2DTransposeBias`` custom op, sparse weights behind DENSIFY, float16
   weights behind DEQUANTIZE: rewritten into builtins and constants (:mod:`.tflite_rewrite`);
+* tensor names that repeat across subgraphs (an IF's branches each name their arguments ``arg0``),
+  which the quantizer refuses: made unique (:mod:`.tflite_rewrite`);
 * separate activation ops, whole-map average pools and HARD_SWISH, which XNNPACK runs in float
   only, so each one splits the int8 model's delegate partition: rewritten into ops it runs in int8
   (:mod:`.tflite_rewrite`).
@@ -73,6 +75,10 @@ class PreparedTFLite:
             int8 model, like the float one, loads only with XNNPACK.
         reference: ``model`` before the rewrites only the int8 model needs (fused activations,
             pools as MEAN, HARD_SWISH as a gate): the float reference when ``rewritten_from`` is set.
+        body_tensors: names of the tensors of every subgraph but 0 (the bodies of IF and WHILE ops),
+            which every recipe keeps in float (see :func:`with_bodies_float`).
+        resized_inputs: dynamic inputs whose default shape became the data's: the user's model
+            does not load at its own (see :func:`~.tflite_rewrite.default_input_shapes`).
     """
 
     model: bytes
@@ -82,6 +88,14 @@ class PreparedTFLite:
     rewritten_from: bytes | None
     xnnpack_ops: list[str]
     reference: bytes
+    body_tensors: list[str] = field(default_factory=list)
+    resized_inputs: list[str] = field(default_factory=list)
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the float model to compare against is ``reference``, not the user's file: LiteRT
+        runs the user's only with XNNPACK, or not at its default input shapes."""
+        return self.rewritten_from is not None or bool(self.resized_inputs)
 
 
 @dataclass
@@ -91,8 +105,8 @@ class QuantizedTFLite:
     Attributes:
         path: the int8 model.
         notes: what :func:`prepare_tflite` changed.
-        float_model: the float reference to compare against when the user's needs XNNPACK (see
-            :attr:`PreparedTFLite.rewritten_from`), checked against it; else None.
+        float_model: the float reference to compare against when the user's file cannot be (see
+            :attr:`PreparedTFLite.needs_reference`); else None.
         prepared: the model as the quantizer took it, and ``qsvs`` its calibration: what trial models
             are written from (:class:`~.tflite_edit.RecipeGraph`).
     """
@@ -104,8 +118,12 @@ class QuantizedTFLite:
     qsvs: dict | None = None
 
 
-def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
+def prepare_tflite(model: bytes, name: str = "the model",
+                   input_shapes: Mapping[str, Sequence[int]] | None = None) -> PreparedTFLite:
     """Fixes what keeps ai-edge-quantizer from quantizing ``model`` correctly (see the module doc).
+
+    ``input_shapes`` (input name -> one sample's shape, as the data has it) become the default
+    shapes of inputs with dynamic dims.
 
     Raises:
         UserError: not a TFLite model, or one LiteRT cannot load (the custom ops it lacks named).
@@ -138,6 +156,14 @@ def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
     densified = rewrite.densify_weights(obj, fb, bytes(flatbuffer_utils.convert_object_to_bytearray(obj)))
     if densified:
         notes.append(f"{densified} sparse weight(s) behind DENSIFY densified into constants")
+    resized = rewrite.default_input_shapes(obj, input_shapes or {})
+    if resized:
+        notes.append(f"dynamic input(s) {', '.join(resized)} given the data's shape as their default (the "
+                     "quantizer allocates at the default shape before it feeds samples)")
+    renamed = rewrite.unique_tensor_names(obj)
+    if renamed:
+        notes.append(f"{renamed} repeated tensor name(s) made unique with their subgraph's index "
+                     "(ai-edge-quantizer keys its ranges by name)")
     folded = rewrite.fold_fp16_weights(obj, fb)
     if folded:
         notes.append(f"{folded} float16 weight(s) behind DEQUANTIZE folded into float32 constants")
@@ -167,8 +193,28 @@ def prepare_tflite(model: bytes, name: str = "the model") -> PreparedTFLite:
                          "would split the delegate's partition)")
     if any(count for count, _ in partition_fixes):
         model = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+    bodies = obj.subgraphs[1:]
+    if bodies:
+        ops = sum(len(sg.operators or []) for sg in bodies)
+        notes.append(f"{ops} op(s) in {len(bodies)} control-flow subgraph(s) kept in float: ai-edge-quantizer "
+                     "calibrates subgraph 0 only")
     return PreparedTFLite(model, rewrite.text(sig.signatureKey), by_tensor, notes, original if rewritten else None,
-                          xnnpack_ops, reference)
+                          xnnpack_ops, reference, [rewrite.text(t.name) for sg in bodies for t in sg.tensors or []],
+                          resized)
+
+
+def with_bodies_float(recipe: list[dict], prepared: PreparedTFLite) -> list[dict]:
+    """``recipe`` with a last entry (the quantizer's rule: later entries win) that leaves every op of the
+    control-flow bodies in float. The quantizer calibrates only subgraph 0, through its signature, and
+    fails on a body op it is told to quantize ("not found in tensor_name_to_qsv")."""
+    if not prepared.body_tensors:
+        return recipe
+    algorithm_manager, qtyping, _, recipe_manager = _quantizer_modules()
+    manager = recipe_manager.RecipeManager()
+    names = "|".join(re.escape(n) for n in prepared.body_tensors)
+    manager.add_quantization_config(f"(^|;)({names});", qtyping.TFLOperationName.ALL_SUPPORTED, None,
+                                    algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    return [*recipe, *json.loads(json.dumps(manager.get_quantization_recipe()))]
 
 
 def _tensor_maps(fb, names: list[str], indices: list[int], kind: str) -> list:
@@ -304,7 +350,7 @@ def quantize_tflite(
             the model, or a result LiteRT cannot load or run (then kept at ``output``).
     """
     ops = tflite_recipe(recipe, method, keep_float, int16)
-    prepared = prepare_tflite(Path(float_model).read_bytes(), Path(float_model).name)
+    prepared = prepare_tflite(Path(float_model).read_bytes(), Path(float_model).name, calibration_shapes(calibration))
     names = _op_output_names(prepared.model)
     for option, given in (("keep_float", keep_float), ("int16", int16)):
         unknown = [n for n in given if n not in names]
@@ -322,8 +368,13 @@ def quantize_with_recipe(
     Args and errors as :func:`quantize_tflite`; ``recipe`` is the quantizer's recipe, JSON form,
     ``ranges`` one of :data:`~.tflite_ranges.RANGES`.
     """
-    prepared = prepare_tflite(Path(float_model).read_bytes(), Path(float_model).name)
+    prepared = prepare_tflite(Path(float_model).read_bytes(), Path(float_model).name, calibration_shapes(calibration))
     return _quantize(prepared, Path(float_model).name, output, calibration, recipe, ranges, debug)
+
+
+def calibration_shapes(calibration: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Input name -> one sample's shape, of arrays whose leading axis is the sample axis."""
+    return {name: tuple(np.shape(arr)[1:]) for name, arr in calibration.items()}
 
 
 #: how far (share of the output's peak) a rewritten float model may be from the user's
@@ -346,7 +397,7 @@ def _quantize(
     quantize_calibrated(prepared, name, output, recipe, qsvs, debug)
     checks.check_loads(Path(output).read_bytes(), name, Path(output), first, xnnpack=bool(prepared.xnnpack_ops))
     return QuantizedTFLite(Path(output), prepared.notes,
-                           prepared.reference if prepared.rewritten_from is not None else None, prepared, qsvs)
+                           prepared.reference if prepared.needs_reference else None, prepared, qsvs)
 
 
 def calibrate_prepared(prepared: PreparedTFLite, name: str, calibration: Mapping[str, np.ndarray],
@@ -358,6 +409,7 @@ def calibrate_prepared(prepared: PreparedTFLite, name: str, calibration: Mapping
     samples = _calibration_samples(prepared.model, calibration, prepared.signature_inputs)
     if prepared.rewritten_from is not None:
         _check_rewrite(prepared, {k: np.asarray(v)[0] for k, v in calibration.items()}, name)
+    recipe = with_bodies_float(recipe, prepared)
     try:
         with quiet_runtime(debug):
             return tflite_ranges.calibrate(prepared.model, recipe, prepared.signature_key, samples, ranges)
@@ -370,6 +422,7 @@ def quantize_calibrated(prepared: PreparedTFLite, name: str, output: PathLike, r
     """Quantizes a prepared model with ``recipe`` and QSVs calibrated before (no calibration here), into
     ``output``; refuses scales LiteRT cannot load (the model stays at ``output`` to inspect)."""
     _, _, quantizer, _ = _quantizer_modules()
+    recipe = with_bodies_float(recipe, prepared)
     try:
         with quiet_runtime(debug):
             result = quantizer.Quantizer(bytearray(prepared.model), recipe).quantize(qsvs, enable_progress_report=False)

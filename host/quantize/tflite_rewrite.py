@@ -7,6 +7,14 @@ Each one keeps the model's function and its tensor names (float and int8 layers 
 * :func:`densify_weights`: sparse weights behind DENSIFY become dense constants. The quantizer
   takes a DENSIFY output for an activation too, and gives it an asymmetric int8 range: a CONV_2D
   with a weight zero point of -128, which LiteRT's conv kernel refuses (``zero_point != 0``).
+* :func:`unique_tensor_names`: a tensor name that another tensor already holds (the branches of an IF or
+  the bodies of a WHILE each name their arguments ``arg0``...) gets its subgraph's index appended; the
+  quantizer keys its ranges by name and refuses a model whose names repeat. Names of subgraph 0 are
+  kept, bar a repeat within it.
+* :func:`default_input_shapes`: a dynamic input's default shape becomes the data's. The quantizer
+  allocates its interpreters at the default shapes before it feeds samples of other shapes, and a
+  placeholder default ([1, 1] for openwakeword's melspectrogram, whose first convolution needs 400
+  samples) fails to prepare; LiteRT cannot resize such an interpreter afterwards.
 * :func:`rewrite_custom_ops`: MediaPipe's ``Convolution2DTransposeBias`` becomes the builtin
   TRANSPOSE_CONV with its bias input. Only XNNPACK runs the custom op (plain LiteRT has no kernel
   for it), and the quantizer leaves it in float, unresolved in the int8 model.
@@ -32,7 +40,7 @@ model against the original.
 from __future__ import annotations
 
 import struct
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -78,6 +86,39 @@ def custom_ops(obj, fb) -> list[str]:
     codes = obj.operatorCodes or []
     used = {op.opcodeIndex for sg in obj.subgraphs for op in sg.operators or []}
     return sorted({text(codes[i].customCode) for i in used if _builtin(codes[i]) == fb.BuiltinOperator.CUSTOM})
+
+
+def unique_tensor_names(obj) -> int:
+    """Renames every tensor whose name an earlier tensor (in model order) holds; returns how many."""
+    seen: set[str] = set()
+    renamed = 0
+    for index, subgraph in enumerate(obj.subgraphs):
+        for tensor in subgraph.tensors or []:
+            name = text(tensor.name)
+            if name in seen:
+                base, k = f"{name}__subgraph{index}", 1
+                name = base
+                while name in seen:
+                    name, k = f"{base}_{k}", k + 1
+                tensor.name = name
+                renamed += 1
+            seen.add(name)
+    return renamed
+
+
+def default_input_shapes(obj, shapes: Mapping[str, Sequence[int]]) -> list[str]:
+    """Sets the default shape of each input of subgraph 0 with a dynamic dim to ``shapes[name]``
+    (one sample's shape); returns the names of the inputs changed."""
+    subgraph = obj.subgraphs[0]
+    changed = []
+    for index in subgraph.inputs:
+        tensor = subgraph.tensors[index]
+        name, signature = text(tensor.name), list(tensor.shapeSignature if tensor.shapeSignature is not None else [])
+        shape = [int(d) for d in shapes.get(name, ())]
+        if -1 in signature and len(shape) == len(signature) and shape != list(tensor.shape):
+            tensor.shape = shape
+            changed.append(name)
+    return changed
 
 
 def fold_fp16_weights(obj, fb) -> int:

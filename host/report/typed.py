@@ -52,7 +52,7 @@ class Output:
         verdict: ``ok``, ``degraded`` or ``broken``; ``reasons`` says why.
         top1_agreement: for outputs read by argmax, the fraction of positions whose argmax agrees.
         decision_f1: for probability outputs (a Sigmoid's), the F1 score of the int8 model's decisions
-            value > 0.5 against the float model's; None when the float model decides no positive.
+            value > 0.5 against the float model's; None when neither model decides a positive.
     """
 
     name: str
