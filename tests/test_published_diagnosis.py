@@ -336,7 +336,10 @@ def test_tflite_wake_word_head_with_an_if_is_quantized_and_its_untested_decision
     m, x, proc, report = _published_run("oww-hey-jarvis-tflite", tmp_path, agent_cache)
     assert proc.returncode == 0, proc.stderr
     assert any("repeated tensor name(s) made unique" in n for n in report["notes"])
-    assert any("control-flow subgraph(s) kept in float" in n for n in report["notes"])
+    flow = report["summary"]["control_flow"]
+    assert flow["nodes"] == ["IF PartitionedCall:0"] and flow["body_nodes"] == 26 and not flow["quantized_bodies"]
+    assert any("26 of the model's 52 nodes (50%) sit inside the bodies of IF PartitionedCall:0: float in the int8 "
+               "model (not quantized)" in n for n in report["notes"])
     [out] = report["outputs"]
     f = _run_litert(m.path, x[m.input_name])
     q = _run_litert(tmp_path / "out" / "model.int8.tflite", x[m.input_name])

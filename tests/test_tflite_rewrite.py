@@ -357,12 +357,15 @@ def test_an_if_with_repeated_argument_names_quantizes_with_its_branches_in_float
     samples = _head_samples(16, seed=1)
     result = quantize_tflite(tmp_path / "head.tflite", tmp_path / "head.int8.tflite", {"x": samples})
     assert any("3 repeated tensor name(s) made unique" in n for n in result.notes)  # arg0, arg1, out
-    assert any("op(s) in 2 control-flow subgraph(s) kept in float" in n for n in result.notes)
     from qbench.host.compare.tflite_matching import read_graph
 
     int8 = read_graph(result.path)
     assert int8.tensors[int8.by_name["head/logit"]].dtype == "int8"  # subgraph 0 is quantized
     assert all(t.dtype in ("float32", "int32") for body in int8.bodies for t in body.tensors)
+    from qbench.host.compare.tflite_matching import match_tflite
+
+    flow = match_tflite(tmp_path / "head.tflite", result.path).control_flow
+    assert (flow.nodes, flow.body_nodes, flow.total_nodes, flow.quantized_bodies) == (["IF score"], 3, 7, False)
     float_scores, int8_scores = ([_dequantized_output(path.read_bytes(), s).item() for s in samples]
                                  for path in (tmp_path / "head.tflite", result.path))
     assert min(float_scores) < 0.5 < max(float_scores)  # both branches ran

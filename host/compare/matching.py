@@ -66,7 +66,8 @@ class Unmatched:
 
 @dataclass
 class ControlFlow:
-    """If/Loop/Scan nodes of the float graph: the nodes in their bodies are not compared one by one.
+    """Control-flow nodes of the float graph (If/Loop/Scan; IF/WHILE in TFLite): the nodes in their
+    bodies are not compared one by one.
 
     Attributes:
         nodes: the control-flow nodes of the main graph, as ``"<op type> <name>"``.
@@ -91,7 +92,7 @@ class ControlFlow:
         what = "not compared" if self.quantized_bodies else "float in the int8 model (not quantized) and not compared"
         return (f"{self.body_nodes} of the model's {self.total_nodes} nodes "
                 f"({100 * self.body_nodes / self.total_nodes:.0f}%) sit inside the bodies of {shown}: "
-                f"{what} one by one; only the outputs of the If/Loop/Scan node(s) are")
+                f"{what} one by one; only the outputs of the control-flow node(s) are")
 
 
 @dataclass

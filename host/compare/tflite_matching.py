@@ -30,9 +30,10 @@ from qbench.protocols.messages import CapturePair, QParams, StructureRequest
 
 from ..errors import UserError
 from . import output_structure
-from .matching import Layer, Matching, Unmatched, link_parents
+from .matching import ControlFlow, Layer, Matching, Unmatched, link_parents
 
 _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+_CONTROL_FLOW = ("IF", "WHILE")
 
 
 @dataclass
@@ -208,7 +209,19 @@ def match_tflite(float_model: Union[str, Path], int8_model: Union[str, Path]) ->
         else:
             pair.structure = output_structure.request(output_structure.tflite_producers(f, fi))
             outputs.append(Layer(f.tensors[fi].name, "OUTPUT", "output", pair))
-    return Matching(layers, outputs, unmatched)
+    return Matching(layers, outputs, unmatched, control_flow(f, q))
+
+
+def control_flow(f: TFLiteGraph, q: TFLiteGraph) -> ControlFlow | None:
+    """The IF/WHILE ops of subgraph 0 and what share of the model's ops the other subgraphs hold."""
+    holders = [op for op in f.ops if op.type in _CONTROL_FLOW]
+    if not holders or not f.bodies:
+        return None
+    inside = sum(len(body.ops) for body in f.bodies)
+    quantized = any(t.qparams is not None and not t.is_float for body in q.bodies for t in body.tensors
+                    if not t.constant)
+    return ControlFlow([f"{op.type} {f.tensors[op.outputs[0]].name}" for op in holders if op.outputs], inside,
+                       len(f.ops) + inside, quantized)
 
 
 def output_structures(path: Union[str, Path]) -> dict[str, StructureRequest]:

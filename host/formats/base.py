@@ -174,3 +174,11 @@ class ModelFormat(Protocol):
 def given_choices(choice: RuntimeChoice, fields: Sequence[str]) -> list[str]:
     """The options of ``choice`` among ``fields`` the user set."""
     return [CHOICE_OPTIONS[name] for name in fields if getattr(choice, name)]
+
+
+def note_control_flow(state: RunState, ui: UI) -> None:
+    """Tells the user, and the report's notes, what share of the model sits in control-flow bodies
+    (not compared one by one), once the models are matched."""
+    if state.matching.control_flow is not None:
+        ui.note(state.matching.control_flow.note())
+        state.notes.append(state.matching.control_flow.note())

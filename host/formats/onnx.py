@@ -30,7 +30,7 @@ from ..quantize.kernels import int8_kernels
 from ..quantize.prepare import Prepared, prepare_float
 from ..quantize.qdq_edit import QdqGraph
 from ..run_state import Deferred
-from .base import RuntimeChoice, given_choices, refuse
+from .base import RuntimeChoice, given_choices, note_control_flow, refuse
 
 if TYPE_CHECKING:
     from ..inventory import Device
@@ -104,9 +104,7 @@ class OnnxFormat:
 
             # tensors of the prepared copy are reported under the user's names
             names.relabel(state.matching, onnx.load(str(user_model)), matching.load_model(float_path))
-        if state.matching.control_flow is not None:
-            ui.note(state.matching.control_flow.note())
-            state.notes.append(state.matching.control_flow.note())
+        note_control_flow(state, ui)
         return float_path, int8_path
 
     def device_settings(self, settings: RunSettings, hellos: Callable[[], Mapping[str, HelloReply | None]],

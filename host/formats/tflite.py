@@ -28,7 +28,7 @@ from ..quantize import tflite as tflite_quant
 from ..quantize import tflite_ranges
 from ..quantize.prepare import Prepared, resolve_input_shapes
 from ..quantize.tflite_edit import RecipeGraph
-from .base import RuntimeChoice, given_choices, refuse
+from .base import RuntimeChoice, given_choices, note_control_flow, refuse
 
 if TYPE_CHECKING:
     from ..inventory import Device
@@ -104,6 +104,7 @@ class TFLiteFormat:
         state.int8_info = int8
         state.stage = "match"
         state.matching = match_tflite(float_info.path, int8.path)
+        note_control_flow(state, ui)
         return Path(float_info.path), Path(int8.path)
 
     def device_settings(self, settings: RunSettings, hellos: Callable[[], Mapping[str, HelloReply | None]],

@@ -10,7 +10,10 @@ with the flatbuffer schema that ships with ai-edge-litert (no TensorFlow):
 * MediaPipe's ``Convolution2DTransposeBias`` custom op, sparse weights behind DENSIFY, float16
   weights behind DEQUANTIZE: rewritten into builtins and constants (:mod:`.tflite_rewrite`);
 * tensor names that repeat across subgraphs (an IF's branches each name their arguments ``arg0``),
-  which the quantizer refuses: made unique (:mod:`.tflite_rewrite`);
+  which the quantizer refuses: made unique (:mod:`.tflite_rewrite`); the ops of those subgraphs stay
+  float (the quantizer calibrates subgraph 0 only: :func:`with_bodies_float`);
+* a dynamic input whose default shape is a placeholder the model does not prepare at: given the
+  data's shape (:mod:`.tflite_rewrite`);
 * separate activation ops, whole-map average pools and HARD_SWISH, which XNNPACK runs in float
   only, so each one splits the int8 model's delegate partition: rewritten into ops it runs in int8
   (:mod:`.tflite_rewrite`).
@@ -74,7 +77,7 @@ class PreparedTFLite:
             MaxPoolingWithArgmax2D, MaxUnpooling2D): the quantizer keeps them in float, and the
             int8 model, like the float one, loads only with XNNPACK.
         reference: ``model`` before the rewrites only the int8 model needs (fused activations,
-            pools as MEAN, HARD_SWISH as a gate): the float reference when ``rewritten_from`` is set.
+            pools as MEAN, HARD_SWISH as a gate): the float reference when :attr:`needs_reference`.
         body_tensors: names of the tensors of every subgraph but 0 (the bodies of IF and WHILE ops),
             which every recipe keeps in float (see :func:`with_bodies_float`).
         resized_inputs: dynamic inputs whose default shape became the data's: the user's model
@@ -193,11 +196,7 @@ def prepare_tflite(model: bytes, name: str = "the model",
                          "would split the delegate's partition)")
     if any(count for count, _ in partition_fixes):
         model = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
-    bodies = obj.subgraphs[1:]
-    if bodies:
-        ops = sum(len(sg.operators or []) for sg in bodies)
-        notes.append(f"{ops} op(s) in {len(bodies)} control-flow subgraph(s) kept in float: ai-edge-quantizer "
-                     "calibrates subgraph 0 only")
+    bodies = obj.subgraphs[1:]  # left float; the run's control-flow note (compare.matching.ControlFlow) says so
     return PreparedTFLite(model, rewrite.text(sig.signatureKey), by_tensor, notes, original if rewritten else None,
                           xnnpack_ops, reference, [rewrite.text(t.name) for sg in bodies for t in sg.tensors or []],
                           resized)
