@@ -11,7 +11,11 @@
 * activation ranges: ``minmax`` keeps every calibration value of a small tensor inside its int8 range,
   where ai-edge-quantizer's moving average collapses it;
 * ops XNNPACK runs in float only (separate RELU and RELU6, HARD_SWISH, a whole-map average pool):
-  rewritten into ops XNNPACK runs in int8, so they no longer split its partition.
+  rewritten into ops XNNPACK runs in int8, so they no longer split its partition;
+* an IF whose branches repeat their argument names (openwakeword's heads): names made unique, the
+  branches kept float, the rest int8;
+* a dynamic input with a placeholder default shape the model does not prepare at (openwakeword's
+  melspectrogram): quantized and run at the data's shape.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ai_edge_litert import interpreter as tfl
 from ai_edge_litert import schema_py_generated as fb
 
 from cli import load_report, qbench
+from qbench.host.compare.tflite_matching import match_tflite, read_graph
 from qbench.host.errors import UserError
 from qbench.host.quantize import tflite_rewrite
 from qbench.host.quantize.tflite import prepare_tflite, quantize_tflite
@@ -357,13 +362,9 @@ def test_an_if_with_repeated_argument_names_quantizes_with_its_branches_in_float
     samples = _head_samples(16, seed=1)
     result = quantize_tflite(tmp_path / "head.tflite", tmp_path / "head.int8.tflite", {"x": samples})
     assert any("3 repeated tensor name(s) made unique" in n for n in result.notes)  # arg0, arg1, out
-    from qbench.host.compare.tflite_matching import read_graph
-
     int8 = read_graph(result.path)
     assert int8.tensors[int8.by_name["head/logit"]].dtype == "int8"  # subgraph 0 is quantized
     assert all(t.dtype in ("float32", "int32") for body in int8.bodies for t in body.tensors)
-    from qbench.host.compare.tflite_matching import match_tflite
-
     flow = match_tflite(tmp_path / "head.tflite", result.path).control_flow
     assert (flow.nodes, flow.body_nodes, flow.total_nodes, flow.quantized_bodies) == (["IF score"], 3, 7, False)
     float_scores, int8_scores = ([_dequantized_output(path.read_bytes(), s).item() for s in samples]
