@@ -20,6 +20,7 @@ import plain_ort
 from plain_ort import session as plain_session
 from qbench.agent import onnx_graph
 from published_models import fetched
+from local_cpu import REDUCE_RANGE
 
 
 def _run(tmp_path: Path, agent_cache: Path, *args: str) -> dict:
@@ -146,7 +147,8 @@ def test_channels_last_one_d_convolutions_are_put_back_in_their_layout(tmp_path,
     x = rng.normal(size=(4, 1, 4, 64)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=rng.normal(size=(8, 1, 4, 64)).astype(np.float32))
     np.savez(tmp_path / "eval.npz", x=x)
-    int8 = quantize_onnx(model, tmp_path / "c1d.int8.onnx", dict(np.load(tmp_path / "calib.npz")))
+    int8 = quantize_onnx(model, tmp_path / "c1d.int8.onnx", dict(np.load(tmp_path / "calib.npz")),
+                        reduce_range=REDUCE_RANGE)
     original, interface, deployed = _deployed_graphs(int8, tmp_path)
     found, _ = onnx_graph.locate(original, deployed, [o for n in original for o in n.outputs], set(interface))
     last = [name for name, loc in found.items() if loc.to_original is onnx_graph.CHANNELS_LAST]
@@ -232,7 +234,8 @@ def _layers_agree_with_the_qdq_arithmetic(tmp_path: Path, agent_cache: Path, mod
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 1, *shape)).astype(np.float32)
     np.savez(tmp_path / "eval.npz", x=x)
-    int8 = quantize_onnx(model, tmp_path / "int8.onnx", {"x": rng.normal(size=(8, 1, *shape)).astype(np.float32)})
+    int8 = quantize_onnx(model, tmp_path / "int8.onnx", {"x": rng.normal(size=(8, 1, *shape)).astype(np.float32)},
+                        reduce_range=REDUCE_RANGE)
     report = _run(tmp_path, agent_cache, str(model), "--int8", str(int8), "--data", str(tmp_path / "eval.npz"))
     reference = plain_ort.qdq_layer_sqnr(model, int8, [{"x": s} for s in x])
     compared = {x["name"]: x["sqnr_db"] for x in report["layers"] if x.get("sqnr_db") is not None}

@@ -108,7 +108,7 @@ def test_control_flow_share_is_noted_and_summarised(tmp_path, agent_cache):
                   cwd=tmp_path, cache=agent_cache)
     assert proc.returncode == 0, proc.stderr
     expected = ("3 of the model's 11 nodes (27%) sit inside the bodies of If branch: float in the int8 model "
-                "(not quantized) and not compared one by one; only the outputs of the If/Loop/Scan node(s) are")
+                "(not quantized) and not compared one by one; only the outputs of the control-flow node(s) are")
     assert expected in " ".join(proc.stderr.split())  # the terminal note (rich wraps it)
     report = load_report(tmp_path / "o")
     assert expected in report["notes"]

@@ -18,6 +18,7 @@ from qbench.host.models import default_opset, inspect_model
 from qbench.host.quantize.compat import name_nodes, ort_max_ir_version
 from qbench.host.quantize.prepare import PREPARED_NAME, parse_input_shapes, prepare_float
 from qbench.host.run_state import RunSettings
+from local_cpu import REDUCE_RANGE
 
 
 def _run(path, feed):
@@ -301,7 +302,7 @@ def test_a_gemm_bias_of_shape_1_n_is_written_as_n_so_the_quantizer_takes_it(tmp_
                         quant_format=QuantFormat.QDQ, per_channel=True)
     prepared = prepare_float(tmp_path / "gemm.onnx", {}, tmp_path / "out")
     assert any("Gemm bias(es) of shape [1, N] as [N]" in n for n in prepared.notes)
-    int8 = quantize_onnx(prepared.path, tmp_path / "gemm.int8.onnx", {"x": calib})
+    int8 = quantize_onnx(prepared.path, tmp_path / "gemm.int8.onnx", {"x": calib}, reduce_range=REDUCE_RANGE)
     x = calib[0]
     f = ort.InferenceSession(str(tmp_path / "gemm.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     q = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
